@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Builds etcd and kube-apiserver from the Go module proxy into .cache/bin/<name>-<version>.
+# Kubernetes maps its staging modules to ./staging at v0.0.0, so a throw-away module with a
+# replace line per staging module (derived from k8s.io/kubernetes' own go.mod) is needed.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+# shellcheck source=versions.env
+source "$ROOT/scripts/versions.env"
+CACHE="$ROOT/.cache"
+BIN="$CACHE/bin"
+mkdir -p "$BIN"
+export GOFLAGS="-mod=mod -buildvcs=false"
+export CGO_ENABLED=0
+
+log() { printf '[build-k8s] %s\n' "$*" >&2; }
+
+# one build at a time: parallel test runs or setup calls must not share a half-written module
+exec 9>"$CACHE/build.lock"
+flock 9
+
+build_etcd() {
+  local out="$BIN/etcd-$ETCD_VERSION"
+  if [[ -x "$out" ]]; then log "etcd $ETCD_VERSION cached"; return; fi
+  local dir="$CACHE/build/etcd-$ETCD_VERSION"
+  rm -rf "$dir"; mkdir -p "$dir"; cd "$dir"
+  log "etcd $ETCD_VERSION: resolving modules"
+  go mod init keycutter.local/build/etcd >/dev/null 2>&1
+  go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION" >/dev/null
+  log "etcd $ETCD_VERSION: compiling"
+  go build -trimpath -ldflags "-s -w" -o "$out.tmp" go.etcd.io/etcd/server/v3
+  mv "$out.tmp" "$out"
+  log "etcd $ETCD_VERSION: built $out"
+}
+
+build_apiserver() {
+  local out="$BIN/kube-apiserver-$K8S_VERSION"
+  if [[ -x "$out" ]]; then log "kube-apiserver $K8S_VERSION cached"; return; fi
+  local dir="$CACHE/build/kube-apiserver-$K8S_VERSION"
+  rm -rf "$dir"; mkdir -p "$dir"; cd "$dir"
+  log "kube-apiserver $K8S_VERSION: downloading k8s.io/kubernetes go.mod"
+  local modfile
+  modfile="$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')"
+  [[ -f "$modfile" ]] || { log "could not find go.mod of k8s.io/kubernetes@$K8S_VERSION"; exit 1; }
+  local minor="${K8S_VERSION#v1.}"; minor="${minor%%.*}"
+  local staging_ver="v0.${K8S_VERSION#v1.}"
+  {
+    echo "module keycutter.local/build/kube-apiserver"
+    grep -E '^go [0-9]' "$modfile"
+    grep -E '^godebug' "$modfile" || true
+    echo "require k8s.io/kubernetes $K8S_VERSION"
+    echo "replace ("
+    # every staging module is required at v0.0.0 and replaced with ./staging/... upstream
+    grep -E '=>\s*\./staging/' "$modfile" | awk -v v="$staging_ver" '{print "\t" $1 " => " $1 " " v}'
+    echo ")"
+  } > go.mod
+  log "kube-apiserver $K8S_VERSION: $(grep -c '=> k8s.io' go.mod) staging replaces; resolving modules"
+  cat > tools.go <<'GO'
+//go:build tools
+
+package tools
+
+import _ "k8s.io/kubernetes/cmd/kube-apiserver"
+GO
+  go mod tidy >/dev/null 2>&1 || go get "k8s.io/kubernetes/cmd/kube-apiserver@$K8S_VERSION" >/dev/null
+  log "kube-apiserver $K8S_VERSION: compiling (several minutes on 2 cores)"
+  local vpkg=k8s.io/component-base/version
+  go build -trimpath -ldflags "-s -w -X $vpkg.gitVersion=$K8S_VERSION -X $vpkg.gitMajor=1 -X $vpkg.gitMinor=$minor" \
+    -o "$out.tmp" k8s.io/kubernetes/cmd/kube-apiserver
+  mv "$out.tmp" "$out"
+  log "kube-apiserver $K8S_VERSION: built $out"
+}
+
+case "${1:-all}" in
+  etcd) build_etcd ;;
+  apiserver) build_apiserver ;;
+  all) build_etcd; build_apiserver ;;
+esac

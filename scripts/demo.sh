@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The demo, on a fresh clone: installs what it needs, then runs `keycutter demo`.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$ROOT"
+if [[ ! -x node_modules/.bin/node || package-lock.json -nt node_modules/.package-lock.json ]]; then
+  npm ci --no-audit --no-fund
+fi
+bash scripts/setup.sh
+export PATH="$ROOT/node_modules/.bin:$PATH"
+exec node src/cli/main.ts demo "$@"

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Installs everything the tests and the demo need, from the project's own files. Idempotent:
+# each step is skipped when its result is already present and current.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$ROOT"
+source scripts/versions.env
+CACHE="$ROOT/.cache"
+mkdir -p "$CACHE"
+
+step() { printf '\n\033[1m==> %s\033[0m\n' "$*" >&2; }
+fail() { printf '\033[31msetup: %s\033[0m\n' "$*" >&2; exit 1; }
+SECONDS=0
+
+step "checking the machine"
+[[ "$(id -u)" == 0 ]] || fail "must run as root: the tests create network namespaces and iptables rules"
+command -v go >/dev/null || fail "go is not installed (needed to build etcd and kube-apiserver)"
+command -v python3 >/dev/null || fail "python3 is not installed (needed for moto and the AWS CLI)"
+
+step "Debian packages (iptables, iproute2, conntrack, redis-server)"
+need=()
+for pkg in iptables iproute2 conntrack redis-server procps; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
+done
+if ((${#need[@]})); then
+  echo "installing: ${need[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq || fail "apt-get update failed"
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null || fail "apt-get install ${need[*]} failed"
+  # the package starts a system redis on 6379; the tests start their own on free ports
+  (systemctl disable --now redis-server 2>/dev/null || service redis-server stop 2>/dev/null || pkill -x redis-server) >/dev/null 2>&1 || true
+else
+  echo "all present" >&2
+fi
+
+step "network namespace support"
+probe="kcsetup$$"
+ip netns add "$probe" 2>/dev/null || fail "cannot create a network namespace (ip netns add): the tests need CAP_SYS_ADMIN and netns support"
+ip netns exec "$probe" iptables -t nat -L >/dev/null 2>&1 || { ip netns del "$probe"; fail "iptables nat table unavailable inside a network namespace"; }
+ip netns del "$probe"
+echo "ok" >&2
+
+step "Python virtualenv with moto and the AWS clients ($CACHE/venv)"
+req="$ROOT/test/harness/requirements.txt"
+stamp="$CACHE/venv/.requirements.sha"
+want="$(sha256sum "$req" | cut -d' ' -f1)"
+if [[ ! -x "$CACHE/venv/bin/python" || "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
+  python3 -m venv "$CACHE/venv" || fail "python3 -m venv failed"
+  "$CACHE/venv/bin/pip" install -q --disable-pip-version-check -r "$req" || fail "pip install failed"
+  echo "$want" > "$stamp"
+else
+  echo "up to date" >&2
+fi
+
+step "etcd $ETCD_VERSION and kube-apiserver $K8S_VERSION (built from the Go module proxy, cached)"
+bash "$ROOT/scripts/build-k8s.sh" all
+
+step "setup done in ${SECONDS}s"

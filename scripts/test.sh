@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh clone: installs what it needs, then type check, lint, tests.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$ROOT"
+if [[ ! -x node_modules/.bin/node || package-lock.json -nt node_modules/.package-lock.json ]]; then
+  echo "==> npm ci" >&2
+  npm ci --no-audit --no-fund
+fi
+bash scripts/setup.sh
+# node_modules/.bin first: the tests run on the Node 24 that package.json pins, not the machine's
+export PATH="$ROOT/node_modules/.bin:$PATH"
+node --version
+npm run --silent test:all -- "$@"
