@@ -1,0 +1,322 @@
+// The decision: which AccessPolicy applies to a pod, whether a RoleAllowance permits its role for
+// the pod's namespace, and the exact AssumeRole inputs (rendered + minified session policy,
+// managed policy ARNs, session tags, duration, session name, source identity).
+//
+// Rule (documented in docs/POLICIES.md):
+//  1. Candidates: AccessPolicies in the pod's namespace whose podSelector matches the pod.
+//     None → NoPolicy.
+//  2. The highest spec.priority (default 0) wins; several at that priority → AmbiguousPolicy
+//     (nothing is issued; the policies are named in the message).
+//  3. The winner must be valid (validate.ts) → else PolicyInvalid.
+//  4. RoleAllowances that cover the pod's namespace AND the role ARN all apply; none → RoleNotAllowed.
+//     Every applicable allowance's denyStatements are appended; the duration cap is the smallest
+//     maxDurationSeconds among them and the server's own cap (role chaining: 3600).
+//  5. Templates are rendered for the pod (template.ts); a failure → PolicyInvalid.
+//  6. The minified session policy plus managed policy ARNs must fit STS's 2048 characters →
+//     else PolicyInvalid (reason PolicyTooLarge).
+
+import { createHash } from "node:crypto";
+import type { ErrorCode } from "../api/contract.ts";
+import { allowanceCoversNamespace, allowanceCoversRole, podSelectorMismatch } from "./match.ts";
+import { renderDocument, renderString, TemplateError } from "./template.ts";
+import {
+  DEFAULT_DURATION,
+  STS_MAX_POLICY_CHARS,
+  STS_MIN_DURATION,
+  type AccessPolicy,
+  type IamStatement,
+  type NamespaceFacts,
+  type PodFacts,
+  type RoleAllowance,
+} from "./types.ts";
+import { TAG_VALUE, validateAccessPolicy, validateRoleAllowance } from "./validate.ts";
+
+export interface Tag {
+  Key: string;
+  Value: string;
+}
+
+export interface PolicyRef {
+  namespace: string;
+  name: string;
+  uid: string;
+  generation: number;
+}
+
+export interface AllowanceRef {
+  name: string;
+  uid: string;
+  generation: number;
+}
+
+export interface IssuePlan {
+  roleArn: string;
+  roleName: string;
+  /** Minified JSON, or undefined when neither the policy nor an allowance adds one. */
+  sessionPolicy: string | undefined;
+  policyArns: string[];
+  tags: Tag[];
+  durationSeconds: number;
+  sessionName: string;
+  sourceIdentity: string;
+  policy: PolicyRef;
+  allowances: AllowanceRef[];
+  /** sha256 of the session policy JSON sent (hex), "" when none. */
+  policySha256: string;
+}
+
+export interface PolicyEvaluation {
+  name: string;
+  priority: number;
+  selected: boolean;
+  reason: string;
+}
+
+export type ReasonCode =
+  "NoPolicy" | "AmbiguousPolicy" | "PolicyInvalid" | "TemplateInvalid" | "PolicyTooLarge" | "RoleNotAllowed";
+
+export type Decision =
+  | { ok: true; plan: IssuePlan; evaluations: PolicyEvaluation[] }
+  | {
+      ok: false;
+      code: Extract<ErrorCode, "NoPolicy" | "AmbiguousPolicy" | "PolicyInvalid" | "RoleNotAllowed">;
+      reason: ReasonCode;
+      message: string;
+      evaluations: PolicyEvaluation[];
+      policy?: PolicyRef;
+      /** Rendered but rejected (too large) policy, for explain. */
+      sessionPolicy?: string;
+    };
+
+export interface DecideOptions {
+  clusterName: string;
+  /** The server's cap on DurationSeconds (3600 when the server's own credentials are a role session). */
+  maxDurationSeconds: number;
+  /** Set SourceIdentity on sessions (needs sts:SetSourceIdentity in the role's trust policy). */
+  sourceIdentity?: boolean;
+}
+
+export interface DecideInput {
+  pod: PodFacts;
+  namespace: NamespaceFacts;
+  /** AccessPolicies in the pod's namespace (others are ignored). */
+  policies: AccessPolicy[];
+  allowances: RoleAllowance[];
+}
+
+const SESSION_CHARS = /[^\w+=,.@-]/g;
+
+/** RoleSessionName: `<ns>.<pod>` trimmed, plus '-' and 12 hex chars of sha256(uid); ≤ 64 chars. */
+export function sessionNameFor(pod: { namespace: string; name: string; uid: string }): string {
+  const suffix = createHash("sha256").update(pod.uid).digest("hex").slice(0, 12);
+  const base = `${pod.namespace}.${pod.name}`.replace(SESSION_CHARS, "_").slice(0, 64 - 13);
+  return `${base}-${suffix}`;
+}
+
+export function roleNameOf(roleArn: string): string {
+  const i = roleArn.lastIndexOf("/");
+  return i >= 0 ? roleArn.slice(i + 1) : roleArn;
+}
+
+function ref(p: AccessPolicy): PolicyRef {
+  return {
+    namespace: p.metadata.namespace ?? "",
+    name: p.metadata.name ?? "",
+    uid: p.metadata.uid ?? "",
+    generation: p.metadata.generation ?? 0,
+  };
+}
+
+function byName(a: { metadata: { name?: string } }, b: { metadata: { name?: string } }): number {
+  return (a.metadata.name ?? "").localeCompare(b.metadata.name ?? "");
+}
+
+export function decide(input: DecideInput, opts: DecideOptions): Decision {
+  const { pod } = input;
+  const evaluations: PolicyEvaluation[] = [];
+  const candidates: AccessPolicy[] = [];
+  for (const p of [...input.policies].sort(byName)) {
+    const priority = typeof p.spec?.priority === "number" ? p.spec.priority : 0;
+    if (p.metadata.namespace !== pod.namespace) {
+      evaluations.push({
+        name: p.metadata.name ?? "",
+        priority,
+        selected: false,
+        reason: `in namespace ${p.metadata.namespace}`,
+      });
+      continue;
+    }
+    const mismatch = p.spec?.podSelector
+      ? podSelectorMismatch(p.spec.podSelector, pod)
+      : "spec.podSelector is missing";
+    if (mismatch)
+      evaluations.push({ name: p.metadata.name ?? "", priority, selected: false, reason: mismatch });
+    else {
+      candidates.push(p);
+      evaluations.push({ name: p.metadata.name ?? "", priority, selected: true, reason: "selector matches" });
+    }
+  }
+  if (candidates.length === 0) {
+    return {
+      ok: false,
+      code: "NoPolicy",
+      reason: "NoPolicy",
+      message: `no AccessPolicy in namespace ${pod.namespace} selects pod ${pod.name}`,
+      evaluations,
+    };
+  }
+  const prio = (p: AccessPolicy) => (typeof p.spec.priority === "number" ? p.spec.priority : 0);
+  const top = Math.max(...candidates.map(prio));
+  const winners = candidates.filter((p) => prio(p) === top);
+  for (const e of evaluations) {
+    if (e.selected && e.priority < top) {
+      e.selected = false;
+      e.reason = `selector matches, but priority ${e.priority} < ${top}`;
+    }
+  }
+  if (winners.length > 1) {
+    const names = winners.map((p) => p.metadata.name).join(", ");
+    for (const e of evaluations) if (e.selected) e.reason = `selector matches; tied at priority ${top}`;
+    return {
+      ok: false,
+      code: "AmbiguousPolicy",
+      reason: "AmbiguousPolicy",
+      message: `AccessPolicies ${names} in namespace ${pod.namespace} all select pod ${pod.name} at priority ${top}; set spec.priority or narrow the selectors`,
+      evaluations,
+    };
+  }
+  const policy = winners[0] as AccessPolicy;
+  const pref = ref(policy);
+  const v = validateAccessPolicy({ ...policy, kind: "AccessPolicy" });
+  if (v.errors.length > 0) {
+    return {
+      ok: false,
+      code: "PolicyInvalid",
+      reason: "PolicyInvalid",
+      message: `AccessPolicy ${pref.name} is invalid: ${v.errors.join("; ")}`,
+      evaluations,
+      policy: pref,
+    };
+  }
+  const roleArn = policy.spec.roleArn;
+
+  // Allowances
+  const applicable = input.allowances
+    .filter((a) => validateRoleAllowance({ ...a, kind: "RoleAllowance" }).errors.length === 0)
+    .filter((a) => allowanceCoversNamespace(a, input.namespace) && allowanceCoversRole(a, roleArn))
+    .sort(byName);
+  if (applicable.length === 0) {
+    return {
+      ok: false,
+      code: "RoleNotAllowed",
+      reason: "RoleNotAllowed",
+      message: `no RoleAllowance lets namespace ${pod.namespace} use role ${roleArn}`,
+      evaluations,
+      policy: pref,
+    };
+  }
+
+  const ctx = { pod, clusterName: opts.clusterName };
+  let statements: IamStatement[] = [];
+  let tags: Tag[];
+  try {
+    if (policy.spec.sessionPolicy) {
+      const rendered = renderDocument(policy.spec.sessionPolicy, ctx, "spec.sessionPolicy");
+      statements = Array.isArray(rendered.Statement) ? [...rendered.Statement] : [rendered.Statement];
+    }
+    const denies: IamStatement[] = [];
+    for (const a of applicable) {
+      for (const s of renderDocument(
+        a.spec.denyStatements ?? [],
+        ctx,
+        `RoleAllowance ${a.metadata.name}.spec.denyStatements`,
+      ))
+        denies.push(s);
+    }
+    if (denies.length > 0) {
+      // A session policy with only Deny statements would allow nothing: without a tenant policy
+      // the session keeps the role's permissions minus the denies.
+      if (statements.length === 0) statements.push({ Effect: "Allow", Action: "*", Resource: "*" });
+      statements.push(...denies);
+    }
+    tags = systemTags(pod, opts.clusterName);
+    for (const [k, raw] of Object.entries(policy.spec.sessionTags ?? {})) {
+      const val = renderString(raw, ctx);
+      if (!TAG_VALUE.test(val))
+        throw new TemplateError(`spec.sessionTags.${k}: rendered value is not a valid tag value`);
+      tags.push({ Key: k, Value: val });
+    }
+  } catch (e) {
+    if (e instanceof TemplateError) {
+      return {
+        ok: false,
+        code: "PolicyInvalid",
+        reason: "TemplateInvalid",
+        message: `AccessPolicy ${pref.name}: ${e.message}`,
+        evaluations,
+        policy: pref,
+      };
+    }
+    throw e;
+  }
+
+  const sessionPolicy =
+    statements.length > 0
+      ? JSON.stringify({ Version: policy.spec.sessionPolicy?.Version ?? "2012-10-17", Statement: statements })
+      : undefined;
+  const policyArns = policy.spec.managedPolicyArns ?? [];
+  const size = (sessionPolicy?.length ?? 0) + policyArns.reduce((n, a) => n + a.length, 0);
+  if (size > STS_MAX_POLICY_CHARS) {
+    const r: Decision = {
+      ok: false,
+      code: "PolicyInvalid",
+      reason: "PolicyTooLarge",
+      message: `AccessPolicy ${pref.name}: rendered session policy is ${size} characters after minification; STS allows ${STS_MAX_POLICY_CHARS}`,
+      evaluations,
+      policy: pref,
+    };
+    if (sessionPolicy !== undefined) r.sessionPolicy = sessionPolicy;
+    return r;
+  }
+
+  const cap = Math.min(
+    opts.maxDurationSeconds,
+    ...applicable.map((a) => a.spec.maxDurationSeconds ?? Number.POSITIVE_INFINITY),
+  );
+  const wanted = policy.spec.durationSeconds ?? DEFAULT_DURATION;
+  const durationSeconds = Math.max(STS_MIN_DURATION, Math.min(wanted, cap));
+  const sessionName = sessionNameFor(pod);
+  return {
+    ok: true,
+    evaluations,
+    plan: {
+      roleArn,
+      roleName: roleNameOf(roleArn),
+      sessionPolicy,
+      policyArns,
+      tags,
+      durationSeconds,
+      sessionName,
+      sourceIdentity: opts.sourceIdentity === false ? "" : sessionName,
+      policy: pref,
+      allowances: applicable.map((a) => ({
+        name: a.metadata.name ?? "",
+        uid: a.metadata.uid ?? "",
+        generation: a.metadata.generation ?? 0,
+      })),
+      policySha256: sessionPolicy ? createHash("sha256").update(sessionPolicy).digest("hex") : "",
+    },
+  };
+}
+
+export function systemTags(pod: PodFacts, clusterName: string): Tag[] {
+  const tags: Tag[] = [
+    { Key: "kubernetes-namespace", Value: pod.namespace },
+    { Key: "kubernetes-service-account", Value: pod.serviceAccountName },
+    { Key: "kubernetes-pod-name", Value: pod.name },
+    { Key: "kubernetes-pod-uid", Value: pod.uid },
+    { Key: "kubernetes-node-name", Value: pod.nodeName },
+  ];
+  if (clusterName) tags.push({ Key: "kubernetes-cluster-name", Value: clusterName });
+  return tags;
+}

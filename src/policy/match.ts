@@ -1,0 +1,78 @@
+// Selectors and patterns: label selectors (Kubernetes semantics), pod selectors, namespace and
+// role-ARN globs.
+
+import type { LabelSelector, NamespaceFacts, PodFacts, PodSelector, RoleAllowance } from "./types.ts";
+
+export function labelSelectorMatches(
+  sel: LabelSelector | undefined,
+  labels: Record<string, string>,
+): boolean {
+  if (!sel) return true;
+  for (const [k, v] of Object.entries(sel.matchLabels ?? {})) {
+    if (!Object.hasOwn(labels, k) || labels[k] !== v) return false;
+  }
+  for (const req of sel.matchExpressions ?? []) {
+    const has = Object.hasOwn(labels, req.key);
+    const val = has ? labels[req.key] : undefined;
+    switch (req.operator) {
+      case "In":
+        if (!has || !(req.values ?? []).includes(val as string)) return false;
+        break;
+      case "NotIn":
+        if (has && (req.values ?? []).includes(val as string)) return false;
+        break;
+      case "Exists":
+        if (!has) return false;
+        break;
+      case "DoesNotExist":
+        if (has) return false;
+        break;
+      default:
+        return false; // unknown operator: never matches (validation reports it)
+    }
+  }
+  return true;
+}
+
+/** Why a pod selector does not match, or null when it matches. */
+export function podSelectorMismatch(sel: PodSelector, pod: PodFacts): string | null {
+  if (sel.serviceAccountName !== undefined && sel.serviceAccountName !== pod.serviceAccountName) {
+    return `service account is "${pod.serviceAccountName}", policy selects "${sel.serviceAccountName}"`;
+  }
+  for (const [k, v] of Object.entries(sel.matchLabels ?? {})) {
+    if (!Object.hasOwn(pod.labels, k)) return `pod has no label "${k}" (policy wants "${v}")`;
+    if (pod.labels[k] !== v) return `label "${k}" does not equal "${v}"`;
+  }
+  for (const req of sel.matchExpressions ?? []) {
+    if (!labelSelectorMatches({ matchExpressions: [req] }, pod.labels)) {
+      return `label expression ${req.key} ${req.operator}${req.values ? ` [${req.values.join(",")}]` : ""} does not hold`;
+    }
+  }
+  return null;
+}
+
+/** Glob: '*' matches any run of characters except ':', '?' one character except ':'. */
+export function globToRegExp(pattern: string): RegExp {
+  let re = "^";
+  for (const ch of pattern) {
+    if (ch === "*") re += "[^:]*";
+    else if (ch === "?") re += "[^:]";
+    else re += ch.replace(/[.+^${}()|[\]\\/-]/g, "\\$&");
+  }
+  return new RegExp(re + "$");
+}
+
+export function globMatches(pattern: string, value: string): boolean {
+  return globToRegExp(pattern).test(value);
+}
+
+export function allowanceCoversNamespace(a: RoleAllowance, ns: NamespaceFacts): boolean {
+  const byName = (a.spec.namespaces ?? []).some((p) => globMatches(p, ns.name));
+  const bySel =
+    a.spec.namespaceSelector !== undefined && labelSelectorMatches(a.spec.namespaceSelector, ns.labels);
+  return byName || bySel;
+}
+
+export function allowanceCoversRole(a: RoleAllowance, roleArn: string): boolean {
+  return (a.spec.roleArns ?? []).some((p) => globMatches(p, roleArn));
+}

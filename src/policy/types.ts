@@ -1,0 +1,125 @@
+// AccessPolicy (namespaced, written by tenants) and RoleAllowance (cluster-scoped, written by
+// platform admins). The CRD schemas live in deploy/crds/; these types mirror them. Everything the
+// server reads from these objects is validated again here (validate.ts): the apiserver's schema is
+// a first line, not a guarantee (older CRD versions, objects written before a schema change).
+
+export const GROUP = "keycutter.dev";
+export const VERSION = "v1alpha1";
+export const API_VERSION = `${GROUP}/${VERSION}`;
+export const ACCESS_POLICY_PLURAL = "accesspolicies";
+export const ROLE_ALLOWANCE_PLURAL = "roleallowances";
+
+export interface LabelSelectorRequirement {
+  key: string;
+  operator: "In" | "NotIn" | "Exists" | "DoesNotExist";
+  values?: string[];
+}
+
+export interface LabelSelector {
+  matchLabels?: Record<string, string>;
+  matchExpressions?: LabelSelectorRequirement[];
+}
+
+export interface PodSelector extends LabelSelector {
+  /** Only pods running as this service account. */
+  serviceAccountName?: string;
+}
+
+export interface ObjectMeta {
+  name?: string;
+  namespace?: string;
+  uid?: string;
+  generation?: number;
+  resourceVersion?: string;
+  labels?: Record<string, string>;
+  annotations?: Record<string, string>;
+  creationTimestamp?: string | Date;
+}
+
+export interface Condition {
+  type: string;
+  status: "True" | "False" | "Unknown";
+  reason: string;
+  message: string;
+  lastTransitionTime: string;
+  observedGeneration?: number;
+}
+
+export interface PolicyStatus {
+  observedGeneration?: number;
+  conditions?: Condition[];
+}
+
+/** An IAM policy statement, kept loose: IAM itself is the judge of the fine structure. */
+export type IamStatement = Record<string, unknown>;
+export interface IamPolicyDocument {
+  Version?: string;
+  Statement: IamStatement[] | IamStatement;
+  Id?: string;
+}
+
+export interface AccessPolicySpec {
+  podSelector: PodSelector;
+  roleArn: string;
+  /** IAM policy document; string values may contain template variables (template.ts). */
+  sessionPolicy?: IamPolicyDocument;
+  /** Managed policies passed as session policies (PolicyArns, at most 10). */
+  managedPolicyArns?: string[];
+  /** Extra session tags; values may contain template variables. */
+  sessionTags?: Record<string, string>;
+  durationSeconds?: number;
+  /** Higher wins when several policies select the same pod; a tie is ambiguous. Default 0. */
+  priority?: number;
+}
+
+export interface AccessPolicy {
+  apiVersion?: string;
+  kind?: "AccessPolicy";
+  metadata: ObjectMeta;
+  spec: AccessPolicySpec;
+  status?: PolicyStatus;
+}
+
+export interface RoleAllowanceSpec {
+  /** Namespace names (exact, or glob with * and ?). */
+  namespaces?: string[];
+  /** Namespaces whose labels match. A namespace matches if it matches either field. */
+  namespaceSelector?: LabelSelector;
+  /** Role ARN patterns (glob with * and ?, * never crossing a ':' ). */
+  roleArns: string[];
+  /** Upper bound on DurationSeconds for sessions issued under this allowance. */
+  maxDurationSeconds?: number;
+  /** Deny statements appended to every session policy issued under this allowance. */
+  denyStatements?: IamStatement[];
+}
+
+export interface RoleAllowance {
+  apiVersion?: string;
+  kind?: "RoleAllowance";
+  metadata: ObjectMeta;
+  spec: RoleAllowanceSpec;
+  status?: PolicyStatus;
+}
+
+/** The facts about a pod that policies can select on and templates can use. */
+export interface PodFacts {
+  namespace: string;
+  name: string;
+  uid: string;
+  serviceAccountName: string;
+  nodeName: string;
+  labels: Record<string, string>;
+  annotations: Record<string, string>;
+}
+
+export interface NamespaceFacts {
+  name: string;
+  labels: Record<string, string>;
+}
+
+export const STS_MAX_POLICY_CHARS = 2048;
+export const STS_MAX_POLICY_ARNS = 10;
+export const STS_MAX_TAGS = 50;
+export const STS_MIN_DURATION = 900;
+export const STS_MAX_DURATION = 43200;
+export const DEFAULT_DURATION = 3600;

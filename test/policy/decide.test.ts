@@ -1,0 +1,247 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import fc from "fast-check";
+import { decide, sessionNameFor } from "../../src/policy/decide.ts";
+import { renderDocument, TemplateError, SAFE_VALUE } from "../../src/policy/template.ts";
+import { validateAccessPolicy, validateRoleAllowance } from "../../src/policy/validate.ts";
+import type { AccessPolicy, PodFacts, RoleAllowance } from "../../src/policy/types.ts";
+
+const pod: PodFacts = {
+  namespace: "tenant-a",
+  name: "web-1",
+  uid: "0b6f1f9e-3c1d-4d7e-9a57-1b2c3d4e5f60",
+  serviceAccountName: "app",
+  nodeName: "node-1",
+  labels: { team: "blue", app: "web" },
+  annotations: { "keycutter.dev/prefix": "reports", evil: 'x"}],"Effect":"Allow' },
+};
+
+function policy(name: string, spec: Partial<AccessPolicy["spec"]> = {}): AccessPolicy {
+  return {
+    metadata: { name, namespace: "tenant-a", uid: `uid-${name}`, generation: 3 },
+    spec: {
+      podSelector: { serviceAccountName: "app" },
+      roleArn: "arn:aws:iam::123456789012:role/tenant-a",
+      sessionPolicy: {
+        Version: "2012-10-17",
+        Statement: [
+          {
+            Effect: "Allow",
+            Action: ["s3:GetObject", "s3:PutObject"],
+            Resource: "arn:aws:s3:::bucket-a/${namespace}/${pod.labels['team']}/*",
+          },
+        ],
+      },
+      ...spec,
+    },
+  };
+}
+
+const allowance: RoleAllowance = {
+  metadata: { name: "tenants", uid: "ra-1", generation: 2 },
+  spec: {
+    namespaces: ["tenant-*"],
+    roleArns: ["arn:aws:iam::123456789012:role/tenant-*"],
+    maxDurationSeconds: 1800,
+    denyStatements: [{ Effect: "Deny", Action: "s3:DeleteBucket", Resource: "*" }],
+  },
+};
+
+const ns = { name: "tenant-a", labels: {} };
+const opts = { clusterName: "test", maxDurationSeconds: 3600 };
+
+test("decide renders the template, appends denies, caps duration, sets tags", () => {
+  const d = decide({ pod, namespace: ns, policies: [policy("p1")], allowances: [allowance] }, opts);
+  assert.equal(d.ok, true);
+  if (!d.ok) return;
+  const doc = JSON.parse(d.plan.sessionPolicy as string);
+  assert.equal(doc.Statement[0].Resource, "arn:aws:s3:::bucket-a/tenant-a/blue/*");
+  assert.deepEqual(doc.Statement[1], { Effect: "Deny", Action: "s3:DeleteBucket", Resource: "*" });
+  assert.ok(!(d.plan.sessionPolicy as string).includes(" "), "minified");
+  assert.equal(d.plan.durationSeconds, 1800);
+  assert.equal(d.plan.policy.generation, 3);
+  assert.deepEqual(
+    d.plan.tags.map((t) => t.Key),
+    [
+      "kubernetes-namespace",
+      "kubernetes-service-account",
+      "kubernetes-pod-name",
+      "kubernetes-pod-uid",
+      "kubernetes-node-name",
+      "kubernetes-cluster-name",
+    ],
+  );
+  assert.match(d.plan.sessionName, /^[\w+=,.@-]{2,64}$/);
+  assert.equal(d.plan.policySha256.length, 64);
+});
+
+test("no policy, ambiguous, priority, disallowed role", () => {
+  const none = decide(
+    {
+      pod,
+      namespace: ns,
+      policies: [policy("p1", { podSelector: { serviceAccountName: "other" } })],
+      allowances: [allowance],
+    },
+    opts,
+  );
+  assert.equal(none.ok, false);
+  if (!none.ok) assert.equal(none.code, "NoPolicy");
+  const amb = decide(
+    {
+      pod,
+      namespace: ns,
+      policies: [policy("p1"), policy("p2", { podSelector: { matchLabels: { team: "blue" } } })],
+      allowances: [allowance],
+    },
+    opts,
+  );
+  assert.equal(amb.ok, false);
+  if (!amb.ok) {
+    assert.equal(amb.code, "AmbiguousPolicy");
+    assert.match(amb.message, /p1, p2/);
+  }
+  const pr = decide(
+    { pod, namespace: ns, policies: [policy("p1"), policy("p2", { priority: 5 })], allowances: [allowance] },
+    opts,
+  );
+  assert.equal(pr.ok, true);
+  if (pr.ok) assert.equal(pr.plan.policy.name, "p2");
+  const role = decide(
+    {
+      pod,
+      namespace: ns,
+      policies: [policy("p1", { roleArn: "arn:aws:iam::123456789012:role/admin" })],
+      allowances: [allowance],
+    },
+    opts,
+  );
+  assert.equal(role.ok, false);
+  if (!role.ok) assert.equal(role.code, "RoleNotAllowed");
+  const otherNs = decide(
+    {
+      pod: { ...pod, namespace: "other" },
+      namespace: { name: "other", labels: {} },
+      policies: [{ ...policy("p1"), metadata: { ...policy("p1").metadata, namespace: "other" } }],
+      allowances: [allowance],
+    },
+    opts,
+  );
+  assert.equal(otherNs.ok, false);
+  if (!otherNs.ok) assert.equal(otherNs.code, "RoleNotAllowed");
+});
+
+test("hostile annotation values are refused, never inserted", () => {
+  const p = policy("p1", {
+    sessionPolicy: {
+      Statement: [
+        { Effect: "Allow", Action: "s3:GetObject", Resource: "arn:aws:s3:::b/${pod.annotations['evil']}" },
+      ],
+    },
+  });
+  const d = decide({ pod, namespace: ns, policies: [p], allowances: [allowance] }, opts);
+  assert.equal(d.ok, false);
+  if (!d.ok) {
+    assert.equal(d.code, "PolicyInvalid");
+    assert.equal(d.reason, "TemplateInvalid");
+    assert.ok(!d.message.includes('"Effect"'), "value not echoed");
+  }
+  for (const bad of ["*", "a*", "a/b", "a:b", "a?b", "${x}", "", " a", "a\nb", ".."]) {
+    assert.throws(
+      () =>
+        renderDocument(
+          { R: "x/${pod.labels['v']}" },
+          { pod: { ...pod, labels: { v: bad } }, clusterName: "c" },
+        ),
+      TemplateError,
+      bad,
+    );
+  }
+});
+
+test("unknown variables are errors; IAM variables pass through", () => {
+  assert.throws(() => renderDocument({ R: "${podname}" }, { pod, clusterName: "c" }), /unknown variable/);
+  assert.throws(() => renderDocument({ R: "${namespace" }, { pod, clusterName: "c" }), /unterminated/);
+  assert.throws(
+    () => renderDocument({ "${namespace}": "x" }, { pod, clusterName: "c" }),
+    /only allowed in values/,
+  );
+  assert.deepEqual(
+    renderDocument({ R: "${aws:PrincipalTag/team}/${*}/${namespace}" }, { pod, clusterName: "c" }),
+    { R: "${aws:PrincipalTag/team}/${*}/tenant-a" },
+  );
+  assert.throws(
+    () => renderDocument({ R: "${pod.labels['missing']}" }, { pod, clusterName: "c" }),
+    /no label/,
+  );
+});
+
+test("property: any label value either renders verbatim (safe) or is refused; output is valid JSON", () => {
+  fc.assert(
+    fc.property(fc.string({ maxLength: 80 }), (v) => {
+      const ctx = { pod: { ...pod, labels: { v } }, clusterName: "c" };
+      try {
+        const out = renderDocument({ R: "arn:aws:s3:::b/${pod.labels['v']}/*" }, ctx);
+        assert.ok(SAFE_VALUE.test(v));
+        assert.equal(out.R, `arn:aws:s3:::b/${v}/*`);
+        assert.equal(JSON.parse(JSON.stringify(out)).R.split(":").length, 6);
+      } catch (e) {
+        assert.ok(e instanceof TemplateError);
+        assert.ok(!SAFE_VALUE.test(v));
+      }
+    }),
+  );
+});
+
+test("oversized rendered policy is refused with PolicyTooLarge", () => {
+  const stmts = Array.from({ length: 40 }, (_, i) => ({
+    Effect: "Allow",
+    Action: "s3:GetObject",
+    Resource: `arn:aws:s3:::bucket-number-${i}/\${namespace}/*`,
+  }));
+  const d = decide(
+    {
+      pod,
+      namespace: ns,
+      policies: [policy("big", { sessionPolicy: { Statement: stmts } })],
+      allowances: [allowance],
+    },
+    opts,
+  );
+  assert.equal(d.ok, false);
+  if (!d.ok) {
+    assert.equal(d.reason, "PolicyTooLarge");
+    assert.equal(d.code, "PolicyInvalid");
+  }
+});
+
+test("session names are valid and unique per pod", () => {
+  const long = { namespace: "n".repeat(63), name: "p".repeat(253), uid: "u1" };
+  const a = sessionNameFor(long);
+  const b = sessionNameFor({ ...long, uid: "u2" });
+  assert.ok(a.length <= 64 && /^[\w+=,.@-]+$/.test(a));
+  assert.notEqual(a, b);
+});
+
+test("validation catches unknown fields, Allow in allowance denies, bad ARNs", () => {
+  const v = validateAccessPolicy({
+    kind: "AccessPolicy",
+    metadata: { name: "x" },
+    spec: { podSelector: {}, roleArn: "nope", typo: 1, sessionTags: { "kubernetes-namespace": "x" } },
+  });
+  assert.ok(v.errors.some((e) => e.includes('unknown field "typo"')));
+  assert.ok(v.errors.some((e) => e.includes("spec.roleArn")));
+  assert.ok(v.errors.some((e) => e.includes("cannot be overridden")));
+  const r = validateRoleAllowance({
+    kind: "RoleAllowance",
+    metadata: { name: "r" },
+    spec: {
+      namespaces: ["a"],
+      roleArns: ["arn:aws:iam::1:role/x"],
+      denyStatements: [{ Effect: "Allow", Action: "*", Resource: "*" }],
+    },
+  });
+  assert.ok(r.errors.some((e) => e.includes('only "Deny"')));
+  assert.deepEqual(validateRoleAllowance(allowance).errors, []);
+  assert.deepEqual(validateAccessPolicy(policy("ok")).errors, []);
+});
