@@ -1,10 +1,235 @@
 import type { Command } from "commander";
+import { createLogger } from "../../common/logger.ts";
+import { startAgent, parseHostPort, type AgentConfig } from "../../agent/agent.ts";
+import { Hook, type HookOptions } from "../../agent/hook/iptables.ts";
+
+type Opts = Record<string, string | boolean | undefined>;
+type Env = Record<string, string | undefined>;
+
+/** Flag → environment variable: --server-url → KEYCUTTER_SERVER_URL. */
+export function envName(flag: string): string {
+  return "KEYCUTTER_" + flag.replace(/^--/, "").replace(/-/g, "_").toUpperCase();
+}
+
+function camel(flag: string): string {
+  return flag.replace(/^--/, "").replace(/-([a-z0-9])/g, (_, c: string) => c.toUpperCase());
+}
+
+class Resolver {
+  private readonly opts: Opts;
+  private readonly env: Env;
+  constructor(opts: Opts, env: Env) {
+    this.opts = opts;
+    this.env = env;
+  }
+  str(flag: string, ...fallbackEnv: string[]): string | undefined {
+    const v = this.opts[camel(flag)];
+    if (typeof v === "string") return v;
+    for (const e of [envName(flag), ...fallbackEnv]) {
+      const x = this.env[e];
+      if (x !== undefined && x !== "") return x;
+    }
+    return undefined;
+  }
+  req(flag: string, ...fallbackEnv: string[]): string {
+    const v = this.str(flag, ...fallbackEnv);
+    if (v === undefined) throw new Error(`${flag} (or ${envName(flag)}) is required`);
+    return v;
+  }
+  int(flag: string, def: number): number {
+    const v = this.str(flag);
+    if (v === undefined) return def;
+    if (!/^-?\d+$/.test(v)) throw new Error(`${flag}: expected an integer, got "${v}"`);
+    return Number(v);
+  }
+  bool(flag: string, def: boolean): boolean {
+    const v = this.opts[camel(flag)];
+    if (typeof v === "boolean") return v;
+    const e = this.env[envName(flag)];
+    if (e === undefined || e === "") return def;
+    if (/^(1|true|yes|on)$/i.test(e)) return true;
+    if (/^(0|false|no|off)$/i.test(e)) return false;
+    throw new Error(`${envName(flag)}: expected true or false, got "${e}"`);
+  }
+  list(flag: string): string[] {
+    const v = this.str(flag);
+    return v === undefined
+      ? []
+      : v
+          .split(",")
+          .map((s) => s.trim())
+          .filter(Boolean);
+  }
+}
+
+function hookFrom(r: Resolver): Omit<HookOptions, "imdsPort" | "containerPort"> {
+  const podInterfaces = r.list("--hook-pod-interface");
+  const podCidrs = r.list("--hook-pod-cidr");
+  return {
+    chain: r.str("--hook-chain") ?? "KEYCUTTER",
+    podInterfaces,
+    podCidrs,
+    agentIp: r.req("--hook-agent-ip", "NODE_IP"),
+    flushConntrack: r.bool("--conntrack-flush", true),
+  };
+}
+
+/** Builds the agent configuration from parsed flags, falling back to environment variables. */
+export function agentConfigFrom(opts: Opts, env: Env = process.env): AgentConfig {
+  const r = new Resolver(opts, env);
+  const region = r.str("--region", "AWS_REGION", "AWS_DEFAULT_REGION") ?? "us-east-1";
+  const containerListen = r.str("--container-listen") ?? "0.0.0.0:8181";
+  const hookOn = r.bool("--hook", true);
+  return {
+    nodeName: r.req("--node-name", "NODE_NAME"),
+    serverUrl: r.req("--server-url"),
+    serverCaFile: r.str("--server-ca-file"),
+    tokenFile: r.str("--token-file") ?? "/var/run/secrets/keycutter/token",
+    serverTimeoutMs: r.int("--server-timeout-ms", 5000),
+    kubeconfig: r.str("--kubeconfig"),
+    imdsListen: parseHostPort(r.str("--imds-listen") ?? "0.0.0.0:8180", "--imds-listen"),
+    containerListen:
+      containerListen === "off" ? undefined : parseHostPort(containerListen, "--container-listen"),
+    opsListen: parseHostPort(r.str("--ops-listen") ?? "0.0.0.0:8182", "--ops-listen"),
+    requireImdsV2: r.bool("--require-imdsv2", false),
+    allowHostNetwork: r.bool("--allow-host-network", false),
+    unknownPodWaitMs: r.int("--unknown-pod-wait-ms", 800),
+    credentialWaitMs: r.int("--credential-wait-ms", 900),
+    maxWaiting: r.int("--max-waiting", 1024),
+    region,
+    availabilityZone: r.str("--availability-zone") ?? `${region}a`,
+    accountId: r.str("--account-id") ?? "000000000000",
+    instanceId: r.str("--instance-id") ?? "i-00000000000000000",
+    instanceType: r.str("--instance-type") ?? "m5.large",
+    passthroughPaths: r.list("--passthrough"),
+    upstreamImdsUrl: r.str("--upstream-imds-url") ?? "http://169.254.169.254",
+    rateLimitRps: r.int("--rate-limit-rps", 50),
+    rateLimitBurst: r.int("--rate-limit-burst", 100),
+    imdsTokenKeyFile: r.str("--imds-token-key-file"),
+    hook: hookOn ? hookFrom(r) : undefined,
+    uninstallHookOnExit: r.bool("--uninstall-hook-on-exit", false),
+    watchStaleAfterMs: r.int("--watch-stale-after-ms", 5 * 60_000),
+  };
+}
+
+function addHookOptions(c: Command): Command {
+  return c
+    .option(
+      "--hook-chain <name>",
+      "iptables chain name (nat; the fail-closed filter chain is <name>-FC)",
+      undefined,
+    )
+    .option(
+      "--hook-pod-interface <ifaces>",
+      "pod-facing interfaces, comma-separated, iptables syntax (cbr0, veth+, eni+)",
+    )
+    .option("--hook-pod-cidr <cidrs>", "pod CIDRs, comma-separated (used when no interface is given)")
+    .option("--hook-agent-ip <ip>", "node IP the agent listens on; DNAT target (env NODE_IP also works)")
+    .option("--no-conntrack-flush", "do not flush conntrack entries to the metadata addresses after install");
+}
 
 export function registerAgentCommands(program: Command): void {
-  program
+  const agent = program
     .command("agent")
     .description("run the node agent (IMDS-compatible endpoint behind the iptables hook)")
-    .action(() => {
-      throw new Error("agent: not implemented yet");
+    .option("--node-name <name>", "this node's name (env KEYCUTTER_NODE_NAME or NODE_NAME)")
+    .option("--server-url <url>", "credential service URL, https://…")
+    .option("--server-ca-file <file>", "CA bundle for the credential service")
+    .option("--token-file <file>", "the agent's projected service-account token (re-read on change)")
+    .option("--server-timeout-ms <ms>", "timeout of one request to the credential service")
+    .option("--kubeconfig <file>", "kubeconfig (default: in-cluster)")
+    .option("--imds-listen <host:port>", "IMDS listener (default 0.0.0.0:8180)")
+    .option("--container-listen <host:port>", "container-credentials listener, or off (default 0.0.0.0:8181)")
+    .option("--ops-listen <host:port>", "/healthz, /readyz, /metrics (default 0.0.0.0:8182)")
+    .option("--require-imdsv2", "refuse IMDSv1 GETs (no session token)")
+    .option("--no-require-imdsv2", "allow IMDSv1 (default)")
+    .option("--allow-host-network", "serve hostNetwork pods (only safe with one such pod per node)")
+    .option("--unknown-pod-wait-ms <ms>", "how long a request from an unknown IP waits for the pod watch")
+    .option(
+      "--credential-wait-ms <ms>",
+      "how long a request waits for the credential service on a cache miss",
+    )
+    .option("--max-waiting <n>", "requests waiting for unknown pods, at most")
+    .option(
+      "--passthrough <paths>",
+      "metadata paths passed to the real IMDS, comma-separated (trailing * = prefix)",
+    )
+    .option("--upstream-imds-url <url>", "the real IMDS (default http://169.254.169.254)")
+    .option("--region <region>", "region served at placement/region (env AWS_REGION)")
+    .option("--availability-zone <az>", "availability zone (default <region>a)")
+    .option("--account-id <id>", "account id in the identity document")
+    .option("--instance-id <id>", "instance id in the identity document")
+    .option("--instance-type <type>", "instance type in the identity document")
+    .option("--rate-limit-rps <n>", "per-pod request rate (0 = off)")
+    .option("--rate-limit-burst <n>", "per-pod burst")
+    .option("--imds-token-key-file <file>", "HMAC key for IMDSv2 tokens (default: random per process)")
+    .option("--hook", "install the iptables hook (default)")
+    .option("--no-hook", "do not touch iptables")
+    .option("--uninstall-hook-on-exit", "remove the hook on shutdown (default: keep it, fail closed)")
+    .option("--watch-stale-after-ms <ms>", "pod watch without life for this long: not ready");
+  addHookOptions(agent);
+  agent.action(async (opts: Opts) => {
+    const log = createLogger("agent");
+    const cfg = agentConfigFrom(opts);
+    const running = await startAgent(cfg, log);
+    let stopping = false;
+    const shutdown = (sig: string): void => {
+      if (stopping) return;
+      stopping = true;
+      log.info({ signal: sig }, "shutting down");
+      running.stop().then(
+        () => process.exit(0),
+        (err: unknown) => {
+          log.error({ err: (err as Error).message }, "shutdown failed");
+          process.exit(1);
+        },
+      );
+    };
+    process.on("SIGTERM", () => shutdown("SIGTERM"));
+    process.on("SIGINT", () => shutdown("SIGINT"));
+  });
+
+  const hook = program.command("hook").description("install, check or remove the node's iptables hook");
+  for (const [name, desc] of [
+    ["init", "install (or repair) the hook; idempotent"],
+    ["check", "exit 0 when the hook is fully in place, 1 otherwise"],
+    ["uninstall", "remove every rule and chain the hook added, and nothing else"],
+  ] as const) {
+    const c = hook
+      .command(name)
+      .description(desc)
+      .option("--imds-port <port>", "agent IMDS port (default 8180)")
+      .option("--container-port <port>", "agent container-credentials port, or off (default 8181)");
+    addHookOptions(c);
+    c.action(async (opts: Opts) => {
+      const r = new Resolver(opts, process.env);
+      const base =
+        name === "uninstall"
+          ? {
+              chain: r.str("--hook-chain") ?? "KEYCUTTER",
+              podInterfaces: ["x"],
+              podCidrs: [],
+              agentIp: "127.0.0.1",
+              flushConntrack: false,
+            }
+          : hookFrom(r);
+      const cp = r.str("--container-port") ?? "8181";
+      const h = new Hook({
+        ...base,
+        imdsPort: r.int("--imds-port", 8180),
+        containerPort: cp === "off" ? undefined : Number(cp),
+      });
+      if (name === "init") {
+        const changed = await h.install();
+        console.log(changed ? "hook installed" : "hook already in place");
+      } else if (name === "check") {
+        const ok = await h.check();
+        console.log(ok ? "hook in place" : "hook missing or incomplete");
+        process.exitCode = ok ? 0 : 1;
+      } else {
+        await h.uninstall();
+        console.log("hook removed");
+      }
     });
+  }
 }

@@ -1,0 +1,279 @@
+// Wires the node agent: pod watch → pod index → credential cache, the pod-facing listeners, the
+// ops listener (/healthz, /readyz, /metrics) and the iptables hook.
+import { createServer, type Server, type IncomingMessage, type ServerResponse } from "node:http";
+import type { AddressInfo } from "node:net";
+import { readFileSync } from "node:fs";
+import { KubeConfig } from "@kubernetes/client-node";
+import { createLogger, type Logger } from "../common/logger.ts";
+import { PodWatch } from "../k8s/pod-watch.ts";
+import { PodIndex } from "./pod-index.ts";
+import { CredCache } from "./cred-cache.ts";
+import { ImdsTokens } from "./imds-token.ts";
+import { AgentMetrics } from "./metrics.ts";
+import { RateLimiter } from "./rate-limit.ts";
+import { Passthrough } from "./passthrough.ts";
+import { ServerClient } from "./server-client.ts";
+import { createContainerHandler, createImdsHandler, type HandlerConfig } from "./handlers.ts";
+import { Hook, type HookOptions } from "./hook/iptables.ts";
+
+export interface AgentConfig extends HandlerConfig {
+  nodeName: string;
+  serverUrl: string;
+  serverCaFile: string | undefined;
+  tokenFile: string;
+  serverTimeoutMs: number;
+  /** undefined: in-cluster configuration. */
+  kubeconfig: string | undefined;
+  imdsListen: HostPort;
+  /** undefined: no container-credentials listener. */
+  containerListen: HostPort | undefined;
+  opsListen: HostPort;
+  passthroughPaths: string[];
+  upstreamImdsUrl: string;
+  rateLimitRps: number;
+  rateLimitBurst: number;
+  /** File with the IMDS token HMAC key (kept across restarts); undefined: random per process. */
+  imdsTokenKeyFile: string | undefined;
+  /** undefined: do not touch iptables. */
+  hook: Omit<HookOptions, "imdsPort" | "containerPort"> | undefined;
+  /** Remove the hook on shutdown (default false: stay fail-closed while the agent restarts). */
+  uninstallHookOnExit: boolean;
+  watchStaleAfterMs: number;
+}
+
+export interface HostPort {
+  host: string;
+  port: number;
+}
+
+export function parseHostPort(s: string, what: string): HostPort {
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:]*)):(\d{1,5})$/.exec(s.trim());
+  const port = m ? Number(m[3]) : NaN;
+  if (!m || !(port >= 0 && port <= 65535)) throw new Error(`${what}: expected host:port, got "${s}"`);
+  return { host: m[1] ?? (m[2] || "0.0.0.0"), port };
+}
+
+export interface RunningAgent {
+  imds: AddressInfo;
+  container: AddressInfo | undefined;
+  ops: AddressInfo;
+  index: PodIndex;
+  cache: CredCache;
+  metrics: AgentMetrics;
+  hook: Hook | undefined;
+  ready(): boolean;
+  stop(): Promise<void>;
+}
+
+function listen(server: Server, hp: HostPort): Promise<AddressInfo> {
+  return new Promise((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(hp.port, hp.host, () => {
+      server.off("error", reject);
+      resolve(server.address() as AddressInfo);
+    });
+  });
+}
+
+function close(server: Server): Promise<void> {
+  return new Promise((resolve) => {
+    server.close(() => resolve());
+    server.closeAllConnections();
+  });
+}
+
+function podFacingServer(handler: (req: IncomingMessage, res: ServerResponse) => void, log: Logger): Server {
+  const s = createServer(
+    {
+      maxHeaderSize: 8192,
+      requestTimeout: 10_000,
+      headersTimeout: 5_000,
+      keepAliveTimeout: 5_000,
+      noDelay: true,
+      // `Host` is not required: SDKs send it, but nothing here depends on it.
+      requireHostHeader: false,
+    },
+    (req, res) => {
+      try {
+        handler(req, res);
+      } catch (err) {
+        log.error({ err: (err as Error).message }, "handler error");
+        if (!res.headersSent) {
+          res.writeHead(500, { "content-type": "text/plain" });
+          res.end("Internal Server Error\n");
+        } else res.destroy();
+      }
+    },
+  );
+  s.maxHeadersCount = 64;
+  s.on("clientError", (err: NodeJS.ErrnoException, socket) => {
+    if (socket.writable && !socket.destroyed) {
+      const status =
+        err.code === "HPE_HEADER_OVERFLOW" ? "431 Request Header Fields Too Large" : "400 Bad Request";
+      socket.end(`HTTP/1.1 ${status}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
+    } else socket.destroy();
+  });
+  return s;
+}
+
+export async function startAgent(
+  cfg: AgentConfig,
+  log: Logger = createLogger("agent"),
+): Promise<RunningAgent> {
+  const kc = new KubeConfig();
+  if (cfg.kubeconfig) kc.loadFromFile(cfg.kubeconfig);
+  else kc.loadFromCluster();
+
+  const client = new ServerClient({
+    serverUrl: cfg.serverUrl,
+    caFile: cfg.serverCaFile,
+    tokenFile: cfg.tokenFile,
+    timeoutMs: cfg.serverTimeoutMs,
+  });
+  const index = new PodIndex();
+  const late: { watch?: PodWatch; cache?: CredCache } = {};
+  const metrics = new AgentMetrics({
+    podsKnown: () => index.size,
+    podsWaiting: () => index.waiting,
+    cacheEntries: () => late.cache?.size ?? 0,
+    watchStale: () => late.watch?.isStale() ?? true,
+    serverReachable: () => client.reachable,
+  });
+  const cache = new CredCache({ source: client, log, metrics, requestTimeoutMs: cfg.serverTimeoutMs });
+  late.cache = cache;
+
+  index.addListener({
+    podChanged(pod, prev) {
+      // A changed IP means a new network identity: nothing issued before follows it.
+      if (prev && prev.ip !== pod.ip) cache.drop(pod.uid);
+      if (
+        pod.ip &&
+        !pod.hostNetwork &&
+        !pod.terminating &&
+        pod.phase !== "Succeeded" &&
+        pod.phase !== "Failed"
+      ) {
+        cache.prefetch(pod);
+      }
+      if (pod.phase === "Succeeded" || pod.phase === "Failed") cache.drop(pod.uid);
+    },
+    podGone(pod) {
+      cache.drop(pod.uid);
+      log.debug({ pod: `${pod.namespace}/${pod.name}` }, "pod gone, credentials dropped");
+    },
+  });
+
+  const tokens = new ImdsTokens(cfg.imdsTokenKeyFile ? readFileSync(cfg.imdsTokenKeyFile) : undefined);
+  const passthrough =
+    cfg.passthroughPaths.length > 0 ? new Passthrough(cfg.upstreamImdsUrl, cfg.passthroughPaths) : undefined;
+  const deps = {
+    cfg,
+    index,
+    cache,
+    tokens,
+    metrics,
+    limiter: new RateLimiter(cfg.rateLimitRps, cfg.rateLimitBurst),
+    passthrough,
+    log,
+  };
+  const imdsServer = podFacingServer(createImdsHandler(deps), log);
+  const containerServer = cfg.containerListen
+    ? podFacingServer(createContainerHandler(deps), log)
+    : undefined;
+
+  const watch = new PodWatch({
+    kc,
+    nodeName: cfg.nodeName,
+    handler: index,
+    log,
+    staleAfterMs: cfg.watchStaleAfterMs,
+    onRestart: (reason) => metrics.watchRestarts.labels(reason).inc(),
+  });
+  late.watch = watch;
+
+  let probeTimer: NodeJS.Timeout | undefined;
+  const ready = (): boolean => watch.synced && !watch.isStale() && client.reachable;
+  const opsServer = createServer((req, res) => {
+    const path = (req.url ?? "").split("?")[0];
+    if (path === "/healthz") {
+      const ok = !(watch.synced && watch.isStale());
+      res.writeHead(ok ? 200 : 503, { "content-type": "text/plain" });
+      res.end(ok ? "ok\n" : "pod watch stale\n");
+    } else if (path === "/readyz") {
+      const ok = ready();
+      const why = !watch.synced
+        ? "pod watch not synced"
+        : watch.isStale()
+          ? "pod watch stale"
+          : "credential service unreachable";
+      res.writeHead(ok ? 200 : 503, { "content-type": "text/plain" });
+      res.end(ok ? "ok\n" : `${why}\n`);
+    } else if (path === "/metrics") {
+      metrics.registry.metrics().then(
+        (text) => {
+          res.writeHead(200, { "content-type": metrics.registry.contentType });
+          res.end(text);
+        },
+        () => {
+          res.writeHead(500);
+          res.end();
+        },
+      );
+    } else {
+      res.writeHead(404, { "content-type": "text/plain" });
+      res.end("Not Found\n");
+    }
+  });
+
+  const servers: Server[] = [];
+  let hook: Hook | undefined;
+  try {
+    const imds = await listen(imdsServer, cfg.imdsListen);
+    servers.push(imdsServer);
+    let container: AddressInfo | undefined;
+    if (containerServer && cfg.containerListen) {
+      container = await listen(containerServer, cfg.containerListen);
+      servers.push(containerServer);
+    }
+    const ops = await listen(opsServer, cfg.opsListen);
+    servers.push(opsServer);
+    watch.start();
+    const probe = (): void => {
+      void client.probe();
+    };
+    probe();
+    probeTimer = setInterval(probe, 10_000);
+    probeTimer.unref();
+    if (cfg.hook) {
+      hook = new Hook({ ...cfg.hook, imdsPort: imds.port, containerPort: container?.port });
+      await hook.install();
+      log.info({ chain: cfg.hook.chain, agentIp: cfg.hook.agentIp }, "iptables hook installed");
+    }
+    log.info({ node: cfg.nodeName, imds, container, ops }, "agent listening");
+    return {
+      imds,
+      container,
+      ops,
+      index,
+      cache,
+      metrics,
+      hook,
+      ready,
+      async stop() {
+        if (probeTimer) clearInterval(probeTimer);
+        await watch.stop();
+        await Promise.all(servers.map(close));
+        cache.dropAll();
+        client.close();
+        passthrough?.close();
+        if (hook && cfg.uninstallHookOnExit) await hook.uninstall();
+      },
+    };
+  } catch (err) {
+    if (probeTimer) clearInterval(probeTimer);
+    await watch.stop();
+    await Promise.all(servers.map(close));
+    client.close();
+    throw err;
+  }
+}

@@ -1,0 +1,413 @@
+// Per-pod credential cache: prefetch, refresh ahead of expiry with jitter, one request in flight
+// per pod, keep serving still-valid credentials while the server fails, drop at once when the pod
+// goes. Responses are serialised once per issuance so that a cache hit only writes a Buffer.
+import { createHash } from "node:crypto";
+import {
+  DEFINITE_DENIALS,
+  ERROR_STATUS,
+  type CredentialsResponse,
+  type ErrorCode,
+  type PodRef,
+} from "../api/contract.ts";
+import type { Logger } from "../common/logger.ts";
+import { ServerError } from "./server-client.ts";
+
+export interface CredentialsSource {
+  credentials(req: { pod: PodRef; podToken?: string }, timeoutMs?: number): Promise<CredentialsResponse>;
+}
+
+export interface CachedCreds {
+  roleName: string;
+  roleArn: string;
+  accountId: string | undefined;
+  expirationMs: number;
+  fetchedAtMs: number;
+  /** IMDS security-credentials/<role> document. */
+  imdsBody: Buffer;
+  /** IMDS security-credentials-extended/<role> document (with AccountId). */
+  imdsExtBody: Buffer;
+  /** Container-credentials document. */
+  containerBody: Buffer;
+  /** iam/info document. */
+  infoBody: Buffer;
+  roleNameBody: Buffer;
+}
+
+export type Outcome =
+  | { ok: true; creds: CachedCreds; stale: boolean }
+  | { ok: false; code: ErrorCode; message: string; status: number };
+
+export interface CacheMetrics {
+  fetch(result: "ok" | ErrorCode, kind: "prefetch" | "demand" | "refresh" | "token"): void;
+  staleServed(): void;
+}
+
+export interface CredCacheOptions {
+  source: CredentialsSource;
+  log: Logger;
+  metrics?: CacheMetrics;
+  /** Serve without refreshing first only while at least this much is left (capped at half the lifetime). */
+  minRemainingMs?: number;
+  /** Refresh when this much is left (capped at half the lifetime), minus jitter. */
+  refreshBeforeMs?: number;
+  jitterMs?: number;
+  /** While the server fails, keep serving credentials with at least this much left. */
+  staleFloorMs?: number;
+  /** Definite denials (no policy, …) are remembered this long. */
+  denialTtlMs?: number;
+  retryInitialMs?: number;
+  retryMaxMs?: number;
+  requestTimeoutMs?: number;
+  /** A pod token validated by the server is trusted again for at most this long. */
+  podTokenTtlMs?: number;
+}
+
+interface Entry {
+  pod: PodRef;
+  creds: CachedCreds | undefined;
+  denial: { code: ErrorCode; message: string; status: number; untilMs: number } | undefined;
+  lastError: { code: ErrorCode; message: string; status: number } | undefined;
+  inflight: Promise<void> | undefined;
+  timer: NodeJS.Timeout | undefined;
+  failures: number;
+  retryAtMs: number;
+  tokens: Map<string, number> | undefined;
+  tokenFlights: Map<string, Promise<Outcome>> | undefined;
+  gone: boolean;
+}
+
+export function formatTime(ms: number): string {
+  return new Date(ms).toISOString().replace(/\.\d{3}Z$/, "Z");
+}
+
+function serialise(res: CredentialsResponse, nowMs: number): CachedCreds {
+  const c = res.credentials;
+  const expirationMs = Date.parse(c.expiration);
+  const exp = formatTime(expirationMs);
+  const updated = formatTime(nowMs);
+  const base = {
+    Code: "Success",
+    LastUpdated: updated,
+    Type: "AWS-HMAC",
+    AccessKeyId: c.accessKeyId,
+    SecretAccessKey: c.secretAccessKey,
+    Token: c.sessionToken,
+    Expiration: exp,
+  };
+  const accountId = c.accountId ?? accountFromArn(res.roleArn);
+  const ext = accountId ? { ...base, AccountId: accountId } : base;
+  const container: Record<string, string> = {
+    AccessKeyId: c.accessKeyId,
+    SecretAccessKey: c.secretAccessKey,
+    Token: c.sessionToken,
+    Expiration: exp,
+  };
+  if (accountId) container.AccountId = accountId;
+  const info = {
+    Code: "Success",
+    LastUpdated: updated,
+    InstanceProfileArn: instanceProfileArn(res.roleArn),
+    InstanceProfileId:
+      "AIPA" + createHash("sha256").update(res.roleArn).digest("hex").slice(0, 17).toUpperCase(),
+  };
+  return {
+    roleName: res.roleName,
+    roleArn: res.roleArn,
+    accountId,
+    expirationMs,
+    fetchedAtMs: nowMs,
+    imdsBody: Buffer.from(JSON.stringify(base, null, 2)),
+    imdsExtBody: Buffer.from(JSON.stringify(ext, null, 2)),
+    containerBody: Buffer.from(JSON.stringify(container)),
+    infoBody: Buffer.from(JSON.stringify(info, null, 2)),
+    roleNameBody: Buffer.from(res.roleName),
+  };
+}
+
+function accountFromArn(arn: string): string | undefined {
+  const m = /^arn:[^:]+:iam::(\d{12}):/.exec(arn);
+  return m?.[1];
+}
+
+function instanceProfileArn(roleArn: string): string {
+  const m = /^(arn:[^:]+:iam::\d{12}:)role\/(.*)$/.exec(roleArn);
+  return m ? `${m[1]}instance-profile/${m[2]!.split("/").pop()}` : roleArn;
+}
+
+function toError(err: unknown): { code: ErrorCode; message: string; status: number } {
+  if (err instanceof ServerError) return { code: err.code, message: err.message, status: err.status };
+  return {
+    code: "Unavailable",
+    message: "credential service request failed",
+    status: ERROR_STATUS.Unavailable,
+  };
+}
+
+export function hashToken(token: string): string {
+  return createHash("sha256").update(token).digest("base64url");
+}
+
+export class CredCache {
+  private readonly o: Required<Omit<CredCacheOptions, "metrics">> & { metrics: CacheMetrics | undefined };
+  private readonly entries = new Map<string, Entry>();
+
+  constructor(opts: CredCacheOptions) {
+    this.o = {
+      minRemainingMs: 30 * 60_000,
+      refreshBeforeMs: 40 * 60_000,
+      jitterMs: 5 * 60_000,
+      staleFloorMs: 2 * 60_000,
+      denialTtlMs: 5_000,
+      retryInitialMs: 500,
+      retryMaxMs: 60_000,
+      requestTimeoutMs: 5_000,
+      podTokenTtlMs: 5 * 60_000,
+      ...opts,
+      metrics: opts.metrics,
+    };
+  }
+
+  get size(): number {
+    return this.entries.size;
+  }
+
+  /** Hot path: credentials that can be served without asking anyone, or undefined. */
+  fresh(uid: string, nowMs = Date.now()): CachedCreds | undefined {
+    const c = this.entries.get(uid)?.creds;
+    if (c === undefined) return undefined;
+    const remaining = c.expirationMs - nowMs;
+    const need = Math.min(this.o.minRemainingMs, (c.expirationMs - c.fetchedAtMs) / 2);
+    return remaining >= need ? c : undefined;
+  }
+
+  /** Start fetching for a pod that just got an IP (no-op when something is cached or in flight). */
+  prefetch(pod: PodRef): void {
+    const e = this.ensure(pod);
+    if (!e.creds && !e.inflight && Date.now() >= e.retryAtMs) this.startFetch(e, "prefetch");
+  }
+
+  /** Drop everything held for a pod, at once (it is gone or its identity changed). */
+  drop(uid: string): void {
+    const e = this.entries.get(uid);
+    if (!e) return;
+    e.gone = true;
+    if (e.timer) clearTimeout(e.timer);
+    e.timer = undefined;
+    e.creds = undefined;
+    e.tokens = undefined;
+    this.entries.delete(uid);
+  }
+
+  dropAll(): void {
+    for (const uid of [...this.entries.keys()]) this.drop(uid);
+  }
+
+  /** Slow path: wait (bounded) for credentials for `pod`. */
+  async obtain(pod: PodRef, waitMs: number): Promise<Outcome> {
+    const e = this.ensure(pod);
+    const now = Date.now();
+    const fresh = this.fresh(pod.uid, now);
+    if (fresh) return { ok: true, creds: fresh, stale: false };
+    if (e.denial && e.denial.untilMs > now) return { ok: false, ...e.denial };
+    if (!e.inflight && now >= e.retryAtMs) this.startFetch(e, e.creds ? "refresh" : "demand");
+    if (e.inflight) await withTimeout(e.inflight, waitMs);
+    return this.settle(e);
+  }
+
+  /** The server already accepted `podToken` for this pod (recently). */
+  tokenValid(uid: string, podToken: string, nowMs = Date.now()): boolean {
+    const t = this.entries.get(uid)?.tokens;
+    if (t === undefined) return false;
+    const until = t.get(hashToken(podToken));
+    return until !== undefined && until > nowMs;
+  }
+
+  /**
+   * Container-credentials path: the pod presents its own projected token. The server validates
+   * it (and that it names this pod) once; the validation is remembered for a short time.
+   */
+  async obtainWithToken(pod: PodRef, podToken: string, waitMs: number): Promise<Outcome> {
+    const e = this.ensure(pod);
+    const now = Date.now();
+    const h = hashToken(podToken);
+    const validUntil = e.tokens?.get(h);
+    if (validUntil !== undefined && validUntil > now) {
+      const fresh = this.fresh(pod.uid, now);
+      if (fresh) return { ok: true, creds: fresh, stale: false };
+      return this.obtain(pod, waitMs);
+    }
+    e.tokenFlights ??= new Map();
+    let flight = e.tokenFlights.get(h);
+    if (!flight) {
+      flight = this.fetchWithToken(e, podToken, h);
+      e.tokenFlights.set(h, flight);
+      const clear = (): void => {
+        e.tokenFlights?.delete(h);
+      };
+      flight.then(clear, clear);
+    }
+    const r = await withTimeout(flight, waitMs);
+    if (r === TIMEOUT) {
+      return {
+        ok: false,
+        code: "Unavailable",
+        message: "timed out waiting for the credential service",
+        status: 503,
+      };
+    }
+    return r;
+  }
+
+  private async fetchWithToken(e: Entry, podToken: string, h: string): Promise<Outcome> {
+    try {
+      const res = await this.o.source.credentials({ pod: e.pod, podToken }, this.o.requestTimeoutMs);
+      this.o.metrics?.fetch("ok", "token");
+      if (e.gone) return { ok: false, code: "PodNotFound", message: "the pod is gone", status: 404 };
+      const creds = this.apply(e, res);
+      e.tokens ??= new Map();
+      if (e.tokens.size >= 16) e.tokens.clear();
+      e.tokens.set(h, Math.min(Date.now() + this.o.podTokenTtlMs, creds.expirationMs));
+      return { ok: true, creds, stale: false };
+    } catch (err) {
+      const x = toError(err);
+      this.o.metrics?.fetch(x.code, "token");
+      return { ok: false, ...x };
+    }
+  }
+
+  private settle(e: Entry): Outcome {
+    const now = Date.now();
+    const fresh = this.fresh(e.pod.uid, now);
+    if (fresh) return { ok: true, creds: fresh, stale: false };
+    if (e.denial && e.denial.untilMs > now) return { ok: false, ...e.denial };
+    if (e.creds && e.creds.expirationMs - now > this.o.staleFloorMs) {
+      this.o.metrics?.staleServed();
+      return { ok: true, creds: e.creds, stale: true };
+    }
+    if (e.lastError) return { ok: false, ...e.lastError };
+    return {
+      ok: false,
+      code: "Unavailable",
+      message: "timed out waiting for the credential service",
+      status: 503,
+    };
+  }
+
+  private ensure(pod: PodRef): Entry {
+    let e = this.entries.get(pod.uid);
+    if (!e) {
+      e = {
+        pod: { namespace: pod.namespace, name: pod.name, uid: pod.uid },
+        creds: undefined,
+        denial: undefined,
+        lastError: undefined,
+        inflight: undefined,
+        timer: undefined,
+        failures: 0,
+        retryAtMs: 0,
+        tokens: undefined,
+        tokenFlights: undefined,
+        gone: false,
+      };
+      this.entries.set(pod.uid, e);
+    }
+    return e;
+  }
+
+  private apply(e: Entry, res: CredentialsResponse): CachedCreds {
+    const now = Date.now();
+    const creds = serialise(res, now);
+    if (!Number.isFinite(creds.expirationMs) || creds.expirationMs <= now) {
+      throw new ServerError("Unavailable", "the credential service returned expired credentials", 502);
+    }
+    e.creds = creds;
+    e.denial = undefined;
+    e.lastError = undefined;
+    e.failures = 0;
+    e.retryAtMs = 0;
+    this.schedule(e, this.refreshDelay(creds, now));
+    return creds;
+  }
+
+  private refreshDelay(c: CachedCreds, now: number): number {
+    const life = c.expirationMs - now;
+    const lead = Math.min(
+      this.o.refreshBeforeMs + Math.random() * this.o.jitterMs,
+      life / 2 + Math.random() * life * 0.1,
+    );
+    return Math.max(1000, c.expirationMs - lead - now);
+  }
+
+  private schedule(e: Entry, delayMs: number): void {
+    if (e.timer) clearTimeout(e.timer);
+    e.timer = setTimeout(() => {
+      e.timer = undefined;
+      if (!e.gone && !e.inflight) this.startFetch(e, e.creds ? "refresh" : "prefetch");
+    }, delayMs);
+    e.timer.unref();
+  }
+
+  private startFetch(e: Entry, kind: "prefetch" | "demand" | "refresh"): void {
+    const p = (async () => {
+      try {
+        const res = await this.o.source.credentials({ pod: e.pod }, this.o.requestTimeoutMs);
+        if (e.gone) return;
+        this.apply(e, res);
+        this.o.metrics?.fetch("ok", kind);
+      } catch (err) {
+        if (e.gone) return;
+        const x = toError(err);
+        this.o.metrics?.fetch(x.code, kind);
+        if (DEFINITE_DENIALS.has(x.code)) {
+          // The server says this pod must not have credentials (any more): stop serving them.
+          e.creds = undefined;
+          e.tokens = undefined;
+          e.denial = { ...x, untilMs: Date.now() + this.o.denialTtlMs };
+          e.lastError = x;
+          if (e.timer) clearTimeout(e.timer);
+          e.timer = undefined;
+          return;
+        }
+        e.lastError = x;
+        e.failures++;
+        const backoff = Math.min(
+          this.o.retryMaxMs,
+          this.o.retryInitialMs * 2 ** Math.min(e.failures - 1, 16),
+        );
+        const delay = backoff * (0.75 + Math.random() * 0.5);
+        e.retryAtMs = Date.now() + Math.min(delay, 1000);
+        this.o.log.warn(
+          {
+            pod: `${e.pod.namespace}/${e.pod.name}`,
+            code: x.code,
+            failures: e.failures,
+            retryMs: Math.round(delay),
+          },
+          "credential fetch failed",
+        );
+        this.schedule(e, delay);
+      } finally {
+        e.inflight = undefined;
+      }
+    })();
+    e.inflight = p;
+  }
+}
+
+const TIMEOUT = Symbol("timeout");
+
+function withTimeout<T>(p: Promise<T>, ms: number): Promise<T | typeof TIMEOUT> {
+  return new Promise((resolve) => {
+    const t = setTimeout(() => resolve(TIMEOUT), ms);
+    p.then(
+      (v) => {
+        clearTimeout(t);
+        resolve(v);
+      },
+      () => {
+        clearTimeout(t);
+        resolve(TIMEOUT);
+      },
+    );
+  });
+}

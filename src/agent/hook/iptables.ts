@@ -1,0 +1,282 @@
+// The node hook: our own iptables chains that DNAT pod traffic for the metadata addresses to the
+// agent, plus a fail-closed chain that rejects whatever is not DNATed (so with the agent down or
+// the DNAT missing, pods get a refused connection, never the real IMDS). Idempotent: install
+// rewrites our chains only when they differ and adds each jump once; uninstall removes exactly
+// the jumps and chains install added.
+import { execFile } from "node:child_process";
+
+export const IMDS_IP = "169.254.169.254";
+export const CONTAINER_IP = "169.254.170.23";
+
+export interface HookOptions {
+  /** Base chain name (nat table); the fail-closed chain is `${chain}-FC` (filter table). */
+  chain: string;
+  /** Pod-facing interfaces (iptables -i syntax, `+` wildcard), e.g. ["cbr0", "veth+"]. */
+  podInterfaces: string[];
+  /** Pod CIDRs (iptables -s syntax). Used when no interface is given. */
+  podCidrs: string[];
+  /** Where the agent listens (an address of this node). */
+  agentIp: string;
+  imdsPort: number;
+  /** Container-credentials port; undefined: 169.254.170.23 is not hooked. */
+  containerPort: number | undefined;
+  /** Flush conntrack entries to the metadata addresses after install. */
+  flushConntrack: boolean;
+  iptables?: string;
+  conntrack?: string;
+}
+
+export type Runner = (
+  cmd: string,
+  args: string[],
+) => Promise<{ code: number; stdout: string; stderr: string }>;
+
+export const defaultRunner: Runner = (cmd, args) =>
+  new Promise((resolve) => {
+    execFile(cmd, args, { timeout: 30_000 }, (err, stdout, stderr) => {
+      const code = err
+        ? typeof (err as { code?: unknown }).code === "number"
+          ? (err as { code: number }).code
+          : 127
+        : 0;
+      resolve({ code, stdout: String(stdout), stderr: String(stderr) });
+    });
+  });
+
+const COMMENT = "keycutter";
+const NAME = /^[A-Za-z0-9_-]{1,25}$/;
+const IFACE = /^[A-Za-z0-9_.:@-]{1,15}\+?$/;
+const CIDR = /^[0-9.]+(\/[0-9]{1,2})?$/;
+const IPV4 = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/;
+
+export function validateHookOptions(o: HookOptions): void {
+  if (!NAME.test(o.chain)) throw new Error(`invalid chain name "${o.chain}" (1-25 of [A-Za-z0-9_-])`);
+  for (const i of o.podInterfaces) if (!IFACE.test(i)) throw new Error(`invalid interface "${i}"`);
+  for (const c of o.podCidrs) if (!CIDR.test(c)) throw new Error(`invalid pod CIDR "${c}"`);
+  if (o.podInterfaces.length === 0 && o.podCidrs.length === 0) {
+    throw new Error("the hook needs a pod interface or a pod CIDR to select pod traffic");
+  }
+  if (!IPV4.test(o.agentIp)) throw new Error(`invalid agent IP "${o.agentIp}"`);
+}
+
+function selectors(o: HookOptions): string[][] {
+  return o.podInterfaces.length > 0
+    ? o.podInterfaces.map((i) => ["-i", i])
+    : o.podCidrs.map((c) => ["-s", c]);
+}
+
+/** The rules of our nat chain, in `iptables -S` form (without the `-A CHAIN` prefix). */
+export function natRules(o: HookOptions): string[][] {
+  const rules: string[][] = [];
+  const targets: [string, number][] = [[IMDS_IP, o.imdsPort]];
+  if (o.containerPort !== undefined) targets.push([CONTAINER_IP, o.containerPort]);
+  for (const sel of selectors(o)) {
+    for (const [ip, port] of targets) {
+      rules.push([
+        "-d",
+        `${ip}/32`,
+        ...sel,
+        "-p",
+        "tcp",
+        "-m",
+        "tcp",
+        "--dport",
+        "80",
+        "-m",
+        "comment",
+        "--comment",
+        COMMENT,
+        "-j",
+        "DNAT",
+        "--to-destination",
+        `${o.agentIp}:${port}`,
+      ]);
+    }
+  }
+  return rules;
+}
+
+/** The fail-closed filter chain: anything from pods still addressed to a metadata IP is rejected. */
+export function filterRules(o: HookOptions): string[][] {
+  const rules: string[][] = [];
+  for (const sel of selectors(o)) {
+    for (const ip of [IMDS_IP, CONTAINER_IP]) {
+      rules.push([
+        "-d",
+        `${ip}/32`,
+        ...sel,
+        "-p",
+        "tcp",
+        "-m",
+        "comment",
+        "--comment",
+        COMMENT,
+        "-j",
+        "REJECT",
+        "--reject-with",
+        "tcp-reset",
+      ]);
+      rules.push([
+        "-d",
+        `${ip}/32`,
+        ...sel,
+        "-m",
+        "comment",
+        "--comment",
+        COMMENT,
+        "-j",
+        "REJECT",
+        "--reject-with",
+        "icmp-port-unreachable",
+      ]);
+    }
+  }
+  return rules;
+}
+
+interface Jump {
+  table: string;
+  parent: string;
+  chain: string;
+}
+
+function jumps(o: HookOptions): Jump[] {
+  const fc = `${o.chain}-FC`;
+  return [
+    { table: "nat", parent: "PREROUTING", chain: o.chain },
+    { table: "filter", parent: "INPUT", chain: fc },
+    { table: "filter", parent: "FORWARD", chain: fc },
+  ];
+}
+
+function jumpSpec(j: Jump): string[] {
+  return ["-m", "comment", "--comment", COMMENT, "-j", j.chain];
+}
+
+export class Hook {
+  private readonly o: HookOptions;
+  private readonly run: Runner;
+  private readonly ipt: string;
+
+  constructor(o: HookOptions, run: Runner = defaultRunner) {
+    validateHookOptions(o);
+    this.o = o;
+    this.run = run;
+    this.ipt = o.iptables ?? "iptables";
+  }
+
+  private async ipt4(
+    args: string[],
+    allowFail = false,
+  ): Promise<{ code: number; stdout: string; stderr: string }> {
+    const r = await this.run(this.ipt, ["-w", "5", ...args]);
+    if (r.code !== 0 && !allowFail)
+      throw new Error(`${this.ipt} ${args.join(" ")} failed (${r.code}): ${r.stderr.trim()}`);
+    return r;
+  }
+
+  private async chainExists(table: string, chain: string): Promise<boolean> {
+    return (await this.ipt4(["-t", table, "-S", chain], true)).code === 0;
+  }
+
+  /** Current rules of one of our chains, as arrays of words. */
+  private async chainRules(table: string, chain: string): Promise<string[][]> {
+    const r = await this.ipt4(["-t", table, "-S", chain]);
+    return r.stdout
+      .split("\n")
+      .filter((l) => l.startsWith(`-A ${chain} `))
+      .map((l) => splitWords(l).slice(2));
+  }
+
+  private async syncChain(table: string, chain: string, want: string[][]): Promise<boolean> {
+    if (!(await this.chainExists(table, chain))) await this.ipt4(["-t", table, "-N", chain]);
+    const have = await this.chainRules(table, chain);
+    if (sameRules(have, want)) return false;
+    // Append the new rules first, then delete the old ones from the top: there is never a
+    // moment where the chain is empty.
+    for (const r of want) await this.ipt4(["-t", table, "-A", chain, ...r]);
+    for (let i = 0; i < have.length; i++) await this.ipt4(["-t", table, "-D", chain, "1"]);
+    return true;
+  }
+
+  /** Installs (or repairs) the hook. Returns true when something changed. */
+  async install(): Promise<boolean> {
+    let changed = false;
+    // Fail-closed first, so that no window exists where pod traffic reaches the real IMDS.
+    changed = (await this.syncChain("filter", `${this.o.chain}-FC`, filterRules(this.o))) || changed;
+    changed = (await this.syncChain("nat", this.o.chain, natRules(this.o))) || changed;
+    for (const j of jumps(this.o)) {
+      const exists = await this.ipt4(["-t", j.table, "-C", j.parent, ...jumpSpec(j)], true);
+      if (exists.code !== 0) {
+        await this.ipt4(["-t", j.table, "-I", j.parent, "1", ...jumpSpec(j)]);
+        changed = true;
+      }
+    }
+    if (this.o.flushConntrack) await this.flushConntrack();
+    return changed;
+  }
+
+  /** Deletes connections already tracked to the metadata addresses (opened before the DNAT). */
+  async flushConntrack(): Promise<void> {
+    const ct = this.o.conntrack ?? "conntrack";
+    for (const ip of [IMDS_IP, CONTAINER_IP]) {
+      // Exit status 1 means "nothing deleted": fine.
+      await this.run(ct, ["-D", "--orig-dst", ip]);
+    }
+  }
+
+  /** True when every jump, chain and rule of the hook is in place. */
+  async check(): Promise<boolean> {
+    for (const j of jumps(this.o)) {
+      if ((await this.ipt4(["-t", j.table, "-C", j.parent, ...jumpSpec(j)], true)).code !== 0) return false;
+    }
+    if (!(await this.chainExists("nat", this.o.chain))) return false;
+    if (!(await this.chainExists("filter", `${this.o.chain}-FC`))) return false;
+    return (
+      sameRules(await this.chainRules("nat", this.o.chain), natRules(this.o)) &&
+      sameRules(await this.chainRules("filter", `${this.o.chain}-FC`), filterRules(this.o))
+    );
+  }
+
+  /** Removes every jump and chain install added, and nothing else. Idempotent. */
+  async uninstall(): Promise<void> {
+    for (const j of jumps(this.o)) {
+      for (let i = 0; i < 16; i++) {
+        const r = await this.ipt4(["-t", j.table, "-D", j.parent, ...jumpSpec(j)], true);
+        if (r.code !== 0) break;
+      }
+    }
+    // The DNAT jump went first and the fail-closed jumps after it, so a crash half-way leaves
+    // pods refused, never pointed at the real IMDS. No traffic enters our chains any more.
+    for (const [table, chain] of [
+      ["nat", this.o.chain],
+      ["filter", `${this.o.chain}-FC`],
+    ] as const) {
+      if (await this.chainExists(table, chain)) {
+        await this.ipt4(["-t", table, "-F", chain]);
+        await this.ipt4(["-t", table, "-X", chain]);
+      }
+    }
+  }
+}
+
+function sameRules(a: string[][], b: string[][]): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) {
+    if (normalise(a[i]!) !== normalise(b[i]!)) return false;
+  }
+  return true;
+}
+
+function normalise(words: string[]): string {
+  return words.map((w) => w.replace(/^"(.*)"$/, "$1")).join(" ");
+}
+
+/** Splits an `iptables -S` line, keeping quoted words together. */
+export function splitWords(line: string): string[] {
+  const out: string[] = [];
+  const re = /"((?:[^"\\]|\\.)*)"|(\S+)/g;
+  let m: RegExpExecArray | null;
+  while ((m = re.exec(line)) !== null) out.push(m[1] ?? m[2]!);
+  return out;
+}

@@ -1,0 +1,163 @@
+// The agent's view of its node's pods, indexed by UID and by IP. Lookups by IP are synchronous
+// (hot path); a caller whose IP is not known yet can wait a bounded time for the watch.
+import type { PodInfo, PodWatchHandler } from "../k8s/pod-watch.ts";
+
+export type { PodInfo };
+
+export type Lookup =
+  | { kind: "pod"; pod: PodInfo }
+  | { kind: "none" }
+  /** More than one live pod claims the IP (e.g. a missed delete): refuse rather than guess. */
+  | { kind: "ambiguous" }
+  /** Several hostNetwork pods share the node IP: they cannot be told apart. */
+  | { kind: "hostNetwork" };
+
+export interface PodIndexListener {
+  /** A pod appeared or changed (new IP, phase, terminating). */
+  podChanged(pod: PodInfo, previous: PodInfo | undefined): void;
+  /** A pod is gone: drop everything held for it at once. */
+  podGone(pod: PodInfo): void;
+}
+
+/** Pods that have finished keep status.podIP, but their IP is free for reuse. */
+function holdsIp(p: PodInfo): boolean {
+  return p.ip !== "" && p.phase !== "Succeeded" && p.phase !== "Failed";
+}
+
+const NONE: Lookup = { kind: "none" };
+const AMBIGUOUS: Lookup = { kind: "ambiguous" };
+const HOST_NETWORK: Lookup = { kind: "hostNetwork" };
+
+export class PodIndex implements PodWatchHandler {
+  private readonly byUid = new Map<string, PodInfo>();
+  private readonly byIp = new Map<string, PodInfo[]>();
+  /** Resolved lookups, rebuilt per IP on change so that a hit allocates nothing. */
+  private readonly resolved = new Map<string, Lookup>();
+  private readonly waiters = new Map<string, Set<() => void>>();
+  private readonly listeners: PodIndexListener[] = [];
+
+  addListener(l: PodIndexListener): void {
+    this.listeners.push(l);
+  }
+
+  get size(): number {
+    return this.byUid.size;
+  }
+
+  getByUid(uid: string): PodInfo | undefined {
+    return this.byUid.get(uid);
+  }
+
+  pods(): IterableIterator<PodInfo> {
+    return this.byUid.values();
+  }
+
+  lookup(ip: string): Lookup {
+    return this.resolved.get(ip) ?? NONE;
+  }
+
+  /** Resolves when `ip` maps to something, or after `ms` (then with the current lookup). */
+  waitFor(ip: string, ms: number): Promise<Lookup> {
+    const now = this.lookup(ip);
+    if (now.kind !== "none" || ms <= 0) return Promise.resolve(now);
+    return new Promise<Lookup>((resolve) => {
+      let set = this.waiters.get(ip);
+      if (!set) {
+        set = new Set();
+        this.waiters.set(ip, set);
+      }
+      const s = set;
+      const wake = (): void => {
+        clearTimeout(timer);
+        s.delete(wake);
+        if (s.size === 0 && this.waiters.get(ip) === s) this.waiters.delete(ip);
+        resolve(this.lookup(ip));
+      };
+      const timer = setTimeout(wake, ms);
+      s.add(wake);
+    });
+  }
+
+  get waiting(): number {
+    let n = 0;
+    for (const s of this.waiters.values()) n += s.size;
+    return n;
+  }
+
+  upsert(pod: PodInfo): void {
+    const prev = this.byUid.get(pod.uid);
+    this.byUid.set(pod.uid, pod);
+    if (prev) for (const ip of prev.ips) this.unindexIp(ip, pod.uid);
+    if (holdsIp(pod)) for (const ip of pod.ips) this.indexIp(ip, pod);
+    const touched = new Set<string>([...(prev?.ips ?? []), ...pod.ips]);
+    for (const ip of touched) this.resolve(ip);
+    for (const l of this.listeners) l.podChanged(pod, prev);
+  }
+
+  remove(uid: string): void {
+    const prev = this.byUid.get(uid);
+    if (!prev) return;
+    this.byUid.delete(uid);
+    for (const ip of prev.ips) {
+      this.unindexIp(ip, uid);
+      this.resolve(ip);
+    }
+    for (const l of this.listeners) l.podGone(prev);
+  }
+
+  resync(pods: PodInfo[]): void {
+    const seen = new Set<string>();
+    for (const p of pods) seen.add(p.uid);
+    for (const uid of [...this.byUid.keys()]) if (!seen.has(uid)) this.remove(uid);
+    for (const p of pods) {
+      const prev = this.byUid.get(p.uid);
+      if (!prev || !samePod(prev, p)) this.upsert(p);
+    }
+  }
+
+  private indexIp(ip: string, pod: PodInfo): void {
+    const list = this.byIp.get(ip);
+    if (list) list.push(pod);
+    else this.byIp.set(ip, [pod]);
+  }
+
+  private unindexIp(ip: string, uid: string): void {
+    const list = this.byIp.get(ip);
+    if (!list) return;
+    const i = list.findIndex((p) => p.uid === uid);
+    if (i >= 0) list.splice(i, 1);
+    if (list.length === 0) this.byIp.delete(ip);
+  }
+
+  private resolve(ip: string): void {
+    const list = this.byIp.get(ip);
+    let r: Lookup;
+    if (!list || list.length === 0) r = NONE;
+    else if (list.length === 1) r = { kind: "pod", pod: list[0]! };
+    else {
+      // A terminating pod may still hold the IP while its successor starts: prefer the single
+      // live one. hostNetwork pods share the node IP and can never be told apart.
+      const live = list.filter((p) => !p.terminating);
+      if (live.length === 1) r = { kind: "pod", pod: live[0]! };
+      else if (list.some((p) => p.hostNetwork)) r = HOST_NETWORK;
+      else r = AMBIGUOUS;
+    }
+    if (r === NONE) this.resolved.delete(ip);
+    else this.resolved.set(ip, r);
+    if (r !== NONE) {
+      const set = this.waiters.get(ip);
+      if (set) for (const w of [...set]) w();
+    }
+  }
+}
+
+function samePod(a: PodInfo, b: PodInfo): boolean {
+  return (
+    a.ip === b.ip &&
+    a.phase === b.phase &&
+    a.terminating === b.terminating &&
+    a.hostNetwork === b.hostNetwork &&
+    a.ips.length === b.ips.length &&
+    a.ips.every((x, i) => x === b.ips[i])
+  );
+}

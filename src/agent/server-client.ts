@@ -1,0 +1,207 @@
+// Client for the central service (src/api/contract.ts): HTTPS POST with the agent's projected
+// service-account token as a Bearer token, CA verification, timeouts, error codes mapped.
+import { request as httpsRequest, Agent as HttpsAgent } from "node:https";
+import { request as httpRequest, Agent as HttpAgent, type IncomingMessage } from "node:http";
+import { readFileSync, statSync } from "node:fs";
+import {
+  CREDENTIALS_PATH,
+  ERROR_STATUS,
+  isCredentialsResponse,
+  type CredentialsRequest,
+  type CredentialsResponse,
+  type ErrorCode,
+} from "../api/contract.ts";
+
+const MAX_RESPONSE_BYTES = 64 * 1024;
+
+export class ServerError extends Error {
+  readonly code: ErrorCode;
+  readonly status: number;
+  constructor(code: ErrorCode, message: string, status?: number) {
+    super(message);
+    this.code = code;
+    this.status = status ?? ERROR_STATUS[code];
+  }
+}
+
+export interface ServerClientOptions {
+  serverUrl: string;
+  /** PEM CA bundle to verify the server with; undefined: the system roots. */
+  caFile?: string;
+  /** The agent's projected token; re-read when the file changes. */
+  tokenFile: string;
+  timeoutMs?: number;
+}
+
+/** Re-reads a token file when its mtime/size/inode changes (projected tokens are swapped in place). */
+export class TokenFile {
+  private readonly path: string;
+  private stamp = "";
+  private value = "";
+  private checkedAt = 0;
+
+  constructor(path: string) {
+    this.path = path;
+  }
+
+  read(nowMs = Date.now()): string {
+    if (nowMs - this.checkedAt < 1000 && this.value) return this.value;
+    this.checkedAt = nowMs;
+    const st = statSync(this.path);
+    const stamp = `${st.ino}:${st.mtimeMs}:${st.size}`;
+    if (stamp !== this.stamp) {
+      this.value = readFileSync(this.path, "utf8").trim();
+      this.stamp = stamp;
+    }
+    return this.value;
+  }
+}
+
+const CODES = new Set<string>(Object.keys(ERROR_STATUS));
+
+export class ServerClient {
+  private readonly url: URL;
+  private readonly agent: HttpsAgent | HttpAgent;
+  private readonly token: TokenFile;
+  private readonly timeoutMs: number;
+  /** Last time any HTTP answer came back (reachability for /readyz). */
+  lastAnswerMs = 0;
+  lastFailureMs = 0;
+
+  constructor(opts: ServerClientOptions) {
+    this.url = new URL(opts.serverUrl);
+    this.timeoutMs = opts.timeoutMs ?? 5000;
+    this.token = new TokenFile(opts.tokenFile);
+    if (this.url.protocol === "https:") {
+      this.agent = new HttpsAgent({
+        keepAlive: true,
+        maxSockets: 32,
+        ca: opts.caFile ? readFileSync(opts.caFile) : undefined,
+      });
+    } else if (this.url.protocol === "http:") {
+      this.agent = new HttpAgent({ keepAlive: true, maxSockets: 32 });
+    } else {
+      throw new Error(`server URL must be https:// (or http:// for tests), got ${this.url.protocol}`);
+    }
+  }
+
+  close(): void {
+    this.agent.destroy();
+  }
+
+  get reachable(): boolean {
+    return this.lastAnswerMs > 0 && this.lastAnswerMs >= this.lastFailureMs;
+  }
+
+  async credentials(req: CredentialsRequest, timeoutMs = this.timeoutMs): Promise<CredentialsResponse> {
+    let token: string;
+    try {
+      token = this.token.read();
+    } catch (err) {
+      throw new ServerError(
+        "Unavailable",
+        `cannot read the agent token file: ${(err as NodeJS.ErrnoException).code ?? "error"}`,
+      );
+    }
+    const body = JSON.stringify(req);
+    const { status, text } = await this.send("POST", CREDENTIALS_PATH, body, token, timeoutMs);
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(text);
+    } catch {
+      parsed = undefined;
+    }
+    if (status >= 200 && status < 300) {
+      if (!isCredentialsResponse(parsed))
+        throw new ServerError("Unavailable", "malformed answer from the credential service", 502);
+      return parsed;
+    }
+    const p = parsed as { code?: unknown; message?: unknown } | undefined;
+    if (p && typeof p.code === "string" && CODES.has(p.code)) {
+      const msg = typeof p.message === "string" ? p.message.slice(0, 500) : p.code;
+      throw new ServerError(p.code as ErrorCode, msg, status);
+    }
+    if (status === 401)
+      throw new ServerError("Unauthenticated", "the credential service rejected the agent", status);
+    if (status === 429) throw new ServerError("Throttled", "the credential service is throttling", status);
+    throw new ServerError("Unavailable", `credential service answered HTTP ${status}`, 502);
+  }
+
+  /** Any HTTP answer (even 404) means reachable; a connection or TLS failure does not. */
+  async probe(timeoutMs = 2000): Promise<boolean> {
+    try {
+      await this.send("GET", "/healthz", undefined, undefined, timeoutMs);
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  private send(
+    method: string,
+    path: string,
+    body: string | undefined,
+    token: string | undefined,
+    timeoutMs: number,
+  ): Promise<{ status: number; text: string }> {
+    const doRequest = this.url.protocol === "https:" ? httpsRequest : httpRequest;
+    const base = this.url.pathname.replace(/\/$/, "");
+    return new Promise((resolve, reject) => {
+      const headers: Record<string, string> = { accept: "application/json" };
+      if (body !== undefined) {
+        headers["content-type"] = "application/json";
+        headers["content-length"] = String(Buffer.byteLength(body));
+      }
+      if (token) headers.authorization = `Bearer ${token}`;
+      const req = doRequest(
+        {
+          protocol: this.url.protocol,
+          hostname: this.url.hostname,
+          port: this.url.port || undefined,
+          path: base + path,
+          method,
+          headers,
+          agent: this.agent,
+          timeout: timeoutMs,
+        },
+        (res: IncomingMessage) => {
+          const chunks: Buffer[] = [];
+          let size = 0;
+          res.on("data", (c: Buffer) => {
+            size += c.length;
+            if (size > MAX_RESPONSE_BYTES) {
+              res.destroy();
+              fail(new ServerError("Unavailable", "answer from the credential service too large", 502));
+              return;
+            }
+            chunks.push(c);
+          });
+          res.on("end", () => {
+            clearTimeout(timer);
+            this.lastAnswerMs = Date.now();
+            resolve({ status: res.statusCode ?? 0, text: Buffer.concat(chunks).toString("utf8") });
+          });
+          res.on("error", (e) => fail(e));
+        },
+      );
+      const fail = (err: unknown): void => {
+        clearTimeout(timer);
+        this.lastFailureMs = Date.now();
+        req.destroy();
+        if (err instanceof ServerError) reject(err);
+        else {
+          const code = (err as NodeJS.ErrnoException).code ?? (err as Error).message ?? "error";
+          reject(new ServerError("Unavailable", `credential service unreachable (${code})`, 503));
+        }
+      };
+      // Overall deadline (socket `timeout` is only inactivity).
+      const timer = setTimeout(
+        () => fail(Object.assign(new Error("timeout"), { code: "ETIMEDOUT" })),
+        timeoutMs,
+      );
+      req.on("timeout", () => fail(Object.assign(new Error("timeout"), { code: "ETIMEDOUT" })));
+      req.on("error", fail);
+      req.end(body);
+    });
+  }
+}

@@ -1,0 +1,261 @@
+// A supervised, node-scoped pod watch (list + watch with the official client): relists on 410
+// Gone, reconnects with capped exponential backoff, tracks bookmarks, and reports staleness.
+// It keeps only the few fields a node agent needs (PodInfo), never whole pod objects.
+import { CoreV1Api, Watch, type KubeConfig, type V1Pod } from "@kubernetes/client-node";
+import type { Logger } from "../common/logger.ts";
+
+export interface PodInfo {
+  uid: string;
+  namespace: string;
+  name: string;
+  /** status.podIP, "" when not assigned yet. */
+  ip: string;
+  /** All of status.podIPs (includes `ip`). */
+  ips: string[];
+  hostNetwork: boolean;
+  phase: string;
+  /** metadata.deletionTimestamp is set: the pod is terminating. */
+  terminating: boolean;
+  serviceAccountName: string;
+  nodeName: string;
+}
+
+export interface PodWatchHandler {
+  /** A pod was added or changed. */
+  upsert(pod: PodInfo): void;
+  /** A pod was deleted. */
+  remove(uid: string): void;
+  /** A full list replaced the state: pods missing from `pods` are gone. */
+  resync(pods: PodInfo[]): void;
+}
+
+export interface PodWatchOptions {
+  kc: KubeConfig;
+  nodeName: string;
+  handler: PodWatchHandler;
+  log: Logger;
+  /** Server-side watch timeout; the watch is re-opened from the last resourceVersion after it. */
+  watchTimeoutSeconds?: number;
+  /** No event, bookmark or successful (re)connect for this long: the watch is stale. */
+  staleAfterMs?: number;
+  backoffInitialMs?: number;
+  backoffMaxMs?: number;
+  /** Called on every restart of the watch loop (metrics). */
+  onRestart?: (reason: "gone" | "error" | "closed") => void;
+}
+
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+type RawPod = any;
+
+export function toPodInfo(p: V1Pod | RawPod): PodInfo | undefined {
+  const md = p?.metadata;
+  if (!md?.uid || !md.name || !md.namespace) return undefined;
+  const status = p.status ?? {};
+  const ips: string[] = [];
+  if (Array.isArray(status.podIPs)) {
+    for (const e of status.podIPs) if (typeof e?.ip === "string" && e.ip) ips.push(e.ip);
+  }
+  const ip = typeof status.podIP === "string" ? status.podIP : "";
+  if (ip && !ips.includes(ip)) ips.unshift(ip);
+  return {
+    uid: String(md.uid),
+    namespace: String(md.namespace),
+    name: String(md.name),
+    ip,
+    ips,
+    hostNetwork: p.spec?.hostNetwork === true,
+    phase: typeof status.phase === "string" ? status.phase : "",
+    terminating: md.deletionTimestamp != null,
+    serviceAccountName: String(p.spec?.serviceAccountName ?? "default"),
+    nodeName: String(p.spec?.nodeName ?? ""),
+  };
+}
+
+type WatchEnd = { kind: "gone" } | { kind: "closed" } | { kind: "error"; err: unknown } | { kind: "stopped" };
+
+export class PodWatch {
+  private readonly opts: PodWatchOptions;
+  private readonly api: CoreV1Api;
+  private readonly watcher: Watch;
+  private stopped = false;
+  private abort: AbortController | undefined;
+  private wake: (() => void) | undefined;
+  private loop: Promise<void> | undefined;
+  private rv = "";
+  /** True once a first list has been applied. */
+  synced = false;
+  /** Last time the watch showed life: list applied, event, bookmark, reconnect. */
+  lastActivityMs = 0;
+  restarts = 0;
+
+  constructor(opts: PodWatchOptions) {
+    this.opts = opts;
+    this.api = opts.kc.makeApiClient(CoreV1Api);
+    this.watcher = new Watch(opts.kc);
+    // The client aborts a watch after this long without bytes; bookmarks arrive about once a
+    // minute, and the server closes the watch after watchTimeoutSeconds anyway.
+    (this.watcher as unknown as { requestTimeoutMs: number }).requestTimeoutMs =
+      ((opts.watchTimeoutSeconds ?? 240) + 30) * 1000;
+  }
+
+  get fieldSelector(): string {
+    return `spec.nodeName=${this.opts.nodeName}`;
+  }
+
+  start(): void {
+    if (this.loop) return;
+    this.loop = this.run();
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    this.abort?.abort();
+    this.wake?.();
+    await this.loop;
+  }
+
+  isStale(now = Date.now()): boolean {
+    return !this.synced || now - this.lastActivityMs > (this.opts.staleAfterMs ?? 5 * 60_000);
+  }
+
+  private async sleep(ms: number): Promise<void> {
+    await new Promise<void>((resolve) => {
+      const t = setTimeout(resolve, ms);
+      this.wake = () => {
+        clearTimeout(t);
+        resolve();
+      };
+    });
+    this.wake = undefined;
+  }
+
+  private async list(): Promise<void> {
+    const pods: PodInfo[] = [];
+    let cont: string | undefined;
+    let rv: string;
+    do {
+      const res = await this.api.listPodForAllNamespaces({
+        fieldSelector: this.fieldSelector,
+        limit: 500,
+        _continue: cont,
+      });
+      for (const p of res.items) {
+        const info = toPodInfo(p);
+        if (info) pods.push(info);
+      }
+      cont = res.metadata?._continue || undefined;
+      rv = res.metadata?.resourceVersion ?? "";
+    } while (cont);
+    this.rv = rv;
+    this.opts.handler.resync(pods);
+    this.synced = true;
+    this.lastActivityMs = Date.now();
+    this.opts.log.info({ pods: pods.length, resourceVersion: rv }, "pod list synced");
+  }
+
+  private watchOnce(): Promise<WatchEnd> {
+    return new Promise<WatchEnd>((resolve) => {
+      let ended = false;
+      const end = (e: WatchEnd): void => {
+        if (ended) return;
+        ended = true;
+        resolve(e);
+      };
+      const timeout = this.opts.watchTimeoutSeconds ?? 240;
+      this.watcher
+        .watch(
+          "/api/v1/pods",
+          {
+            fieldSelector: this.fieldSelector,
+            resourceVersion: this.rv,
+            allowWatchBookmarks: true,
+            // Spread re-opens so that many agents do not reconnect at the same moment.
+            timeoutSeconds: Math.floor(timeout * (0.8 + Math.random() * 0.2)),
+          },
+          (type: string, obj: RawPod) => {
+            if (this.stopped || ended) return;
+            this.lastActivityMs = Date.now();
+            if (type === "ERROR") {
+              if (obj?.code === 410) {
+                end({ kind: "gone" });
+              } else {
+                end({ kind: "error", err: new Error(`watch error: ${obj?.message ?? "unknown"}`) });
+              }
+              this.abort?.abort();
+              return;
+            }
+            const rv = obj?.metadata?.resourceVersion;
+            if (typeof rv === "string" && rv) this.rv = rv;
+            if (type === "BOOKMARK") return;
+            const info = toPodInfo(obj);
+            if (!info) return;
+            if (type === "DELETED") this.opts.handler.remove(info.uid);
+            else if (type === "ADDED" || type === "MODIFIED") this.opts.handler.upsert(info);
+          },
+          (err: unknown) => {
+            if (this.stopped) end({ kind: "stopped" });
+            else if (err && (err as { statusCode?: number }).statusCode === 410) end({ kind: "gone" });
+            else if (err) end({ kind: "error", err });
+            else end({ kind: "closed" });
+          },
+        )
+        .then((ctrl) => {
+          this.abort = ctrl;
+          if (!ended) this.lastActivityMs = Date.now();
+          if (this.stopped) ctrl.abort();
+        })
+        .catch((err: unknown) => end({ kind: "error", err }));
+    });
+  }
+
+  private async run(): Promise<void> {
+    const initial = this.opts.backoffInitialMs ?? 200;
+    const max = this.opts.backoffMaxMs ?? 30_000;
+    let backoff = initial;
+    let needList = true;
+    while (!this.stopped) {
+      if (needList) {
+        try {
+          await this.list();
+          needList = false;
+          backoff = initial;
+        } catch (err) {
+          if (this.stopped) break;
+          this.opts.log.warn({ err: errMessage(err), backoffMs: backoff }, "pod list failed, retrying");
+          this.restarts++;
+          this.opts.onRestart?.("error");
+          await this.sleep(backoff * (0.5 + Math.random() * 0.5));
+          backoff = Math.min(backoff * 2, max);
+          continue;
+        }
+      }
+      const started = Date.now();
+      const res = await this.watchOnce();
+      if (this.stopped || res.kind === "stopped") break;
+      this.restarts++;
+      this.opts.onRestart?.(res.kind);
+      if (res.kind === "gone") {
+        this.opts.log.info("pod watch expired (410), relisting");
+        needList = true;
+        continue;
+      }
+      if (res.kind === "closed" && Date.now() - started > 1000) {
+        backoff = initial;
+        continue; // normal server-side timeout: re-open from the last resourceVersion
+      }
+      if (res.kind === "error") {
+        this.opts.log.warn(
+          { err: errMessage(res.err), backoffMs: backoff },
+          "pod watch failed, reconnecting",
+        );
+      }
+      await this.sleep(backoff * (0.5 + Math.random() * 0.5));
+      backoff = Math.min(backoff * 2, max);
+    }
+  }
+}
+
+function errMessage(err: unknown): string {
+  if (err instanceof Error) return err.message;
+  return String(err);
+}
