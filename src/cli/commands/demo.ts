@@ -1,11 +1,21 @@
+import { existsSync } from "node:fs";
 import type { Command } from "commander";
 
 export function registerDemoCommand(program: Command): void {
   program
     .command("demo")
-    .description("bring up a local cluster with keycutter and walk through what it does")
-    .action(async () => {
-      const { runDemo } = await import("../demo.ts");
-      await runDemo();
+    .description(
+      "bring up a local cluster with keycutter in it and walk through what it does (source checkout)",
+    )
+    .option("--keep", "keep everything running until Ctrl-C instead of tearing down at the end")
+    .action(async (opts: { keep?: boolean }) => {
+      // The demo drives the test environment (real etcd, apiserver, moto, network namespaces),
+      // which only exists in a source checkout; the path is computed so builds do not bundle it.
+      const demo = new URL("../../../test/e2e/demo.ts", import.meta.url);
+      if (!existsSync(demo)) {
+        throw new Error("keycutter demo runs from a source checkout: use ./scripts/demo.sh");
+      }
+      const mod = (await import(demo.href)) as { runDemo(o: { keep: boolean }): Promise<void> };
+      await mod.runDemo({ keep: opts.keep ?? false });
     });
 }

@@ -1,0 +1,184 @@
+import { generateKeyPairSync, randomBytes } from "node:crypto";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { KubeConfig } from "@kubernetes/client-node";
+import { binary } from "./paths.ts";
+import { ManagedProcess, freePort, waitFor } from "./process.ts";
+
+export interface Cluster {
+  /** https://127.0.0.1:<port> */
+  server: string;
+  port: number;
+  adminToken: string;
+  /** The apiserver's self-signed serving certificate (with its CA), to trust in clients. */
+  caFile: string;
+  /** Admin kubeconfig for 127.0.0.1. */
+  kubeconfigPath: string;
+  kc: KubeConfig;
+  /** Issuer the apiserver puts in service-account tokens. */
+  issuer: string;
+  /** A kubeconfig reaching the apiserver at host (e.g. from a node namespace), verified as "localhost". */
+  kubeconfigFor(host: string, token?: string): string;
+  apiserver: ManagedProcess;
+  etcd: ManagedProcess;
+  /** Restarts the apiserver on the same port and data (etcd keeps running). */
+  restartApiserver(): Promise<void>;
+  stop(): Promise<void>;
+}
+
+function requireBinary(name: "etcd" | "kube-apiserver"): string {
+  const bin = binary(name);
+  if (!existsSync(bin)) {
+    throw new Error(`${bin} is missing: run scripts/setup.sh (it builds etcd and kube-apiserver)`);
+  }
+  return bin;
+}
+
+export function kubeconfigYaml(
+  server: string,
+  caFile: string,
+  token: string,
+  tlsServerName?: string,
+): string {
+  return [
+    "apiVersion: v1",
+    "kind: Config",
+    "clusters:",
+    "- name: test",
+    "  cluster:",
+    `    server: ${server}`,
+    `    certificate-authority: ${caFile}`,
+    ...(tlsServerName ? [`    tls-server-name: ${tlsServerName}`] : []),
+    "users:",
+    "- name: user",
+    "  user:",
+    `    token: ${token}`,
+    "contexts:",
+    "- name: test",
+    "  context: {cluster: test, user: user}",
+    "current-context: test",
+    "",
+  ].join("\n");
+}
+
+/** Starts a real etcd and kube-apiserver (RBAC on) on free ports. */
+export async function startCluster(): Promise<Cluster> {
+  const etcdBin = requireBinary("etcd");
+  const apiBin = requireBinary("kube-apiserver");
+  const dir = mkdtempSync(join(tmpdir(), "kc-cluster-"));
+  const [etcdPort, etcdPeer, port] = [await freePort(), await freePort(), await freePort("0.0.0.0")];
+
+  const etcd = new ManagedProcess("etcd", etcdBin, [
+    `--data-dir=${join(dir, "etcd")}`,
+    `--listen-client-urls=http://127.0.0.1:${etcdPort}`,
+    `--advertise-client-urls=http://127.0.0.1:${etcdPort}`,
+    `--listen-peer-urls=http://127.0.0.1:${etcdPeer}`,
+    `--initial-advertise-peer-urls=http://127.0.0.1:${etcdPeer}`,
+    `--initial-cluster=default=http://127.0.0.1:${etcdPeer}`,
+    "--unsafe-no-fsync",
+    "--log-level=warn",
+  ]);
+
+  const { publicKey, privateKey } = generateKeyPairSync("ec", { namedCurve: "P-256" });
+  writeFileSync(join(dir, "sa.pub"), publicKey.export({ type: "spki", format: "pem" }));
+  writeFileSync(join(dir, "sa.key"), privateKey.export({ type: "pkcs8", format: "pem" }), { mode: 0o600 });
+  const adminToken = randomBytes(24).toString("hex");
+  writeFileSync(join(dir, "tokens.csv"), `${adminToken},admin,admin-uid,"system:masters"\n`, { mode: 0o600 });
+  const issuer = "https://kubernetes.default.svc.cluster.local";
+
+  const apiArgs = [
+    `--etcd-servers=http://127.0.0.1:${etcdPort}`,
+    "--bind-address=0.0.0.0",
+    "--advertise-address=127.0.0.1",
+    `--secure-port=${port}`,
+    `--cert-dir=${join(dir, "certs")}`,
+    "--service-cluster-ip-range=10.0.0.0/24",
+    "--authorization-mode=RBAC",
+    `--token-auth-file=${join(dir, "tokens.csv")}`,
+    `--service-account-issuer=${issuer}`,
+    `--service-account-key-file=${join(dir, "sa.pub")}`,
+    `--service-account-signing-key-file=${join(dir, "sa.key")}`,
+    "--allow-privileged=true",
+    "--profiling=false",
+    "--enable-priority-and-fairness=false",
+    "--v=0",
+  ];
+  let apiserver = new ManagedProcess("kube-apiserver", apiBin, apiArgs);
+  const caFile = join(dir, "certs", "apiserver.crt");
+  const server = `https://127.0.0.1:${port}`;
+  const cleanup = async (): Promise<void> => {
+    await apiserver.stop();
+    await etcd.stop();
+    rmSync(dir, { recursive: true, force: true });
+  };
+
+  const waitReady = async (): Promise<void> => {
+    await waitFor(
+      "kube-apiserver /readyz",
+      async () => {
+        if (!apiserver.running) throw new Error(`kube-apiserver exited:\n${apiserver.tail()}`);
+        if (!existsSync(caFile)) return false;
+        const res = await getStatus(`${server}/readyz`, adminToken, readFileSync(caFile));
+        return res === 200;
+      },
+      { timeoutMs: 90_000, intervalMs: 200, onTimeout: () => apiserver.tail() + "\n" + etcd.tail() },
+    );
+  };
+  try {
+    await waitReady();
+  } catch (err) {
+    await cleanup();
+    throw err;
+  }
+
+  const kubeconfigPath = join(dir, "admin.kubeconfig");
+  writeFileSync(kubeconfigPath, kubeconfigYaml(server, caFile, adminToken), { mode: 0o600 });
+  const kc = new KubeConfig();
+  kc.loadFromFile(kubeconfigPath);
+  let n = 0;
+  return {
+    server,
+    port,
+    adminToken,
+    caFile,
+    kubeconfigPath,
+    kc,
+    issuer,
+    get apiserver() {
+      return apiserver;
+    },
+    etcd,
+    kubeconfigFor(host: string, token = adminToken): string {
+      const p = join(dir, `kubeconfig-${n++}`);
+      writeFileSync(p, kubeconfigYaml(`https://${host}:${port}`, caFile, token, "localhost"), {
+        mode: 0o600,
+      });
+      return p;
+    },
+    async restartApiserver(): Promise<void> {
+      await apiserver.stop();
+      apiserver = new ManagedProcess("kube-apiserver", apiBin, apiArgs);
+      await waitReady();
+    },
+    stop: cleanup,
+  };
+}
+
+/** GET verified against the cluster CA; returns the status code. */
+async function getStatus(url: string, token: string, ca: Buffer): Promise<number> {
+  const https = await import("node:https");
+  return new Promise((resolve, reject) => {
+    const req = https.request(
+      url,
+      { ca, headers: { authorization: `Bearer ${token}` }, timeout: 2000 },
+      (res) => {
+        res.resume();
+        resolve(res.statusCode ?? 0);
+      },
+    );
+    req.on("error", reject);
+    req.on("timeout", () => req.destroy(new Error("timeout")));
+    req.end();
+  });
+}

@@ -1,0 +1,14 @@
+export { startCluster, kubeconfigYaml, type Cluster } from "./cluster.ts";
+export { Kubelet, type PodSpecInput } from "./kubelet.ts";
+export { PodNetwork, type NodeNet, type PodNet, type ExecResult } from "./netns.ts";
+export {
+  startMoto,
+  defaultTrustPolicy,
+  BROKER_USER,
+  MOTO_ACCOUNT_ID,
+  type Moto,
+  type StaticCredentials,
+} from "./moto.ts";
+export { startRedis, type Redis } from "./redis.ts";
+export { ManagedProcess, freePort, waitFor } from "./process.ts";
+export { ROOT, CACHE, VENV_BIN, NODE, KEYCUTTER_MAIN, versions, binary } from "./paths.ts";
