@@ -12,3 +12,4 @@ export {
 export { startRedis, type Redis } from "./redis.ts";
 export { ManagedProcess, freePort, waitFor } from "./process.ts";
 export { ROOT, CACHE, VENV_BIN, NODE, KEYCUTTER_MAIN, versions, binary } from "./paths.ts";
+export { makeServingCert, type TestPki } from "./tls.ts";
