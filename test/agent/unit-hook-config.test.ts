@@ -1,0 +1,104 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { Hook, natRules, filterRules, splitWords, type Runner } from "../../src/agent/hook/iptables.ts";
+import { agentConfigFrom, envName } from "../../src/cli/commands/agent.ts";
+
+const base = {
+  chain: "KEYCUTTER",
+  podInterfaces: ["cbr0"],
+  podCidrs: [],
+  agentIp: "10.1.255.10",
+  imdsPort: 8180,
+  containerPort: 8181,
+  flushConntrack: false,
+};
+
+test("hook rules: DNAT both metadata addresses per selector; fail-closed REJECTs", () => {
+  const nat = natRules(base).map((r) => r.join(" "));
+  assert.equal(nat.length, 2);
+  assert.match(
+    nat[0]!,
+    /-d 169\.254\.169\.254\/32 -i cbr0 .*--dport 80 .*-j DNAT --to-destination 10\.1\.255\.10:8180/,
+  );
+  assert.match(nat[1]!, /-d 169\.254\.170\.23\/32 -i cbr0 .*-j DNAT --to-destination 10\.1\.255\.10:8181/);
+  const byCidr = natRules({ ...base, podInterfaces: [], podCidrs: ["10.1.0.0/24", "10.1.1.0/24"] });
+  assert.equal(byCidr.length, 4);
+  assert.ok(byCidr.every((r) => r.includes("-s")));
+  const fc = filterRules(base).map((r) => r.join(" "));
+  assert.ok(fc.some((r) => r.includes("169.254.169.254/32") && r.includes("tcp-reset")));
+  assert.ok(fc.some((r) => r.includes("169.254.170.23/32") && r.includes("tcp-reset")));
+});
+
+test("hook validates its options (no shell injection possible)", () => {
+  assert.throws(() => new Hook({ ...base, chain: "a;b" }));
+  assert.throws(() => new Hook({ ...base, podInterfaces: ["eth0 -j ACCEPT"] }));
+  assert.throws(() => new Hook({ ...base, podInterfaces: [], podCidrs: [] }));
+  assert.throws(() => new Hook({ ...base, agentIp: "example.com" }));
+});
+
+test("install adds each jump once, in front", async () => {
+  const calls: string[] = [];
+  const state = new Set<string>();
+  const run: Runner = async (_cmd, args) => {
+    const a = args.slice(2).join(" ");
+    calls.push(a);
+    if (a.includes(" -C "))
+      return { code: state.has(a.replace(" -C ", " X ")) ? 0 : 1, stdout: "", stderr: "" };
+    if (a.includes(" -I ")) state.add(a.replace(/ -I (\S+) 1 /, " X $1 "));
+    const n = / -N (\S+)/.exec(a);
+    if (n) state.add(`chain ${n[1]}`);
+    const sc = / -S (\S+)/.exec(a);
+    if (sc)
+      return state.has(`chain ${sc[1]}`)
+        ? { code: 0, stdout: "", stderr: "" }
+        : { code: 1, stdout: "", stderr: "no chain" };
+    return { code: 0, stdout: "", stderr: "" };
+  };
+  const h = new Hook(base, run);
+  await h.install();
+  const inserted = calls.filter((c) => c.includes(" -I "));
+  assert.deepEqual(
+    inserted.map((c) => c.split(" ").slice(0, 5).join(" ")),
+    ["-t nat -I PREROUTING 1", "-t filter -I INPUT 1", "-t filter -I FORWARD 1"],
+  );
+  calls.length = 0;
+  await h.install();
+  assert.equal(calls.filter((c) => c.includes(" -I ")).length, 0, "jumps not duplicated");
+});
+
+test("splitWords keeps quoted comments", () => {
+  assert.deepEqual(splitWords('-A X -m comment --comment "a b" -j DNAT'), [
+    "-A",
+    "X",
+    "-m",
+    "comment",
+    "--comment",
+    "a b",
+    "-j",
+    "DNAT",
+  ]);
+});
+
+test("agent config: flags win over env; env fallbacks; hook needs an agent IP", () => {
+  assert.equal(envName("--server-url"), "KEYCUTTER_SERVER_URL");
+  const env = {
+    KEYCUTTER_SERVER_URL: "https://env:8443",
+    NODE_NAME: "node-from-env",
+    NODE_IP: "10.0.0.5",
+    KEYCUTTER_REQUIRE_IMDSV2: "true",
+    AWS_REGION: "eu-west-1",
+  };
+  const c = agentConfigFrom({ serverUrl: "https://flag:8443", hookPodInterface: "cbr0,veth+" }, env);
+  assert.equal(c.serverUrl, "https://flag:8443");
+  assert.equal(c.nodeName, "node-from-env");
+  assert.equal(c.requireImdsV2, true);
+  assert.equal(c.region, "eu-west-1");
+  assert.equal(c.availabilityZone, "eu-west-1a");
+  assert.deepEqual(c.hook?.podInterfaces, ["cbr0", "veth+"]);
+  assert.equal(c.hook?.agentIp, "10.0.0.5");
+  assert.deepEqual(c.imdsListen, { host: "0.0.0.0", port: 8180 });
+  assert.equal(agentConfigFrom({ hook: false, containerListen: "off" }, env).hook, undefined);
+  assert.equal(agentConfigFrom({ hook: false, containerListen: "off" }, env).containerListen, undefined);
+  assert.throws(() => agentConfigFrom({}, { NODE_NAME: "n" }), /--server-url/);
+  assert.throws(() => agentConfigFrom({ imdsListen: "nope" }, env), /host:port/);
+});
