@@ -4,7 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { KubeConfig } from "@kubernetes/client-node";
 import { binary } from "./paths.ts";
-import { ManagedProcess, freePort, waitFor } from "./process.ts";
+import { FatalError, ManagedProcess, freePort, waitFor } from "./process.ts";
 
 export interface Cluster {
   /** https://127.0.0.1:<port> */
@@ -117,7 +117,7 @@ export async function startCluster(): Promise<Cluster> {
     await waitFor(
       "kube-apiserver /readyz",
       async () => {
-        if (!apiserver.running) throw new Error(`kube-apiserver exited:\n${apiserver.tail()}`);
+        if (!apiserver.running) throw new FatalError(`kube-apiserver exited:\n${apiserver.tail()}`);
         if (!existsSync(caFile)) return false;
         const res = await getStatus(`${server}/readyz`, adminToken, readFileSync(caFile));
         return res === 200;

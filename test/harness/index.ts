@@ -10,6 +10,7 @@ export {
   type StaticCredentials,
 } from "./moto.ts";
 export { startRedis, type Redis } from "./redis.ts";
-export { ManagedProcess, freePort, waitFor } from "./process.ts";
+export { FatalError, ManagedProcess, freePort, waitFor } from "./process.ts";
 export { ROOT, CACHE, VENV_BIN, NODE, KEYCUTTER_MAIN, versions, binary } from "./paths.ts";
 export { makeServingCert, type TestPki } from "./tls.ts";
+export { applyObjects, applyFiles, parseYamlObjects } from "./apply.ts";

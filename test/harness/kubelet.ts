@@ -153,11 +153,14 @@ export class Kubelet {
     });
   }
 
-  /** A pod-bound projected service-account token (TokenRequest), as the kubelet mounts it. */
+  /**
+   * A projected service-account token (TokenRequest), as the kubelet mounts it: bound to the pod
+   * when podName/podUID are given. audiences default to ["keycutter"].
+   */
   async requestToken(
     namespace: string,
     serviceAccount: string,
-    opts: { podName: string; podUID: string; audiences?: string[]; expirationSeconds?: number },
+    opts: { podName?: string; podUID?: string; audiences?: string[]; expirationSeconds?: number },
   ): Promise<string> {
     const tr = await this.core.createNamespacedServiceAccountToken({
       namespace,
@@ -166,7 +169,9 @@ export class Kubelet {
         spec: {
           audiences: opts.audiences ?? ["keycutter"],
           expirationSeconds: opts.expirationSeconds ?? 3600,
-          boundObjectRef: { apiVersion: "v1", kind: "Pod", name: opts.podName, uid: opts.podUID },
+          boundObjectRef: opts.podName
+            ? { apiVersion: "v1", kind: "Pod", name: opts.podName, uid: opts.podUID }
+            : undefined,
         },
       },
     });

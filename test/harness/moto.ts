@@ -9,7 +9,7 @@ import {
 } from "@aws-sdk/client-iam";
 import { S3Client, CreateBucketCommand, PutObjectCommand } from "@aws-sdk/client-s3";
 import { VENV_BIN } from "./paths.ts";
-import { ManagedProcess, freePort, waitFor } from "./process.ts";
+import { FatalError, ManagedProcess, freePort, waitFor } from "./process.ts";
 
 export interface StaticCredentials {
   accessKeyId: string;
@@ -73,7 +73,7 @@ export async function startMoto(): Promise<Moto> {
   await waitFor(
     "moto_server",
     async () => {
-      if (!proc.running) throw new Error(`moto_server exited:\n${proc.tail()}`);
+      if (!proc.running) throw new FatalError(`moto_server exited:\n${proc.tail()}`);
       const res = await fetch(`${endpoint}/moto-api/`).catch(() => undefined);
       return res?.ok ?? false;
     },

@@ -190,7 +190,33 @@ export class PodNetwork {
     return p;
   }
 
-  /** Every namespace and root-namespace link of this run that still exists. */
+  /**
+   * iptables in the root namespace, for test infrastructure only (a Service stand-in): chains
+   * must start with this run's prefix so cleanup finds them.
+   */
+  async rootIptables(args: string[]): Promise<string> {
+    return run("iptables", ["-w", ...args]);
+  }
+
+  /** Removes every root-namespace nat chain of this run and every jump to it. */
+  async rootIptablesCleanup(): Promise<void> {
+    const rules = await run("iptables", ["-w", "-t", "nat", "-S"]).catch(() => "");
+    for (const line of rules.split("\n")) {
+      const m = /^-A (\S+) (.*-j (\S+).*)$/.exec(line);
+      if (m && m[3]!.startsWith(this.prefix) && !m[1]!.startsWith(this.prefix)) {
+        await run("iptables", ["-w", "-t", "nat", "-D", m[1]!, ...m[2]!.split(" ")]).catch(() => undefined);
+      }
+    }
+    for (const line of rules.split("\n")) {
+      const m = /^-N (\S+)$/.exec(line);
+      if (m && m[1]!.startsWith(this.prefix)) {
+        await run("iptables", ["-w", "-t", "nat", "-F", m[1]!]).catch(() => undefined);
+        await run("iptables", ["-w", "-t", "nat", "-X", m[1]!]).catch(() => undefined);
+      }
+    }
+  }
+
+  /** Every namespace, root-namespace link, route and nat rule of this run that still exists. */
   async leftovers(): Promise<string[]> {
     const out: string[] = [];
     const ns = await run("ip", ["netns", "list"]);
@@ -211,6 +237,7 @@ export class PodNetwork {
 
   async destroy(): Promise<void> {
     await Promise.all(this.processes.map((p) => p.stop(3000)));
+    await this.rootIptablesCleanup();
     for (const pod of [...this.pods.values()]) await this.removePod(pod);
     let n = 0;
     for (const node of this.nodes.values()) {

@@ -144,6 +144,9 @@ export async function freePort(host = "127.0.0.1"): Promise<number> {
   });
 }
 
+/** Thrown from a waitFor probe to stop waiting at once (e.g. the process died). */
+export class FatalError extends Error {}
+
 export async function waitFor<T>(
   what: string,
   probe: () => Promise<T | undefined | false>,
@@ -156,6 +159,7 @@ export async function waitFor<T>(
       const v = await probe();
       if (v !== undefined && v !== false) return v;
     } catch (err) {
+      if (err instanceof FatalError) throw err;
       lastErr = err;
     }
     if (Date.now() > deadline) {

@@ -1,0 +1,546 @@
+// The whole keycutter system on one machine, from real parts: etcd + kube-apiserver with the
+// CRDs and the chart's RBAC, moto (STS/S3, auth enforced), Redis, server replicas and node agents
+// as real `keycutter` processes, nodes and pods in real network namespaces behind the agents'
+// own iptables hooks.
+import { randomBytes } from "node:crypto";
+import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { CustomObjectsApi, type V1Pod } from "@kubernetes/client-node";
+import {
+  BROKER_USER,
+  FatalError,
+  KEYCUTTER_MAIN,
+  Kubelet,
+  ManagedProcess,
+  NODE,
+  PodNetwork,
+  ROOT,
+  VENV_BIN,
+  applyFiles,
+  applyObjects,
+  freePort,
+  makeServingCert,
+  startCluster,
+  startMoto,
+  startRedis,
+  waitFor,
+  type Cluster,
+  type ExecResult,
+  type Moto,
+  type NodeNet,
+  type PodNet,
+  type Redis,
+  type TestPki,
+} from "../harness/index.ts";
+import { chartRbacObjects } from "./rbac.ts";
+
+export const SYSTEM_NS = "keycutter-system";
+export const AGENT_SA = "keycutter-agent";
+export const SERVER_SA = "keycutter-server";
+export const IMDS = "http://169.254.169.254";
+export const CONTAINER_CREDS_URL = "http://169.254.170.23/v1/credentials";
+const GROUP = "keycutter.dev";
+const VERSION = "v1alpha1";
+
+export interface TestPod {
+  namespace: string;
+  name: string;
+  uid: string;
+  node: string;
+  serviceAccount: string;
+  net: PodNet;
+}
+
+export interface ServerReplica {
+  name: string;
+  port: number;
+  opsPort: number;
+  process: ManagedProcess;
+}
+
+export interface AgentInstance {
+  node: NodeNet;
+  process: ManagedProcess;
+  opsPort: number;
+  tokenFile: string;
+}
+
+export interface SystemOptions {
+  nodes?: string[];
+  serverReplicas?: number;
+  redis?: boolean;
+  requireImdsV2?: boolean;
+  /** Extra agent flags. */
+  agentArgs?: string[];
+  serverArgs?: string[];
+}
+
+const AGENT_IMDS_PORT = 8180;
+const AGENT_CONTAINER_PORT = 8181;
+const AGENT_OPS_PORT = 8182;
+
+export class System {
+  cluster!: Cluster;
+  moto!: Moto;
+  redis?: Redis;
+  net!: PodNetwork;
+  kubelet!: Kubelet;
+  pki!: TestPki;
+  dir = mkdtempSync(join(tmpdir(), "kc-e2e-"));
+  servers: ServerReplica[] = [];
+  agents = new Map<string, AgentInstance>();
+  pods = new Map<string, TestPod>();
+  brokerCreds = { accessKeyId: "", secretAccessKey: "" };
+  cacheKeyFile = "";
+  /** A kube-proxy stand-in: the Service address agents use, DNATed to ready server replicas. */
+  serviceIP = "";
+  servicePort = 8443;
+  private opts: Required<Omit<SystemOptions, "agentArgs" | "serverArgs">> & SystemOptions;
+
+  constructor(opts: SystemOptions = {}) {
+    this.opts = {
+      nodes: ["node-a", "node-b"],
+      serverReplicas: 2,
+      redis: true,
+      requireImdsV2: false,
+      ...opts,
+    };
+  }
+
+  async start(log: (s: string) => void = () => undefined): Promise<void> {
+    const t0 = Date.now();
+    const [cluster, moto, redis, net] = await Promise.all([
+      startCluster(),
+      startMoto(),
+      this.opts.redis ? startRedis() : Promise.resolve(undefined),
+      PodNetwork.create(),
+    ]);
+    Object.assign(this, { cluster, moto, redis, net });
+    this.kubelet = new Kubelet(cluster.kc);
+    this.serviceIP = `10.${net.octet}.254.1`;
+    log(`apiserver, etcd, moto${redis ? ", redis" : ""} and the network up in ${Date.now() - t0} ms`);
+
+    this.pki = await makeServingCert(
+      [net.gatewayIP, this.serviceIP, "127.0.0.1"],
+      ["localhost", "keycutter"],
+    );
+    this.cacheKeyFile = join(this.dir, "cache.key");
+    writeFileSync(this.cacheKeyFile, randomBytes(32).toString("hex"), { mode: 0o600 });
+
+    await this.installKeycutterApi();
+    await this.setUpAws();
+    log("CRDs, RBAC, IAM roles and buckets in place");
+
+    for (let i = 0; i < this.opts.serverReplicas; i++) await this.startServer(`server-${i}`);
+    await this.syncService();
+    log(`${this.servers.length} server replica(s) ready`);
+
+    for (const name of this.opts.nodes) await this.addNode(name);
+    log(`${this.agents.size} node(s) with agents and hooks`);
+  }
+
+  private async installKeycutterApi(): Promise<void> {
+    const crdDir = join(ROOT, "deploy", "crds");
+    const crds = readdirSync(crdDir)
+      .filter((f) => f.endsWith(".yaml"))
+      .map((f) => join(crdDir, f));
+    await applyFiles(this.cluster.kc, crds);
+    await this.kubelet.ensureNamespace(SYSTEM_NS);
+    await this.kubelet.createServiceAccount(SYSTEM_NS, AGENT_SA);
+    await this.kubelet.createServiceAccount(SYSTEM_NS, SERVER_SA);
+    await applyObjects(this.cluster.kc, chartRbacObjects(SYSTEM_NS));
+    const custom = this.cluster.kc.makeApiClient(CustomObjectsApi);
+    await waitFor("CRDs served", async () => {
+      await custom.listClusterCustomObject({ group: GROUP, version: VERSION, plural: "roleallowances" });
+      await custom.listClusterCustomObject({ group: GROUP, version: VERSION, plural: "accesspolicies" });
+      return true;
+    });
+  }
+
+  private async setUpAws(): Promise<void> {
+    this.brokerCreds = await this.moto.createUser(BROKER_USER, {
+      Version: "2012-10-17",
+      Statement: [
+        {
+          Effect: "Allow",
+          Action: ["sts:AssumeRole", "sts:TagSession", "sts:SetSourceIdentity"],
+          Resource: "*",
+        },
+      ],
+    });
+  }
+
+  serverEnv(): NodeJS.ProcessEnv {
+    return {
+      ...process.env,
+      AWS_ACCESS_KEY_ID: this.brokerCreds.accessKeyId,
+      AWS_SECRET_ACCESS_KEY: this.brokerCreds.secretAccessKey,
+      AWS_REGION: this.moto.region,
+      KEYCUTTER_LOG_LEVEL: "info",
+    };
+  }
+
+  async startServer(name: string): Promise<ServerReplica> {
+    const port = await freePort("0.0.0.0");
+    const opsPort = await freePort("0.0.0.0");
+    const token = await this.kubelet.requestToken(SYSTEM_NS, SERVER_SA, {
+      audiences: [this.cluster.issuer],
+      expirationSeconds: 86400,
+    });
+    const kubeconfig = this.cluster.kubeconfigFor("127.0.0.1", token);
+    const args = [
+      KEYCUTTER_MAIN,
+      "server",
+      "--listen",
+      `0.0.0.0:${port}`,
+      "--ops-listen",
+      `0.0.0.0:${opsPort}`,
+      "--tls-cert",
+      this.pki.certFile,
+      "--tls-key",
+      this.pki.keyFile,
+      "--kubeconfig",
+      kubeconfig,
+      "--agent-service-account",
+      `${SYSTEM_NS}/${AGENT_SA}`,
+      "--cluster-name",
+      "e2e",
+      "--sts-endpoint",
+      this.moto.endpoint,
+      "--lease-namespace",
+      SYSTEM_NS,
+      "--identity",
+      name,
+      ...(this.redis ? ["--redis-url", this.redis.url, "--cache-key-file", this.cacheKeyFile] : []),
+      ...(this.opts.serverArgs ?? []),
+    ];
+    const process_ = new ManagedProcess(name, NODE, args, { env: this.serverEnv() });
+    const replica: ServerReplica = { name, port, opsPort, process: process_ };
+    this.servers.push(replica);
+    await waitFor(
+      `${name} ready`,
+      async () => {
+        if (!process_.running) throw new FatalError(`${name} exited:\n${process_.tail()}`);
+        const res = await fetch(`http://127.0.0.1:${opsPort}/readyz`).catch(() => undefined);
+        return res?.ok ?? false;
+      },
+      { timeoutMs: 30_000, onTimeout: () => process_.tail() },
+    );
+    return replica;
+  }
+
+  /** Points the Service address at the running server replicas, as kube-proxy would. */
+  async syncService(): Promise<void> {
+    const live = this.servers.filter((s) => s.process.running);
+    const chain = `${this.net.prefix}-SVC`;
+    const ipt = (...a: string[]) => this.net.rootIptables(a);
+    await ipt("-t", "nat", "-N", chain).catch(() => undefined);
+    await ipt("-t", "nat", "-F", chain);
+    for (const hook of ["PREROUTING", "OUTPUT"]) {
+      const rule = [
+        "-d",
+        `${this.serviceIP}/32`,
+        "-p",
+        "tcp",
+        "--dport",
+        String(this.servicePort),
+        "-j",
+        chain,
+      ];
+      await ipt("-t", "nat", "-C", hook, ...rule).catch(() => ipt("-t", "nat", "-I", hook, ...rule));
+    }
+    for (let i = 0; i < live.length; i++) {
+      const s = live[i]!;
+      const prob =
+        i === live.length - 1
+          ? []
+          : ["-m", "statistic", "--mode", "random", "--probability", String(1 / (live.length - i))];
+      await ipt(
+        "-t",
+        "nat",
+        "-A",
+        chain,
+        "-p",
+        "tcp",
+        ...prob,
+        "-j",
+        "DNAT",
+        "--to-destination",
+        `${this.net.gatewayIP}:${s.port}`,
+      );
+    }
+  }
+
+  get serverUrl(): string {
+    return `https://${this.serviceIP}:${this.servicePort}`;
+  }
+
+  async addNode(name: string): Promise<AgentInstance> {
+    const node = await this.net.addNode(name);
+    await this.kubelet.createNode(name, node.ip, node.podCIDR);
+    // The agent runs as a hostNetwork DaemonSet pod on its node: its tokens are bound to that pod.
+    const agentPod = await this.kubelet.createPod({
+      namespace: SYSTEM_NS,
+      name: `keycutter-agent-${name}`,
+      nodeName: name,
+      serviceAccountName: AGENT_SA,
+      hostNetwork: true,
+      podIP: node.ip,
+      hostIP: node.ip,
+      labels: { "app.kubernetes.io/name": "keycutter", "app.kubernetes.io/component": "agent" },
+    });
+    const bound = {
+      podName: agentPod.metadata!.name!,
+      podUID: agentPod.metadata!.uid!,
+      expirationSeconds: 86400,
+    };
+    const serverToken = await this.kubelet.requestToken(SYSTEM_NS, AGENT_SA, {
+      ...bound,
+      audiences: ["keycutter"],
+    });
+    const apiToken = await this.kubelet.requestToken(SYSTEM_NS, AGENT_SA, {
+      ...bound,
+      audiences: [this.cluster.issuer],
+    });
+    const tokenFile = join(this.dir, `agent-${name}.token`);
+    writeFileSync(tokenFile, serverToken, { mode: 0o600 });
+    const inst: AgentInstance = {
+      node,
+      tokenFile,
+      opsPort: AGENT_OPS_PORT,
+      process: this.spawnAgent(node, tokenFile, this.cluster.kubeconfigFor(this.net.gatewayIP, apiToken)),
+    };
+    this.agents.set(name, inst);
+    await this.waitAgentReady(inst);
+    return inst;
+  }
+
+  private agentArgs(node: NodeNet, tokenFile: string, kubeconfig: string): string[] {
+    return [
+      KEYCUTTER_MAIN,
+      "agent",
+      "--node-name",
+      node.name,
+      "--server-url",
+      this.serverUrl,
+      "--server-ca-file",
+      this.pki.caFile,
+      "--token-file",
+      tokenFile,
+      "--kubeconfig",
+      kubeconfig,
+      "--imds-listen",
+      `${node.ip}:${AGENT_IMDS_PORT}`,
+      "--container-listen",
+      `${node.ip}:${AGENT_CONTAINER_PORT}`,
+      "--ops-listen",
+      `0.0.0.0:${AGENT_OPS_PORT}`,
+      "--hook-pod-interface",
+      "cbr0",
+      "--hook-agent-ip",
+      node.ip,
+      "--region",
+      this.moto.region,
+      "--account-id",
+      this.moto.accountId,
+      ...(this.opts.requireImdsV2 ? ["--require-imdsv2"] : []),
+      ...(this.opts.agentArgs ?? []),
+    ];
+  }
+
+  private agentKubeconfigs = new Map<string, string>();
+
+  private spawnAgent(node: NodeNet, tokenFile: string, kubeconfig: string): ManagedProcess {
+    this.agentKubeconfigs.set(node.name, kubeconfig);
+    return this.net.spawn(node.netns, NODE, this.agentArgs(node, tokenFile, kubeconfig), {
+      name: `agent-${node.name}`,
+      env: { ...process.env, KEYCUTTER_LOG_LEVEL: "info" },
+    });
+  }
+
+  async waitAgentReady(inst: AgentInstance): Promise<void> {
+    await waitFor(
+      `agent on ${inst.node.name} ready`,
+      async () => {
+        if (!inst.process.running) throw new FatalError(`agent exited:\n${inst.process.tail()}`);
+        const r = await this.net.exec(inst.node.netns, "curl", [
+          "-sf",
+          "-o",
+          "/dev/null",
+          "-w",
+          "%{http_code}",
+          `http://127.0.0.1:${inst.opsPort}/readyz`,
+        ]);
+        return r.stdout === "200";
+      },
+      { timeoutMs: 30_000, onTimeout: () => inst.process.tail() },
+    );
+  }
+
+  async stopAgent(node: string): Promise<void> {
+    await this.agents.get(node)!.process.stop();
+  }
+
+  async restartAgent(node: string): Promise<void> {
+    const inst = this.agents.get(node)!;
+    await inst.process.stop();
+    inst.process = this.spawnAgent(inst.node, inst.tokenFile, this.agentKubeconfigs.get(node)!);
+    await this.waitAgentReady(inst);
+  }
+
+  /** A pod in its own network namespace on `node`, known to the apiserver with that IP. */
+  async addPod(
+    node: string,
+    namespace: string,
+    name: string,
+    opts: {
+      serviceAccount?: string;
+      labels?: Record<string, string>;
+      ip?: string;
+      annotations?: Record<string, string>;
+    } = {},
+  ): Promise<TestPod> {
+    const podNet = await this.net.addPod(node, `${namespace}-${name}`, opts.ip);
+    const sa = opts.serviceAccount ?? "default";
+    const pod: V1Pod = await this.kubelet.createPod({
+      namespace,
+      name,
+      nodeName: node,
+      serviceAccountName: sa,
+      labels: opts.labels,
+      annotations: opts.annotations,
+      podIP: podNet.ip,
+      hostIP: this.agents.get(node)?.node.ip,
+    });
+    const p: TestPod = { namespace, name, uid: pod.metadata!.uid!, node, serviceAccount: sa, net: podNet };
+    this.pods.set(`${namespace}/${name}`, p);
+    return p;
+  }
+
+  async deletePod(p: TestPod, opts: { keepNetwork?: boolean } = {}): Promise<void> {
+    await this.kubelet.deletePod(p.namespace, p.name);
+    this.pods.delete(`${p.namespace}/${p.name}`);
+    if (!opts.keepNetwork) await this.net.removePod(p.net);
+  }
+
+  /** The pod's own projected token for the container-credentials endpoint. */
+  podToken(p: TestPod, audience = "keycutter-pod"): Promise<string> {
+    return this.kubelet.requestToken(p.namespace, p.serviceAccount, {
+      podName: p.name,
+      podUID: p.uid,
+      audiences: [audience],
+    });
+  }
+
+  async apply(obj: object): Promise<void> {
+    await applyObjects(this.cluster.kc, [obj as never]);
+  }
+
+  async deleteCustom(
+    kind: "accesspolicies" | "roleallowances",
+    name: string,
+    namespace?: string,
+  ): Promise<void> {
+    const custom = this.cluster.kc.makeApiClient(CustomObjectsApi);
+    if (namespace)
+      await custom.deleteNamespacedCustomObject({
+        group: GROUP,
+        version: VERSION,
+        namespace,
+        plural: kind,
+        name,
+      });
+    else await custom.deleteClusterCustomObject({ group: GROUP, version: VERSION, plural: kind, name });
+  }
+
+  /** Environment for an AWS client in a pod: only the endpoints are set, never credentials. */
+  awsEnv(extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv {
+    const env: NodeJS.ProcessEnv = {
+      PATH: `${VENV_BIN}:/usr/sbin:/usr/bin:/sbin:/bin`,
+      HOME: this.dir,
+      AWS_DEFAULT_REGION: this.moto.region,
+      AWS_REGION: this.moto.region,
+      AWS_ENDPOINT_URL: this.moto.endpointFor(this.net.gatewayIP),
+      AWS_CONFIG_FILE: "/dev/null",
+      AWS_SHARED_CREDENTIALS_FILE: "/dev/null",
+      AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE: "IPv4",
+      ...extra,
+    };
+    return env;
+  }
+
+  /** Runs the unmodified AWS CLI inside the pod's network namespace. */
+  aws(p: TestPod, args: string[], env: NodeJS.ProcessEnv = {}): Promise<ExecResult> {
+    return this.net.exec(p.net.netns, join(VENV_BIN, "aws"), args, {
+      env: this.awsEnv(env),
+      timeoutMs: 60_000,
+    });
+  }
+
+  /** curl inside the pod; returns status code and body. */
+  async curl(
+    p: TestPod | PodNet,
+    url: string,
+    opts: { method?: string; headers?: Record<string, string>; timeoutS?: number } = {},
+  ): Promise<{ status: number; body: string; code: number }> {
+    const netns = "net" in p ? p.net.netns : p.netns;
+    const args = [
+      "-s",
+      "--max-time",
+      String(opts.timeoutS ?? 5),
+      "-w",
+      "\n%{http_code}",
+      "-X",
+      opts.method ?? "GET",
+    ];
+    for (const [k, v] of Object.entries(opts.headers ?? {})) args.push("-H", `${k}: ${v}`);
+    const r = await this.net.exec(netns, "curl", [...args, url]);
+    const idx = r.stdout.lastIndexOf("\n");
+    return {
+      status: Number(r.stdout.slice(idx + 1)) || 0,
+      body: r.stdout.slice(0, Math.max(idx, 0)),
+      code: r.code,
+    };
+  }
+
+  /** The IMDSv2 credential sequence an SDK performs; returns the credentials document. */
+  async imdsCredentials(
+    p: TestPod,
+  ): Promise<{ status: number; creds?: Record<string, string>; body: string }> {
+    const tok = await this.curl(p, `${IMDS}/latest/api/token`, {
+      method: "PUT",
+      headers: { "X-aws-ec2-metadata-token-ttl-seconds": "21600" },
+    });
+    if (tok.status !== 200) return { status: tok.status, body: tok.body };
+    const h = { "X-aws-ec2-metadata-token": tok.body };
+    const role = await this.curl(p, `${IMDS}/latest/meta-data/iam/security-credentials/`, { headers: h });
+    if (role.status !== 200) return { status: role.status, body: role.body };
+    const doc = await this.curl(p, `${IMDS}/latest/meta-data/iam/security-credentials/${role.body}`, {
+      headers: h,
+    });
+    if (doc.status !== 200) return { status: doc.status, body: doc.body };
+    return { status: 200, creds: JSON.parse(doc.body) as Record<string, string>, body: doc.body };
+  }
+
+  /** Every log line the system produced (servers, agents), for secret scans. */
+  allLogs(): string {
+    return [
+      ...this.servers.map((s) => s.process.logs()),
+      ...[...this.agents.values()].map((a) => a.process.logs()),
+    ].join("\n");
+  }
+
+  async stop(): Promise<void> {
+    await Promise.all(this.servers.map((s) => s.process.stop()));
+    for (const a of this.agents.values()) await a.process.stop();
+    await this.net?.destroy();
+    await Promise.all([this.cluster?.stop(), this.moto?.stop(), this.redis?.stop()]);
+    rmSync(this.dir, { recursive: true, force: true });
+    if (this.pki) rmSync(this.pki.dir, { recursive: true, force: true });
+  }
+}
+
+export function hasE2eParts(): boolean {
+  return existsSync(join(ROOT, "deploy", "crds"));
+}

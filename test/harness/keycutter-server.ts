@@ -1,0 +1,205 @@
+// Helpers for tests that run the keycutter server against the real apiserver: install the CRDs
+// from deploy/crds, apply the server's RBAC from deploy/rbac bound to a service account, mint
+// that service account's token (so the server runs under exactly that role), and make a
+// self-signed serving certificate. (Written by the server helper; separate from the lead's files.)
+
+import { execFileSync } from "node:child_process";
+import { request as httpsRequest, type RequestOptions } from "node:https";
+import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import {
+  ApiextensionsV1Api,
+  CoreV1Api,
+  CustomObjectsApi,
+  RbacAuthorizationV1Api,
+  type KubeConfig,
+  type V1ClusterRole,
+  type V1CustomResourceDefinition,
+  type V1Role,
+} from "@kubernetes/client-node";
+import { parse } from "yaml";
+import { ROOT } from "./paths.ts";
+import { waitFor } from "./process.ts";
+
+function isConflict(e: unknown): boolean {
+  return (e as { code?: number }).code === 409;
+}
+
+async function rawPost(kc: KubeConfig, path: string, body: unknown): Promise<number> {
+  const url = new URL(kc.getCurrentCluster()?.server ?? "");
+  const opts: RequestOptions = {
+    method: "POST",
+    host: url.hostname,
+    port: url.port,
+    path,
+    headers: { "content-type": "application/json" },
+  };
+  await kc.applyToHTTPSOptions(opts);
+  const payload = JSON.stringify(body);
+  return new Promise((resolve, reject) => {
+    const req = httpsRequest(opts, (res) => {
+      let out = "";
+      res.on("data", (c: Buffer) => (out += c.toString()));
+      res.on("end", () => {
+        if ((res.statusCode ?? 0) >= 400 && res.statusCode !== 409)
+          reject(new Error(`POST ${path}: ${res.statusCode} ${out.slice(0, 500)}`));
+        else resolve(res.statusCode ?? 0);
+      });
+    });
+    req.on("error", reject);
+    req.end(payload);
+  });
+}
+
+/** Creates (or keeps) every CRD in deploy/crds and waits until they are Established. */
+export async function installCrds(kc: KubeConfig): Promise<void> {
+  const api = kc.makeApiClient(ApiextensionsV1Api);
+  const dir = join(ROOT, "deploy", "crds");
+  const names: string[] = [];
+  for (const f of readdirSync(dir).filter((x) => x.endsWith(".yaml"))) {
+    const crd = parse(readFileSync(join(dir, f), "utf8")) as V1CustomResourceDefinition;
+    names.push(crd.metadata?.name ?? "");
+    // Raw JSON, not the typed client: its serializer drops x-kubernetes-* keys on nested schemas.
+    const status = await rawPost(kc, "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", crd);
+    if (status !== 201 && status !== 409)
+      throw new Error(`creating CRD ${crd.metadata?.name}: HTTP ${status}`);
+  }
+  await waitFor(
+    "CRDs established",
+    async () => {
+      for (const name of names) {
+        const c = await api.readCustomResourceDefinition({ name });
+        if (!c.status?.conditions?.some((x) => x.type === "Established" && x.status === "True")) return false;
+      }
+      return true;
+    },
+    { timeoutMs: 30_000 },
+  );
+  // the discovery cache of the apiserver needs a moment before custom objects can be created
+  const custom = kc.makeApiClient(CustomObjectsApi);
+  await waitFor(
+    "CRDs served",
+    async () => {
+      try {
+        await custom.listClusterCustomObject({
+          group: "keycutter.dev",
+          version: "v1alpha1",
+          plural: "roleallowances",
+        });
+        await custom.listClusterCustomObject({
+          group: "keycutter.dev",
+          version: "v1alpha1",
+          plural: "accesspolicies",
+        });
+        return true;
+      } catch {
+        return false;
+      }
+    },
+    { timeoutMs: 30_000 },
+  );
+}
+
+/** Applies deploy/rbac/server-clusterrole.yaml and server-role.yaml bound to namespace/sa. */
+export async function applyServerRbac(kc: KubeConfig, namespace: string, sa: string): Promise<void> {
+  const rbac = kc.makeApiClient(RbacAuthorizationV1Api);
+  const cr = parse(
+    readFileSync(join(ROOT, "deploy", "rbac", "server-clusterrole.yaml"), "utf8"),
+  ) as V1ClusterRole;
+  const role = parse(readFileSync(join(ROOT, "deploy", "rbac", "server-role.yaml"), "utf8")) as V1Role;
+  role.metadata = { ...role.metadata, namespace };
+  const ignore = (e: unknown) => {
+    if (!isConflict(e)) throw e;
+  };
+  await rbac.createClusterRole({ body: cr }).catch(ignore);
+  await rbac
+    .createClusterRoleBinding({
+      body: {
+        metadata: { name: `keycutter-server-${namespace}-${sa}` },
+        roleRef: {
+          apiGroup: "rbac.authorization.k8s.io",
+          kind: "ClusterRole",
+          name: cr.metadata?.name ?? "",
+        },
+        subjects: [{ kind: "ServiceAccount", name: sa, namespace }],
+      },
+    })
+    .catch(ignore);
+  await rbac.createNamespacedRole({ namespace, body: role }).catch(ignore);
+  await rbac
+    .createNamespacedRoleBinding({
+      namespace,
+      body: {
+        metadata: { name: `keycutter-server-leader-election-${sa}`, namespace },
+        roleRef: { apiGroup: "rbac.authorization.k8s.io", kind: "Role", name: role.metadata?.name ?? "" },
+        subjects: [{ kind: "ServiceAccount", name: sa, namespace }],
+      },
+    })
+    .catch(ignore);
+}
+
+/** An unbound token for a service account with the apiserver's own audience (to call the API as it). */
+export async function serviceAccountToken(
+  kc: KubeConfig,
+  namespace: string,
+  sa: string,
+  expirationSeconds = 3600,
+): Promise<string> {
+  const core = kc.makeApiClient(CoreV1Api);
+  const tr = await core.createNamespacedServiceAccountToken({
+    namespace,
+    name: sa,
+    body: { spec: { audiences: [], expirationSeconds } },
+  });
+  const t = tr.status?.token;
+  if (!t) throw new Error("TokenRequest returned no token");
+  return t;
+}
+
+export interface ServingCert {
+  dir: string;
+  certFile: string;
+  keyFile: string;
+  /** The certificate itself (self-signed): use as the CA. */
+  caFile: string;
+}
+
+/** A self-signed EC certificate for the given DNS names and IPs. */
+export function selfSignedCert(names: string[] = ["localhost"], ips: string[] = ["127.0.0.1"]): ServingCert {
+  const dir = mkdtempSync(join(tmpdir(), "kc-tls-"));
+  const certFile = join(dir, "tls.crt");
+  const keyFile = join(dir, "tls.key");
+  const san = [...names.map((n) => `DNS:${n}`), ...ips.map((i) => `IP:${i}`)].join(",");
+  execFileSync(
+    "openssl",
+    [
+      "req",
+      "-x509",
+      "-newkey",
+      "ec",
+      "-pkeyopt",
+      "ec_paramgen_curve:prime256v1",
+      "-nodes",
+      "-keyout",
+      keyFile,
+      "-out",
+      certFile,
+      "-days",
+      "2",
+      "-subj",
+      `/CN=${names[0] ?? "keycutter"}`,
+      "-addext",
+      `subjectAltName=${san}`,
+    ],
+    { stdio: "ignore" },
+  );
+  return { dir, certFile, keyFile, caFile: certFile };
+}
+
+/** Writes a 32-byte AES key file (hex). */
+export function cacheKeyFile(dir: string): string {
+  const p = join(dir, "cache.key");
+  writeFileSync(p, execFileSync("openssl", ["rand", "-hex", "32"]).toString().trim(), { mode: 0o600 });
+  return p;
+}
