@@ -1,0 +1,508 @@
+// Real parts: the real apiserver, pods in real network namespaces, the agent running in a node
+// namespace and installing the real iptables DNAT hook itself, real SDKs (botocore/boto3, the AWS
+// CLI, the AWS SDK for JavaScript v3) run unmodified inside the pod namespaces, and a contract
+// test server (test-server.ts) over TLS standing in for the central service.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { mkdtempSync, writeFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { RbacAuthorizationV1Api } from "@kubernetes/client-node";
+import {
+  startCluster,
+  Kubelet,
+  PodNetwork,
+  makeServingCert,
+  waitFor,
+  NODE,
+  KEYCUTTER_MAIN,
+  VENV_BIN,
+  type Cluster,
+  type NodeNet,
+  type PodNet,
+  type ManagedProcess,
+  type TestPki,
+} from "../harness/index.ts";
+import { startFakeImds, NODE_ACCESS_KEY, type FakeImds } from "../harness/fake-imds.ts";
+import { TestServer } from "./test-server.ts";
+
+const FIX = new URL("./fixtures/", import.meta.url).pathname;
+const PY = join(VENV_BIN, "python");
+const CHAIN = "KCTEST";
+const NS = "team-a";
+
+let cluster: Cluster;
+let kubelet: Kubelet;
+let net: PodNetwork;
+let node: NodeNet;
+let pki: TestPki;
+let server: TestServer;
+let fakeImds: FakeImds;
+let agent: ManagedProcess | undefined;
+let tmp: string;
+let agentArgs: string[];
+let iptablesBefore: string;
+const pods = new Map<string, { net: PodNet; uid: string; tokenFile: string }>();
+
+function clientEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
+  return {
+    PATH: process.env.PATH,
+    HOME: tmp,
+    AWS_CONFIG_FILE: join(tmp, "no-config"),
+    AWS_SHARED_CREDENTIALS_FILE: join(tmp, "no-credentials"),
+    AWS_METADATA_SERVICE_TIMEOUT: "3",
+    AWS_METADATA_SERVICE_NUM_ATTEMPTS: "1",
+    ...extra,
+  };
+}
+
+async function iptablesRules(): Promise<string> {
+  const r = await net.exec(node.netns, "iptables-save", []);
+  assert.equal(r.code, 0, r.stderr);
+  return r.stdout
+    .split("\n")
+    .filter(
+      (l) =>
+        l.startsWith("-A") ||
+        (l.startsWith(":") && !/^:(PREROUTING|INPUT|FORWARD|OUTPUT|POSTROUTING) /.test(l)),
+    )
+    .sort()
+    .join("\n");
+}
+
+async function startAgent(extra: string[] = [], args = agentArgs): Promise<ManagedProcess> {
+  const p = net.spawn(node.netns, NODE, [KEYCUTTER_MAIN, "agent", ...args, ...extra], {
+    env: { ...process.env, KEYCUTTER_LOG_LEVEL: "info" },
+    name: "agent",
+  });
+  await p.waitForLine(/agent listening/, 30_000).catch((e: unknown) => {
+    throw new Error(`agent did not start: ${(e as Error).message}\n${p.logs()}`);
+  });
+  return p;
+}
+
+async function addPod(
+  name: string,
+  opts: { labels?: Record<string, string>; ip?: string; k8s?: boolean } = {},
+) {
+  const pnet = await net.addPod("node1", name, opts.ip);
+  let uid = "";
+  const tokenFile = join(tmp, `${name}.token`);
+  if (opts.k8s !== false) {
+    const pod = await kubelet.createPod({
+      namespace: NS,
+      name,
+      nodeName: "node1",
+      serviceAccountName: "app",
+      labels: opts.labels,
+      podIP: pnet.ip,
+      hostIP: node.ip,
+    });
+    uid = pod.metadata!.uid!;
+    writeFileSync(tokenFile, await kubelet.requestToken(NS, "app", { podName: name, podUID: uid }));
+  }
+  const entry = { net: pnet, uid, tokenFile };
+  pods.set(name, entry);
+  return entry;
+}
+
+interface ProbeResult {
+  status: number;
+  body?: string;
+  headers?: Record<string, string>;
+  error?: string;
+}
+
+async function probe(pod: string, method: string, url: string, headers: string[] = []): Promise<ProbeResult> {
+  const r = await net.exec(pods.get(pod)!.net.netns, PY, [join(FIX, "probe.py"), method, url, ...headers], {
+    env: clientEnv(),
+  });
+  assert.equal(r.code, 0, r.stderr);
+  return JSON.parse(r.stdout) as ProbeResult;
+}
+
+async function boto(
+  pod: string,
+  extra: Record<string, string> = {},
+): Promise<{ ak: string | null; method: string | null }> {
+  const r = await net.exec(pods.get(pod)!.net.netns, PY, [join(FIX, "boto-creds.py")], {
+    env: clientEnv(extra),
+    timeoutMs: 60_000,
+  });
+  assert.equal(r.code, 0, r.stderr);
+  return JSON.parse(r.stdout.trim().split("\n").pop()!) as { ak: string | null; method: string | null };
+}
+
+async function jsSdk(pod: string, which: "imds" | "container" | "chain", extra: Record<string, string> = {}) {
+  const r = await net.exec(pods.get(pod)!.net.netns, NODE, [join(FIX, "js-sdk-creds.ts"), which], {
+    env: clientEnv(extra),
+    timeoutMs: 60_000,
+  });
+  return JSON.parse(r.stdout.trim().split("\n").pop() || "{}") as {
+    ok: boolean;
+    accessKeyId?: string;
+    error?: string;
+  };
+}
+
+function issuedTo(pod: string): string[] {
+  return server.callsFor(pod).flatMap((c) => (c.accessKeyId ? [c.accessKeyId] : []));
+}
+
+before(async () => {
+  tmp = mkdtempSync(join(tmpdir(), "kc-agent-"));
+  cluster = await startCluster();
+  kubelet = new Kubelet(cluster.kc);
+  net = await PodNetwork.create();
+  node = await net.addNode("node1");
+  await kubelet.createNode("node1", node.ip, node.podCIDR);
+  await kubelet.ensureNamespace(NS);
+  await kubelet.createServiceAccount(NS, "app");
+
+  // The agent's identity: a service account with get/list/watch on pods, nothing else (RBAC on).
+  await kubelet.createServiceAccount("keycutter-system", "keycutter-agent");
+  const rbac = cluster.kc.makeApiClient(RbacAuthorizationV1Api);
+  await rbac.createClusterRole({
+    body: {
+      metadata: { name: "keycutter-agent-test" },
+      rules: [{ apiGroups: [""], resources: ["pods"], verbs: ["get", "list", "watch"] }],
+    },
+  });
+  await rbac.createClusterRoleBinding({
+    body: {
+      metadata: { name: "keycutter-agent-test" },
+      roleRef: { apiGroup: "rbac.authorization.k8s.io", kind: "ClusterRole", name: "keycutter-agent-test" },
+      subjects: [{ kind: "ServiceAccount", name: "keycutter-agent", namespace: "keycutter-system" }],
+    },
+  });
+  const agentToken = await kubelet.requestToken("keycutter-system", "keycutter-agent", {
+    audiences: [cluster.issuer, "keycutter"],
+  });
+  const tokenFile = join(tmp, "agent.token");
+  writeFileSync(tokenFile, agentToken);
+  const kubeconfig = cluster.kubeconfigFor(net.gatewayIP, agentToken);
+
+  pki = await makeServingCert([net.gatewayIP, "127.0.0.1"]);
+  server = new TestServer({
+    kc: cluster.kc,
+    certFile: pki.certFile,
+    keyFile: pki.keyFile,
+    agents: new Map([[agentToken, "node1"]]),
+    noPolicyLabel: "test/no-policy",
+  });
+  await server.start();
+
+  fakeImds = await startFakeImds(net, node.netns);
+  iptablesBefore = await iptablesRules();
+
+  agentArgs = [
+    "--node-name=node1",
+    `--server-url=https://${net.gatewayIP}:${server.port}`,
+    `--server-ca-file=${pki.caFile}`,
+    `--token-file=${tokenFile}`,
+    `--kubeconfig=${kubeconfig}`,
+    "--imds-listen=0.0.0.0:8180",
+    "--container-listen=0.0.0.0:8181",
+    "--ops-listen=0.0.0.0:8182",
+    "--hook-pod-interface=cbr0",
+    `--hook-agent-ip=${node.ip}`,
+    `--hook-chain=${CHAIN}`,
+    "--unknown-pod-wait-ms=500",
+    "--region=eu-west-1",
+    "--passthrough=/latest/meta-data/instance-id",
+    "--upstream-imds-url=http://169.254.169.254",
+  ];
+
+  // Pods a and b exist before the agent starts (pods scheduled before the agent is ready).
+  await addPod("a");
+  await addPod("b");
+  agent = await startAgent();
+  await waitFor("agent ready", async () => {
+    const r = await fetch(`http://${node.ip}:8182/readyz`).catch(() => undefined);
+    return r?.status === 200;
+  });
+});
+
+after(async () => {
+  if (agent) await agent.stop().catch(() => undefined);
+  await net
+    ?.exec(node.netns, NODE, [KEYCUTTER_MAIN, "hook", "uninstall", `--hook-chain=${CHAIN}`])
+    .catch(() => undefined);
+  await fakeImds?.stop().catch(() => undefined);
+  await server?.stop().catch(() => undefined);
+  await net?.destroy().catch(() => undefined);
+  await cluster?.stop().catch(() => undefined);
+  if (tmp) rmSync(tmp, { recursive: true, force: true });
+  if (pki) rmSync(pki.dir, { recursive: true, force: true });
+});
+
+test("boto3 (IMDSv2 through 169.254.169.254 and the DNAT hook): two pods get their own, different credentials", async () => {
+  const a = await boto("a");
+  const b = await boto("b");
+  assert.equal(a.method, "iam-role");
+  assert.equal(b.method, "iam-role");
+  assert.ok(
+    a.ak && issuedTo("a").includes(a.ak),
+    `pod a got ${a.ak}, issued to a: ${issuedTo("a").join(",")}`,
+  );
+  assert.ok(b.ak && issuedTo("b").includes(b.ak), `pod b got ${b.ak}`);
+  assert.notEqual(a.ak, b.ak);
+  assert.notEqual(a.ak, NODE_ACCESS_KEY);
+  // prefetch: both pods were fetched without waiting for a request, through the agent's identity
+  assert.ok(server.callsFor("a").length >= 1 && server.callsFor("a").every((c) => c.result === "ok"));
+});
+
+test("the AWS CLI in a pod resolves the pod's role through IMDS", async () => {
+  const r = await net.exec(pods.get("a")!.net.netns, join(VENV_BIN, "aws"), ["configure", "list"], {
+    env: clientEnv(),
+    timeoutMs: 60_000,
+  });
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /access_key\s+\*+(\w{4})\s+iam-role/);
+  const last4 = /access_key\s+\*+(\w{4})\s+iam-role/.exec(r.stdout)![1]!;
+  assert.ok(
+    issuedTo("a").some((k) => k.endsWith(last4)),
+    `CLI shows …${last4}`,
+  );
+});
+
+test("AWS SDK for JavaScript v3: fromInstanceMetadata, the default chain, and fromHttp (container) in pods", async () => {
+  const a = await jsSdk("a", "imds");
+  assert.ok(a.ok, a.error);
+  assert.ok(issuedTo("a").includes(a.accessKeyId!));
+  const chain = await jsSdk("a", "chain");
+  assert.ok(chain.ok, chain.error);
+  assert.ok(issuedTo("a").includes(chain.accessKeyId!));
+  const b = await jsSdk("b", "container", {
+    AWS_CONTAINER_CREDENTIALS_FULL_URI: "http://169.254.170.23/v1/credentials",
+    AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE: pods.get("b")!.tokenFile,
+  });
+  assert.ok(b.ok, b.error);
+  assert.ok(issuedTo("b").includes(b.accessKeyId!));
+  assert.ok(
+    server.callsFor("b").some((c) => c.withToken && c.result === "ok"),
+    "server validated pod b's token",
+  );
+});
+
+test("boto3 through the container-credentials endpoint (169.254.170.23) with the pod's token", async () => {
+  const b = await boto("b", {
+    AWS_CONTAINER_CREDENTIALS_FULL_URI: "http://169.254.170.23/v1/credentials",
+    AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE: pods.get("b")!.tokenFile,
+  });
+  assert.equal(b.method, "container-role");
+  assert.ok(b.ak && issuedTo("b").includes(b.ak));
+});
+
+test("token of pod A presented by pod B: 403 on container credentials, 401 on IMDS", async () => {
+  const tokenA = (await import("node:fs")).readFileSync(pods.get("a")!.tokenFile, "utf8");
+  const c = await probe("b", "GET", "http://169.254.170.23/v1/credentials", [`Authorization:${tokenA}`]);
+  assert.equal(c.status, 403);
+  assert.equal(JSON.parse(c.body!).code, "PodTokenMismatch");
+  assert.ok(server.callsFor("b").some((x) => x.result === "PodTokenMismatch"));
+  const js = await jsSdk("b", "container", {
+    AWS_CONTAINER_CREDENTIALS_FULL_URI: "http://169.254.170.23/v1/credentials",
+    AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE: pods.get("a")!.tokenFile,
+  });
+  assert.equal(js.ok, false);
+
+  const t = await probe("a", "PUT", "http://169.254.169.254/latest/api/token", [
+    "X-aws-ec2-metadata-token-ttl-seconds:300",
+  ]);
+  assert.equal(t.status, 200);
+  assert.equal(
+    t.headers?.["X-aws-ec2-metadata-token-ttl-seconds"] ??
+      t.headers?.["x-aws-ec2-metadata-token-ttl-seconds"],
+    "300",
+  );
+  const own = await probe("a", "GET", "http://169.254.169.254/latest/meta-data/iam/security-credentials/", [
+    `X-aws-ec2-metadata-token:${t.body}`,
+  ]);
+  assert.equal(own.status, 200);
+  const stolen = await probe(
+    "b",
+    "GET",
+    "http://169.254.169.254/latest/meta-data/iam/security-credentials/",
+    [`X-aws-ec2-metadata-token:${t.body}`],
+  );
+  assert.equal(stolen.status, 401);
+});
+
+test("unknown pod (a namespace with no Kubernetes pod): 404 after the wait, no credentials", async () => {
+  await addPod("ghost", { k8s: false });
+  const t0 = Date.now();
+  const r = await probe("ghost", "GET", "http://169.254.169.254/latest/meta-data/iam/security-credentials/");
+  assert.equal(r.status, 404);
+  assert.ok(Date.now() - t0 >= 450, "waited for the watch first");
+  const s = await boto("ghost");
+  assert.equal(s.ak, null);
+});
+
+test("a pod created after the agent is served from its first call; no policy → 404, never a default role", async () => {
+  await addPod("late");
+  const late = await boto("late");
+  assert.ok(late.ak && issuedTo("late").includes(late.ak));
+  await addPod("nopol", { labels: { "test/no-policy": "1" } });
+  const r = await probe("nopol", "GET", "http://169.254.169.254/latest/meta-data/iam/security-credentials/");
+  assert.equal(r.status, 404);
+  assert.match(r.body!, /NoPolicy/);
+});
+
+test("terminating pod keeps its credentials; deleted pod gets none; a new pod reusing its IP never gets the old ones", async () => {
+  const c = await addPod("c");
+  const before1 = await boto("c");
+  assert.ok(before1.ak && issuedTo("c").includes(before1.ak));
+  await kubelet.terminatePod(NS, "c");
+  const during = await boto("c");
+  assert.ok(during.ak && issuedTo("c").includes(during.ak), "terminating pod still served");
+  await kubelet.deletePod(NS, "c");
+  await waitFor("agent dropped pod c", async () => {
+    const r = await probe("c", "GET", "http://169.254.169.254/latest/meta-data/iam/security-credentials/");
+    return r.status === 404;
+  });
+  const ip = c.net.ip;
+  await net.removePod(c.net);
+  const callsBefore = server.calls.length;
+  const d = await addPod("d", { ip });
+  assert.equal(d.net.ip, ip);
+  const got = await boto("d");
+  assert.ok(got.ak, "new pod served");
+  assert.ok(issuedTo("d").includes(got.ak!), `pod d got ${got.ak}`);
+  assert.ok(!issuedTo("c").includes(got.ak!), "never pod c's credentials");
+  assert.ok(
+    server.calls.slice(callsBefore).every((x) => x.pod.name !== "c"),
+    "nothing fetched for the dead pod",
+  );
+});
+
+test("hostNetwork pod (the node's IP) is refused", async () => {
+  await kubelet.createPod({
+    namespace: NS,
+    name: "hostnet",
+    nodeName: "node1",
+    serviceAccountName: "app",
+    hostNetwork: true,
+    podIP: node.ip,
+    hostIP: node.ip,
+  });
+  pods.set("hostnet", {
+    net: { name: "hostnet", node: "node1", netns: node.netns, ip: node.ip },
+    uid: "",
+    tokenFile: "",
+  });
+  await waitFor("hostNetwork refusal", async () => {
+    const r = await probe(
+      "hostnet",
+      "GET",
+      `http://${node.ip}:8180/latest/meta-data/iam/security-credentials/`,
+    );
+    return r.status === 403;
+  });
+  assert.ok(server.callsFor("hostnet").length === 0, "nothing requested for a hostNetwork pod");
+});
+
+test("metadata passthrough: allowlisted path reaches the real IMDS, credential paths never do", async () => {
+  const r = await probe("a", "GET", "http://169.254.169.254/latest/meta-data/instance-id");
+  assert.equal(r.status, 200);
+  assert.equal(r.body, "i-nodeinstance");
+  const other = await probe("a", "GET", "http://169.254.169.254/latest/meta-data/hostname");
+  assert.equal(other.status, 404);
+});
+
+test("ops port: /readyz, /healthz, /metrics with request, cache and pod counters", async () => {
+  assert.equal((await fetch(`http://${node.ip}:8182/healthz`)).status, 200);
+  assert.equal((await fetch(`http://${node.ip}:8182/readyz`)).status, 200);
+  const m = await (await fetch(`http://${node.ip}:8182/metrics`)).text();
+  assert.match(m, /keycutter_agent_requests_total\{listener="imds",route="credentials",status="200"\} \d+/);
+  assert.match(m, /keycutter_agent_cache_hits_total\{listener="imds"\} [1-9]/);
+  assert.match(m, /keycutter_agent_pods_known [1-9]/);
+  assert.match(m, /keycutter_agent_request_duration_seconds_bucket/);
+  assert.ok(
+    !/ASIA|session-|secret/i.test(m.replace(/keycutter_agent_stale_served_total|SecretAccessKey/g, "")),
+    "no secret in metrics",
+  );
+  const logs = agent!.logs();
+  for (const call of server.calls)
+    if (call.accessKeyId) assert.ok(!logs.includes(`session-${call.pod.uid}`), "no session token in logs");
+});
+
+test("require-IMDSv2 mode: a v1 client gets 401, an IMDSv2 SDK still works", async () => {
+  // A second agent on other ports in the same node namespace, without the hook; pods reach it
+  // at the node's pod-bridge address (source IPs are still the pods').
+  const v2 = await startAgent(
+    [
+      "--require-imdsv2",
+      "--no-hook",
+      "--imds-listen=0.0.0.0:9180",
+      "--container-listen=off",
+      "--ops-listen=0.0.0.0:9182",
+    ],
+    agentArgs.filter(
+      (a) =>
+        !a.startsWith("--imds-listen") &&
+        !a.startsWith("--container-listen") &&
+        !a.startsWith("--ops-listen"),
+    ),
+  );
+  try {
+    const endpoint = `http://${node.podGateway}:9180`;
+    await waitFor("v2 agent synced", async () => {
+      const r = await fetch(`http://${node.ip}:9182/readyz`).catch(() => undefined);
+      return r?.status === 200;
+    });
+    const v1 = await probe("a", "GET", `${endpoint}/latest/meta-data/iam/security-credentials/`);
+    assert.equal(v1.status, 401);
+    const v1Boto = await boto("a", {
+      AWS_EC2_METADATA_SERVICE_ENDPOINT: endpoint,
+      AWS_EC2_METADATA_V1_DISABLED: "false",
+    });
+    assert.ok(v1Boto.ak && issuedTo("a").includes(v1Boto.ak), "boto3 uses v2 and succeeds");
+    const js = await jsSdk("a", "imds", { AWS_EC2_METADATA_SERVICE_ENDPOINT: endpoint });
+    assert.ok(js.ok && issuedTo("a").includes(js.accessKeyId!), js.error);
+  } finally {
+    await v2.stop();
+  }
+});
+
+test("agent down: pods get connection refused, never the real IMDS; uninstall leaves no rule", async () => {
+  // The fake real IMDS is reachable from the node itself (so a refusal below means something).
+  const nodeView = await net.exec(
+    node.netns,
+    PY,
+    [join(FIX, "probe.py"), "GET", "http://169.254.169.254/latest/meta-data/iam/security-credentials/"],
+    {
+      env: clientEnv(),
+    },
+  );
+  assert.match(nodeView.stdout, /node-role/);
+
+  await agent!.stop();
+  agent = undefined;
+  for (const url of [
+    "http://169.254.169.254/latest/meta-data/iam/security-credentials/",
+    "http://169.254.170.23/v1/credentials",
+  ]) {
+    const r = await probe("a", "GET", url);
+    assert.equal(r.status, -1, `expected a refused connection, got ${JSON.stringify(r)}`);
+    assert.match(r.error!, /ConnectionRefused/);
+  }
+  const s = await boto("a");
+  assert.notEqual(s.ak, NODE_ACCESS_KEY);
+  assert.equal(s.ak, null);
+
+  const check = await net.exec(node.netns, NODE, [
+    KEYCUTTER_MAIN,
+    "hook",
+    "check",
+    `--hook-chain=${CHAIN}`,
+    "--hook-pod-interface=cbr0",
+    `--hook-agent-ip=${node.ip}`,
+  ]);
+  assert.equal(check.code, 0, check.stdout + check.stderr);
+  const un = await net.exec(node.netns, NODE, [KEYCUTTER_MAIN, "hook", "uninstall", `--hook-chain=${CHAIN}`]);
+  assert.equal(un.code, 0, un.stderr);
+  assert.equal(await iptablesRules(), iptablesBefore, "iptables back to exactly what it was");
+  // …and with the hook gone the fake real IMDS is what a pod would reach: the hook was the barrier.
+  const after = await probe("a", "GET", "http://169.254.169.254/latest/meta-data/iam/security-credentials/");
+  assert.equal(after.body, "node-role");
+});

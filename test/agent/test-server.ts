@@ -1,0 +1,182 @@
+// A stand-in for the central service that follows src/api/contract.ts over TLS: it checks the
+// agent's bearer token, validates the body with the contract's own parser, checks the pod against
+// the real apiserver (exists, UID, node), validates pod tokens with a real TokenReview, and issues
+// distinct credentials per pod (and per issuance). It records every call.
+import { createServer, type Server } from "node:https";
+import { readFileSync } from "node:fs";
+import type { AddressInfo } from "node:net";
+import { randomBytes } from "node:crypto";
+import { AuthenticationV1Api, CoreV1Api, type KubeConfig } from "@kubernetes/client-node";
+import {
+  CREDENTIALS_PATH,
+  ContractError,
+  ERROR_STATUS,
+  MAX_REQUEST_BYTES,
+  parseCredentialsRequest,
+  type CredentialsRequest,
+  type CredentialsResponse,
+  type ErrorCode,
+} from "../../src/api/contract.ts";
+
+export interface RecordedCall {
+  pod: CredentialsRequest["pod"];
+  withToken: boolean;
+  result: "ok" | ErrorCode;
+  accessKeyId?: string;
+}
+
+export interface TestServerOptions {
+  kc: KubeConfig;
+  certFile: string;
+  keyFile: string;
+  /** Bearer tokens accepted as "an agent of node <value>". */
+  agents: Map<string, string>;
+  host?: string;
+  lifetimeSeconds?: number;
+  /** Pods with this label get NoPolicy. */
+  noPolicyLabel?: string;
+  /** Audience pod tokens must carry. */
+  audience?: string;
+}
+
+export class TestServer {
+  readonly calls: RecordedCall[] = [];
+  /** While true every request gets 503 Unavailable. */
+  down = false;
+  /** Added to every answer (ms). */
+  delayMs = 0;
+  port = 0;
+  private readonly server: Server;
+  private readonly core: CoreV1Api;
+  private readonly authn: AuthenticationV1Api;
+  private readonly o: TestServerOptions;
+  private counter = 0;
+
+  constructor(o: TestServerOptions) {
+    this.o = o;
+    this.core = o.kc.makeApiClient(CoreV1Api);
+    this.authn = o.kc.makeApiClient(AuthenticationV1Api);
+    this.server = createServer(
+      { cert: readFileSync(o.certFile), key: readFileSync(o.keyFile) },
+      (req, res) => {
+        const reply = (status: number, body: unknown): void => {
+          const text = JSON.stringify(body);
+          res.writeHead(status, {
+            "content-type": "application/json",
+            "content-length": Buffer.byteLength(text),
+          });
+          res.end(text);
+        };
+        const fail = (code: ErrorCode, message: string): void => reply(ERROR_STATUS[code], { code, message });
+        if (req.url !== CREDENTIALS_PATH || req.method !== "POST") return fail("BadRequest", "no such route");
+        const chunks: Buffer[] = [];
+        let size = 0;
+        req.on("data", (c: Buffer) => {
+          size += c.length;
+          if (size <= MAX_REQUEST_BYTES) chunks.push(c);
+        });
+        req.on("end", () => {
+          if (size > MAX_REQUEST_BYTES) return fail("PayloadTooLarge", "too large");
+          this.handle(req.headers.authorization, Buffer.concat(chunks).toString("utf8")).then(
+            ([status, body]) => {
+              const wait = this.delayMs;
+              if (wait > 0) setTimeout(() => reply(status, body), wait);
+              else reply(status, body);
+            },
+            (err: unknown) => fail("Unavailable", `test server error: ${(err as Error).message}`),
+          );
+        });
+      },
+    );
+  }
+
+  async start(): Promise<void> {
+    await new Promise<void>((r) => this.server.listen(0, this.o.host ?? "0.0.0.0", r));
+    this.port = (this.server.address() as AddressInfo).port;
+  }
+
+  async stop(): Promise<void> {
+    this.server.closeAllConnections();
+    await new Promise((r) => this.server.close(r));
+  }
+
+  callsFor(podName: string): RecordedCall[] {
+    return this.calls.filter((c) => c.pod.name === podName);
+  }
+
+  private async handle(auth: string | undefined, text: string): Promise<[number, unknown]> {
+    const err = (code: ErrorCode, message: string): [number, unknown] => [
+      ERROR_STATUS[code],
+      { code, message },
+    ];
+    if (this.down) return err("Unavailable", "test server is down");
+    const bearer = auth?.startsWith("Bearer ") ? auth.slice(7) : undefined;
+    const node = bearer ? this.o.agents.get(bearer) : undefined;
+    if (!node) return err("Unauthenticated", "unknown agent");
+    let req: CredentialsRequest;
+    try {
+      req = parseCredentialsRequest(JSON.parse(text));
+    } catch (e) {
+      return err("BadRequest", e instanceof ContractError ? e.message : "body is not JSON");
+    }
+    const record = (result: "ok" | ErrorCode, accessKeyId?: string): void => {
+      this.calls.push({ pod: req.pod, withToken: req.podToken !== undefined, result, accessKeyId });
+    };
+    let pod;
+    try {
+      pod = await this.core.readNamespacedPod({ namespace: req.pod.namespace, name: req.pod.name });
+    } catch {
+      record("PodNotFound");
+      return err("PodNotFound", "no such pod");
+    }
+    if (pod.metadata?.uid !== req.pod.uid) {
+      record("PodNotFound");
+      return err("PodNotFound", "pod UID differs");
+    }
+    if (pod.spec?.nodeName !== node) {
+      record("PodNotOnNode");
+      return err("PodNotOnNode", "pod is not on the agent's node");
+    }
+    if (req.podToken !== undefined) {
+      const tr = await this.authn.createTokenReview({
+        body: { spec: { token: req.podToken, audiences: [this.o.audience ?? "keycutter"] } },
+      });
+      if (!tr.status?.authenticated) {
+        record("Unauthenticated");
+        return err("Unauthenticated", "pod token rejected");
+      }
+      const uid = tr.status.user?.extra?.["authentication.kubernetes.io/pod-uid"]?.[0];
+      if (uid !== req.pod.uid) {
+        record("PodTokenMismatch");
+        return err("PodTokenMismatch", "the token does not belong to the calling pod");
+      }
+    }
+    if (this.o.noPolicyLabel && pod.metadata?.labels?.[this.o.noPolicyLabel] !== undefined) {
+      record("NoPolicy");
+      return err("NoPolicy", "no policy selects this pod");
+    }
+    const n = ++this.counter;
+    // The pod name and issuance number are visible in the key, and the last 4 characters
+    // (what `aws configure list` shows) are unique per issuance.
+    const tag = req.pod.name
+      .replace(/[^a-z0-9]/g, "")
+      .toUpperCase()
+      .slice(0, 8);
+    const accessKeyId = `ASIA${tag}X${String(n).padStart(4, "0")}`;
+    const res: CredentialsResponse = {
+      credentials: {
+        accessKeyId,
+        secretAccessKey: randomBytes(30).toString("base64"),
+        sessionToken: `session-${req.pod.uid}-${n}-${randomBytes(16).toString("hex")}`,
+        expiration: new Date(Date.now() + (this.o.lifetimeSeconds ?? 3600) * 1000).toISOString(),
+        accountId: "123456789012",
+      },
+      roleArn: `arn:aws:iam::123456789012:role/kc-${req.pod.namespace}-${req.pod.name}`,
+      roleName: `kc-${req.pod.namespace}-${req.pod.name}`,
+      sessionName: `${req.pod.namespace}.${req.pod.name}`.slice(0, 64),
+      policy: { namespace: req.pod.namespace, name: "test", generation: 1 },
+    };
+    record("ok", accessKeyId);
+    return [200, res];
+  }
+}
