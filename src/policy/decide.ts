@@ -260,9 +260,11 @@ export function decide(input: DecideInput, opts: DecideOptions): Decision {
     throw e;
   }
 
+  // Minified with keys in a canonical (sorted) order: the same policy gives the same bytes and
+  // hash whether it came from the apiserver (which sorts), a file, or a test.
   const sessionPolicy =
     statements.length > 0
-      ? JSON.stringify({ Version: policy.spec.sessionPolicy?.Version ?? "2012-10-17", Statement: statements })
+      ? canonicalJson({ Version: policy.spec.sessionPolicy?.Version ?? "2012-10-17", Statement: statements })
       : undefined;
   const policyArns = policy.spec.managedPolicyArns ?? [];
   const size = (sessionPolicy?.length ?? 0) + policyArns.reduce((n, a) => n + a.length, 0);
@@ -319,4 +321,26 @@ export function systemTags(pod: PodFacts, clusterName: string): Tag[] {
   ];
   if (clusterName) tags.push({ Key: "kubernetes-cluster-name", Value: clusterName });
   return tags;
+}
+
+/** JSON with object keys sorted recursively, no whitespace. */
+export function canonicalJson(v: unknown): string {
+  return JSON.stringify(sortKeys(v));
+}
+
+function sortKeys(v: unknown): unknown {
+  if (Array.isArray(v)) return v.map(sortKeys);
+  if (v !== null && typeof v === "object") {
+    const out: Record<string, unknown> = {};
+    for (const k of Object.keys(v).sort()) {
+      Object.defineProperty(out, k, {
+        value: sortKeys((v as Record<string, unknown>)[k]),
+        enumerable: true,
+        writable: true,
+        configurable: true,
+      });
+    }
+    return out;
+  }
+  return v;
 }

@@ -1,0 +1,155 @@
+// Lease-based leader election (coordination.k8s.io/v1), the client-go algorithm in small:
+// acquire when the Lease is absent, ours, or its holder has not renewed within
+// leaseDurationSeconds; renew every retryPeriod; give up leadership when renewals fail for
+// renewDeadline. Optimistic concurrency (resourceVersion) makes concurrent takeovers safe: the
+// loser gets 409 Conflict. Used only for the status-writing loop: serving never waits for it.
+
+import { CoordinationV1Api, V1MicroTime, type KubeConfig, type V1Lease } from "@kubernetes/client-node";
+import type { Logger } from "../common/logger.ts";
+
+export interface LeaderElectorOptions {
+  namespace: string;
+  name: string;
+  identity: string;
+  leaseDurationSeconds?: number;
+  renewDeadlineMs?: number;
+  retryPeriodMs?: number;
+  onStartedLeading: () => void;
+  onStoppedLeading: () => void;
+}
+
+export class LeaderElector {
+  private readonly api: CoordinationV1Api;
+  private readonly log: Logger;
+  private readonly o: Required<LeaderElectorOptions>;
+  private timer: NodeJS.Timeout | undefined;
+  private leading = false;
+  private lastRenew = 0;
+  private stopped = false;
+  private running: Promise<void> | undefined;
+
+  constructor(kc: KubeConfig, log: Logger, opts: LeaderElectorOptions) {
+    this.api = kc.makeApiClient(CoordinationV1Api);
+    this.log = log;
+    this.o = { leaseDurationSeconds: 15, renewDeadlineMs: 10_000, retryPeriodMs: 2_000, ...opts };
+  }
+
+  get isLeader(): boolean {
+    return this.leading;
+  }
+
+  start(): void {
+    this.stopped = false;
+    const loop = () => {
+      if (this.stopped) return;
+      this.running = this.tick().finally(() => {
+        this.running = undefined;
+        if (!this.stopped) this.timer = setTimeout(loop, this.o.retryPeriodMs);
+      });
+    };
+    loop();
+  }
+
+  private setLeading(v: boolean): void {
+    if (v === this.leading) return;
+    this.leading = v;
+    this.log.info(
+      { lease: `${this.o.namespace}/${this.o.name}`, identity: this.o.identity },
+      v ? "became leader" : "lost leadership",
+    );
+    if (v) this.o.onStartedLeading();
+    else this.o.onStoppedLeading();
+  }
+
+  async tick(): Promise<void> {
+    try {
+      const ok = await this.tryAcquireOrRenew();
+      if (ok) {
+        this.lastRenew = Date.now();
+        this.setLeading(true);
+      } else this.setLeading(false);
+    } catch (e) {
+      this.log.debug({ err: (e as Error).message }, "lease update failed");
+      if (this.leading && Date.now() - this.lastRenew > this.o.renewDeadlineMs) this.setLeading(false);
+    }
+  }
+
+  private async tryAcquireOrRenew(): Promise<boolean> {
+    const { namespace, name, identity, leaseDurationSeconds } = this.o;
+    const now = new V1MicroTime();
+    let lease: V1Lease | undefined;
+    try {
+      lease = await this.api.readNamespacedLease({ namespace, name });
+    } catch (e) {
+      if ((e as { code?: number }).code !== 404) throw e;
+    }
+    if (!lease) {
+      try {
+        await this.api.createNamespacedLease({
+          namespace,
+          body: {
+            metadata: { name, namespace },
+            spec: {
+              holderIdentity: identity,
+              leaseDurationSeconds,
+              acquireTime: now,
+              renewTime: now,
+              leaseTransitions: 0,
+            },
+          },
+        });
+        return true;
+      } catch (e) {
+        if ((e as { code?: number }).code === 409) return false;
+        throw e;
+      }
+    }
+    const spec = lease.spec ?? {};
+    const holder = spec.holderIdentity ?? "";
+    const renewed = spec.renewTime ? new Date(spec.renewTime).getTime() : 0;
+    const expired = renewed + (spec.leaseDurationSeconds ?? leaseDurationSeconds) * 1000 < Date.now();
+    if (holder !== identity && holder !== "" && !expired) return false;
+    const body: V1Lease = {
+      ...lease,
+      spec: {
+        ...spec,
+        holderIdentity: identity,
+        leaseDurationSeconds,
+        renewTime: now,
+        ...(holder !== identity
+          ? { acquireTime: now, leaseTransitions: (spec.leaseTransitions ?? 0) + 1 }
+          : {}),
+      },
+    };
+    try {
+      await this.api.replaceNamespacedLease({ namespace, name, body });
+      return true;
+    } catch (e) {
+      if ((e as { code?: number }).code === 409) return false;
+      throw e;
+    }
+  }
+
+  /** Stops campaigning; a leader releases the Lease so another replica takes over at once. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.timer) clearTimeout(this.timer);
+    await this.running;
+    if (this.leading) {
+      try {
+        const { namespace, name } = this.o;
+        const lease = await this.api.readNamespacedLease({ namespace, name });
+        if (lease.spec?.holderIdentity === this.o.identity) {
+          await this.api.replaceNamespacedLease({
+            namespace,
+            name,
+            body: { ...lease, spec: { ...lease.spec, holderIdentity: "", leaseDurationSeconds: 1 } },
+          });
+        }
+      } catch (e) {
+        this.log.debug({ err: (e as Error).message }, "lease release failed");
+      }
+      this.setLeading(false);
+    }
+  }
+}

@@ -1,0 +1,76 @@
+// Fresh reads of pods and namespaces for the server's per-request authorization. Pods are read
+// from the apiserver on every credentials request (a request is a cache miss on the agent, so
+// this is rare per pod), which means a deleted or rebound pod is never judged from stale state.
+// Namespaces (for RoleAllowance namespaceSelector) are cached for a short time.
+
+import { CoreV1Api, type KubeConfig, type V1Pod } from "@kubernetes/client-node";
+import type { NamespaceFacts, PodFacts } from "../policy/types.ts";
+
+export function isNotFound(err: unknown): boolean {
+  return (err as { code?: number })?.code === 404;
+}
+
+export interface PodRecord {
+  facts: PodFacts;
+  phase: string;
+  terminating: boolean;
+}
+
+export function podFacts(pod: V1Pod): PodRecord {
+  return {
+    facts: {
+      namespace: pod.metadata?.namespace ?? "",
+      name: pod.metadata?.name ?? "",
+      uid: pod.metadata?.uid ?? "",
+      serviceAccountName: pod.spec?.serviceAccountName ?? "default",
+      nodeName: pod.spec?.nodeName ?? "",
+      labels: { ...(pod.metadata?.labels ?? {}) },
+      annotations: { ...(pod.metadata?.annotations ?? {}) },
+    },
+    phase: pod.status?.phase ?? "",
+    terminating: pod.metadata?.deletionTimestamp != null,
+  };
+}
+
+export class PodLookup {
+  private readonly core: CoreV1Api;
+  private readonly nsCache = new Map<string, { at: number; ns: NamespaceFacts | undefined }>();
+  private readonly nsTtlMs: number;
+
+  constructor(kc: KubeConfig, opts: { namespaceTtlMs?: number } = {}) {
+    this.core = kc.makeApiClient(CoreV1Api);
+    this.nsTtlMs = opts.namespaceTtlMs ?? 30_000;
+  }
+
+  /** The pod, or undefined when it does not exist. Other errors propagate. */
+  async pod(namespace: string, name: string): Promise<PodRecord | undefined> {
+    try {
+      return podFacts(await this.core.readNamespacedPod({ namespace, name }));
+    } catch (e) {
+      if (isNotFound(e)) return undefined;
+      throw e;
+    }
+  }
+
+  async namespace(name: string): Promise<NamespaceFacts | undefined> {
+    const hit = this.nsCache.get(name);
+    const now = Date.now();
+    if (hit && now - hit.at < this.nsTtlMs) return hit.ns;
+    let ns: NamespaceFacts | undefined;
+    try {
+      const o = await this.core.readNamespace({ name });
+      ns = { name, labels: { ...(o.metadata?.labels ?? {}) } };
+    } catch (e) {
+      if (!isNotFound(e)) throw e;
+    }
+    if (this.nsCache.size > 10_000) this.nsCache.clear();
+    this.nsCache.set(name, { at: now, ns });
+    return ns;
+  }
+
+  /** Pods of a namespace (status loop only: ambiguity check). */
+  async listPods(namespace: string): Promise<PodRecord[]> {
+    const res = await this.core.listNamespacedPod({ namespace });
+    return res.items.map(podFacts);
+  }
+}

@@ -1,0 +1,318 @@
+// Writes status conditions (type Ready) on AccessPolicy and RoleAllowance objects. Runs on the
+// leader only. For each AccessPolicy it combines:
+//   - static checks: validation, template syntax, a RoleAllowance covering namespace + role, and
+//     the rendered size (rendered for a stand-in pod: 1-character placeholders give the minimum
+//     size; over the limit even then → PolicyTooLarge),
+//   - ambiguity: pods of the namespace selected by more than one policy at the top priority,
+//   - what this replica saw at issuance for the current generation (template failures on real
+//     pods, policies too large for a real pod, STS refusals).
+// Writes only when the condition changed (status subresource, optimistic concurrency).
+
+import { CustomObjectsApi, type KubeConfig } from "@kubernetes/client-node";
+import type { Logger } from "../common/logger.ts";
+import { decide, type PolicyRef } from "../policy/decide.ts";
+import { podSelectorMismatch } from "../policy/match.ts";
+import { checkTemplate } from "../policy/template.ts";
+import {
+  ACCESS_POLICY_PLURAL,
+  GROUP,
+  ROLE_ALLOWANCE_PLURAL,
+  VERSION,
+  type AccessPolicy,
+  type Condition,
+  type PodFacts,
+  type RoleAllowance,
+} from "../policy/types.ts";
+import { validateAccessPolicy, validateRoleAllowance } from "../policy/validate.ts";
+import type { PodLookup } from "./pod-lookup.ts";
+import type { PolicyInformers } from "./policy-informers.ts";
+
+export interface ReadyState {
+  status: "True" | "False";
+  reason: string;
+  message: string;
+}
+
+export interface StatusOptions {
+  clusterName: string;
+  maxDurationSeconds: number;
+  intervalMs: number;
+}
+
+interface Observation {
+  generation: number;
+  uid: string;
+  reason: string;
+  message: string;
+  at: number;
+}
+
+/** Static readiness of one AccessPolicy (also used by `policy validate` and `explain`). */
+export function accessPolicyReadiness(
+  p: AccessPolicy,
+  allowances: RoleAllowance[],
+  nsLabels: Record<string, string>,
+  clusterName: string,
+  maxDurationSeconds: number,
+): ReadyState {
+  const v = validateAccessPolicy({ ...p, kind: "AccessPolicy" });
+  if (v.errors.length > 0) {
+    const tmpl = v.errors.some((e) => /variable|unterminated/.test(e));
+    return {
+      status: "False",
+      reason: tmpl ? "TemplateInvalid" : "Invalid",
+      message: v.errors.join("; ").slice(0, 1000),
+    };
+  }
+  const pod = standInPod(p, 1);
+  const d = decide(
+    { pod, namespace: { name: pod.namespace, labels: nsLabels }, policies: [p], allowances },
+    { clusterName: clusterName || "c", maxDurationSeconds },
+  );
+  if (!d.ok) {
+    if (
+      d.reason === "RoleNotAllowed" ||
+      d.reason === "PolicyTooLarge" ||
+      d.reason === "TemplateInvalid" ||
+      d.reason === "PolicyInvalid"
+    ) {
+      return { status: "False", reason: d.reason, message: d.message };
+    }
+  }
+  const big = decide(
+    {
+      pod: standInPod(p, 63),
+      namespace: { name: pod.namespace, labels: nsLabels },
+      policies: [p],
+      allowances,
+    },
+    { clusterName: clusterName || "c".repeat(63), maxDurationSeconds },
+  );
+  if (!big.ok && big.reason === "PolicyTooLarge") {
+    return {
+      status: "True",
+      reason: "Valid",
+      message: `in force; warning: with long names or label values the rendered policy can exceed the STS limit (${big.message})`,
+    };
+  }
+  return { status: "True", reason: "Valid", message: "in force" };
+}
+
+/** A pod the policy selects, with every referenced label/annotation set to an n-character value. */
+export function standInPod(p: AccessPolicy, n: number): PodFacts {
+  const x = "x".repeat(n);
+  const labels: Record<string, string> = { ...(p.spec.podSelector?.matchLabels ?? {}) };
+  const annotations: Record<string, string> = {};
+  for (const e of p.spec.podSelector?.matchExpressions ?? []) {
+    if ((e.operator === "In" || e.operator === "Exists") && !(e.key in labels))
+      labels[e.key] = e.values?.[0] ?? x;
+  }
+  let refs: ReturnType<typeof checkTemplate> = [];
+  try {
+    refs = [...checkTemplate(p.spec.sessionPolicy ?? {}), ...checkTemplate(p.spec.sessionTags ?? {})];
+  } catch {
+    // reported by validation
+  }
+  for (const r of refs) {
+    if (r.kind === "label" && !(r.key in labels)) labels[r.key] = x;
+    if (r.kind === "annotation") annotations[r.key] = x;
+  }
+  return {
+    namespace: p.metadata.namespace ?? "default",
+    name: x,
+    uid: "00000000-0000-0000-0000-000000000000",
+    serviceAccountName: p.spec.podSelector?.serviceAccountName ?? x,
+    nodeName: x,
+    labels,
+    annotations,
+  };
+}
+
+export function roleAllowanceReadiness(a: RoleAllowance): ReadyState {
+  const v = validateRoleAllowance({ ...a, kind: "RoleAllowance" });
+  if (v.errors.length > 0)
+    return { status: "False", reason: "Invalid", message: v.errors.join("; ").slice(0, 1000) };
+  return { status: "True", reason: "Valid", message: "in force" };
+}
+
+export class PolicyStatusWriter {
+  private readonly api: CustomObjectsApi;
+  private readonly informers: PolicyInformers;
+  private readonly pods: PodLookup;
+  private readonly log: Logger;
+  private readonly o: StatusOptions;
+  private readonly observations = new Map<string, Observation>();
+  private timer: NodeJS.Timeout | undefined;
+  private kickTimer: NodeJS.Timeout | undefined;
+  private active = false;
+  private running: Promise<void> | undefined;
+
+  constructor(kc: KubeConfig, informers: PolicyInformers, pods: PodLookup, log: Logger, o: StatusOptions) {
+    this.api = kc.makeApiClient(CustomObjectsApi);
+    this.informers = informers;
+    this.pods = pods;
+    this.log = log;
+    this.o = o;
+  }
+
+  observe(p: PolicyRef, reason: string, message: string): void {
+    const key = `${p.namespace}/${p.name}`;
+    const prev = this.observations.get(key);
+    this.observations.set(key, { generation: p.generation, uid: p.uid, reason, message, at: Date.now() });
+    if (!prev || prev.reason !== reason || prev.generation !== p.generation) this.kick();
+  }
+
+  start(): void {
+    if (this.active) return;
+    this.active = true;
+    const loop = () => {
+      if (!this.active) return;
+      void this.runOnce().finally(() => {
+        if (this.active) this.timer = setTimeout(loop, this.o.intervalMs);
+      });
+    };
+    loop();
+  }
+
+  stop(): void {
+    this.active = false;
+    if (this.timer) clearTimeout(this.timer);
+    if (this.kickTimer) clearTimeout(this.kickTimer);
+  }
+
+  kick(): void {
+    if (!this.active || this.kickTimer) return;
+    this.kickTimer = setTimeout(() => {
+      this.kickTimer = undefined;
+      void this.runOnce();
+    }, 300);
+    this.kickTimer.unref();
+  }
+
+  async runOnce(): Promise<void> {
+    if (this.running) return this.running;
+    this.running = this.reconcile()
+      .catch((e: unknown) => this.log.warn({ err: (e as Error).message }, "status reconcile failed"))
+      .finally(() => {
+        this.running = undefined;
+      });
+    return this.running;
+  }
+
+  private async reconcile(): Promise<void> {
+    if (!this.informers.synced) return;
+    const allowances = this.informers.roleAllowances();
+    const policies = this.informers.accessPolicies();
+    const byNs = new Map<string, AccessPolicy[]>();
+    for (const p of policies) {
+      const ns = p.metadata.namespace ?? "";
+      byNs.set(ns, [...(byNs.get(ns) ?? []), p]);
+    }
+    const ambiguous = new Map<string, string>();
+    for (const [ns, list] of byNs) {
+      if (list.length < 2) continue;
+      let pods: PodFacts[];
+      try {
+        pods = (await this.pods.listPods(ns)).map((r) => r.facts).slice(0, 5000);
+      } catch {
+        continue;
+      }
+      for (const pod of pods) {
+        const sel = list.filter(
+          (p) => p.spec?.podSelector && podSelectorMismatch(p.spec.podSelector, pod) === null,
+        );
+        if (sel.length < 2) continue;
+        const top = Math.max(...sel.map((p) => p.spec.priority ?? 0));
+        const tied = sel.filter((p) => (p.spec.priority ?? 0) === top);
+        if (tied.length < 2) continue;
+        for (const p of tied) {
+          const key = `${ns}/${p.metadata.name}`;
+          if (!ambiguous.has(key)) {
+            const others = tied.filter((q) => q !== p).map((q) => q.metadata.name);
+            ambiguous.set(
+              key,
+              `pod ${pod.name} is also selected by ${others.join(", ")} at priority ${top}; no credentials are issued to it`,
+            );
+          }
+        }
+      }
+    }
+    for (const p of policies) {
+      const key = `${p.metadata.namespace}/${p.metadata.name}`;
+      let state: ReadyState;
+      const ns = await this.pods.namespace(p.metadata.namespace ?? "").catch(() => undefined);
+      state = accessPolicyReadiness(
+        p,
+        allowances,
+        ns?.labels ?? {},
+        this.o.clusterName,
+        this.o.maxDurationSeconds,
+      );
+      const obs = this.observations.get(key);
+      if (state.status === "True" && ambiguous.has(key))
+        state = { status: "False", reason: "AmbiguousMatch", message: ambiguous.get(key) as string };
+      else if (
+        state.status === "True" &&
+        obs &&
+        obs.generation === (p.metadata.generation ?? 0) &&
+        obs.uid === (p.metadata.uid ?? "") &&
+        Date.now() - obs.at < 600_000
+      ) {
+        state = { status: "False", reason: obs.reason, message: obs.message };
+      }
+      await this.write(ACCESS_POLICY_PLURAL, p, state);
+    }
+    for (const a of allowances) await this.write(ROLE_ALLOWANCE_PLURAL, a, roleAllowanceReadiness(a));
+  }
+
+  private async write(plural: string, obj: AccessPolicy | RoleAllowance, state: ReadyState): Promise<void> {
+    const gen = obj.metadata.generation ?? 0;
+    const prev = (obj.status?.conditions ?? []).find((c) => c.type === "Ready");
+    if (
+      prev &&
+      prev.status === state.status &&
+      prev.reason === state.reason &&
+      prev.message === state.message &&
+      prev.observedGeneration === gen &&
+      obj.status?.observedGeneration === gen
+    )
+      return;
+    const cond: Condition = {
+      type: "Ready",
+      status: state.status,
+      reason: state.reason,
+      message: state.message.slice(0, 32_000),
+      lastTransitionTime:
+        prev && prev.status === state.status
+          ? prev.lastTransitionTime
+          : new Date().toISOString().replace(/\.\d{3}Z$/, "Z"),
+      observedGeneration: gen,
+    };
+    const conditions = [...(obj.status?.conditions ?? []).filter((c) => c.type !== "Ready"), cond];
+    const body = { ...obj, status: { observedGeneration: gen, conditions } };
+    try {
+      if (plural === ACCESS_POLICY_PLURAL) {
+        await this.api.replaceNamespacedCustomObjectStatus({
+          group: GROUP,
+          version: VERSION,
+          namespace: obj.metadata.namespace ?? "",
+          plural,
+          name: obj.metadata.name ?? "",
+          body,
+        });
+      } else {
+        await this.api.replaceClusterCustomObjectStatus({
+          group: GROUP,
+          version: VERSION,
+          plural,
+          name: obj.metadata.name ?? "",
+          body,
+        });
+      }
+    } catch (e) {
+      const code = (e as { code?: number }).code;
+      if (code !== 409 && code !== 404)
+        this.log.warn({ err: (e as Error).message, object: obj.metadata.name }, "status write failed");
+    }
+  }
+}

@@ -1,0 +1,287 @@
+// The API port (HTTPS, POST /v1/credentials per src/api/contract.ts) and the plain-HTTP ops port
+// (/healthz, /readyz, /metrics).
+
+import { createServer as createHttpsServer, type Server as HttpsServer } from "node:https";
+import {
+  createServer as createHttpServer,
+  type IncomingMessage,
+  type Server as HttpServer,
+  type ServerResponse,
+} from "node:http";
+import { readFileSync, unwatchFile, watchFile } from "node:fs";
+import type { AddressInfo } from "node:net";
+import {
+  CREDENTIALS_PATH,
+  ContractError,
+  ERROR_STATUS,
+  MAX_REQUEST_BYTES,
+  parseCredentialsRequest,
+  type ErrorCode,
+  type ErrorResponse,
+} from "../api/contract.ts";
+import type { Logger } from "../common/logger.ts";
+import type { ReviewedIdentity } from "../k8s/token-review.ts";
+import type { Registry } from "prom-client";
+import type { AgentIdentity, CredentialService } from "./service.ts";
+import type { ServerMetrics } from "./metrics.ts";
+
+const JWT = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$/;
+
+export interface ApiOptions {
+  tlsCertFile?: string;
+  tlsKeyFile?: string;
+  /** Serve plain HTTP on the API port (tests/dev only). */
+  insecure?: boolean;
+  agentServiceAccounts: string[];
+  reviewAgentToken: (token: string) => Promise<ReviewedIdentity>;
+  service: CredentialService;
+  log: Logger;
+  metrics: ServerMetrics;
+  /** Audit records for requests refused before the service (authentication). */
+  auditAuthFailure?: (code: ErrorCode, reason: string, agent?: string) => void;
+}
+
+class HttpError extends ContractError {
+  readonly status: number;
+  constructor(code: ErrorCode, message: string, status?: number) {
+    super(code, message);
+    this.status = status ?? ERROR_STATUS[code];
+  }
+}
+
+function send(res: ServerResponse, status: number, body: unknown, extra: Record<string, string> = {}): void {
+  const s = JSON.stringify(body);
+  res.writeHead(status, {
+    "content-type": "application/json",
+    "content-length": Buffer.byteLength(s),
+    "cache-control": "no-store",
+    ...extra,
+  });
+  res.end(s);
+}
+
+function sendError(res: ServerResponse, e: ContractError): void {
+  const status = e instanceof HttpError ? e.status : ERROR_STATUS[e.code];
+  const body: ErrorResponse = { code: e.code, message: e.message };
+  const extra: Record<string, string> = {};
+  if (e.code === "Unauthenticated") extra["www-authenticate"] = "Bearer";
+  if (e.code === "Throttled" || e.code === "Unavailable") extra["retry-after"] = "1";
+  send(res, status, body, extra);
+}
+
+function readBody(req: IncomingMessage): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const len = req.headers["content-length"];
+    if (len !== undefined && Number(len) > MAX_REQUEST_BYTES) {
+      reject(new HttpError("PayloadTooLarge", `body larger than ${MAX_REQUEST_BYTES} bytes`));
+      return;
+    }
+    const chunks: Buffer[] = [];
+    let size = 0;
+    let done = false;
+    req.on("data", (c: Buffer) => {
+      if (done) return;
+      size += c.length;
+      if (size > MAX_REQUEST_BYTES) {
+        done = true;
+        reject(new HttpError("PayloadTooLarge", `body larger than ${MAX_REQUEST_BYTES} bytes`));
+        req.resume();
+        return;
+      }
+      chunks.push(c);
+    });
+    req.on("end", () => {
+      if (!done) {
+        done = true;
+        resolve(Buffer.concat(chunks));
+      }
+    });
+    req.on("error", (e) => {
+      if (!done) {
+        done = true;
+        reject(e);
+      }
+    });
+  });
+}
+
+export function createApiHandler(opts: ApiOptions): (req: IncomingMessage, res: ServerResponse) => void {
+  const allowed = new Set(opts.agentServiceAccounts);
+  const authenticate = async (req: IncomingMessage): Promise<AgentIdentity> => {
+    const h = req.headers.authorization;
+    const m = typeof h === "string" ? /^Bearer ([^\s]+)$/.exec(h) : null;
+    if (!m) throw new HttpError("Unauthenticated", "a Bearer token is required");
+    const token = m[1] as string;
+    if (token.length > 16384 || !JWT.test(token))
+      throw new HttpError("Unauthenticated", "malformed bearer token");
+    let id: ReviewedIdentity;
+    try {
+      id = await opts.reviewAgentToken(token);
+    } catch (e) {
+      opts.log.warn({ err: (e as Error).message }, "TokenReview failed");
+      throw new HttpError("Unavailable", "cannot review the token with the Kubernetes API");
+    }
+    if (!id.authenticated) {
+      opts.metrics.tokenReviews.inc({ result: "unauthenticated" });
+      throw new HttpError("Unauthenticated", `token rejected: ${id.error ?? "not authenticated"}`);
+    }
+    const sa = id.serviceAccount ? `${id.serviceAccount.namespace}/${id.serviceAccount.name}` : id.username;
+    if (!id.serviceAccount || !allowed.has(sa)) {
+      opts.metrics.tokenReviews.inc({ result: "forbidden" });
+      throw new HttpError("Forbidden", `${id.username || "caller"} is not a keycutter agent`);
+    }
+    if (!id.nodeName) {
+      opts.metrics.tokenReviews.inc({ result: "forbidden" });
+      throw new HttpError(
+        "Forbidden",
+        "agent token is not bound to a pod on a node (use a projected service-account token)",
+      );
+    }
+    opts.metrics.tokenReviews.inc({ result: "ok" });
+    return { serviceAccount: sa, nodeName: id.nodeName };
+  };
+
+  return (req, res) => {
+    const handle = async () => {
+      const url = req.url ?? "/";
+      const path = url.split("?")[0];
+      if (path !== CREDENTIALS_PATH) throw new HttpError("BadRequest", "no such path", 404);
+      if (req.method !== "POST") throw new HttpError("BadRequest", "method not allowed; use POST", 405);
+      let agent: AgentIdentity;
+      try {
+        agent = await authenticate(req);
+      } catch (e) {
+        if (e instanceof ContractError) opts.auditAuthFailure?.(e.code, e.message);
+        throw e;
+      }
+      const ct = String(req.headers["content-type"] ?? "");
+      if (!/^application\/json\s*(;.*)?$/i.test(ct))
+        throw new HttpError("BadRequest", "content-type must be application/json", 415);
+      const raw = await readBody(req);
+      let body: unknown;
+      try {
+        body = JSON.parse(raw.toString("utf8"));
+      } catch {
+        throw new HttpError("BadRequest", "body is not valid JSON");
+      }
+      const creq = parseCredentialsRequest(body);
+      const out = await opts.service.issue(agent, creq);
+      send(res, 200, out);
+    };
+    handle().catch((e: unknown) => {
+      if (res.headersSent) return;
+      if (e instanceof ContractError) sendError(res, e);
+      else {
+        opts.log.error({ err: (e as Error)?.message }, "request failed");
+        sendError(res, new ContractError("Unavailable", "internal error"));
+      }
+    });
+  };
+}
+
+export interface Listening<S> {
+  server: S;
+  port: number;
+  close(): Promise<void>;
+}
+
+function listen<S extends HttpServer | HttpsServer>(
+  server: S,
+  host: string,
+  port: number,
+): Promise<Listening<S>> {
+  return new Promise((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(port, host, () => {
+      server.off("error", reject);
+      resolve({
+        server,
+        port: (server.address() as AddressInfo).port,
+        close: () =>
+          new Promise<void>((r) => {
+            server.close(() => r());
+            server.closeAllConnections?.();
+          }),
+      });
+    });
+  });
+}
+
+export async function startApiServer(
+  opts: ApiOptions,
+  host: string,
+  port: number,
+): Promise<Listening<HttpServer | HttpsServer>> {
+  const handler = createApiHandler(opts);
+  let server: HttpServer | HttpsServer;
+  let stopWatch = () => {};
+  if (opts.insecure) {
+    server = createHttpServer(handler);
+  } else {
+    if (!opts.tlsCertFile || !opts.tlsKeyFile)
+      throw new Error("--tls-cert and --tls-key are required (or --insecure-http for development)");
+    const certFile = opts.tlsCertFile;
+    const keyFile = opts.tlsKeyFile;
+    const https = createHttpsServer(
+      { cert: readFileSync(certFile), key: readFileSync(keyFile), minVersion: "TLSv1.2" },
+      handler,
+    );
+    // Certificates from a Secret are swapped in place by the kubelet: reload on change.
+    const reload = () => {
+      try {
+        https.setSecureContext({
+          cert: readFileSync(certFile),
+          key: readFileSync(keyFile),
+          minVersion: "TLSv1.2",
+        });
+        opts.log.info("TLS certificate reloaded");
+      } catch (e) {
+        opts.log.warn({ err: (e as Error).message }, "TLS certificate reload failed; keeping the old one");
+      }
+    };
+    watchFile(certFile, { interval: 5000 }, reload);
+    watchFile(keyFile, { interval: 5000 }, reload);
+    stopWatch = () => {
+      unwatchFile(certFile);
+      unwatchFile(keyFile);
+    };
+    server = https;
+  }
+  server.requestTimeout = 15_000;
+  server.headersTimeout = 5_000;
+  server.keepAliveTimeout = 60_000;
+  server.maxHeadersCount = 50;
+  const l = await listen(server, host, port);
+  return {
+    ...l,
+    close: async () => {
+      stopWatch();
+      await l.close();
+    },
+  };
+}
+
+export async function startOpsServer(
+  registry: Registry,
+  ready: () => boolean,
+  host: string,
+  port: number,
+): Promise<Listening<HttpServer>> {
+  const server = createHttpServer((req, res) => {
+    const path = (req.url ?? "/").split("?")[0];
+    if (path === "/healthz") {
+      res.writeHead(200, { "content-type": "text/plain" }).end("ok");
+    } else if (path === "/readyz") {
+      const ok = ready();
+      res.writeHead(ok ? 200 : 503, { "content-type": "text/plain" }).end(ok ? "ok" : "not ready");
+    } else if (path === "/metrics") {
+      registry.metrics().then(
+        (m) => res.writeHead(200, { "content-type": registry.contentType }).end(m),
+        () => res.writeHead(500).end(),
+      );
+    } else {
+      res.writeHead(404, { "content-type": "text/plain" }).end("not found");
+    }
+  });
+  return listen(server, host, port);
+}

@@ -1,0 +1,235 @@
+// Assembles the central security service: TokenReview, pod lookup, policy informers, STS,
+// caches, audit, metrics, the API and ops listeners, and (leader only) the status writer.
+
+import { KubeConfig } from "@kubernetes/client-node";
+import { createLogger, type Logger } from "../common/logger.ts";
+import { StsIssuer, type StsIssuerOptions } from "../aws/sts.ts";
+import { PodLookup } from "../k8s/pod-lookup.ts";
+import { PolicyInformers } from "../k8s/policy-informers.ts";
+import { TokenReviewer } from "../k8s/token-review.ts";
+import { LeaderElector } from "../k8s/leader-election.ts";
+import { PolicyStatusWriter } from "../k8s/policy-status.ts";
+import { createAuditLogger, type AuditSink } from "./audit.ts";
+import { loadKey, SharedStore } from "./cache.ts";
+import { startApiServer, startOpsServer, type Listening } from "./http.ts";
+import { createServerMetrics, type ServerMetrics } from "./metrics.ts";
+import { CredentialService, DEFAULT_SERVICE_OPTIONS, type ServiceOptions } from "./service.ts";
+import type { AssumeRoleCommandInput } from "@aws-sdk/client-sts";
+
+export interface ServerConfig {
+  listenHost: string;
+  listenPort: number;
+  opsHost: string;
+  opsPort: number;
+  tlsCertFile?: string;
+  tlsKeyFile?: string;
+  insecureHttp?: boolean;
+  /** Kubeconfig path; undefined: in-cluster, then the default loading rules. */
+  kubeconfig?: string;
+  agentServiceAccounts: string[];
+  agentAudience: string;
+  podTokenAudience: string;
+  clusterName: string;
+  region: string;
+  stsEndpoint?: string;
+  /** Static credentials for the server itself (tests); otherwise the default provider chain. */
+  awsCredentials?: { accessKeyId: string; secretAccessKey: string; sessionToken?: string };
+  maxDurationSeconds: number;
+  sourceIdentity: boolean;
+  cacheMinRemainingSeconds: number;
+  stsRatePerSecond: number;
+  stsBurst: number;
+  stsMaxAttempts: number;
+  redisUrl?: string;
+  cacheKeyFile?: string;
+  auditLog: string;
+  leaderElection: boolean;
+  leaseNamespace: string;
+  leaseName: string;
+  identity: string;
+  statusIntervalMs?: number;
+  /** Test hook: every AssumeRole input. */
+  onStsCall?: (input: AssumeRoleCommandInput) => void;
+  audit?: AuditSink;
+  log?: Logger;
+}
+
+export const DEFAULT_CONFIG: Omit<ServerConfig, "identity"> = {
+  listenHost: "0.0.0.0",
+  listenPort: 8443,
+  opsHost: "0.0.0.0",
+  opsPort: 9090,
+  agentServiceAccounts: ["keycutter-system/keycutter-agent"],
+  agentAudience: "keycutter",
+  podTokenAudience: "keycutter-pod",
+  clusterName: "",
+  region: "us-east-1",
+  maxDurationSeconds: DEFAULT_SERVICE_OPTIONS.maxDurationSeconds,
+  sourceIdentity: true,
+  cacheMinRemainingSeconds: DEFAULT_SERVICE_OPTIONS.cacheMinRemainingSeconds,
+  stsRatePerSecond: DEFAULT_SERVICE_OPTIONS.stsRatePerSecond,
+  stsBurst: DEFAULT_SERVICE_OPTIONS.stsBurst,
+  stsMaxAttempts: 5,
+  auditLog: "stdout",
+  leaderElection: true,
+  leaseNamespace: "keycutter-system",
+  leaseName: "keycutter-server",
+};
+
+export interface RunningServer {
+  apiPort: number;
+  opsPort: number;
+  metrics: ServerMetrics;
+  service: CredentialService;
+  informers: PolicyInformers;
+  shared?: SharedStore;
+  elector?: LeaderElector;
+  ready(): boolean;
+  stop(): Promise<void>;
+}
+
+export function loadKubeConfig(path?: string): KubeConfig {
+  const kc = new KubeConfig();
+  if (path) kc.loadFromFile(path);
+  else if (process.env.KUBERNETES_SERVICE_HOST) kc.loadFromCluster();
+  else kc.loadFromDefault();
+  return kc;
+}
+
+export async function startServer(cfg: ServerConfig): Promise<RunningServer> {
+  const log = cfg.log ?? createLogger("server");
+  const kc = loadKubeConfig(cfg.kubeconfig);
+  const metrics = createServerMetrics();
+  const audit = cfg.audit ?? createAuditLogger(cfg.auditLog).sink;
+  const reviewer = new TokenReviewer(kc);
+  const pods = new PodLookup(kc);
+  const informers = new PolicyInformers(kc, log);
+
+  let shared: SharedStore | undefined;
+  if (cfg.redisUrl) {
+    if (!cfg.cacheKeyFile)
+      throw new Error("--cache-key-file is required with --redis-url (cached credentials are encrypted)");
+    shared = new SharedStore({
+      url: cfg.redisUrl,
+      key: loadKey(cfg.cacheKeyFile),
+      log,
+      metrics: { onStoreError: (op) => metrics.sharedStoreErrors.inc({ op }) },
+    });
+  }
+
+  const stsOpts: StsIssuerOptions = {
+    region: cfg.region,
+    maxAttempts: cfg.stsMaxAttempts,
+    onAttempt: (outcome, seconds) => {
+      metrics.stsRequests.inc({ outcome });
+      metrics.stsLatency.observe({ outcome }, seconds);
+    },
+  };
+  if (cfg.stsEndpoint) stsOpts.endpoint = cfg.stsEndpoint;
+  if (cfg.awsCredentials) stsOpts.credentials = cfg.awsCredentials;
+  if (cfg.onStsCall) stsOpts.onCall = cfg.onStsCall;
+  const sts = new StsIssuer(stsOpts);
+
+  const status = new PolicyStatusWriter(kc, informers, pods, log, {
+    clusterName: cfg.clusterName,
+    maxDurationSeconds: cfg.maxDurationSeconds,
+    intervalMs: cfg.statusIntervalMs ?? 30_000,
+  });
+
+  const svcOpts: Partial<ServiceOptions> = {
+    clusterName: cfg.clusterName,
+    maxDurationSeconds: cfg.maxDurationSeconds,
+    sourceIdentity: cfg.sourceIdentity,
+    cacheMinRemainingSeconds: cfg.cacheMinRemainingSeconds,
+    stsRatePerSecond: cfg.stsRatePerSecond,
+    stsBurst: cfg.stsBurst,
+  };
+  const service = new CredentialService(
+    {
+      pods,
+      policies: informers,
+      reviewPodToken: (t) => reviewer.review(t, cfg.podTokenAudience),
+      sts,
+      ...(shared ? { shared } : {}),
+      audit,
+      metrics,
+      log,
+      observe: (p, reason, message) => status.observe(p, reason, message),
+    },
+    svcOpts,
+  );
+
+  await informers.start();
+  informers.onChange(() => status.kick());
+
+  let elector: LeaderElector | undefined;
+  if (cfg.leaderElection) {
+    elector = new LeaderElector(kc, log, {
+      namespace: cfg.leaseNamespace,
+      name: cfg.leaseName,
+      identity: cfg.identity,
+      onStartedLeading: () => {
+        metrics.leader.set(1);
+        status.start();
+      },
+      onStoppedLeading: () => {
+        metrics.leader.set(0);
+        status.stop();
+      },
+    });
+    elector.start();
+  }
+
+  const api: Listening<unknown> = await startApiServer(
+    {
+      ...(cfg.tlsCertFile ? { tlsCertFile: cfg.tlsCertFile } : {}),
+      ...(cfg.tlsKeyFile ? { tlsKeyFile: cfg.tlsKeyFile } : {}),
+      insecure: cfg.insecureHttp === true,
+      agentServiceAccounts: cfg.agentServiceAccounts,
+      reviewAgentToken: (t) => reviewer.review(t, cfg.agentAudience),
+      service,
+      log,
+      metrics,
+      auditAuthFailure: (code, reason) => {
+        metrics.decisions.inc({ outcome: code });
+        audit({ decision: "denied", code, reason });
+      },
+    },
+    cfg.listenHost,
+    cfg.listenPort,
+  );
+  const ready = () => informers.synced;
+  const ops = await startOpsServer(metrics.registry, ready, cfg.opsHost, cfg.opsPort);
+  log.info(
+    {
+      apiPort: api.port,
+      opsPort: ops.port,
+      tls: !cfg.insecureHttp,
+      redis: Boolean(shared),
+      identity: cfg.identity,
+    },
+    "keycutter server listening",
+  );
+
+  const result: RunningServer = {
+    apiPort: api.port,
+    opsPort: ops.port,
+    metrics,
+    service,
+    informers,
+    ready,
+    async stop() {
+      await api.close();
+      await ops.close();
+      status.stop();
+      await elector?.stop();
+      await informers.stop();
+      service.close();
+      sts.destroy();
+      await shared?.close();
+    },
+  };
+  if (shared) result.shared = shared;
+  if (elector) result.elector = elector;
+  return result;
+}

@@ -1,0 +1,524 @@
+// The central security service against real parts: kube-apiserver (CRDs, RBAC: the server runs
+// with a token of its service account bound to deploy/rbac/*), moto STS/S3 with auth enforced,
+// real Redis. Agents authenticate with pod-bound tokens of agent pods on nodes.
+
+import { after, before, describe, it } from "node:test";
+import assert from "node:assert/strict";
+import { GetObjectCommand, S3Client } from "@aws-sdk/client-s3";
+import { runSimulation } from "@cloud-copilot/iam-simulate";
+import { startRedis, waitFor, type Redis } from "../harness/index.ts";
+import { cacheKeyFile } from "../harness/keycutter-server.ts";
+import { createWorld, post, roleArn, startTestServer, type TestServer, type World } from "./world.ts";
+import type { AccessPolicy } from "../../src/policy/types.ts";
+import { canonicalJson } from "../../src/policy/decide.ts";
+
+async function s3Read(w: World, creds: Record<string, string>, bucket: string, key: string): Promise<string> {
+  const s3 = new S3Client({
+    endpoint: w.moto.endpoint,
+    region: w.moto.region,
+    forcePathStyle: true,
+    credentials: {
+      accessKeyId: creds.accessKeyId as string,
+      secretAccessKey: creds.secretAccessKey as string,
+      sessionToken: creds.sessionToken as string,
+    },
+  });
+  try {
+    const r = await s3.send(new GetObjectCommand({ Bucket: bucket, Key: key }));
+    return await (r.Body as { transformToString(): Promise<string> }).transformToString();
+  } finally {
+    s3.destroy();
+  }
+}
+
+describe("keycutter server (real apiserver, moto, redis)", { timeout: 600_000 }, () => {
+  let w: World;
+  let srv: TestServer;
+  let redis: Redis;
+  let keyFile: string;
+
+  const ask = (podKey: string, node = "node-1", extra: Record<string, unknown> = {}) =>
+    post(srv.running.apiPort, w.cert.caFile, {
+      token: w.agentToken[node],
+      body: { pod: w.pods[podKey], ...extra },
+    });
+
+  before(async () => {
+    w = await createWorld();
+    redis = await startRedis();
+    keyFile = cacheKeyFile(w.dir);
+    srv = await startTestServer(w, { redisUrl: redis.url, cacheKeyFile: keyFile });
+    await waitFor("server ready", async () => srv.running.ready(), { timeoutMs: 30_000 });
+    await waitFor("policies loaded", async () => srv.running.informers.accessPolicies().length >= 7, {
+      timeoutMs: 30_000,
+    });
+  });
+
+  after(async () => {
+    await srv?.running.stop();
+    await redis?.stop();
+    await w?.stop();
+  });
+
+  it("issues tenant A's credentials: A's bucket readable, B's denied (moto enforces the role)", async () => {
+    const r = await ask("a1");
+    assert.equal(r.status, 200, r.raw);
+    const creds = r.body.credentials as Record<string, string>;
+    assert.equal(r.body.roleArn, roleArn("tenant-a"));
+    assert.equal(r.body.roleName, "tenant-a");
+    assert.match(creds.expiration as string, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$/);
+    assert.deepEqual(r.body.policy, { namespace: "tenant-a", name: "a", generation: 1 });
+    assert.equal(await s3Read(w, creds, "bucket-a", "tenant-a/blue/data.txt"), "A-blue");
+    await assert.rejects(s3Read(w, creds, "bucket-b", "tenant-b/blue/data.txt"), (e: Error) =>
+      /AccessDenied|Forbidden|denied/i.test(`${e.name} ${e.message}`),
+    );
+    // and B's credentials the other way round
+    const rb = await ask("b1");
+    assert.equal(rb.status, 200, rb.raw);
+    const cb = rb.body.credentials as Record<string, string>;
+    assert.equal(await s3Read(w, cb, "bucket-b", "tenant-b/blue/data.txt"), "B-blue");
+    await assert.rejects(s3Read(w, cb, "bucket-a", "tenant-a/blue/data.txt"));
+    const rec = srv.audit.find((a) => a.pod?.uid === w.pods.a1?.uid && a.decision === "allowed");
+    assert.ok(rec, "audit record for the issuance");
+    assert.equal(rec.node, "node-1");
+    assert.equal(rec.serviceAccount, "app");
+    assert.equal(rec.role, roleArn("tenant-a"));
+    assert.equal(rec.policySha256?.length, 64);
+    assert.equal(rec.tags?.["kubernetes-pod-uid"], w.pods.a1?.uid);
+    const line = JSON.stringify(srv.audit);
+    assert.ok(
+      !line.includes(creds.secretAccessKey as string) && !line.includes(creds.sessionToken as string),
+      "no secret in audit",
+    );
+  });
+
+  it("sends the exact rendered session policy, tags and names; the simulator shows it narrows to the pod's prefix", async () => {
+    const call = srv.stsCalls.find(
+      (c) => c.RoleArn === roleArn("tenant-a") && c.Tags?.some((t) => t.Value === w.pods.a1?.uid),
+    );
+    assert.ok(call, "AssumeRole call captured");
+    const expected = {
+      Version: "2012-10-17",
+      Statement: [
+        { Effect: "Allow", Action: ["s3:GetObject"], Resource: "arn:aws:s3:::bucket-a/tenant-a/blue/*" },
+        {
+          Effect: "Allow",
+          Action: "s3:ListBucket",
+          Resource: "arn:aws:s3:::bucket-a",
+          Condition: { StringLike: { "s3:prefix": "tenant-a/blue/*" } },
+        },
+        { Effect: "Deny", Action: "s3:DeleteObject", Resource: "*" },
+      ],
+    };
+    assert.equal(call.Policy, canonicalJson(expected));
+    assert.equal(call.DurationSeconds, 3600);
+    assert.match(call.RoleSessionName ?? "", /^tenant-a\.web-1-[0-9a-f]{12}$/);
+    assert.equal(call.SourceIdentity, call.RoleSessionName);
+    const tags = Object.fromEntries((call.Tags ?? []).map((t) => [t.Key, t.Value]));
+    assert.deepEqual(tags, {
+      "kubernetes-namespace": "tenant-a",
+      "kubernetes-service-account": "app",
+      "kubernetes-pod-name": "web-1",
+      "kubernetes-pod-uid": w.pods.a1?.uid,
+      "kubernetes-node-name": "node-1",
+      "kubernetes-cluster-name": "test-cluster",
+      team: "blue",
+    });
+    const identity = [
+      {
+        name: "tenant-a-policy",
+        policy: {
+          Version: "2012-10-17",
+          Statement: [
+            {
+              Effect: "Allow",
+              Action: ["s3:GetObject", "s3:ListBucket"],
+              Resource: ["arn:aws:s3:::bucket-a", "arn:aws:s3:::bucket-a/*"],
+            },
+          ],
+        },
+      },
+    ];
+    const sim = async (action: string, resource: string, policy: unknown) => {
+      const r = await runSimulation(
+        {
+          request: {
+            principal: `arn:aws:sts::123456789012:assumed-role/tenant-a/${call.RoleSessionName}`,
+            action,
+            resource: { resource, accountId: "123456789012" },
+            contextVariables: {},
+          },
+          identityPolicies: identity,
+          serviceControlPolicies: [],
+          resourceControlPolicies: [],
+          ...(policy ? { sessionPolicy: policy } : {}),
+        },
+        {},
+      );
+      assert.notEqual(r.resultType, "error", JSON.stringify(r));
+      return (r as { overallResult: string }).overallResult;
+    };
+    const session = JSON.parse(call.Policy as string);
+    assert.equal(
+      await sim("s3:GetObject", "arn:aws:s3:::bucket-a/tenant-a/blue/data.txt", session),
+      "Allowed",
+    );
+    assert.equal(
+      await sim("s3:GetObject", "arn:aws:s3:::bucket-a/tenant-a/red/data.txt", session),
+      "ImplicitlyDenied",
+    );
+    assert.equal(
+      await sim("s3:GetObject", "arn:aws:s3:::bucket-a/tenant-b/blue/data.txt", session),
+      "ImplicitlyDenied",
+    );
+    assert.equal(
+      await sim("s3:DeleteObject", "arn:aws:s3:::bucket-a/tenant-a/blue/data.txt", session),
+      "ExplicitlyDenied",
+    );
+    // without the session policy the role alone would allow the other prefix: the narrowing is ours
+    assert.equal(
+      await sim("s3:GetObject", "arn:aws:s3:::bucket-a/tenant-a/red/data.txt", undefined),
+      "Allowed",
+    );
+  });
+
+  it("refuses a pod on another node (403 PodNotOnNode) and audits it", async () => {
+    const before = srv.stsCalls.length;
+    const r = await ask("a1", "node-2");
+    assert.equal(r.status, 403, r.raw);
+    assert.equal(r.body.code, "PodNotOnNode");
+    assert.equal(srv.stsCalls.length, before);
+    const rec = srv.audit.findLast((a) => a.code === "PodNotOnNode");
+    assert.ok(rec);
+    assert.equal(rec.node, "node-2");
+    assert.equal(rec.decision, "denied");
+    assert.equal(rec.pod?.uid, w.pods.a1?.uid);
+    // the node-2 agent does get its own pod
+    const ok = await ask("n2", "node-2");
+    assert.equal(ok.status, 200, ok.raw);
+  });
+
+  it("refuses wrong UIDs and deleted pods; serves terminating pods until they are gone", async () => {
+    const wrong = await post(srv.running.apiPort, w.cert.caFile, {
+      token: w.agentToken["node-1"],
+      body: { pod: { ...w.pods.a1, uid: "00000000-0000-0000-0000-000000000000" } },
+    });
+    assert.equal(wrong.status, 404);
+    assert.equal(wrong.body.code, "PodNotFound");
+    await w.kubelet.terminatePod("tenant-a", "web-term");
+    const term = await ask("aTerm");
+    assert.equal(term.status, 200, term.raw);
+    await w.kubelet.deletePod("tenant-a", "web-term");
+    const gone = await ask("aTerm");
+    assert.equal(gone.status, 404);
+    assert.equal(gone.body.code, "PodNotFound");
+    await w.kubelet.deletePod("tenant-a", "web-del");
+    const del = await ask("aDel");
+    assert.equal(del.status, 404);
+  });
+
+  it("no policy → 404 NoPolicy; ambiguous → 409; disallowed role → 403; oversized → 422; hostile annotation → 422", async () => {
+    const before = srv.stsCalls.length;
+    const none = await ask("nopol");
+    assert.equal(none.status, 404);
+    assert.equal(none.body.code, "NoPolicy");
+    const amb = await ask("amb");
+    assert.equal(amb.status, 409);
+    assert.equal(amb.body.code, "AmbiguousPolicy");
+    assert.match(String(amb.body.message), /one, two/);
+    const role = await ask("thief");
+    assert.equal(role.status, 403);
+    assert.equal(role.body.code, "RoleNotAllowed");
+    const big = await ask("big");
+    assert.equal(big.status, 422);
+    assert.equal(big.body.code, "PolicyInvalid");
+    assert.match(String(big.body.message), /2048/);
+    const hostile = await ask("hostile");
+    assert.equal(hostile.status, 422);
+    assert.equal(hostile.body.code, "PolicyInvalid");
+    assert.ok(!String(hostile.body.message).includes('"Effect"'));
+    assert.equal(srv.stsCalls.length, before, "nothing was sent to STS");
+  });
+
+  it("writes Ready conditions from the leader", async () => {
+    const cond = async (ns: string, name: string) => {
+      const o = (await w.custom.getNamespacedCustomObject({
+        group: "keycutter.dev",
+        version: "v1alpha1",
+        namespace: ns,
+        plural: "accesspolicies",
+        name,
+      })) as AccessPolicy;
+      return o.status?.conditions?.find((c) => c.type === "Ready");
+    };
+    await waitFor("statuses", async () => (await cond("tenant-a", "steal"))?.reason === "RoleNotAllowed", {
+      timeoutMs: 30_000,
+    });
+    await waitFor("big", async () => (await cond("tenant-a", "big"))?.reason === "PolicyTooLarge", {
+      timeoutMs: 30_000,
+    });
+    await waitFor("amb", async () => (await cond("amb", "one"))?.reason === "AmbiguousMatch", {
+      timeoutMs: 30_000,
+    });
+    await waitFor("hostile", async () => (await cond("tenant-a", "hostile"))?.reason === "TemplateInvalid", {
+      timeoutMs: 30_000,
+    });
+    const ok = await cond("tenant-a", "a");
+    assert.equal(ok?.status, "True");
+    assert.equal(ok?.observedGeneration, 1);
+    const ra = (await w.custom.getClusterCustomObject({
+      group: "keycutter.dev",
+      version: "v1alpha1",
+      plural: "roleallowances",
+      name: "tenant-a",
+    })) as AccessPolicy;
+    assert.equal(ra.status?.conditions?.[0]?.status, "True");
+  });
+
+  it("the apiserver rejects obvious mistakes (schema and CEL)", async () => {
+    const bad = async (body: unknown, plural = "accesspolicies") => {
+      await assert.rejects(
+        plural === "accesspolicies"
+          ? w.custom.createNamespacedCustomObject({
+              group: "keycutter.dev",
+              version: "v1alpha1",
+              namespace: "tenant-a",
+              plural,
+              body,
+            })
+          : w.custom.createClusterCustomObject({ group: "keycutter.dev", version: "v1alpha1", plural, body }),
+        (e: { code?: number }) => e.code === 422,
+      );
+    };
+    await bad({
+      apiVersion: "keycutter.dev/v1alpha1",
+      kind: "AccessPolicy",
+      metadata: { name: "x1" },
+      spec: { podSelector: {}, roleArn: "not-an-arn" },
+    });
+    await bad({
+      apiVersion: "keycutter.dev/v1alpha1",
+      kind: "AccessPolicy",
+      metadata: { name: "x2" },
+      spec: { podSelector: {}, roleArn: roleArn("r"), sessionTags: { "kubernetes-namespace": "x" } },
+    });
+    await bad(
+      {
+        apiVersion: "keycutter.dev/v1alpha1",
+        kind: "RoleAllowance",
+        metadata: { name: "x3" },
+        spec: {
+          namespaces: ["a"],
+          roleArns: [roleArn("r")],
+          denyStatements: [{ Effect: "Allow", Action: "*", Resource: "*" }],
+        },
+      },
+      "roleallowances",
+    );
+    await bad(
+      {
+        apiVersion: "keycutter.dev/v1alpha1",
+        kind: "RoleAllowance",
+        metadata: { name: "x4" },
+        spec: { roleArns: [roleArn("r")] },
+      },
+      "roleallowances",
+    );
+  });
+
+  it("answers bad input with a 4xx and a clear code, issuing nothing", async () => {
+    const before = srv.stsCalls.length;
+    const port = srv.running.apiPort;
+    const ca = w.cert.caFile;
+    const t = w.agentToken["node-1"];
+    const cases: Array<[string, Parameters<typeof post>[2], number, string]> = [
+      ["invalid JSON", { token: t, raw: "{not json" }, 400, "BadRequest"],
+      ["unknown field", { token: t, body: { pod: w.pods.a1, extra: 1 } }, 400, "BadRequest"],
+      ["unknown pod field", { token: t, body: { pod: { ...w.pods.a1, node: "x" } } }, 400, "BadRequest"],
+      ["bad namespace", { token: t, body: { pod: { ...w.pods.a1, namespace: "../x" } } }, 400, "BadRequest"],
+      ["array body", { token: t, raw: "[]" }, 400, "BadRequest"],
+      ["huge body", { token: t, raw: `{"pod":"${"x".repeat(100_000)}"}` }, 413, "PayloadTooLarge"],
+      [
+        "wrong content type",
+        { token: t, raw: "pod=x", contentType: "application/x-www-form-urlencoded" },
+        415,
+        "BadRequest",
+      ],
+      ["no token", { body: { pod: w.pods.a1 } }, 401, "Unauthenticated"],
+      [
+        "forged token",
+        {
+          token:
+            "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6a2V5Y3V0dGVyLXN5c3RlbTprZXljdXR0ZXItYWdlbnQifQ.c2lnbmF0dXJl",
+          body: { pod: w.pods.a1 },
+        },
+        401,
+        "Unauthenticated",
+      ],
+      [
+        "tampered token",
+        { token: `${t?.slice(0, -4)}AAAA`, body: { pod: w.pods.a1 } },
+        401,
+        "Unauthenticated",
+      ],
+      ["garbage token", { token: "not-a-jwt", body: { pod: w.pods.a1 } }, 401, "Unauthenticated"],
+      ["GET", { token: t, method: "GET" }, 405, "BadRequest"],
+      ["other path", { token: t, body: {}, path: "/v1/other" }, 404, "BadRequest"],
+    ];
+    for (const [name, o, status, code] of cases) {
+      const r = await post(port, ca, o);
+      assert.equal(r.status, status, `${name}: ${r.raw}`);
+      assert.equal(r.body.code, code, name);
+      assert.equal(typeof r.body.message, "string", name);
+    }
+    // a valid token of the wrong service account, and a valid agent token for another audience
+    const pod = await w.kubelet.createPod({
+      namespace: "tenant-a",
+      name: "impostor",
+      nodeName: "node-1",
+      serviceAccountName: "app",
+      podIP: "10.244.1.99",
+    });
+    const tenantToken = await w.kubelet.requestToken("tenant-a", "app", {
+      podName: "impostor",
+      podUID: pod.metadata!.uid!,
+      audiences: ["keycutter"],
+    });
+    const r1 = await post(port, ca, { token: tenantToken, body: { pod: w.pods.a1 } });
+    assert.equal(r1.status, 403, r1.raw);
+    assert.equal(r1.body.code, "Forbidden");
+    const agentPod = await w.kubelet.createPod({
+      namespace: "keycutter-system",
+      name: "agent-aud",
+      nodeName: "node-1",
+      serviceAccountName: "keycutter-agent",
+      podIP: "10.99.0.1",
+      hostNetwork: true,
+    });
+    const wrongAud = await w.kubelet.requestToken("keycutter-system", "keycutter-agent", {
+      podName: "agent-aud",
+      podUID: agentPod.metadata!.uid!,
+      audiences: ["something-else"],
+    });
+    const r2 = await post(port, ca, { token: wrongAud, body: { pod: w.pods.a1 } });
+    assert.equal(r2.status, 401, r2.raw);
+    // a token of a deleted agent pod is dead (replay after the pod is gone)
+    const replay = await w.kubelet.requestToken("keycutter-system", "keycutter-agent", {
+      podName: "agent-aud",
+      podUID: agentPod.metadata!.uid!,
+      audiences: ["keycutter"],
+    });
+    await w.kubelet.deletePod("keycutter-system", "agent-aud");
+    const r3 = await post(port, ca, { token: replay, body: { pod: w.pods.a1 } });
+    assert.equal(r3.status, 401, r3.raw);
+    assert.equal(srv.stsCalls.length, before);
+    const h = await fetch(`http://127.0.0.1:${srv.running.opsPort}/healthz`);
+    assert.equal(h.status, 200);
+    const m = await (await fetch(`http://127.0.0.1:${srv.running.opsPort}/metrics`)).text();
+    assert.match(m, /keycutter_server_decisions_total\{outcome="issued"\} \d+/);
+    assert.match(m, /keycutter_server_decisions_total\{outcome="Unauthenticated"\} \d+/);
+    assert.match(m, /keycutter_server_sts_latency_seconds_count\{outcome="ok"\} \d+/);
+  });
+
+  it("container-credentials path: the pod's own token must name the same pod", async () => {
+    const own = await w.kubelet.requestToken("tenant-a", "app", {
+      podName: "web-2",
+      podUID: w.pods.a2!.uid,
+      audiences: ["keycutter-pod"],
+    });
+    const ok = await ask("a2", "node-1", { podToken: own });
+    assert.equal(ok.status, 200, ok.raw);
+    const other = await w.kubelet.requestToken("tenant-a", "app", {
+      podName: "web-1",
+      podUID: w.pods.a1!.uid,
+      audiences: ["keycutter-pod"],
+    });
+    const bad = await ask("a2", "node-1", { podToken: other });
+    assert.equal(bad.status, 403);
+    assert.equal(bad.body.code, "PodTokenMismatch");
+    const wrongAud = await w.kubelet.requestToken("tenant-a", "app", {
+      podName: "web-2",
+      podUID: w.pods.a2!.uid,
+      audiences: ["keycutter"],
+    });
+    const bad2 = await ask("a2", "node-1", { podToken: wrongAud });
+    assert.equal(bad2.status, 403);
+    assert.equal(bad2.body.code, "PodTokenMismatch");
+  });
+
+  it("caches per pod: a second request makes no STS call; a second replica shares the cache through Redis", async () => {
+    const r1 = await ask("a3");
+    assert.equal(r1.status, 200, r1.raw);
+    const calls = srv.stsCalls.length;
+    const again = await ask("a3");
+    assert.equal(again.status, 200);
+    assert.equal(srv.stsCalls.length, calls, "memory hit");
+    assert.equal(
+      (again.body.credentials as Record<string, string>).accessKeyId,
+      (r1.body.credentials as Record<string, string>).accessKeyId,
+    );
+    // stored encrypted: no plaintext key id in Redis
+    const keys = await redis.command("KEYS keycutter:*");
+    assert.match(keys, /keycutter:v1:creds:[0-9a-f]{64}/);
+    const k = /keycutter:v1:creds:[0-9a-f]{64}/.exec(keys)?.[0] as string;
+    const val = await redis.command(`GET ${k}`);
+    assert.ok(!val.includes((r1.body.credentials as Record<string, string>).accessKeyId as string));
+    assert.ok(!val.includes("tenant-a"));
+
+    const replica = await startTestServer(w, { redisUrl: redis.url, cacheKeyFile: keyFile });
+    try {
+      await waitFor(
+        "replica ready",
+        async () => replica.running.ready() && replica.running.shared?.ready === true,
+        { timeoutMs: 30_000 },
+      );
+      const r2 = await post(replica.running.apiPort, w.cert.caFile, {
+        token: w.agentToken["node-1"],
+        body: { pod: w.pods.a3 },
+      });
+      assert.equal(r2.status, 200, r2.raw);
+      assert.equal(replica.stsCalls.length, 0, "second replica made no STS call");
+      assert.equal(
+        (r2.body.credentials as Record<string, string>).accessKeyId,
+        (r1.body.credentials as Record<string, string>).accessKeyId,
+      );
+      assert.equal(replica.audit.at(-1)?.source, "shared");
+      // both replicas at once for a new pod: one STS call in total (in-process + Redis lock single flight)
+      const [x, y] = await Promise.all([
+        post(srv.running.apiPort, w.cert.caFile, { token: w.agentToken["node-1"], body: { pod: w.pods.a4 } }),
+        post(replica.running.apiPort, w.cert.caFile, {
+          token: w.agentToken["node-1"],
+          body: { pod: w.pods.a4 },
+        }),
+      ]);
+      assert.equal(x.status, 200);
+      assert.equal(y.status, 200);
+      const forA4 = [...srv.stsCalls, ...replica.stsCalls].filter((c) =>
+        c.Tags?.some((t) => t.Value === w.pods.a4?.uid),
+      );
+      assert.equal(forA4.length, 1, "one STS call across both replicas");
+    } finally {
+      await replica.running.stop();
+    }
+  });
+
+  it("keeps serving when Redis is down (per-replica cache, never an outage)", async () => {
+    await redis.kill();
+    const pod = await w.kubelet.createPod({
+      namespace: "tenant-a",
+      name: "web-redis-down",
+      nodeName: "node-1",
+      serviceAccountName: "app",
+      labels: { team: "blue" },
+      podIP: "10.244.1.77",
+    });
+    const r = await post(srv.running.apiPort, w.cert.caFile, {
+      token: w.agentToken["node-1"],
+      body: { pod: { namespace: "tenant-a", name: "web-redis-down", uid: pod.metadata!.uid! } },
+    });
+    assert.equal(r.status, 200, r.raw);
+    const again = await ask("a3");
+    assert.equal(again.status, 200, "cached pod still served from memory");
+    await redis.restart();
+  });
+});

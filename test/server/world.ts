@@ -1,0 +1,414 @@
+// A shared test world for the server tests: real apiserver with the CRDs and the server's RBAC,
+// real moto (auth enforced) with two tenant roles and buckets, namespaces, nodes, agent pods and
+// tenant pods, and helpers to call the server as an agent.
+
+import { request as httpsRequest } from "node:https";
+import { readFileSync, rmSync } from "node:fs";
+import { join } from "node:path";
+import { CustomObjectsApi, KubeConfig } from "@kubernetes/client-node";
+import type { AssumeRoleCommandInput } from "@aws-sdk/client-sts";
+import {
+  Kubelet,
+  kubeconfigYaml,
+  startCluster,
+  startMoto,
+  type Cluster,
+  type Moto,
+} from "../harness/index.ts";
+import {
+  applyServerRbac,
+  installCrds,
+  selfSignedCert,
+  serviceAccountToken,
+  type ServingCert,
+} from "../harness/keycutter-server.ts";
+import { writeFileSync, mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { createLogger } from "../../src/common/logger.ts";
+import {
+  startServer,
+  DEFAULT_CONFIG,
+  type RunningServer,
+  type ServerConfig,
+} from "../../src/server/index.ts";
+import type { AuditRecord } from "../../src/server/audit.ts";
+import type { AccessPolicy, RoleAllowance } from "../../src/policy/types.ts";
+
+export const SYSTEM_NS = "keycutter-system";
+export const ACCOUNT = "123456789012";
+export const roleArn = (name: string) => `arn:aws:iam::${ACCOUNT}:role/${name}`;
+
+export interface HttpResult {
+  status: number;
+  body: Record<string, unknown>;
+  raw: string;
+}
+
+export function post(
+  port: number,
+  caFile: string,
+  opts: {
+    token?: string;
+    body?: unknown;
+    raw?: string | Buffer;
+    contentType?: string;
+    path?: string;
+    method?: string;
+  },
+): Promise<HttpResult> {
+  const payload = opts.raw ?? (opts.body === undefined ? "" : JSON.stringify(opts.body));
+  return new Promise((resolve, reject) => {
+    const headers: Record<string, string | number> = {
+      "content-type": opts.contentType ?? "application/json",
+    };
+    if (opts.token !== undefined) headers.authorization = `Bearer ${opts.token}`;
+    headers["content-length"] = Buffer.byteLength(payload);
+    const req = httpsRequest(
+      {
+        host: "127.0.0.1",
+        port,
+        path: opts.path ?? "/v1/credentials",
+        method: opts.method ?? "POST",
+        headers,
+        ca: readFileSync(caFile),
+        servername: "localhost",
+      },
+      (res) => {
+        let raw = "";
+        res.setEncoding("utf8");
+        res.on("data", (c: string) => (raw += c));
+        res.on("end", () => {
+          let body: Record<string, unknown> = {};
+          try {
+            body = JSON.parse(raw) as Record<string, unknown>;
+          } catch {
+            // not JSON
+          }
+          resolve({ status: res.statusCode ?? 0, body, raw });
+        });
+      },
+    );
+    req.on("error", reject);
+    req.end(payload);
+  });
+}
+
+export interface World {
+  cluster: Cluster;
+  kubelet: Kubelet;
+  moto: Moto;
+  cert: ServingCert;
+  dir: string;
+  serverKubeconfig: string;
+  serverCreds: { accessKeyId: string; secretAccessKey: string };
+  custom: CustomObjectsApi;
+  agentToken: Record<string, string>;
+  pods: Record<string, { namespace: string; name: string; uid: string }>;
+  stop(): Promise<void>;
+}
+
+export async function createPolicy(w: World, p: AccessPolicy): Promise<void> {
+  await w.custom.createNamespacedCustomObject({
+    group: "keycutter.dev",
+    version: "v1alpha1",
+    namespace: p.metadata.namespace ?? "",
+    plural: "accesspolicies",
+    body: { apiVersion: "keycutter.dev/v1alpha1", kind: "AccessPolicy", ...p },
+  });
+}
+
+export async function createAllowance(w: World, a: RoleAllowance): Promise<void> {
+  await w.custom.createClusterCustomObject({
+    group: "keycutter.dev",
+    version: "v1alpha1",
+    plural: "roleallowances",
+    body: { apiVersion: "keycutter.dev/v1alpha1", kind: "RoleAllowance", ...a },
+  });
+}
+
+export function tenantPolicy(
+  ns: string,
+  name: string,
+  sa: string,
+  role: string,
+  bucket: string,
+  extra: Partial<AccessPolicy["spec"]> = {},
+): AccessPolicy {
+  return {
+    metadata: { name, namespace: ns },
+    spec: {
+      podSelector: { serviceAccountName: sa },
+      roleArn: roleArn(role),
+      sessionPolicy: {
+        Version: "2012-10-17",
+        Statement: [
+          {
+            Effect: "Allow",
+            Action: ["s3:GetObject"],
+            Resource: `arn:aws:s3:::${bucket}/\${namespace}/\${pod.labels['team']}/*`,
+          },
+          {
+            Effect: "Allow",
+            Action: "s3:ListBucket",
+            Resource: `arn:aws:s3:::${bucket}`,
+            Condition: { StringLike: { "s3:prefix": "${namespace}/${pod.labels['team']}/*" } },
+          },
+        ],
+      },
+      sessionTags: { team: "${pod.labels['team']}" },
+      durationSeconds: 3600,
+      ...extra,
+    },
+  };
+}
+
+function bucketPolicy(bucket: string): object {
+  return {
+    Version: "2012-10-17",
+    Statement: [
+      {
+        Effect: "Allow",
+        Action: ["s3:GetObject", "s3:ListBucket"],
+        Resource: [`arn:aws:s3:::${bucket}`, `arn:aws:s3:::${bucket}/*`],
+      },
+    ],
+  };
+}
+
+export async function createWorld(): Promise<World> {
+  const cleanups: Array<() => Promise<void> | void> = [];
+  const stop = async () => {
+    for (const c of cleanups.reverse()) await Promise.resolve(c()).catch(() => undefined);
+  };
+  try {
+    const dir = mkdtempSync(join(tmpdir(), "kc-server-test-"));
+    cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+    const cluster = await startCluster();
+    cleanups.push(() => cluster.stop());
+    const moto = await startMoto();
+    cleanups.push(() => moto.stop());
+    const kubelet = new Kubelet(cluster.kc);
+    await installCrds(cluster.kc);
+
+    for (const ns of [SYSTEM_NS, "tenant-a", "tenant-b", "amb", "nopol"]) await kubelet.ensureNamespace(ns);
+    await kubelet.createServiceAccount(SYSTEM_NS, "keycutter-server");
+    await kubelet.createServiceAccount(SYSTEM_NS, "keycutter-agent");
+    for (const [ns, sa] of [
+      ["tenant-a", "app"],
+      ["tenant-a", "thief"],
+      ["tenant-a", "big"],
+      ["tenant-a", "hostile"],
+      ["tenant-b", "app"],
+      ["amb", "app"],
+      ["nopol", "app"],
+    ] as const) {
+      await kubelet.createServiceAccount(ns, sa);
+    }
+    await applyServerRbac(cluster.kc, SYSTEM_NS, "keycutter-server");
+    await kubelet.createNode("node-1", "10.99.0.1");
+    await kubelet.createNode("node-2", "10.99.0.2");
+
+    const agentToken: Record<string, string> = {};
+    for (const node of ["node-1", "node-2"]) {
+      const pod = await kubelet.createPod({
+        namespace: SYSTEM_NS,
+        name: `agent-${node}`,
+        nodeName: node,
+        serviceAccountName: "keycutter-agent",
+        podIP: node === "node-1" ? "10.99.0.1" : "10.99.0.2",
+        hostNetwork: true,
+      });
+      agentToken[node] = await kubelet.requestToken(SYSTEM_NS, "keycutter-agent", {
+        podName: pod.metadata!.name!,
+        podUID: pod.metadata!.uid!,
+        audiences: ["keycutter"],
+      });
+    }
+    const pods: World["pods"] = {};
+    const mk = async (
+      key: string,
+      ns: string,
+      name: string,
+      sa: string,
+      node: string,
+      labels: Record<string, string> = { team: "blue" },
+      annotations?: Record<string, string>,
+    ) => {
+      const p = await kubelet.createPod({
+        namespace: ns,
+        name,
+        nodeName: node,
+        serviceAccountName: sa,
+        labels,
+        ...(annotations ? { annotations } : {}),
+        podIP: `10.244.${node === "node-1" ? 1 : 2}.${Object.keys(pods).length + 10}`,
+      });
+      pods[key] = { namespace: ns, name, uid: p.metadata!.uid! };
+    };
+    await mk("a1", "tenant-a", "web-1", "app", "node-1");
+    await mk("a2", "tenant-a", "web-2", "app", "node-1");
+    await mk("a3", "tenant-a", "web-3", "app", "node-1");
+    await mk("a4", "tenant-a", "web-4", "app", "node-1");
+    await mk("aTerm", "tenant-a", "web-term", "app", "node-1");
+    await mk("aDel", "tenant-a", "web-del", "app", "node-1");
+    await mk("b1", "tenant-b", "web-1", "app", "node-1");
+    await mk("thief", "tenant-a", "thief-1", "thief", "node-1");
+    await mk("big", "tenant-a", "big-1", "big", "node-1");
+    await mk(
+      "hostile",
+      "tenant-a",
+      "hostile-1",
+      "hostile",
+      "node-1",
+      { team: "blue" },
+      { evil: 'x"},{"Effect":"Allow","Action":"*","Resource":"*' },
+    );
+    await mk("amb", "amb", "x-1", "app", "node-1");
+    await mk("nopol", "nopol", "x-1", "app", "node-1");
+    await mk("n2", "tenant-a", "web-on-2", "app", "node-2");
+
+    // AWS side: roles per tenant, the server's own IAM user, buckets; then auth on.
+    // moto matches trust-policy principals exactly (":root" does not cover the account's users),
+    // so the trust policy names the server's user.
+    const trust = {
+      Version: "2012-10-17",
+      Statement: [
+        {
+          Effect: "Allow",
+          Principal: {
+            AWS: [`arn:aws:iam::${ACCOUNT}:root`, `arn:aws:iam::${ACCOUNT}:user/keycutter-server`],
+          },
+          Action: ["sts:AssumeRole", "sts:TagSession", "sts:SetSourceIdentity"],
+        },
+      ],
+    };
+    await moto.createRole("tenant-a", bucketPolicy("bucket-a"), trust);
+    await moto.createRole("tenant-b", bucketPolicy("bucket-b"), trust);
+    const serverCreds = await moto.createUser("keycutter-server", {
+      Version: "2012-10-17",
+      Statement: [
+        {
+          Effect: "Allow",
+          Action: ["sts:AssumeRole", "sts:TagSession", "sts:SetSourceIdentity"],
+          Resource: "*",
+        },
+      ],
+    });
+    await moto.createBucket("bucket-a", {
+      "tenant-a/blue/data.txt": "A-blue",
+      "tenant-a/red/data.txt": "A-red",
+    });
+    await moto.createBucket("bucket-b", { "tenant-b/blue/data.txt": "B-blue" });
+    await moto.enableAuth();
+
+    const custom = cluster.kc.makeApiClient(CustomObjectsApi);
+    const w: World = {
+      cluster,
+      kubelet,
+      moto,
+      cert: selfSignedCert(),
+      dir,
+      serverKubeconfig: "",
+      serverCreds,
+      custom,
+      agentToken,
+      pods,
+      stop,
+    };
+    cleanups.push(() => rmSync(w.cert.dir, { recursive: true, force: true }));
+    const saToken = await serviceAccountToken(cluster.kc, SYSTEM_NS, "keycutter-server");
+    w.serverKubeconfig = join(dir, "server.kubeconfig");
+    writeFileSync(w.serverKubeconfig, kubeconfigYaml(cluster.server, cluster.caFile, saToken));
+
+    await createAllowance(w, {
+      metadata: { name: "tenant-a" },
+      spec: {
+        namespaces: ["tenant-a"],
+        roleArns: [roleArn("tenant-a")],
+        maxDurationSeconds: 3600,
+        denyStatements: [{ Effect: "Deny", Action: "s3:DeleteObject", Resource: "*" }],
+      },
+    });
+    await createAllowance(w, {
+      metadata: { name: "tenant-b" },
+      spec: { namespaces: ["tenant-b"], roleArns: [roleArn("tenant-b")] },
+    });
+    await createAllowance(w, {
+      metadata: { name: "amb" },
+      spec: {
+        namespaceSelector: { matchLabels: { "kubernetes.io/metadata.name": "amb" } },
+        roleArns: [roleArn("tenant-*")],
+      },
+    });
+    await createPolicy(w, tenantPolicy("tenant-a", "a", "app", "tenant-a", "bucket-a"));
+    await createPolicy(w, tenantPolicy("tenant-b", "b", "app", "tenant-b", "bucket-b"));
+    await createPolicy(w, tenantPolicy("amb", "one", "app", "tenant-a", "bucket-a"));
+    await createPolicy(w, tenantPolicy("amb", "two", "app", "tenant-a", "bucket-a"));
+    await createPolicy(w, tenantPolicy("tenant-a", "steal", "thief", "tenant-b", "bucket-b"));
+    const bigStatements = Array.from({ length: 30 }, (_, i) => ({
+      Effect: "Allow",
+      Action: "s3:GetObject",
+      Resource: `arn:aws:s3:::bucket-a/\${namespace}/\${podName}/part-${i}/*`,
+    }));
+    await createPolicy(
+      w,
+      tenantPolicy("tenant-a", "big", "big", "tenant-a", "bucket-a", {
+        sessionPolicy: { Version: "2012-10-17", Statement: bigStatements },
+      }),
+    );
+    await createPolicy(
+      w,
+      tenantPolicy("tenant-a", "hostile", "hostile", "tenant-a", "bucket-a", {
+        sessionPolicy: {
+          Statement: [
+            {
+              Effect: "Allow",
+              Action: "s3:GetObject",
+              Resource: "arn:aws:s3:::bucket-a/${pod.annotations['evil']}",
+            },
+          ],
+        },
+      }),
+    );
+    return w;
+  } catch (e) {
+    await stop();
+    throw e;
+  }
+}
+
+export interface TestServer {
+  running: RunningServer;
+  audit: AuditRecord[];
+  stsCalls: AssumeRoleCommandInput[];
+}
+
+export async function startTestServer(w: World, over: Partial<ServerConfig> = {}): Promise<TestServer> {
+  const audit: AuditRecord[] = [];
+  const stsCalls: AssumeRoleCommandInput[] = [];
+  const kc = new KubeConfig();
+  kc.loadFromFile(w.serverKubeconfig);
+  const running = await startServer({
+    ...DEFAULT_CONFIG,
+    listenHost: "127.0.0.1",
+    listenPort: 0,
+    opsHost: "127.0.0.1",
+    opsPort: 0,
+    tlsCertFile: w.cert.certFile,
+    tlsKeyFile: w.cert.keyFile,
+    kubeconfig: w.serverKubeconfig,
+    agentServiceAccounts: [`${SYSTEM_NS}/keycutter-agent`],
+    clusterName: "test-cluster",
+    region: w.moto.region,
+    stsEndpoint: w.moto.endpoint,
+    awsCredentials: w.serverCreds,
+    leaseNamespace: SYSTEM_NS,
+    identity: `replica-${Math.random().toString(36).slice(2, 8)}`,
+    statusIntervalMs: 1000,
+    audit: (r) => audit.push(r),
+    onStsCall: (i) => stsCalls.push(i),
+    log: createLogger("server-test", { level: process.env.KEYCUTTER_TEST_LOG ?? "warn" }),
+    ...over,
+  });
+  return { running, audit, stsCalls };
+}
