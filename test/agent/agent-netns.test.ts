@@ -42,6 +42,8 @@ let agent: ManagedProcess | undefined;
 let tmp: string;
 let agentArgs: string[];
 let iptablesBefore: string;
+let agentsMap: Map<string, string>;
+let agentTokenFile: string;
 const pods = new Map<string, { net: PodNet; uid: string; tokenFile: string }>();
 
 function clientEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
@@ -179,6 +181,7 @@ before(async () => {
     audiences: [cluster.issuer, "keycutter"],
   });
   const tokenFile = join(tmp, "agent.token");
+  agentTokenFile = tokenFile;
   writeFileSync(tokenFile, agentToken);
   const kubeconfig = cluster.kubeconfigFor(net.gatewayIP, agentToken);
 
@@ -187,7 +190,7 @@ before(async () => {
     kc: cluster.kc,
     certFile: pki.certFile,
     keyFile: pki.keyFile,
-    agents: new Map([[agentToken, "node1"]]),
+    agents: (agentsMap = new Map([[agentToken, "node1"]])),
     noPolicyLabel: "test/no-policy",
   });
   await server.start();
@@ -340,6 +343,10 @@ test("unknown pod (a namespace with no Kubernetes pod): 404 after the wait, no c
 
 test("a pod created after the agent is served from its first call; no policy → 404, never a default role", async () => {
   await addPod("late");
+  // prefetch: the agent asks for the pod's credentials as soon as it has an IP, before any call
+  await waitFor("prefetch of pod late", async () => server.callsFor("late").some((c) => c.result === "ok"), {
+    timeoutMs: 5000,
+  });
   const late = await boto("late");
   assert.ok(late.ak && issuedTo("late").includes(late.ak));
   await addPod("nopol", { labels: { "test/no-policy": "1" } });
@@ -462,6 +469,53 @@ test("require-IMDSv2 mode: a v1 client gets 401, an IMDSv2 SDK still works", asy
   } finally {
     await v2.stop();
   }
+});
+
+test("credential service unreachable: cached pods keep working, a new pod gets a clear 503; recovery", async () => {
+  const port = server.port;
+  await server.stop();
+  try {
+    const a = await boto("a");
+    assert.ok(a.ak && issuedTo("a").includes(a.ak), "cached credentials still served");
+    await addPod("e");
+    const r = await probe("e", "GET", "http://169.254.169.254/latest/meta-data/iam/security-credentials/");
+    assert.equal(r.status, 503);
+    assert.equal((await boto("e")).ak, null);
+    assert.equal((await fetch(`http://${node.ip}:8182/readyz`)).status, 503);
+  } finally {
+    await server.start(port);
+  }
+  await waitFor(
+    "pod e served once the service is back",
+    async () =>
+      (await probe("e", "GET", "http://169.254.169.254/latest/meta-data/iam/security-credentials/"))
+        .status === 200,
+    { timeoutMs: 30_000 },
+  );
+  const e = await boto("e");
+  assert.ok(e.ak && issuedTo("e").includes(e.ak));
+});
+
+test("apiserver restart: the pod watch reconnects and new pods are served", async () => {
+  await cluster.restartApiserver();
+  await addPod("f");
+  const f = await boto("f");
+  assert.ok(f.ak && issuedTo("f").includes(f.ak), `pod f got ${f.ak}`);
+  const m = await (await fetch(`http://${node.ip}:8182/metrics`)).text();
+  assert.match(m, /keycutter_agent_watch_restarts_total\{reason="(error|closed)"\} [1-9]/);
+});
+
+test("the agent re-reads its token file when it changes", async () => {
+  const fresh = await kubelet.requestToken("keycutter-system", "keycutter-agent", {
+    audiences: [cluster.issuer, "keycutter"],
+  });
+  agentsMap.clear();
+  agentsMap.set(fresh, "node1");
+  writeFileSync(agentTokenFile, fresh);
+  await new Promise((r) => setTimeout(r, 1200));
+  await addPod("g");
+  const g = await boto("g");
+  assert.ok(g.ak && issuedTo("g").includes(g.ak), "served with the rotated agent token");
 });
 
 test("agent down: pods get connection refused, never the real IMDS; uninstall leaves no rule", async () => {

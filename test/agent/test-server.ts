@@ -90,8 +90,9 @@ export class TestServer {
     );
   }
 
-  async start(): Promise<void> {
-    await new Promise<void>((r) => this.server.listen(0, this.o.host ?? "0.0.0.0", r));
+  /** Listens on `port` (default: a free one; pass the old port to restart in place). */
+  async start(port = 0): Promise<void> {
+    await new Promise<void>((r) => this.server.listen(port, this.o.host ?? "0.0.0.0", r));
     this.port = (this.server.address() as AddressInfo).port;
   }
 
