@@ -56,4 +56,7 @@ fi
 step "etcd $ETCD_VERSION and kube-apiserver $K8S_VERSION (built from the Go module proxy, cached)"
 bash "$ROOT/scripts/build-k8s.sh" all
 
+step "helm $HELM_VERSION and hadolint $HADOLINT_VERSION for the chart and image tests (cached)"
+bash "$ROOT/scripts/setup-deploy-tools.sh"
+
 step "setup done in ${SECONDS}s"

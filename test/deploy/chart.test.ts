@@ -1,0 +1,530 @@
+// The Helm chart (deploy/helm/keycutter): golden renders of several value profiles, the
+// properties the issue asks for, the RBAC the server's own tests run under, the CRDs in sync
+// with deploy/crds, and every render validated by a real kube-apiserver (server-side dry-run,
+// strict field validation), plus the RBAC applied for real and checked with
+// SubjectAccessReviews. UPDATE_GOLDEN=1 rewrites the golden files.
+import { after, before, describe, it } from "node:test";
+import assert from "node:assert/strict";
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { join, basename } from "node:path";
+import { parse } from "yaml";
+import { ROOT, startCluster, Kubelet, waitFor, type Cluster } from "../harness/index.ts";
+import {
+  CHART_DIR,
+  containerArgs,
+  findObject,
+  isHook,
+  parseObjects,
+  renderChart,
+  renderChartText,
+  roleRules,
+  type K8sObject,
+  type PolicyRule,
+} from "./render.ts";
+import { apiCall, createObject } from "./api.ts";
+
+const PROFILES_DIR = join(ROOT, "test", "deploy", "profiles");
+const GOLDEN_DIR = join(ROOT, "test", "golden", "chart");
+const PROFILES = readdirSync(PROFILES_DIR)
+  .filter((f) => f.endsWith(".yaml"))
+  .map((f) => basename(f, ".yaml"))
+  .sort();
+const NS = "keycutter-system";
+
+function renderProfile(profile: string, namespace = NS): string {
+  return renderChartText({}, { namespace, valuesFiles: [join(PROFILES_DIR, `${profile}.yaml`)] });
+}
+
+type Container = {
+  name: string;
+  args?: string[];
+  env?: { name: string; value?: string }[];
+  ports?: { name: string; containerPort: number }[];
+  securityContext?: {
+    runAsNonRoot?: boolean;
+    runAsUser?: number;
+    readOnlyRootFilesystem?: boolean;
+    allowPrivilegeEscalation?: boolean;
+    privileged?: boolean;
+    capabilities?: { add?: string[]; drop?: string[] };
+  };
+  resizePolicy?: { resourceName: string; restartPolicy: string }[];
+  resources?: { requests?: Record<string, string>; limits?: Record<string, string> };
+  livenessProbe?: { httpGet?: { path: string; port: string | number } };
+  readinessProbe?: { httpGet?: { path: string; port: string | number } };
+  volumeMounts?: { name: string; mountPath: string }[];
+};
+type PodSpec = {
+  hostNetwork?: boolean;
+  dnsPolicy?: string;
+  priorityClassName?: string;
+  serviceAccountName?: string;
+  securityContext?: { runAsNonRoot?: boolean };
+  tolerations?: { operator?: string; key?: string }[];
+  affinity?: { podAntiAffinity?: Record<string, unknown> };
+  containers: Container[];
+  initContainers?: Container[];
+  volumes?: {
+    name: string;
+    projected?: { sources: { serviceAccountToken?: { audience?: string; path: string } }[] };
+  }[];
+};
+const podSpec = (o: K8sObject): PodSpec =>
+  (o as unknown as { spec: { template: { spec: PodSpec } } }).spec.template.spec;
+const flag = (args: string[], name: string): string | undefined => {
+  const a = args.find((x) => x.startsWith(`${name}=`));
+  return a?.slice(name.length + 1);
+};
+
+function normRules(rules: PolicyRule[]): string[] {
+  const out: string[] = [];
+  for (const r of rules)
+    for (const g of r.apiGroups ?? [""])
+      for (const res of r.resources ?? [])
+        for (const v of r.verbs) out.push(`${g}|${res}|${v}|${(r.resourceNames ?? []).join(",")}`);
+  return [...new Set(out)].sort();
+}
+
+describe("helm chart: renders", () => {
+  for (const profile of PROFILES) {
+    it(`profile ${profile} matches test/golden/chart/${profile}.yaml`, () => {
+      const text = renderProfile(profile);
+      const file = join(GOLDEN_DIR, `${profile}.yaml`);
+      if (process.env.UPDATE_GOLDEN === "1" || !existsSync(file)) {
+        mkdirSync(GOLDEN_DIR, { recursive: true });
+        writeFileSync(file, text);
+        if (process.env.UPDATE_GOLDEN !== "1") assert.fail(`${file} was missing: written, check it in`);
+      }
+      assert.equal(
+        text,
+        readFileSync(file, "utf8"),
+        `render of ${profile} differs: UPDATE_GOLDEN=1 to accept`,
+      );
+    });
+  }
+
+  it("the chart's crds/ are identical to deploy/crds/ (scripts/sync-chart-crds.sh)", () => {
+    const src = join(ROOT, "deploy", "crds");
+    const dst = join(CHART_DIR, "crds");
+    const names = readdirSync(src)
+      .filter((f) => f.endsWith(".yaml"))
+      .sort();
+    assert.ok(names.length >= 2, "deploy/crds has the CRDs");
+    assert.deepEqual(
+      readdirSync(dst)
+        .filter((f) => f.endsWith(".yaml"))
+        .sort(),
+      names,
+    );
+    for (const n of names)
+      assert.equal(
+        readFileSync(join(dst, n), "utf8"),
+        readFileSync(join(src, n), "utf8"),
+        `${n} differs: run scripts/sync-chart-crds.sh`,
+      );
+  });
+
+  it("the server's ClusterRole is deploy/rbac/server-clusterrole.yaml, the one its tests run under", () => {
+    const objs = renderChart();
+    const fromFile = parse(readFileSync(join(ROOT, "deploy", "rbac", "server-clusterrole.yaml"), "utf8")) as {
+      rules: PolicyRule[];
+    };
+    assert.deepEqual(
+      normRules(roleRules(objs, "ClusterRole", "keycutter-server")),
+      normRules(fromFile.rules),
+    );
+    // the Lease Role grants at least the verbs of deploy/rbac/server-role.yaml, on our Lease
+    const roleFile = parse(readFileSync(join(ROOT, "deploy", "rbac", "server-role.yaml"), "utf8")) as {
+      rules: PolicyRule[];
+    };
+    const chartVerbs = new Set(
+      roleRules(objs, "Role", "keycutter-server-leader-election").flatMap((r) =>
+        r.verbs.map((v) => `${r.resources?.join()}|${v}`),
+      ),
+    );
+    for (const r of roleFile.rules)
+      for (const v of r.verbs) assert.ok(chartVerbs.has(`${r.resources?.join()}|${v}`), `lease verb ${v}`);
+  });
+
+  it("default values: the server Deployment is highly available, hardened and resizable", () => {
+    const objs = renderChart();
+    const dep = findObject(objs, "Deployment", "keycutter-server");
+    assert.ok(((dep as unknown as { spec: { replicas: number } }).spec.replicas ?? 0) >= 2);
+    const pdb = findObject(objs, "PodDisruptionBudget", "keycutter-server") as unknown as {
+      spec: { minAvailable: number };
+    };
+    assert.equal(pdb.spec.minAvailable, 1);
+    const spec = podSpec(dep);
+    assert.ok(spec.affinity?.podAntiAffinity, "anti-affinity");
+    assert.equal(spec.securityContext?.runAsNonRoot, true);
+    const c = spec.containers[0]!;
+    assert.equal(c.securityContext?.readOnlyRootFilesystem, true);
+    assert.equal(c.securityContext?.allowPrivilegeEscalation, false);
+    assert.deepEqual(c.securityContext?.capabilities?.drop, ["ALL"]);
+    assert.equal(c.securityContext?.capabilities?.add, undefined);
+    const ops = c.ports?.find((p) => p.name === "ops");
+    assert.equal(ops?.containerPort, 9090);
+    assert.equal(flag(c.args!, "--ops-listen"), "0.0.0.0:9090");
+    assert.deepEqual(c.livenessProbe?.httpGet, { path: "/healthz", port: "ops" });
+    assert.deepEqual(c.readinessProbe?.httpGet, { path: "/readyz", port: "ops" });
+    assert.ok(c.resources?.requests?.cpu && c.resources.limits?.memory);
+    assert.equal(flag(c.args!, "--tls-cert"), "/etc/keycutter/tls/tls.crt");
+    assert.ok(c.volumeMounts?.some((m) => m.mountPath === "/etc/keycutter/tls"));
+  });
+
+  it("default values: the agent DaemonSet runs on every node with NET_ADMIN only", () => {
+    const objs = renderChart();
+    const ds = findObject(objs, "DaemonSet", "keycutter-agent");
+    const spec = podSpec(ds);
+    assert.equal(spec.hostNetwork, true);
+    assert.equal(spec.dnsPolicy, "ClusterFirstWithHostNet");
+    assert.equal(spec.priorityClassName, "system-node-critical");
+    assert.deepEqual(spec.tolerations, [{ operator: "Exists" }]);
+    const c = spec.containers[0]!;
+    assert.deepEqual(c.securityContext?.capabilities, { drop: ["ALL"], add: ["NET_ADMIN"] });
+    assert.equal(c.securityContext?.privileged, false);
+    assert.equal(c.securityContext?.allowPrivilegeEscalation, false);
+    assert.equal(c.securityContext?.readOnlyRootFilesystem, true);
+    assert.deepEqual(c.livenessProbe?.httpGet, { path: "/healthz", port: "ops" });
+    assert.deepEqual(c.readinessProbe?.httpGet, { path: "/readyz", port: "ops" });
+    assert.equal(flag(c.args!, "--ops-listen"), "0.0.0.0:8182");
+    assert.ok(c.args!.includes("--hook"));
+    assert.equal(flag(c.args!, "--hook-agent-ip"), "$(NODE_IP)");
+    assert.equal(flag(c.args!, "--hook-pod-interface"), "eni+,veth+");
+    assert.match(
+      c.env!.find((e) => e.name === "PATH")!.value!,
+      /^\/usr\/local\/lib\/keycutter\/iptables-nft:/,
+    );
+    // the agent's RBAC: pods list/watch, nothing else
+    assert.deepEqual(normRules(roleRules(objs, "ClusterRole", "keycutter-agent")), [
+      "|pods|list|",
+      "|pods|watch|",
+    ]);
+  });
+
+  it("agent and server agree: token audience, service account, server URL and port", () => {
+    for (const profile of PROFILES) {
+      const objs = parseObjects(renderProfile(profile));
+      const dep = objs.find((o) => o.kind === "Deployment")!;
+      const ds = objs.find((o) => o.kind === "DaemonSet" && !isHook(o))!;
+      const sargs = containerArgs(dep, "server");
+      const aargs = containerArgs(ds, "agent");
+      const tokenVol = podSpec(ds).volumes!.find((v) => v.name === "keycutter-token")!;
+      const aud = tokenVol.projected!.sources[0]!.serviceAccountToken!.audience;
+      assert.equal(flag(sargs, "--agent-audience"), aud, `${profile}: audience`);
+      assert.equal(flag(aargs, "--token-file"), "/var/run/secrets/keycutter/token");
+      assert.equal(
+        flag(sargs, "--agent-service-account"),
+        `${NS}/${podSpec(ds).serviceAccountName}`,
+        profile,
+      );
+      const svc = objs.find((o) => o.kind === "Service" && o.metadata.name === dep.metadata.name)!;
+      const port = (svc as unknown as { spec: { ports: { name: string; port: number }[] } }).spec.ports.find(
+        (p) => p.name === "api",
+      )!.port;
+      const tls = !sargs.includes("--insecure-http");
+      assert.equal(
+        flag(aargs, "--server-url"),
+        `${tls ? "https" : "http"}://${svc.metadata.name}.${NS}.svc:${port}`,
+        `${profile}: server URL`,
+      );
+      assert.equal(flag(sargs, "--listen"), `0.0.0.0:${port}`);
+      assert.equal(Boolean(flag(aargs, "--server-ca-file")), tls, `${profile}: CA with TLS`);
+    }
+  });
+
+  it("every container of every profile declares in-place resizePolicy for cpu and memory", () => {
+    for (const profile of PROFILES) {
+      for (const o of parseObjects(renderProfile(profile))) {
+        if (!["Deployment", "DaemonSet"].includes(o.kind) || isHook(o)) continue;
+        for (const c of podSpec(o).containers)
+          assert.deepEqual(
+            c.resizePolicy,
+            [
+              { resourceName: "cpu", restartPolicy: "NotRequired" },
+              { resourceName: "memory", restartPolicy: "NotRequired" },
+            ],
+            `${profile}: ${o.kind}/${c.name}`,
+          );
+      }
+    }
+  });
+
+  it("legacy iptables adds NET_RAW and puts iptables-legacy first in PATH, for the agent and the cleanup", () => {
+    const objs = renderChart({ agent: { hook: { iptablesMode: "legacy" } } });
+    for (const [kind, name, container] of [
+      ["DaemonSet", "keycutter-agent", "agent"],
+      ["DaemonSet", "keycutter-hook-cleanup", "uninstall-hook"],
+    ] as const) {
+      const spec = podSpec(findObject(objs, kind, name));
+      const c = [...(spec.initContainers ?? []), ...spec.containers].find((x) => x.name === container)!;
+      assert.deepEqual(c.securityContext?.capabilities?.add, ["NET_ADMIN", "NET_RAW"]);
+      assert.match(
+        c.env!.find((e) => e.name === "PATH")!.value!,
+        /^\/usr\/local\/lib\/keycutter\/iptables-legacy:/,
+      );
+    }
+  });
+
+  it("without the hook the agent gets no capability and the chart no cleanup hooks", () => {
+    const objs = renderChart({ agent: { hook: { enabled: false } } });
+    const c = podSpec(findObject(objs, "DaemonSet", "keycutter-agent")).containers[0]!;
+    assert.deepEqual(c.securityContext?.capabilities, { drop: ["ALL"] });
+    assert.ok(c.args!.includes("--no-hook"));
+    assert.equal(objs.filter(isHook).length, 0);
+  });
+
+  it("uninstall: post-delete hooks remove the hook on every node with `keycutter hook uninstall`", () => {
+    const objs = renderChart();
+    const hooks = objs.filter(isHook);
+    assert.deepEqual(hooks.map((h) => `${h.kind}/${h.metadata.name}`).sort(), [
+      "DaemonSet/keycutter-hook-cleanup",
+      "Job/keycutter-hook-cleanup-wait",
+      "Role/keycutter-hook-cleanup",
+      "RoleBinding/keycutter-hook-cleanup",
+      "ServiceAccount/keycutter-hook-cleanup",
+    ]);
+    for (const h of hooks) assert.equal(h.metadata.annotations!["helm.sh/hook"], "post-delete");
+    const ds = findObject(objs, "DaemonSet", "keycutter-hook-cleanup");
+    assert.deepEqual(containerArgs(ds, "uninstall-hook"), ["hook", "uninstall", "--hook-chain=KEYCUTTER"]);
+    const agent = podSpec(findObject(objs, "DaemonSet", "keycutter-agent"));
+    // same placement as the agent: every node the agent ran on
+    assert.deepEqual(podSpec(ds).tolerations, agent.tolerations);
+    assert.equal(podSpec(ds).hostNetwork, true);
+    const w = Number(ds.metadata.annotations!["helm.sh/hook-weight"]);
+    const job = findObject(objs, "Job", "keycutter-hook-cleanup-wait");
+    assert.ok(
+      Number(job.metadata.annotations!["helm.sh/hook-weight"]) > w,
+      "the Job runs after the DaemonSet",
+    );
+  });
+
+  it("refuses inconsistent values", () => {
+    const bad: [object, RegExp][] = [
+      [{ store: { url: "redis://r:6379" } }, /encryptionKeySecret is required/],
+      [{ agent: { hook: { podInterfaces: [], podCidrs: [] } } }, /podInterfaces or podCidrs/],
+      [{ agent: { hook: { iptablesMode: "bpf" } } }, /iptablesMode must be nft or legacy/],
+      [{ server: { replicas: 0 } }, /replicas must be at least 1/],
+    ];
+    for (const [values, re] of bad) {
+      assert.throws(
+        () => renderChart(values),
+        (err: Error & { stderr?: string }) => re.test(String(err.stderr ?? err.message)),
+        JSON.stringify(values),
+      );
+    }
+  });
+});
+
+// A minimal ServiceMonitor CRD (monitoring.coreos.com/v1), so that the custom profile's
+// ServiceMonitors are admitted by a cluster without the Prometheus Operator. Its schema
+// preserves unknown fields: the apiserver checks group, version, kind and metadata, not the
+// operator's schema.
+const SERVICE_MONITOR_CRD = {
+  apiVersion: "apiextensions.k8s.io/v1",
+  kind: "CustomResourceDefinition",
+  metadata: { name: "servicemonitors.monitoring.coreos.com" },
+  spec: {
+    group: "monitoring.coreos.com",
+    scope: "Namespaced",
+    names: {
+      plural: "servicemonitors",
+      singular: "servicemonitor",
+      kind: "ServiceMonitor",
+      listKind: "ServiceMonitorList",
+    },
+    versions: [
+      {
+        name: "v1",
+        served: true,
+        storage: true,
+        schema: { openAPIV3Schema: { type: "object", "x-kubernetes-preserve-unknown-fields": true } },
+      },
+    ],
+  },
+};
+
+describe("helm chart: a real kube-apiserver validates every render", () => {
+  let cluster: Cluster;
+  let kubelet: Kubelet;
+
+  before(async () => {
+    cluster = await startCluster();
+    kubelet = new Kubelet(cluster.kc);
+    // CRDs for real (the chart's crds/ dir, as helm install applies them), then wait until served
+    const crds = readdirSync(join(CHART_DIR, "crds")).map((f) =>
+      parse(readFileSync(join(CHART_DIR, "crds", f), "utf8")),
+    );
+    for (const crd of [...crds, SERVICE_MONITOR_CRD]) {
+      const r = await createObject(cluster, crd as K8sObject, { dryRun: false });
+      assert.equal(r.status, 201, `CRD ${(crd as K8sObject).metadata.name}: ${JSON.stringify(r.body)}`);
+    }
+    await waitFor(
+      "CRDs established",
+      async () => {
+        for (const crd of [...crds, SERVICE_MONITOR_CRD] as K8sObject[]) {
+          const r = await apiCall(
+            cluster,
+            "GET",
+            `/apis/apiextensions.k8s.io/v1/customresourcedefinitions/${crd.metadata.name}`,
+          );
+          const conds =
+            (r.body as { status?: { conditions?: { type: string; status: string }[] } }).status?.conditions ??
+            [];
+          if (!conds.some((c) => c.type === "Established" && c.status === "True")) return false;
+        }
+        return true;
+      },
+      { timeoutMs: 20_000 },
+    );
+  });
+  after(async () => cluster?.stop());
+
+  for (const profile of PROFILES) {
+    it(`profile ${profile}: every object passes server-side dry-run with strict field validation`, async () => {
+      const ns = `kc-${profile}`;
+      await kubelet.ensureNamespace(ns);
+      const objs = parseObjects(renderProfile(profile, ns));
+      assert.ok(objs.length > 10);
+      const failures: string[] = [];
+      for (const o of objs) {
+        const r = await createObject(cluster, o, { dryRun: true, namespace: ns });
+        if (r.status !== 201 || r.warnings.length > 0)
+          failures.push(
+            `${o.kind}/${o.metadata.name}: HTTP ${r.status} ${r.warnings.join("; ")} ${JSON.stringify(r.body).slice(0, 400)}`,
+          );
+      }
+      assert.deepEqual(failures, []);
+    });
+  }
+
+  it("the dry-run does validate: a wrong field and a bad value are rejected", async () => {
+    await kubelet.ensureNamespace("kc-negative");
+    const dep = findObject(renderChart({}, { namespace: "kc-negative" }), "Deployment", "keycutter-server");
+    const unknownField = structuredClone(dep) as K8sObject & { spec: Record<string, unknown> };
+    unknownField.spec.replicaz = 2;
+    const r1 = await createObject(cluster, unknownField, { dryRun: true });
+    assert.equal(r1.status, 400, JSON.stringify(r1.body));
+    const badResize = structuredClone(dep) as unknown as { spec: { template: { spec: PodSpec } } };
+    badResize.spec.template.spec.containers[0]!.resizePolicy = [
+      { resourceName: "cpu", restartPolicy: "Sometimes" },
+    ];
+    const r2 = await createObject(cluster, badResize as unknown as K8sObject, { dryRun: true });
+    assert.equal(r2.status, 422, JSON.stringify(r2.body));
+  });
+
+  it("the RBAC, applied for real: each service account can do what it needs and nothing more", async () => {
+    const ns = "kc-rbac";
+    await kubelet.ensureNamespace(ns);
+    const objs = renderChart({}, { namespace: ns }).filter(
+      (o) =>
+        ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"].includes(o.kind) &&
+        !isHook(o),
+    );
+    // the ClusterRoles are cluster-scoped: give them this test's names so profiles do not clash
+    for (const o of objs) {
+      const r = await createObject(cluster, o, { dryRun: false, namespace: ns });
+      assert.equal(r.status, 201, `${o.kind}/${o.metadata.name}: ${JSON.stringify(r.body).slice(0, 300)}`);
+    }
+    const can = async (
+      sa: string,
+      attrs: {
+        verb: string;
+        resource: string;
+        group?: string;
+        namespace?: string;
+        name?: string;
+        subresource?: string;
+      },
+    ): Promise<boolean> => {
+      const body = {
+        apiVersion: "authorization.k8s.io/v1",
+        kind: "SubjectAccessReview",
+        spec: {
+          user: `system:serviceaccount:${ns}:${sa}`,
+          groups: ["system:serviceaccounts", `system:serviceaccounts:${ns}`, "system:authenticated"],
+          resourceAttributes: { group: attrs.group ?? "", ...attrs },
+        },
+      };
+      const r = await apiCall(cluster, "POST", "/apis/authorization.k8s.io/v1/subjectaccessreviews", body);
+      assert.equal(r.status, 201, JSON.stringify(r.body));
+      return (r.body as { status: { allowed: boolean } }).status.allowed;
+    };
+    const agent = "keycutter-agent";
+    const server = "keycutter-server";
+    // agent: watch pods anywhere (its field selector is per node), nothing else
+    assert.equal(await can(agent, { verb: "list", resource: "pods" }), true);
+    assert.equal(await can(agent, { verb: "watch", resource: "pods", namespace: "tenant-a" }), true);
+    assert.equal(await can(agent, { verb: "get", resource: "secrets", namespace: ns }), false);
+    assert.equal(
+      await can(agent, { verb: "create", resource: "tokenreviews", group: "authentication.k8s.io" }),
+      false,
+    );
+    assert.equal(
+      await can(agent, { verb: "list", resource: "accesspolicies", group: "keycutter.dev" }),
+      false,
+    );
+    assert.equal(await can(agent, { verb: "update", resource: "pods", namespace: "tenant-a" }), false);
+    // server
+    assert.equal(
+      await can(server, { verb: "create", resource: "tokenreviews", group: "authentication.k8s.io" }),
+      true,
+    );
+    assert.equal(await can(server, { verb: "get", resource: "pods", namespace: "tenant-a" }), true);
+    assert.equal(
+      await can(server, { verb: "watch", resource: "roleallowances", group: "keycutter.dev" }),
+      true,
+    );
+    assert.equal(
+      await can(server, {
+        verb: "update",
+        resource: "accesspolicies",
+        subresource: "status",
+        group: "keycutter.dev",
+        namespace: "tenant-a",
+      }),
+      true,
+    );
+    assert.equal(
+      await can(server, {
+        verb: "update",
+        resource: "accesspolicies",
+        group: "keycutter.dev",
+        namespace: "tenant-a",
+      }),
+      false,
+    );
+    assert.equal(
+      await can(server, {
+        verb: "update",
+        resource: "leases",
+        group: "coordination.k8s.io",
+        namespace: ns,
+        name: "keycutter-server",
+      }),
+      true,
+    );
+    assert.equal(
+      await can(server, {
+        verb: "update",
+        resource: "leases",
+        group: "coordination.k8s.io",
+        namespace: ns,
+        name: "kube-scheduler",
+      }),
+      false,
+    );
+    assert.equal(
+      await can(server, {
+        verb: "get",
+        resource: "leases",
+        group: "coordination.k8s.io",
+        namespace: "kube-system",
+        name: "keycutter-server",
+      }),
+      false,
+    );
+    assert.equal(await can(server, { verb: "get", resource: "secrets", namespace: ns }), false);
+    assert.equal(await can(server, { verb: "create", resource: "pods", namespace: ns }), false);
+  });
+});
