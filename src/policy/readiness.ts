@@ -1,0 +1,101 @@
+// Static readiness of AccessPolicy/RoleAllowance objects: the Ready condition the server writes,
+// `policy validate` prints and `explain` shows. Pure: no Kubernetes client.
+
+import { decide } from "./decide.ts";
+import { checkTemplate } from "./template.ts";
+import type { AccessPolicy, PodFacts, RoleAllowance } from "./types.ts";
+import { validateAccessPolicy, validateRoleAllowance } from "./validate.ts";
+
+export interface ReadyState {
+  status: "True" | "False";
+  reason: string;
+  message: string;
+}
+
+/** Static readiness of one AccessPolicy (also used by `policy validate` and `explain`). */
+export function accessPolicyReadiness(
+  p: AccessPolicy,
+  allowances: RoleAllowance[],
+  nsLabels: Record<string, string>,
+  clusterName: string,
+  maxDurationSeconds: number,
+): ReadyState {
+  const v = validateAccessPolicy({ ...p, kind: "AccessPolicy" });
+  if (v.errors.length > 0) {
+    const tmpl = v.errors.some((e) => /variable|unterminated/.test(e));
+    return {
+      status: "False",
+      reason: tmpl ? "TemplateInvalid" : "Invalid",
+      message: v.errors.join("; ").slice(0, 1000),
+    };
+  }
+  const pod = standInPod(p, 1);
+  const d = decide(
+    { pod, namespace: { name: pod.namespace, labels: nsLabels }, policies: [p], allowances },
+    { clusterName: clusterName || "c", maxDurationSeconds },
+  );
+  if (!d.ok) {
+    if (
+      d.reason === "RoleNotAllowed" ||
+      d.reason === "PolicyTooLarge" ||
+      d.reason === "TemplateInvalid" ||
+      d.reason === "PolicyInvalid"
+    ) {
+      return { status: "False", reason: d.reason, message: d.message };
+    }
+  }
+  const big = decide(
+    {
+      pod: standInPod(p, 63),
+      namespace: { name: pod.namespace, labels: nsLabels },
+      policies: [p],
+      allowances,
+    },
+    { clusterName: clusterName || "c".repeat(63), maxDurationSeconds },
+  );
+  if (!big.ok && big.reason === "PolicyTooLarge") {
+    return {
+      status: "True",
+      reason: "Valid",
+      message: `in force; warning: with long names or label values the rendered policy can exceed the STS limit (${big.message})`,
+    };
+  }
+  return { status: "True", reason: "Valid", message: "in force" };
+}
+
+/** A pod the policy selects, with every referenced label/annotation set to an n-character value. */
+export function standInPod(p: AccessPolicy, n: number): PodFacts {
+  const x = "x".repeat(n);
+  const labels: Record<string, string> = { ...(p.spec.podSelector?.matchLabels ?? {}) };
+  const annotations: Record<string, string> = {};
+  for (const e of p.spec.podSelector?.matchExpressions ?? []) {
+    if ((e.operator === "In" || e.operator === "Exists") && !(e.key in labels))
+      labels[e.key] = e.values?.[0] ?? x;
+  }
+  let refs: ReturnType<typeof checkTemplate> = [];
+  try {
+    refs = [...checkTemplate(p.spec.sessionPolicy ?? {}), ...checkTemplate(p.spec.sessionTags ?? {})];
+  } catch {
+    // reported by validation
+  }
+  for (const r of refs) {
+    if (r.kind === "label" && !(r.key in labels)) labels[r.key] = x;
+    if (r.kind === "annotation") annotations[r.key] = x;
+  }
+  return {
+    namespace: p.metadata.namespace ?? "default",
+    name: x,
+    uid: "00000000-0000-0000-0000-000000000000",
+    serviceAccountName: p.spec.podSelector?.serviceAccountName ?? x,
+    nodeName: x,
+    labels,
+    annotations,
+  };
+}
+
+export function roleAllowanceReadiness(a: RoleAllowance): ReadyState {
+  const v = validateRoleAllowance({ ...a, kind: "RoleAllowance" });
+  if (v.errors.length > 0)
+    return { status: "False", reason: "Invalid", message: v.errors.join("; ").slice(0, 1000) };
+  return { status: "True", reason: "Valid", message: "in force" };
+}

@@ -1,0 +1,85 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { execFileSync, spawnSync } from "node:child_process";
+import { mkdtempSync, writeFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { NODE, KEYCUTTER_MAIN } from "../harness/paths.ts";
+
+const ALLOWANCE = `apiVersion: keycutter.dev/v1alpha1
+kind: RoleAllowance
+metadata: {name: tenants}
+spec:
+  namespaces: ["tenant-*"]
+  roleArns: ["arn:aws:iam::123456789012:role/tenant-*"]
+  denyStatements:
+    - {Effect: Deny, Action: ["iam:*"], Resource: "*"}
+`;
+const policy = (
+  name: string,
+  role: string,
+  resource: string,
+  extra = "",
+) => `apiVersion: keycutter.dev/v1alpha1
+kind: AccessPolicy
+metadata: {name: ${name}, namespace: tenant-a}
+spec:
+  podSelector: {serviceAccountName: reader}
+  roleArn: ${role}
+${extra}  sessionPolicy:
+    Statement:
+      - Effect: Allow
+        Action: s3:GetObject
+        Resource: "${resource}"
+`;
+
+test("keycutter policy validate: valid files pass, each kind of mistake is reported with exit 1", () => {
+  const dir = mkdtempSync(join(tmpdir(), "kc-validate-"));
+  try {
+    const good = join(dir, "good.yaml");
+    writeFileSync(
+      good,
+      `${ALLOWANCE}---\n${policy("readers", "arn:aws:iam::123456789012:role/tenant-a", "arn:aws:s3:::b/${namespace}/${pod.labels['team']}/*")}`,
+    );
+    const out = execFileSync(NODE, [KEYCUTTER_MAIN, "policy", "validate", good], { encoding: "utf8" });
+    assert.match(out, /ok\s+.*AccessPolicy tenant-a\/readers/);
+
+    const bad = join(dir, "bad.yaml");
+    const big = Array.from(
+      { length: 40 },
+      (_, i) =>
+        `      - {Effect: Allow, Action: s3:GetObject, Resource: "arn:aws:s3:::bucket-${i}/\${namespace}/*"}`,
+    ).join("\n");
+    writeFileSync(
+      bad,
+      [
+        ALLOWANCE,
+        policy("unknown-var", "arn:aws:iam::123456789012:role/tenant-a", "arn:aws:s3:::b/${podname}/*"),
+        policy(
+          "typo",
+          "arn:aws:iam::123456789012:role/tenant-a",
+          "arn:aws:s3:::b/*",
+          "  durationSecs: 900\n",
+        ),
+        policy("role", "arn:aws:iam::123456789012:role/admin", "arn:aws:s3:::b/*"),
+        `apiVersion: keycutter.dev/v1alpha1\nkind: AccessPolicy\nmetadata: {name: big, namespace: tenant-a}\nspec:\n  podSelector: {}\n  roleArn: arn:aws:iam::123456789012:role/tenant-a\n  sessionPolicy:\n    Statement:\n${big}\n`,
+        `apiVersion: keycutter.dev/v1alpha1\nkind: RoleAllowance\nmetadata: {name: widen}\nspec:\n  namespaces: [x]\n  roleArns: ["arn:aws:iam::123456789012:role/x"]\n  denyStatements: [{Effect: Allow, Action: "*", Resource: "*"}]\n`,
+      ].join("---\n"),
+    );
+    const r = spawnSync(NODE, [KEYCUTTER_MAIN, "policy", "validate", "-o", "json", bad], {
+      encoding: "utf8",
+    });
+    assert.equal(r.status, 1, r.stderr);
+    const res = JSON.parse(r.stdout) as { valid: boolean; findings: { name: string; errors: string[] }[] };
+    assert.equal(res.valid, false);
+    const errs = (n: string) => res.findings.find((f) => f.name === n)?.errors.join(" | ") ?? "";
+    assert.match(errs("unknown-var"), /unknown variable \$\{podname\}/);
+    assert.match(errs("typo"), /unknown field "durationSecs"/);
+    assert.match(errs("role"), /RoleNotAllowed/);
+    assert.match(errs("big"), /PolicyTooLarge/);
+    assert.match(errs("widen"), /only "Deny"/);
+    assert.equal(errs("tenants"), "");
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
