@@ -59,4 +59,7 @@ bash "$ROOT/scripts/build-k8s.sh" all
 step "helm $HELM_VERSION and hadolint $HADOLINT_VERSION for the chart and image tests (cached)"
 bash "$ROOT/scripts/setup-deploy-tools.sh"
 
+step "MinIO $MINIO_VERSION for the session-policy e2e suite (built from the Go module proxy, cached)"
+bash "$ROOT/scripts/build-minio.sh"
+
 step "setup done in ${SECONDS}s"
