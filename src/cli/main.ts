@@ -4,6 +4,7 @@ import { registerAgentCommands } from "./commands/agent.ts";
 import { registerServerCommands } from "./commands/server.ts";
 import { registerPolicyCommands } from "./commands/policy.ts";
 import { registerDemoCommand } from "./commands/demo.ts";
+import { registerExplainCommand } from "./commands/explain.ts";
 import { VERSION } from "../common/version.ts";
 
 const program = new Command();
@@ -16,5 +17,6 @@ registerAgentCommands(program);
 registerServerCommands(program);
 registerPolicyCommands(program);
 registerDemoCommand(program);
+registerExplainCommand(program);
 
 await program.parseAsync(process.argv);

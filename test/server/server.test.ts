@@ -6,7 +6,8 @@ import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { GetObjectCommand, S3Client } from "@aws-sdk/client-s3";
 import { runSimulation } from "@cloud-copilot/iam-simulate";
-import { startRedis, waitFor, type Redis } from "../harness/index.ts";
+import { spawnSync } from "node:child_process";
+import { KEYCUTTER_MAIN, NODE, startRedis, waitFor, type Redis } from "../harness/index.ts";
 import { cacheKeyFile } from "../harness/keycutter-server.ts";
 import { createWorld, post, roleArn, startTestServer, type TestServer, type World } from "./world.ts";
 import type { AccessPolicy } from "../../src/policy/types.ts";
@@ -500,6 +501,105 @@ describe("keycutter server (real apiserver, moto, redis)", { timeout: 600_000 },
     } finally {
       await replica.running.stop();
     }
+  });
+
+  it("keycutter explain: matched policy, why others did not, allowance, rendered policy, and a simulation over role ∩ session", async () => {
+    const run = (args: string[], env: Record<string, string> = {}) =>
+      spawnSync(
+        NODE,
+        [
+          KEYCUTTER_MAIN,
+          "explain",
+          ...args,
+          "--kubeconfig",
+          w.cluster.kubeconfigPath,
+          "--cluster-name",
+          "test-cluster",
+        ],
+        {
+          encoding: "utf8",
+          env: {
+            ...process.env,
+            AWS_REGION: "us-east-1",
+            AWS_ACCESS_KEY_ID: w.auditorCreds.accessKeyId,
+            AWS_SECRET_ACCESS_KEY: w.auditorCreds.secretAccessKey,
+            ...env,
+          },
+        },
+      );
+    const red = run([
+      "tenant-a/web-1",
+      "--action",
+      "s3:GetObject",
+      "--resource",
+      "arn:aws:s3:::bucket-a/tenant-a/red/data.txt",
+      "--iam-endpoint",
+      w.moto.endpoint,
+      "-o",
+      "json",
+    ]);
+    assert.equal(red.status, 0, red.stderr);
+    const e = JSON.parse(red.stdout);
+    assert.equal(e.decision.ok, true);
+    assert.equal(e.decision.policy, "a");
+    const byName = Object.fromEntries(e.policies.map((p: { name: string }) => [p.name, p]));
+    assert.equal(byName.a.selected, true);
+    assert.match(byName.steal.reason, /service account is "app", policy selects "thief"/);
+    assert.equal(e.allowances.find((a: { name: string }) => a.name === "tenant-a").applies, true);
+    assert.match(
+      e.allowances.find((a: { name: string }) => a.name === "tenant-b").reason,
+      /does not cover namespace/,
+    );
+    assert.equal(e.sessionPolicy.Statement[0].Resource, "arn:aws:s3:::bucket-a/tenant-a/blue/*");
+    assert.equal(e.tags["kubernetes-pod-uid"], w.pods.a1?.uid);
+    assert.equal(e.simulation.basis, "role+session");
+    assert.deepEqual(e.simulation.rolePolicies, ["inline:tenant-a-policy"]);
+    assert.equal(e.simulation.result, "ImplicitlyDenied");
+    const blue = run([
+      "tenant-a/web-1",
+      "--action",
+      "s3:GetObject",
+      "--resource",
+      "arn:aws:s3:::bucket-a/tenant-a/blue/data.txt",
+      "--iam-endpoint",
+      w.moto.endpoint,
+      "-o",
+      "json",
+    ]);
+    assert.equal(JSON.parse(blue.stdout).simulation.result, "Allowed");
+    // B's bucket: the session policy alone would not allow it either, and the role does not
+    const other = run([
+      "tenant-a/web-1",
+      "--action",
+      "s3:GetObject",
+      "--resource",
+      "arn:aws:s3:::bucket-b/tenant-b/blue/data.txt",
+      "--iam-endpoint",
+      w.moto.endpoint,
+      "-o",
+      "json",
+    ]);
+    assert.equal(JSON.parse(other.stdout).simulation.result, "ImplicitlyDenied");
+    // IAM unreachable: session policy alone, and it says so
+    const noIam = run([
+      "tenant-a/web-1",
+      "--action",
+      "s3:GetObject",
+      "--resource",
+      "arn:aws:s3:::bucket-a/tenant-a/blue/data.txt",
+      "--iam-endpoint",
+      "http://127.0.0.1:9",
+      "-o",
+      "json",
+    ]);
+    const ni = JSON.parse(noIam.stdout);
+    assert.equal(ni.simulation.basis, "session-only");
+    assert.match(ni.simulation.note, /could not be read/);
+    // human-readable output for a refused pod
+    const amb = run(["amb/x-1"]);
+    assert.equal(amb.status, 2);
+    assert.match(amb.stdout, /REFUSED \(AmbiguousPolicy\)/);
+    assert.match(amb.stdout, /✔ one \(priority 0\)/);
   });
 
   it("keeps serving when Redis is down (per-replica cache, never an outage)", async () => {

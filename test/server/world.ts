@@ -101,6 +101,8 @@ export interface World {
   dir: string;
   serverKubeconfig: string;
   serverCreds: { accessKeyId: string; secretAccessKey: string };
+  /** An IAM reader (for explain). */
+  auditorCreds: { accessKeyId: string; secretAccessKey: string };
   custom: CustomObjectsApi;
   agentToken: Record<string, string>;
   pods: Record<string, { namespace: string; name: string; uid: string }>;
@@ -294,6 +296,10 @@ export async function createWorld(): Promise<World> {
         },
       ],
     });
+    const auditorCreds = await moto.createUser("auditor", {
+      Version: "2012-10-17",
+      Statement: [{ Effect: "Allow", Action: ["iam:Get*", "iam:List*"], Resource: "*" }],
+    });
     await moto.createBucket("bucket-a", {
       "tenant-a/blue/data.txt": "A-blue",
       "tenant-a/red/data.txt": "A-red",
@@ -310,6 +316,7 @@ export async function createWorld(): Promise<World> {
       dir,
       serverKubeconfig: "",
       serverCreds,
+      auditorCreds,
       custom,
       agentToken,
       pods,

@@ -1,0 +1,302 @@
+// The logic of `keycutter explain`: reads the pod, its namespace, the AccessPolicies of the
+// namespace and the RoleAllowances from the apiserver, runs the server's decision, and optionally
+// evaluates an action with the IAM simulator over the role's policies ∩ the session policy.
+
+import { CoreV1Api, CustomObjectsApi } from "@kubernetes/client-node";
+import { podFacts } from "../k8s/pod-lookup.ts";
+import { decide, type Decision } from "../policy/decide.ts";
+import { allowanceCoversNamespace, allowanceCoversRole } from "../policy/match.ts";
+import { simulate, type SimulationOutcome } from "../policy/simulate.ts";
+import {
+  ACCESS_POLICY_PLURAL,
+  GROUP,
+  ROLE_ALLOWANCE_PLURAL,
+  VERSION,
+  type AccessPolicy,
+  type Condition,
+  type PodFacts,
+  type RoleAllowance,
+} from "../policy/types.ts";
+import { loadKubeConfig } from "./index.ts";
+
+export interface ExplainInput {
+  namespace: string;
+  pod: string;
+  kubeconfig?: string;
+  clusterName: string;
+  maxDurationSeconds: number;
+  action?: string;
+  resource?: string;
+  region: string;
+  iamEndpoint?: string;
+  readRole: boolean;
+}
+
+export interface Explanation {
+  pod: {
+    namespace: string;
+    name: string;
+    uid: string;
+    serviceAccount: string;
+    node: string;
+    phase: string;
+    terminating: boolean;
+    labels: Record<string, string>;
+  };
+  policies: { name: string; priority: number; selected: boolean; reason: string; ready?: Condition }[];
+  allowances: {
+    name: string;
+    applies: boolean;
+    reason: string;
+    maxDurationSeconds?: number;
+    denyStatements: number;
+  }[];
+  decision:
+    | {
+        ok: true;
+        policy: string;
+        roleArn: string;
+        sessionName: string;
+        durationSeconds: number;
+        policyArns: string[];
+        policySha256: string;
+      }
+    | { ok: false; code: string; reason: string; message: string };
+  sessionPolicy?: unknown;
+  sessionPolicyChars?: number;
+  tags?: Record<string, string>;
+  simulation?: SimulationOutcome & {
+    action: string;
+    resource: string;
+    note?: string;
+    rolePolicies?: string[];
+  };
+}
+
+async function rolePolicies(
+  roleArn: string,
+  region: string,
+  endpoint?: string,
+): Promise<{ name: string; policy: unknown }[]> {
+  const iam = await import("@aws-sdk/client-iam");
+  const client = new iam.IAMClient({ region, ...(endpoint ? { endpoint } : {}), maxAttempts: 2 });
+  const RoleName = roleArn.slice(roleArn.lastIndexOf("/") + 1);
+  const out: { name: string; policy: unknown }[] = [];
+  try {
+    const inline = await client.send(new iam.ListRolePoliciesCommand({ RoleName }));
+    for (const PolicyName of inline.PolicyNames ?? []) {
+      const p = await client.send(new iam.GetRolePolicyCommand({ RoleName, PolicyName }));
+      out.push({
+        name: `inline:${PolicyName}`,
+        policy: JSON.parse(decodeURIComponent(p.PolicyDocument ?? "{}")),
+      });
+    }
+    const attached = await client.send(new iam.ListAttachedRolePoliciesCommand({ RoleName }));
+    for (const a of attached.AttachedPolicies ?? []) {
+      if (!a.PolicyArn) continue;
+      const pol = await client.send(new iam.GetPolicyCommand({ PolicyArn: a.PolicyArn }));
+      const ver = await client.send(
+        new iam.GetPolicyVersionCommand({
+          PolicyArn: a.PolicyArn,
+          VersionId: pol.Policy?.DefaultVersionId ?? "v1",
+        }),
+      );
+      out.push({
+        name: `managed:${a.PolicyArn}`,
+        policy: JSON.parse(decodeURIComponent(ver.PolicyVersion?.Document ?? "{}")),
+      });
+    }
+  } finally {
+    client.destroy();
+  }
+  return out;
+}
+
+export async function explain(input: ExplainInput): Promise<Explanation> {
+  const kc = loadKubeConfig(input.kubeconfig);
+  const core = kc.makeApiClient(CoreV1Api);
+  const custom = kc.makeApiClient(CustomObjectsApi);
+  const rec = podFacts(await core.readNamespacedPod({ namespace: input.namespace, name: input.pod }));
+  const ns = await core.readNamespace({ name: input.namespace });
+  const nsFacts = { name: input.namespace, labels: { ...(ns.metadata?.labels ?? {}) } };
+  const policies = (
+    (await custom.listNamespacedCustomObject({
+      group: GROUP,
+      version: VERSION,
+      namespace: input.namespace,
+      plural: ACCESS_POLICY_PLURAL,
+    })) as { items: AccessPolicy[] }
+  ).items;
+  const allowances = (
+    (await custom.listClusterCustomObject({
+      group: GROUP,
+      version: VERSION,
+      plural: ROLE_ALLOWANCE_PLURAL,
+    })) as { items: RoleAllowance[] }
+  ).items;
+  const pod: PodFacts = rec.facts;
+  const d: Decision = decide(
+    { pod, namespace: nsFacts, policies, allowances },
+    { clusterName: input.clusterName, maxDurationSeconds: input.maxDurationSeconds },
+  );
+
+  const res: Explanation = {
+    pod: {
+      namespace: pod.namespace,
+      name: pod.name,
+      uid: pod.uid,
+      serviceAccount: pod.serviceAccountName,
+      node: pod.nodeName,
+      phase: rec.phase,
+      terminating: rec.terminating,
+      labels: pod.labels,
+    },
+    policies: d.evaluations.map((e) => {
+      const ready = policies
+        .find((p) => p.metadata.name === e.name)
+        ?.status?.conditions?.find((c) => c.type === "Ready");
+      return { ...e, ...(ready ? { ready } : {}) };
+    }),
+    allowances: [],
+    decision: d.ok
+      ? {
+          ok: true,
+          policy: d.plan.policy.name,
+          roleArn: d.plan.roleArn,
+          sessionName: d.plan.sessionName,
+          durationSeconds: d.plan.durationSeconds,
+          policyArns: d.plan.policyArns,
+          policySha256: d.plan.policySha256,
+        }
+      : { ok: false, code: d.code, reason: d.reason, message: d.message },
+  };
+  const winner = d.ok
+    ? policies.find((p) => p.metadata.name === d.plan.policy.name)
+    : d.policy
+      ? policies.find((p) => p.metadata.name === d.policy?.name)
+      : undefined;
+  for (const a of allowances) {
+    const nsOk = allowanceCoversNamespace(a, nsFacts);
+    const roleOk = winner ? allowanceCoversRole(a, winner.spec.roleArn) : false;
+    const reason = !nsOk
+      ? `does not cover namespace ${input.namespace}`
+      : !winner
+        ? "covers the namespace (no policy selected)"
+        : roleOk
+          ? "covers namespace and role"
+          : `does not allow role ${winner.spec.roleArn}`;
+    res.allowances.push({
+      name: a.metadata.name ?? "",
+      applies: nsOk && roleOk,
+      reason,
+      ...(a.spec.maxDurationSeconds ? { maxDurationSeconds: a.spec.maxDurationSeconds } : {}),
+      denyStatements: a.spec.denyStatements?.length ?? 0,
+    });
+  }
+  if (d.ok) {
+    if (d.plan.sessionPolicy) {
+      res.sessionPolicy = JSON.parse(d.plan.sessionPolicy) as unknown;
+      res.sessionPolicyChars = d.plan.sessionPolicy.length;
+    }
+    res.tags = Object.fromEntries(d.plan.tags.map((t) => [t.Key, t.Value]));
+  } else if (d.sessionPolicy) {
+    res.sessionPolicy = JSON.parse(d.sessionPolicy) as unknown;
+    res.sessionPolicyChars = d.sessionPolicy.length;
+  }
+
+  if (input.action && input.resource && d.ok) {
+    const account = d.plan.roleArn.split(":")[4] ?? "";
+    let identity: { name: string; policy: unknown }[] | undefined;
+    let note: string | undefined;
+    if (input.readRole) {
+      try {
+        identity = await rolePolicies(d.plan.roleArn, input.region, input.iamEndpoint);
+      } catch (e) {
+        note = `the role's policies could not be read from IAM (${(e as Error).name}: ${(e as Error).message.slice(0, 160)}); evaluated the session policy alone`;
+      }
+    } else note = "--no-role: evaluated the session policy alone";
+    const out = await simulate({
+      action: input.action,
+      resource: input.resource,
+      accountId: account,
+      principalArn: `arn:aws:sts::${account}:assumed-role/${d.plan.roleName}/${d.plan.sessionName}`,
+      ...(identity ? { identityPolicies: identity } : {}),
+      ...(d.plan.sessionPolicy ? { sessionPolicy: d.plan.sessionPolicy } : {}),
+      contextVariables: Object.fromEntries(d.plan.tags.map((t) => [`aws:PrincipalTag/${t.Key}`, t.Value])),
+    });
+    if (d.plan.policyArns.length > 0)
+      note = `${note ? `${note}; ` : ""}managed session policies (${d.plan.policyArns.join(", ")}) are not evaluated`;
+    res.simulation = {
+      ...out,
+      action: input.action,
+      resource: input.resource,
+      ...(note ? { note } : {}),
+      ...(identity ? { rolePolicies: identity.map((i) => i.name) } : {}),
+    };
+  } else if (input.action && input.resource) {
+    res.simulation = {
+      result: "ImplicitlyDenied",
+      basis: "session-only",
+      action: input.action,
+      resource: input.resource,
+      note: "no credentials would be issued to this pod",
+    };
+  }
+  return res;
+}
+
+export function formatExplanation(e: Explanation): string {
+  const L: string[] = [];
+  const p = e.pod;
+  L.push(`Pod ${p.namespace}/${p.name} (uid ${p.uid})`);
+  L.push(
+    `  service account ${p.serviceAccount}, node ${p.node || "(unscheduled)"}, phase ${p.phase || "?"}${p.terminating ? ", terminating" : ""}`,
+  );
+  const labels = Object.entries(p.labels).map(([k, v]) => `${k}=${v}`);
+  if (labels.length) L.push(`  labels ${labels.join(", ")}`);
+  L.push("", "AccessPolicies in the namespace:");
+  if (e.policies.length === 0) L.push("  (none)");
+  for (const x of e.policies) {
+    const ready = x.ready ? ` [Ready=${x.ready.status}${x.ready.reason ? ` ${x.ready.reason}` : ""}]` : "";
+    L.push(`  ${x.selected ? "✔" : "✘"} ${x.name} (priority ${x.priority})${ready}: ${x.reason}`);
+  }
+  L.push("", "RoleAllowances:");
+  if (e.allowances.length === 0) L.push("  (none)");
+  for (const a of e.allowances) {
+    L.push(
+      `  ${a.applies ? "✔" : "✘"} ${a.name}: ${a.reason}${a.maxDurationSeconds ? `, max ${a.maxDurationSeconds}s` : ""}${a.denyStatements ? `, ${a.denyStatements} mandatory Deny statement(s)` : ""}`,
+    );
+  }
+  L.push("");
+  if (e.decision.ok) {
+    L.push(`Decision: credentials issued under ${e.decision.policy}`);
+    L.push(`  role ${e.decision.roleArn}`);
+    L.push(`  session name ${e.decision.sessionName}, duration ${e.decision.durationSeconds}s`);
+    if (e.decision.policyArns.length)
+      L.push(`  managed session policies ${e.decision.policyArns.join(", ")}`);
+  } else {
+    L.push(
+      `Decision: REFUSED (${e.decision.code}${e.decision.reason !== e.decision.code ? `/${e.decision.reason}` : ""})`,
+    );
+    L.push(`  ${e.decision.message}`);
+  }
+  if (e.sessionPolicy !== undefined) {
+    L.push("", `Session policy (${e.sessionPolicyChars} of 2048 characters minified):`);
+    for (const line of JSON.stringify(e.sessionPolicy, null, 2).split("\n")) L.push(`  ${line}`);
+  }
+  if (e.tags) {
+    L.push("", "Session tags:");
+    for (const [k, v] of Object.entries(e.tags)) L.push(`  ${k} = ${v}`);
+  }
+  if (e.simulation) {
+    const s = e.simulation;
+    L.push("", `Simulation: ${s.action} on ${s.resource}`);
+    L.push(
+      `  result: ${s.result} (evaluated: ${s.basis === "role+session" ? "role policies ∩ session policy" : s.basis === "session-only" ? "session policy alone" : "role policies"})`,
+    );
+    if (s.rolePolicies) L.push(`  role policies: ${s.rolePolicies.join(", ") || "(none)"}`);
+    if (s.detail) L.push(`  ${s.detail}`);
+    if (s.note) L.push(`  note: ${s.note}`);
+  }
+  return `${L.join("\n")}\n`;
+}
