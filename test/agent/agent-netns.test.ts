@@ -4,7 +4,7 @@
 // test server (test-server.ts) over TLS standing in for the central service.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtempSync, writeFileSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, writeFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { RbacAuthorizationV1Api } from "@kubernetes/client-node";
@@ -559,4 +559,35 @@ test("agent down: pods get connection refused, never the real IMDS; uninstall le
   // …and with the hook gone the fake real IMDS is what a pod would reach: the hook was the barrier.
   const after = await probe("a", "GET", "http://169.254.169.254/latest/meta-data/iam/security-credentials/");
   assert.equal(after.body, "node-role");
+});
+
+test("installing the hook cuts connections already open to the real IMDS", async () => {
+  const hookArgs = [`--hook-chain=${CHAIN}`, "--hook-pod-interface=cbr0", `--hook-agent-ip=${node.ip}`];
+  // start from "no agent, no hook" (the state the previous test leaves)
+  if (agent) {
+    await agent.stop();
+    agent = undefined;
+  }
+  await net.exec(node.netns, NODE, [KEYCUTTER_MAIN, "hook", "uninstall", `--hook-chain=${CHAIN}`]);
+  const marker = join(tmp, "hook-installed");
+  const run = net.exec(pods.get("a")!.net.netns, PY, [join(FIX, "keepalive.py"), marker], {
+    env: clientEnv(),
+  });
+  await waitFor("first request answered", async () => existsSync(`${marker}.first`), { timeoutMs: 20_000 });
+  const init = await net.exec(node.netns, NODE, [KEYCUTTER_MAIN, "hook", "init", ...hookArgs]);
+  writeFileSync(marker, "");
+  assert.equal(init.code, 0, init.stderr);
+  const out = await run;
+  const [first, second] = out.stdout
+    .trim()
+    .split("\n")
+    .map((l) => JSON.parse(l) as { ok: boolean; data?: string; error?: string });
+  assert.ok(
+    first?.ok && /node-role/.test(first.data!),
+    `before the hook the fake IMDS answered: ${out.stdout}`,
+  );
+  assert.ok(second && !(second.ok && /node-role/.test(second.data ?? "")), `after the hook: ${out.stdout}`);
+  const un = await net.exec(node.netns, NODE, [KEYCUTTER_MAIN, "hook", "uninstall", `--hook-chain=${CHAIN}`]);
+  assert.equal(un.code, 0, un.stderr);
+  assert.equal(await iptablesRules(), iptablesBefore);
 });
