@@ -1,0 +1,136 @@
+// Shared set-up: one real cluster per run, pods created in parallel, an SDK-like IMDSv2 client.
+import { request, Agent } from "node:http";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { performance } from "node:perf_hooks";
+import { startCluster, Kubelet, type Cluster } from "../../test/harness/index.ts";
+
+export interface BenchEnv {
+  cluster: Cluster;
+  kubelet: Kubelet;
+  dir: string;
+  /** Run at the end, last registered first. */
+  defer(fn: () => Promise<unknown> | unknown): void;
+  close(): Promise<void>;
+}
+
+export async function createEnv(): Promise<BenchEnv> {
+  const dir = mkdtempSync(join(tmpdir(), "kc-bench-"));
+  const cluster = await startCluster();
+  const kubelet = new Kubelet(cluster.kc);
+  const fns: Array<() => Promise<unknown> | unknown> = [];
+  return {
+    cluster,
+    kubelet,
+    dir,
+    defer: (fn) => fns.push(fn),
+    async close() {
+      for (const fn of fns.reverse()) {
+        try {
+          await fn();
+        } catch (e) {
+          console.error(`cleanup: ${(e as Error).message}`);
+        }
+      }
+      await cluster.stop();
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Runs fn over items with at most `limit` in flight. */
+export async function pool<T, R>(
+  items: T[],
+  limit: number,
+  fn: (x: T, i: number) => Promise<R>,
+): Promise<R[]> {
+  const out: R[] = new Array(items.length);
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: Math.min(limit, items.length) }, async () => {
+      while (next < items.length) {
+        const i = next++;
+        out[i] = await fn(items[i]!, i);
+      }
+    }),
+  );
+  return out;
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+export interface SdkResult {
+  ok: boolean;
+  ms: number;
+  error?: string;
+  accessKeyId?: string;
+}
+
+/**
+ * What an SDK does at start-up (botocore/JS v3 defaults): a fresh connection, PUT token, GET the
+ * role listing, GET the credentials, each with a 1 s timeout and no retry.
+ */
+export function sdkFetch(
+  host: string,
+  port: number,
+  localAddress?: string,
+  timeoutMs = 1000,
+): Promise<SdkResult> {
+  const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+  const t0 = performance.now();
+  const one = (
+    method: string,
+    path: string,
+    headers: Record<string, string>,
+  ): Promise<{ status: number; body: string }> =>
+    new Promise((resolve, reject) => {
+      const req = request(
+        { host, port, method, path, headers, agent, localAddress, timeout: timeoutMs },
+        (res) => {
+          let body = "";
+          res.setEncoding("utf8");
+          res.on("data", (c: string) => (body += c));
+          res.on("end", () => resolve({ status: res.statusCode ?? 0, body }));
+          res.on("error", reject);
+        },
+      );
+      req.on("timeout", () => req.destroy(new Error("timeout")));
+      req.on("error", reject);
+      req.end();
+    });
+  return (async () => {
+    try {
+      const t = await one("PUT", "/latest/api/token", { "x-aws-ec2-metadata-token-ttl-seconds": "21600" });
+      if (t.status !== 200) throw new Error(`token: HTTP ${t.status}`);
+      const h = { "x-aws-ec2-metadata-token": t.body };
+      const l = await one("GET", "/latest/meta-data/iam/security-credentials/", h);
+      if (l.status !== 200) throw new Error(`list: HTTP ${l.status} ${l.body.slice(0, 100)}`);
+      const c = await one("GET", `/latest/meta-data/iam/security-credentials/${l.body}`, h);
+      if (c.status !== 200) throw new Error(`creds: HTTP ${c.status} ${c.body.slice(0, 100)}`);
+      const doc = JSON.parse(c.body) as { AccessKeyId?: string; Code?: string };
+      if (!doc.AccessKeyId || doc.Code !== "Success") throw new Error("creds: bad document");
+      return { ok: true, ms: performance.now() - t0, accessKeyId: doc.AccessKeyId };
+    } catch (e) {
+      return { ok: false, ms: performance.now() - t0, error: (e as Error).message };
+    } finally {
+      agent.destroy();
+    }
+  })();
+}
+
+export function percentile(sorted: number[], p: number): number {
+  if (sorted.length === 0) return 0;
+  return sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))]!;
+}
+
+export function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length
+    ? s.length % 2
+      ? s[(s.length - 1) / 2]!
+      : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2
+    : 0;
+}

@@ -1,0 +1,126 @@
+// Processes under test: the real `keycutter agent` CLI, the bare baseline, kube2iam, and the
+// load generator, each in its own process so that they compete for the CPU as they would on a
+// node. Helpers to read a process's RSS and CPU time from /proc.
+import { readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { spawn } from "node:child_process";
+import { ManagedProcess, freePort, NODE, KEYCUTTER_MAIN, ROOT } from "../../test/harness/index.ts";
+import type { LoadOptions, LoadResult } from "./loadgen.ts";
+
+const BENCH_LIB = join(ROOT, "bench", "lib");
+
+export function rssBytes(pid: number): number {
+  const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
+  return m ? Number(m[1]) * 1024 : 0;
+}
+
+/** User + system CPU time of a process, in milliseconds. */
+export function cpuMs(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+  const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  const ticks = Number(f[11]) + Number(f[12]);
+  return (ticks * 1000) / 100; // USER_HZ is 100 on Linux
+}
+
+export interface Started {
+  proc: ManagedProcess;
+  port: number;
+  stop(): Promise<void>;
+}
+
+export async function startBaseline(host = "127.0.0.1", netns?: string): Promise<Started> {
+  const port = await freePort(host === "0.0.0.0" ? "127.0.0.1" : host);
+  const args = [join(BENCH_LIB, "baseline-main.ts"), host, String(port)];
+  const proc = netns
+    ? new ManagedProcess("baseline", "ip", ["netns", "exec", netns, NODE, ...args])
+    : new ManagedProcess("baseline", NODE, args);
+  await proc.waitForLine(/baseline listening/, 15_000);
+  return { proc, port, stop: () => proc.stop() };
+}
+
+export interface AgentProc extends Started {
+  opsPort: number;
+}
+
+export async function startAgentProcess(o: {
+  nodeName: string;
+  kubeconfig: string;
+  serverUrl: string;
+  serverCaFile?: string;
+  tokenFile: string;
+  dir: string;
+  listenHost?: string;
+  extraArgs?: string[];
+  netns?: string;
+  env?: NodeJS.ProcessEnv;
+  nodeArgs?: string[];
+}): Promise<AgentProc> {
+  const host = o.listenHost ?? "127.0.0.1";
+  const port = await freePort(host === "0.0.0.0" ? "127.0.0.1" : host);
+  const opsPort = await freePort();
+  const keyFile = join(o.dir, "imds-token.key");
+  writeFileSync(keyFile, "k".repeat(32), { mode: 0o600 });
+  const args = [
+    ...(o.nodeArgs ?? []),
+    KEYCUTTER_MAIN,
+    "agent",
+    "--node-name",
+    o.nodeName,
+    "--kubeconfig",
+    o.kubeconfig,
+    "--server-url",
+    o.serverUrl,
+    ...(o.serverCaFile ? ["--server-ca-file", o.serverCaFile] : []),
+    "--token-file",
+    o.tokenFile,
+    "--imds-listen",
+    `${host}:${port}`,
+    "--container-listen",
+    "off",
+    "--ops-listen",
+    `${host === "0.0.0.0" ? "0.0.0.0" : "127.0.0.1"}:${opsPort}`,
+    "--imds-token-key-file",
+    keyFile,
+    ...(o.extraArgs ?? ["--no-hook"]),
+  ];
+  const env = { ...process.env, KEYCUTTER_LOG_LEVEL: "warn", ...o.env };
+  const proc = o.netns
+    ? new ManagedProcess("agent", "ip", ["netns", "exec", o.netns, NODE, ...args], { env })
+    : new ManagedProcess("agent", NODE, args, { env, cwd: ROOT });
+  // warn level: wait for the ops port instead of the "listening" line
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    if (!proc.running) throw new Error(`agent exited:\n${proc.logs().slice(-3000)}`);
+    const ok = await fetch(`http://127.0.0.1:${opsPort}/healthz`).then(
+      () => true,
+      () => false,
+    );
+    if (ok) break;
+    if (Date.now() > deadline) throw new Error(`agent did not start:\n${proc.logs().slice(-3000)}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return { proc, port, opsPort, stop: () => proc.stop() };
+}
+
+/** Runs the load generator in its own process (optionally inside a network namespace). */
+export function runLoadgen(opts: LoadOptions, netns?: string): Promise<LoadResult> {
+  const args = [join(BENCH_LIB, "loadgen-main.ts"), JSON.stringify(opts)];
+  const [cmd, argv] = netns ? ["ip", ["netns", "exec", netns, NODE, ...args]] : [NODE, args];
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, argv as string[], { stdio: ["ignore", "pipe", "pipe"] });
+    let out = "";
+    let errText = "";
+    child.stdout.on("data", (d: Buffer) => (out += d.toString()));
+    child.stderr.on("data", (d: Buffer) => (errText += d.toString()));
+    child.on("exit", (code) => {
+      if (code !== 0) return reject(new Error(`loadgen exited ${code}: ${errText.slice(-2000)}`));
+      try {
+        resolve(JSON.parse(out.trim().split("\n").pop()!) as LoadResult);
+      } catch (e) {
+        reject(
+          new Error(`loadgen output: ${(e as Error).message}: ${out.slice(-500)} ${errText.slice(-500)}`),
+        );
+      }
+    });
+  });
+}

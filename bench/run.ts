@@ -1,0 +1,185 @@
+// One command for every benchmark figure: `npm run bench` (full) or `npm run bench:smoke`.
+// Prints a table and writes JSON to bench/results/ (latest.json and a timestamped copy).
+//   node bench/run.ts [--smoke] [--only=hotpath,storm,memory,scale] [--out=FILE] [--no-kube2iam]
+import { mkdirSync, writeFileSync } from "node:fs";
+import { cpus, loadavg, totalmem } from "node:os";
+import { join } from "node:path";
+import { ROOT } from "../test/harness/index.ts";
+import { createEnv } from "./lib/env.ts";
+import { benchHotpath, type HotpathParams, type HotpathResult } from "./hotpath.ts";
+import { benchStorm, type StormParams, type StormResult } from "./storm.ts";
+import { benchScale, type ScaleParams, type ScaleResult } from "./scale.ts";
+
+const argv = process.argv.slice(2);
+const flag = (name: string): string | undefined => {
+  const a = argv.find((x) => x === `--${name}` || x.startsWith(`--${name}=`));
+  if (a === undefined) return undefined;
+  return a.includes("=") ? a.slice(a.indexOf("=") + 1) : "true";
+};
+const smoke = flag("smoke") !== undefined;
+const only = new Set((flag("only") ?? "hotpath,storm,memory,scale").split(","));
+const num = (name: string, def: number): number => Number(flag(name) ?? def);
+
+const hotParams: HotpathParams = smoke
+  ? { pods: 4, concurrency: [2], durationMs: 500, warmupMs: 200, rounds: 1, kube2iam: false }
+  : {
+      pods: 250,
+      concurrency: [1, 16, 64],
+      durationMs: num("duration-ms", 5000),
+      warmupMs: 1000,
+      rounds: num("rounds", 3),
+      paced: { connections: 16, rate: 100 },
+      kube2iam: flag("no-kube2iam") === undefined,
+    };
+const stormParams: StormParams = smoke
+  ? {
+      pods: 10,
+      replicas: 1,
+      memory: { durationMs: 2000, sampleEveryMs: 500, connections: 4, ratePerConnection: 10 },
+    }
+  : {
+      pods: num("storm-pods", 250),
+      replicas: 2,
+      memory: only.has("memory")
+        ? {
+            durationMs: num("memory-ms", 60_000),
+            sampleEveryMs: 5000,
+            connections: 50,
+            ratePerConnection: 20,
+          }
+        : undefined,
+    };
+const scaleParams: ScaleParams = smoke
+  ? { steps: [50], issue: 5 }
+  : {
+      steps: (flag("scale-steps") ?? "10000,50000,100000").split(",").map(Number),
+      issue: 200,
+      budgetMs: num("scale-budget-ms", 40 * 60_000),
+    };
+
+interface Report {
+  startedAt: string;
+  finishedAt?: string;
+  smoke: boolean;
+  machine: {
+    cpus: number;
+    model: string;
+    memGiB: number;
+    loadAvgStart: number[];
+    loadAvgEnd?: number[];
+    node: string;
+  };
+  hotpath?: HotpathResult;
+  storm?: StormResult;
+  scale?: ScaleResult;
+  errors: string[];
+}
+
+const report: Report = {
+  startedAt: new Date().toISOString(),
+  smoke,
+  machine: {
+    cpus: cpus().length,
+    model: cpus()[0]?.model ?? "",
+    memGiB: Math.round(totalmem() / 2 ** 30),
+    loadAvgStart: loadavg().map((x) => Math.round(x * 100) / 100),
+    node: process.version,
+  },
+  errors: [],
+};
+
+function table(rows: Array<Record<string, string | number>>): string {
+  if (rows.length === 0) return "";
+  const cols = Object.keys(rows[0]!);
+  const w = cols.map((c) => Math.max(c.length, ...rows.map((r) => String(r[c] ?? "").length)));
+  const line = (vals: string[]): string => vals.map((v, i) => v.padStart(w[i]!)).join("  ");
+  return [
+    line(cols),
+    line(w.map((n) => "-".repeat(n))),
+    ...rows.map((r) => line(cols.map((c) => String(r[c] ?? "")))),
+  ].join("\n");
+}
+
+// each section gets its own cluster so that one's pods do not weigh on the next
+type Env = Awaited<ReturnType<typeof createEnv>>;
+async function withEnv<T>(
+  name: string,
+  fn: (env: Env) => Promise<T>,
+  needEnv = true,
+): Promise<T | undefined> {
+  if (!only.has(name)) return undefined;
+  const t0 = Date.now();
+  console.error(`\n== ${name} …`);
+  let env: Env | undefined;
+  try {
+    if (needEnv) env = await createEnv();
+    const r = await fn(env as Env);
+    console.error(`== ${name} done in ${Math.round((Date.now() - t0) / 1000)} s`);
+    return r;
+  } catch (e) {
+    const msg = `${name}: ${(e as Error).stack ?? e}`;
+    console.error(msg);
+    report.errors.push(msg.slice(0, 3000));
+    return undefined;
+  } finally {
+    await env?.close();
+  }
+}
+
+report.hotpath = await withEnv("hotpath", (env) => benchHotpath(env, hotParams));
+// the storm brings up the whole system itself (servers, Redis, moto); memory runs on it afterwards
+report.storm = await withEnv("storm", () => benchStorm(stormParams), false);
+report.scale = await withEnv("scale", (env) => benchScale(env, scaleParams));
+report.finishedAt = new Date().toISOString();
+report.machine.loadAvgEnd = loadavg().map((x) => Math.round(x * 100) / 100);
+
+const out = [];
+if (report.hotpath) {
+  out.push("\nHot path: cached IMDSv2 sequence (PUT token, GET role, GET credentials), loopback, keep-alive");
+  out.push(
+    table(
+      report.hotpath.summary.map((s) => ({
+        load: s.label,
+        target: s.target,
+        "seq/s": s.seqPerSec,
+        "req/s": s.reqPerSec,
+        "p50 µs": s.p50Us,
+        "p99 µs": s.p99Us,
+        "max µs": s.maxUs,
+        "× baseline": s.ratioVsBaseline,
+        "cpu µs/seq": s.cpuUsPerSeq,
+        errors: s.errors,
+      })),
+    ),
+  );
+  for (const n of report.hotpath.notes) out.push(`  note: ${n}`);
+}
+if (report.storm) {
+  out.push(
+    `\nPod-start storm: ${report.storm.params.pods} pods on one node at once (${report.storm.server})`,
+  );
+  for (const e of report.storm.errorSamples) out.push(`  client error: ${e}`);
+  out.push(table([report.storm.summary as unknown as Record<string, string | number>]));
+  for (const n of report.storm.notes) out.push(`  note: ${n}`);
+}
+if (report.storm?.memory) {
+  out.push(`\nAgent memory: ${report.storm.params.pods} pods, sustained load from every pod`);
+  out.push(table([report.storm.memory.summary as unknown as Record<string, string | number>]));
+}
+if (report.scale) {
+  out.push("\nServer at scale: pods in the apiserver, server RSS and issuance rate");
+  out.push(table(report.scale.steps as unknown as Array<Record<string, string | number>>));
+  for (const n of report.scale.notes) out.push(`  note: ${n}`);
+}
+if (report.errors.length) out.push(`\nERRORS:\n${report.errors.join("\n")}`);
+console.log(out.join("\n"));
+
+const dir = join(ROOT, "bench", "results");
+mkdirSync(dir, { recursive: true });
+const file =
+  flag("out") ?? join(dir, smoke ? "smoke.json" : `bench-${report.startedAt.replace(/[:.]/g, "-")}.json`);
+writeFileSync(file, JSON.stringify(report, null, 2) + "\n");
+if (!smoke && flag("out") === undefined)
+  writeFileSync(join(dir, "latest.json"), JSON.stringify(report, null, 2) + "\n");
+console.log(`\nJSON: ${file}`);
+process.exit(report.errors.length ? 1 : 0);

@@ -1,0 +1,268 @@
+// Benchmark 3 (and 4, agent side): a pod-start storm on one node against the whole real system —
+// etcd + kube-apiserver with the CRDs and the chart's RBAC, moto as STS, Redis, keycutter server
+// replicas (real processes, TLS) and the real agent process, authenticated with a token bound to
+// its own pod on the node. Pods use loopback addresses (127.0.0.x) so that one client process can
+// speak from every pod's address without spawning 250 processes on a 2-core machine.
+//
+// The storm: all pods exist Pending (no IP), then the "kubelet" sets every pod's IP at once; each
+// pod's SDK-like client (fresh connection, PUT token, GET role, GET credentials, 1 s timeout, no
+// retry) starts the moment its IP update returns. Failed clients keep retrying every 50 ms to find
+// when every pod finally has credentials.
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { performance } from "node:perf_hooks";
+import { System, SYSTEM_NS, AGENT_SA } from "../test/e2e/system.ts";
+import { MOTO_ACCOUNT_ID } from "../test/harness/index.ts";
+import { pool, percentile, sdkFetch, sleep } from "./lib/env.ts";
+import { cpuMs, rssBytes, runLoadgen, startAgentProcess, type AgentProc } from "./lib/procs.ts";
+
+export interface StormParams {
+  pods: number;
+  /** Server replicas. */
+  replicas: number;
+  /** Extra server flags, e.g. a higher --sts-rate. */
+  serverArgs?: string[];
+  /** After the storm: sustained load from every pod for the agent-memory figure. */
+  memory?: { durationMs: number; sampleEveryMs: number; connections: number; ratePerConnection: number };
+}
+
+export interface StormResult {
+  params: StormParams;
+  server: string;
+  summary: {
+    pods: number;
+    allServedMs: number;
+    firstTryOk: number;
+    clientErrors: number;
+    slowestFirstTryMs: number;
+    p50FirstTryMs: number;
+    p99FirstTryMs: number;
+    slowestUntilServedMs: number;
+    withinOneSecond: number;
+    ipUpdatesSpreadMs: number;
+    stsCalls: number;
+    agentFetches: number;
+  };
+  errorSamples: string[];
+  memory?: {
+    summary: {
+      pods: number;
+      seconds: number;
+      rssStartMiB: number;
+      rssEndMiB: number;
+      rssMaxMiB: number;
+      sequences: number;
+      errors: number;
+      cpuPct: number;
+    };
+    samples: Array<{ t: number; rssMiB: number }>;
+  };
+  notes: string[];
+}
+
+const NODE_NAME = "storm-node";
+const NS = "storm";
+const ROLE = "storm-role";
+
+async function metricSum(url: string, name: string): Promise<number> {
+  const text = await fetch(url).then((r) => r.text());
+  let sum = 0;
+  for (const line of text.split("\n")) {
+    if (line.startsWith(name + "{") || line.startsWith(name + " "))
+      sum += Number(line.slice(line.lastIndexOf(" ") + 1));
+  }
+  return sum;
+}
+
+export async function benchStorm(p: StormParams): Promise<StormResult> {
+  if (p.pods < 1 || p.pods > 250) throw new Error("pods: 1..250");
+  const notes: string[] = [];
+  const sys = new System({ nodes: [], serverReplicas: p.replicas, redis: true, serverArgs: p.serverArgs });
+  let agent: AgentProc | undefined;
+  try {
+    await sys.start();
+    const roleArn = await sys.moto.createRole(ROLE, {
+      Version: "2012-10-17",
+      Statement: [{ Effect: "Allow", Action: ["s3:GetObject"], Resource: ["arn:aws:s3:::storm/*"] }],
+    });
+    await sys.apply({
+      apiVersion: "keycutter.dev/v1alpha1",
+      kind: "RoleAllowance",
+      metadata: { name: "storm" },
+      spec: {
+        namespaces: [NS],
+        roleArns: [`arn:aws:iam::${MOTO_ACCOUNT_ID}:role/storm-*`],
+        maxDurationSeconds: 3600,
+      },
+    });
+    await sys.kubelet.ensureNamespace(NS);
+    await sys.kubelet.createServiceAccount(NS, "app");
+    await sys.apply({
+      apiVersion: "keycutter.dev/v1alpha1",
+      kind: "AccessPolicy",
+      metadata: { namespace: NS, name: "app" },
+      spec: {
+        podSelector: { serviceAccountName: "app" },
+        roleArn,
+        sessionPolicy: {
+          Version: "2012-10-17",
+          Statement: [
+            { Effect: "Allow", Action: ["s3:GetObject"], Resource: ["arn:aws:s3:::storm/${namespace}/*"] },
+          ],
+        },
+        durationSeconds: 3600,
+      },
+    });
+
+    // the node and its agent, as System.addNode does, but listening on loopback
+    await sys.kubelet.createNode(NODE_NAME, "127.0.0.1");
+    const agentPod = await sys.kubelet.createPod({
+      namespace: SYSTEM_NS,
+      name: `keycutter-agent-${NODE_NAME}`,
+      nodeName: NODE_NAME,
+      serviceAccountName: AGENT_SA,
+      hostNetwork: true,
+      podIP: "127.0.0.1",
+      hostIP: "127.0.0.1",
+    });
+    const bound = {
+      podName: agentPod.metadata!.name!,
+      podUID: agentPod.metadata!.uid!,
+      expirationSeconds: 86400,
+    };
+    const serverToken = await sys.kubelet.requestToken(SYSTEM_NS, AGENT_SA, {
+      ...bound,
+      audiences: ["keycutter"],
+    });
+    const apiToken = await sys.kubelet.requestToken(SYSTEM_NS, AGENT_SA, {
+      ...bound,
+      audiences: [sys.cluster.issuer],
+    });
+    const tokenFile = join(sys.dir, "agent.token");
+    writeFileSync(tokenFile, serverToken, { mode: 0o600 });
+    agent = await startAgentProcess({
+      nodeName: NODE_NAME,
+      kubeconfig: sys.cluster.kubeconfigFor("127.0.0.1", apiToken),
+      serverUrl: sys.serverUrl,
+      serverCaFile: sys.pki.caFile,
+      tokenFile,
+      dir: sys.dir,
+      extraArgs: ["--no-hook"],
+    });
+
+    // pods exist, Pending, before the storm
+    const names = Array.from({ length: p.pods }, (_, i) => `s-${i}`);
+    await pool(names, 16, (name) =>
+      sys.kubelet.createPod({ namespace: NS, name, nodeName: NODE_NAME, serviceAccountName: "app" }),
+    );
+    await sleep(1000);
+    const stsUrl = (s: { opsPort: number }) => `http://127.0.0.1:${s.opsPort}/metrics`;
+    const stsBefore = (
+      await Promise.all(sys.servers.map((s) => metricSum(stsUrl(s), "keycutter_server_sts_requests_total")))
+    ).reduce((a, b) => a + b, 0);
+    const opsUrl = `http://127.0.0.1:${agent.opsPort}/metrics`;
+    const fetchesBefore = await metricSum(opsUrl, "keycutter_agent_credential_fetches_total");
+
+    const t0 = performance.now();
+    const rows = await pool(names, p.pods, async (name, i) => {
+      const ip = `127.0.0.${2 + i}`;
+      await sys.kubelet.setPodIP(NS, name, ip, "127.0.0.1");
+      const ipAt = performance.now();
+      const first = await sdkFetch("127.0.0.1", agent!.port, ip, 1000);
+      let servedAt = first.ok ? ipAt + first.ms : 0;
+      let last = first;
+      while (!last.ok && performance.now() - ipAt < 60_000) {
+        await sleep(50);
+        last = await sdkFetch("127.0.0.1", agent!.port, ip, 5000);
+        if (last.ok) servedAt = performance.now();
+      }
+      return {
+        ipAt: ipAt - t0,
+        first,
+        servedAt: servedAt ? servedAt - t0 : -1,
+        untilServed: servedAt ? servedAt - ipAt : -1,
+      };
+    });
+    const allServedMs = Math.max(...rows.map((r) => r.servedAt));
+    await sleep(500);
+    const stsAfter = (
+      await Promise.all(sys.servers.map((s) => metricSum(stsUrl(s), "keycutter_server_sts_requests_total")))
+    ).reduce((a, b) => a + b, 0);
+    const fetchesAfter = await metricSum(opsUrl, "keycutter_agent_credential_fetches_total");
+    const firstMs = rows.map((r) => r.first.ms).sort((a, b) => a - b);
+    const errs = rows.filter((r) => !r.first.ok);
+    const ips = rows.map((r) => r.ipAt);
+    const keys = new Set(rows.filter((r) => r.first.ok).map((r) => r.first.accessKeyId));
+    if (keys.size !== rows.filter((r) => r.first.ok).length)
+      notes.push(`distinct access keys: ${keys.size} (pods sharing credentials!)`);
+    else notes.push(`every served pod got its own credentials (${keys.size} distinct access keys)`);
+    notes.push(
+      `server: ${p.replicas} replica(s), Redis shared cache, TLS; server flags: ${(p.serverArgs ?? []).join(" ") || "defaults"}`,
+    );
+
+    const result: StormResult = {
+      params: p,
+      server: `real keycutter server ×${p.replicas} + moto`,
+      summary: {
+        pods: p.pods,
+        allServedMs: Math.round(allServedMs),
+        firstTryOk: rows.length - errs.length,
+        clientErrors: errs.length,
+        slowestFirstTryMs: Math.round(firstMs[firstMs.length - 1]!),
+        p50FirstTryMs: Math.round(percentile(firstMs, 0.5)),
+        p99FirstTryMs: Math.round(percentile(firstMs, 0.99)),
+        slowestUntilServedMs: Math.round(Math.max(...rows.map((r) => r.untilServed))),
+        withinOneSecond: rows.filter((r) => r.untilServed >= 0 && r.untilServed <= 1000).length,
+        ipUpdatesSpreadMs: Math.round(Math.max(...ips) - Math.min(...ips)),
+        stsCalls: stsAfter - stsBefore,
+        agentFetches: fetchesAfter - fetchesBefore,
+      },
+      errorSamples: [...new Set(errs.map((r) => r.first.error ?? ""))].slice(0, 5),
+      notes,
+    };
+
+    if (p.memory) {
+      const m = p.memory;
+      const ipsAll = names.map((_, i) => `127.0.0.${2 + i}`);
+      const samples: Array<{ t: number; rssMiB: number }> = [];
+      const mib = (b: number) => Math.round((b / 1048576) * 10) / 10;
+      const start = Date.now();
+      const cpu0 = cpuMs(agent.proc.pid);
+      samples.push({ t: 0, rssMiB: mib(rssBytes(agent.proc.pid)) });
+      const timer = setInterval(() => {
+        samples.push({ t: Math.round((Date.now() - start) / 1000), rssMiB: mib(rssBytes(agent!.proc.pid)) });
+      }, m.sampleEveryMs);
+      // the default per-pod rate limit (50/s) stays on: the load spreads over every pod's address
+      const load = await runLoadgen({
+        host: "127.0.0.1",
+        port: agent.port,
+        connections: m.connections,
+        durationMs: m.durationMs,
+        warmupMs: 0,
+        localAddresses: ipsAll,
+        ratePerConnection: m.ratePerConnection,
+      });
+      clearInterval(timer);
+      const cpu = cpuMs(agent.proc.pid) - cpu0;
+      samples.push({ t: Math.round((Date.now() - start) / 1000), rssMiB: mib(rssBytes(agent.proc.pid)) });
+      result.memory = {
+        summary: {
+          pods: p.pods,
+          seconds: Math.round((Date.now() - start) / 1000),
+          rssStartMiB: samples[0]!.rssMiB,
+          rssEndMiB: samples[samples.length - 1]!.rssMiB,
+          rssMaxMiB: Math.max(...samples.map((s) => s.rssMiB)),
+          sequences: load.sequences,
+          errors: load.errors,
+          cpuPct: Math.round((cpu / (Date.now() - start)) * 1000) / 10,
+        },
+        samples,
+      };
+      if (load.errors) notes.push(`memory run errors: ${load.errorSamples.slice(0, 3).join("; ")}`);
+    }
+    return result;
+  } finally {
+    await agent?.stop();
+    await sys.stop();
+  }
+}
