@@ -42,6 +42,12 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: keycutter
 {{- end -}}
 
+{{/* Labels of pod templates besides the selector's. */}}
+{{- define "keycutter.podLabels" -}}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/part-of: keycutter
+{{- end -}}
+
 {{- define "keycutter.serverSelector" -}}
 app.kubernetes.io/name: {{ include "keycutter.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}

@@ -1,0 +1,158 @@
+// Runs the commands in docs/OPERATIONS.md that are marked `<!-- test:NAME -->` (the fenced block
+// right after the marker) and checks their results, and checks that every metric the docs name
+// exists in the code.
+import { describe, it } from "node:test";
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { createServer, request } from "node:https";
+import type { AddressInfo } from "node:net";
+import { X509Certificate } from "node:crypto";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { ROOT } from "../harness/index.ts";
+import { loadKey } from "../../src/server/cache.ts";
+import { findObject, helmBinary, parseObjects, renderChart, containerArgs } from "./render.ts";
+
+const OPERATIONS = readFileSync(join(ROOT, "docs", "OPERATIONS.md"), "utf8");
+
+/** The shell block after `<!-- test:name -->`, with the docs' indentation removed. */
+function block(name: string): string {
+  const m = new RegExp(`<!-- test:${name} -->\\s*\\n\\s*\`\`\`sh\\n([\\s\\S]*?)\\n\\s*\`\`\``).exec(
+    OPERATIONS,
+  );
+  assert.ok(m, `docs/OPERATIONS.md has a block marked test:${name}`);
+  const lines = m[1]!.split("\n");
+  const indent = Math.min(...lines.filter((l) => l.trim()).map((l) => /^ */.exec(l)![0].length));
+  return lines.map((l) => l.slice(indent)).join("\n");
+}
+
+function runBlock(script: string, cwd: string, env: NodeJS.ProcessEnv = process.env) {
+  const r = spawnSync("bash", ["-euo", "pipefail", "-c", script], { cwd, encoding: "utf8", env });
+  assert.equal(r.status, 0, `${script}\n${r.stdout}${r.stderr}`);
+  return r;
+}
+
+describe("docs/OPERATIONS.md commands", () => {
+  it("test:tls makes a CA and a server certificate the agent accepts at the chart's server URL", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "kc-docs-tls-"));
+    try {
+      runBlock(block("tls"), dir);
+      const url = new URL(
+        flagOf(
+          containerArgs(findObject(renderChart(), "DaemonSet", "keycutter-agent"), "agent"),
+          "--server-url",
+        ),
+      );
+      const cert = new X509Certificate(readFileSync(join(dir, "tls.crt")));
+      const ca = new X509Certificate(readFileSync(join(dir, "ca.crt")));
+      assert.equal(cert.checkHost(url.hostname), url.hostname);
+      assert.ok(cert.verify(ca.publicKey));
+      // a real TLS handshake, verified the way the agent verifies (its CA file, the URL's name)
+      const server = createServer(
+        { key: readFileSync(join(dir, "tls.key")), cert: readFileSync(join(dir, "tls.crt")) },
+        (_req, res) => {
+          res.end("ok");
+        },
+      );
+      await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+      try {
+        const port = (server.address() as AddressInfo).port;
+        const body = await new Promise<string>((resolve, reject) => {
+          const req = request(
+            {
+              host: "127.0.0.1",
+              port,
+              path: "/",
+              servername: url.hostname,
+              ca: readFileSync(join(dir, "ca.crt")),
+            },
+            (res) => {
+              let s = "";
+              res.on("data", (c: Buffer) => (s += c.toString()));
+              res.on("end", () => resolve(s));
+            },
+          );
+          req.on("error", reject);
+          req.end();
+        });
+        assert.equal(body, "ok");
+        // and a wrong name is refused
+        await assert.rejects(
+          new Promise((resolve, reject) => {
+            const req = request(
+              {
+                host: "127.0.0.1",
+                port,
+                path: "/",
+                servername: "other.example",
+                ca: readFileSync(join(dir, "ca.crt")),
+              },
+              resolve,
+            );
+            req.on("error", reject);
+            req.end();
+          }),
+          /altnames|does not match/i,
+        );
+      } finally {
+        server.close();
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("test:cache-key makes a key the server loads (32 bytes)", () => {
+    const dir = mkdtempSync(join(tmpdir(), "kc-docs-key-"));
+    try {
+      runBlock(block("cache-key"), dir);
+      assert.equal(loadKey(join(dir, "key")).length, 32);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("test:helm-template renders the chart", () => {
+    const script = block("helm-template");
+    assert.match(script, /^helm template /);
+    const dir = mkdtempSync(join(tmpdir(), "kc-docs-helm-"));
+    try {
+      const r = runBlock(script.replace(/^helm /, `"${helmBinary()}" `), ROOT, {
+        ...process.env,
+        HELM_CACHE_HOME: join(dir, "c"),
+        HELM_CONFIG_HOME: join(dir, "f"),
+        HELM_DATA_HOME: join(dir, "d"),
+      });
+      const objs = parseObjects(r.stdout);
+      assert.ok(findObject(objs, "Deployment", "keycutter-server"));
+      assert.ok(findObject(objs, "DaemonSet", "keycutter-agent"));
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("every keycutter_* metric named in docs/ exists in the code", () => {
+    const src = readdirSync(join(ROOT, "src"), { recursive: true, withFileTypes: true })
+      .filter((e) => e.isFile() && e.name.endsWith(".ts"))
+      .map((e) => readFileSync(join(e.parentPath, e.name), "utf8"))
+      .join("\n");
+    const defined = new Set([...src.matchAll(/name: "(keycutter_[a-z_]+)"/g)].map((m) => m[1]!));
+    assert.ok(defined.size > 10);
+    const missing: string[] = [];
+    for (const f of readdirSync(join(ROOT, "docs")).filter((x) => x.endsWith(".md"))) {
+      const text = readFileSync(join(ROOT, "docs", f), "utf8");
+      for (const m of text.matchAll(/\b(keycutter_(?:agent|server)_[a-z_]+)/g)) {
+        const name = m[1]!.replace(/_(bucket|sum|count)$/, "");
+        if (!defined.has(name)) missing.push(`${f}: ${m[1]}`);
+      }
+    }
+    assert.deepEqual(missing, []);
+  });
+});
+
+function flagOf(args: string[], name: string): string {
+  const a = args.find((x) => x.startsWith(`${name}=`));
+  assert.ok(a, `${name} in ${args.join(" ")}`);
+  return a.slice(name.length + 1);
+}
