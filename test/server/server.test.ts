@@ -9,6 +9,7 @@ import { runSimulation } from "@cloud-copilot/iam-simulate";
 import { spawnSync } from "node:child_process";
 import { KEYCUTTER_MAIN, NODE, startRedis, waitFor, type Redis } from "../harness/index.ts";
 import { cacheKeyFile } from "../harness/keycutter-server.ts";
+import { startThrottleProxy } from "../aws/throttle-proxy.ts";
 import { createWorld, post, roleArn, startTestServer, type TestServer, type World } from "./world.ts";
 import type { AccessPolicy } from "../../src/policy/types.ts";
 import { canonicalJson } from "../../src/policy/decide.ts";
@@ -600,6 +601,49 @@ describe("keycutter server (real apiserver, moto, redis)", { timeout: 600_000 },
     assert.equal(amb.status, 2);
     assert.match(amb.stdout, /REFUSED \(AmbiguousPolicy\)/);
     assert.match(amb.stdout, /✔ one \(priority 0\)/);
+  });
+
+  it("STS throttling: the server backs off and retries, then answers 429 Throttled if it persists", async () => {
+    const proxy = await startThrottleProxy(w.moto.endpoint);
+    const t = await startTestServer(w, { stsEndpoint: proxy.endpoint, leaderElection: false });
+    try {
+      await waitFor("throttle server ready", async () => t.running.ready(), { timeoutMs: 30_000 });
+      proxy.throttleNext(2);
+      const r = await post(t.running.apiPort, w.cert.caFile, {
+        token: w.agentToken["node-1"],
+        body: { pod: w.pods.b1 },
+      });
+      assert.equal(r.status, 200, r.raw);
+      assert.equal(proxy.throttled, 2);
+      assert.equal(t.stsCalls.length, 3, "two throttled attempts and one that succeeded");
+      proxy.always = true;
+      const r2 = await post(t.running.apiPort, w.cert.caFile, {
+        token: w.agentToken["node-1"],
+        body: { pod: w.pods.n2 },
+      });
+      assert.equal(r2.status, 403, "node-1 agent, node-2 pod: refused before STS");
+      const pod = await w.kubelet.createPod({
+        namespace: "tenant-b",
+        name: "web-throttled",
+        nodeName: "node-1",
+        serviceAccountName: "app",
+        labels: { team: "blue" },
+        podIP: "10.244.1.78",
+      });
+      const r3 = await post(t.running.apiPort, w.cert.caFile, {
+        token: w.agentToken["node-1"],
+        body: { pod: { namespace: "tenant-b", name: "web-throttled", uid: pod.metadata!.uid! } },
+      });
+      assert.equal(r3.status, 429, r3.raw);
+      assert.equal(r3.body.code, "Throttled");
+      assert.equal(t.audit.at(-1)?.code, "Throttled");
+      const m = await (await fetch(`http://127.0.0.1:${t.running.opsPort}/metrics`)).text();
+      assert.match(m, /keycutter_server_sts_requests_total\{outcome="Throttling"\} ([5-9]|\d\d)/);
+    } finally {
+      proxy.always = false;
+      await t.running.stop();
+      await proxy.close();
+    }
   });
 
   it("keeps serving when Redis is down (per-replica cache, never an outage)", async () => {
