@@ -7,12 +7,15 @@ import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join, basename } from "node:path";
+import { spawnSync } from "node:child_process";
 import { parse } from "yaml";
 import { ROOT, startCluster, Kubelet, waitFor, type Cluster } from "../harness/index.ts";
 import {
   CHART_DIR,
+  chartRbacObjects,
   containerArgs,
   findObject,
+  helmBinary,
   isHook,
   parseObjects,
   renderChart,
@@ -102,6 +105,11 @@ describe("helm chart: renders", () => {
       );
     });
   }
+
+  it("helm lint --strict passes", () => {
+    const r = spawnSync(helmBinary(), ["lint", "--strict", CHART_DIR], { encoding: "utf8" });
+    assert.equal(r.status, 0, r.stdout + r.stderr);
+  });
 
   it("the chart's crds/ are identical to deploy/crds/ (scripts/sync-chart-crds.sh)", () => {
     const src = join(ROOT, "deploy", "crds");
@@ -416,12 +424,17 @@ describe("helm chart: a real kube-apiserver validates every render", () => {
   it("the RBAC, applied for real: each service account can do what it needs and nothing more", async () => {
     const ns = "kc-rbac";
     await kubelet.ensureNamespace(ns);
-    const objs = renderChart({}, { namespace: ns }).filter(
-      (o) =>
-        ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"].includes(o.kind) &&
-        !isHook(o),
-    );
-    // the ClusterRoles are cluster-scoped: give them this test's names so profiles do not clash
+    const objs = chartRbacObjects(ns);
+    assert.deepEqual(objs.map((o) => o.kind).sort(), [
+      "ClusterRole",
+      "ClusterRole",
+      "ClusterRoleBinding",
+      "ClusterRoleBinding",
+      "Role",
+      "RoleBinding",
+      "ServiceAccount",
+      "ServiceAccount",
+    ]);
     for (const o of objs) {
       const r = await createObject(cluster, o, { dryRun: false, namespace: ns });
       assert.equal(r.status, 201, `${o.kind}/${o.metadata.name}: ${JSON.stringify(r.body).slice(0, 300)}`);

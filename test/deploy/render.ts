@@ -107,6 +107,18 @@ export function roleRules(objects: K8sObject[], kind: "ClusterRole" | "Role", na
   return (findObject(objects, kind, name) as unknown as { rules: PolicyRule[] }).rules;
 }
 
+const RBAC_KINDS = new Set(["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"]);
+
+/**
+ * The chart's ServiceAccounts and RBAC for the server and the agent (no hooks), ready to create in
+ * a test cluster, so that keycutter runs under exactly the chart's permissions. Tokens of
+ * `<namespace>/keycutter-server` and `<namespace>/keycutter-agent` then carry those permissions
+ * (release "keycutter"; the server is told `--agent-service-account=<namespace>/keycutter-agent`).
+ */
+export function chartRbacObjects(namespace: string, values: object = {}): K8sObject[] {
+  return renderChart(values, { namespace }).filter((o) => RBAC_KINDS.has(o.kind) && !isHook(o));
+}
+
 /** Whether a Helm hook (e.g. the uninstall cleanup). */
 export function isHook(o: K8sObject): boolean {
   return Boolean(o.metadata.annotations?.["helm.sh/hook"]);
