@@ -311,8 +311,12 @@ describe("helm chart: renders", () => {
     const bad: [object, RegExp][] = [
       [{ store: { url: "redis://r:6379" } }, /encryptionKeySecret is required/],
       [{ agent: { hook: { podInterfaces: [], podCidrs: [] } } }, /podInterfaces or podCidrs/],
-      [{ agent: { hook: { iptablesMode: "bpf" } } }, /iptablesMode must be nft or legacy/],
-      [{ server: { replicas: 0 } }, /replicas must be at least 1/],
+      // values.schema.json catches these before the templates do
+      [{ agent: { hook: { iptablesMode: "bpf" } } }, /iptablesMode': value must be one of 'nft', 'legacy'/],
+      [{ agent: { hook: { chain: "x; rm -rf /" } } }, /chain': .* does not match pattern/],
+      [{ agent: { hookk: {} } }, /additional properties 'hookk' not allowed/],
+      [{ store: { url: "http://redis:6379" } }, /store\/url': .* does not match pattern/],
+      [{ server: { replicas: 0 } }, /replicas': minimum: got 0, want 1/],
     ];
     for (const [values, re] of bad) {
       assert.throws(
