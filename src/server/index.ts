@@ -219,15 +219,21 @@ export async function startServer(cfg: ServerConfig): Promise<RunningServer> {
     informers,
     ready,
     async stop() {
-      await api.close();
-      await ops.close();
-      status.stop();
-      await elector?.stop();
-      await informers.stop();
-      service.close();
-      sts.destroy();
-      await shared?.close();
+      if (stopped) return stopped;
+      stopped = doStop();
+      return stopped;
     },
+  };
+  let stopped: Promise<void> | undefined;
+  const doStop = async () => {
+    await api.close();
+    await ops.close();
+    status.stop();
+    await elector?.stop();
+    await informers.stop();
+    service.close();
+    sts.destroy();
+    await shared?.close();
   };
   if (shared) result.shared = shared;
   if (elector) result.elector = elector;

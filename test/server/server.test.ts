@@ -10,7 +10,16 @@ import { spawnSync } from "node:child_process";
 import { KEYCUTTER_MAIN, NODE, startRedis, waitFor, type Redis } from "../harness/index.ts";
 import { cacheKeyFile } from "../harness/keycutter-server.ts";
 import { startThrottleProxy } from "../aws/throttle-proxy.ts";
-import { createWorld, post, roleArn, startTestServer, type TestServer, type World } from "./world.ts";
+import {
+  createPolicy,
+  createWorld,
+  post,
+  roleArn,
+  startTestServer,
+  tenantPolicy,
+  type TestServer,
+  type World,
+} from "./world.ts";
 import type { AccessPolicy } from "../../src/policy/types.ts";
 import { canonicalJson } from "../../src/policy/decide.ts";
 
@@ -664,5 +673,36 @@ describe("keycutter server (real apiserver, moto, redis)", { timeout: 600_000 },
     const again = await ask("a3");
     assert.equal(again.status, 200, "cached pod still served from memory");
     await redis.restart();
+  });
+
+  it("leader election: one replica holds the Lease and writes status; when it stops, another takes over", async () => {
+    const r2 = await startTestServer(w, { leaderElection: true });
+    try {
+      assert.equal(srv.running.elector?.isLeader, true, "the first replica leads");
+      await new Promise((r) => setTimeout(r, 2500));
+      assert.equal(r2.running.elector?.isLeader, false, "the second waits");
+      assert.equal((await srv.running.metrics.leader.get()).values[0]?.value, 1, "leader gauge");
+      assert.equal((await r2.running.metrics.leader.get()).values[0]?.value ?? 0, 0);
+      await srv.running.stop(); // releases the Lease
+      await waitFor("failover", async () => r2.running.elector?.isLeader === true, { timeoutMs: 20_000 });
+      // the new leader writes status: a new broken policy gets its condition
+      await createPolicy(w, tenantPolicy("nopol", "after-failover", "app", "tenant-a", "bucket-a"));
+      await waitFor(
+        "status by the new leader",
+        async () => {
+          const o = (await w.custom.getNamespacedCustomObject({
+            group: "keycutter.dev",
+            version: "v1alpha1",
+            namespace: "nopol",
+            plural: "accesspolicies",
+            name: "after-failover",
+          })) as AccessPolicy;
+          return o.status?.conditions?.find((c) => c.type === "Ready")?.reason === "RoleNotAllowed";
+        },
+        { timeoutMs: 20_000 },
+      );
+    } finally {
+      await r2.running.stop();
+    }
   });
 });
