@@ -678,7 +678,9 @@ describe("keycutter server (real apiserver, moto, redis)", { timeout: 600_000 },
   it("leader election: one replica holds the Lease and writes status; when it stops, another takes over", async () => {
     const r2 = await startTestServer(w, { leaderElection: true });
     try {
-      assert.equal(srv.running.elector?.isLeader, true, "the first replica leads");
+      await waitFor("first replica leads", async () => srv.running.elector?.isLeader === true, {
+        timeoutMs: 20_000,
+      });
       await new Promise((r) => setTimeout(r, 2500));
       assert.equal(r2.running.elector?.isLeader, false, "the second waits");
       assert.equal((await srv.running.metrics.leader.get()).values[0]?.value, 1, "leader gauge");
