@@ -40,6 +40,8 @@ export interface PodWatchOptions {
   staleAfterMs?: number;
   backoffInitialMs?: number;
   backoffMaxMs?: number;
+  /** Abort a watch (or its connect) after this long without a byte; default 75 s. */
+  inactivityTimeoutMs?: number;
   /** Called on every restart of the watch loop (metrics). */
   onRestart?: (reason: "gone" | "error" | "closed") => void;
 }
@@ -92,10 +94,10 @@ export class PodWatch {
     this.opts = opts;
     this.api = opts.kc.makeApiClient(CoreV1Api);
     this.watcher = new Watch(opts.kc);
-    // The client aborts a watch after this long without bytes; bookmarks arrive about once a
-    // minute, and the server closes the watch after watchTimeoutSeconds anyway.
+    // The client aborts a watch (or its connect) after this long without bytes; bookmarks
+    // arrive about once a minute, and an aborted watch simply resumes from the last version.
     (this.watcher as unknown as { requestTimeoutMs: number }).requestTimeoutMs =
-      ((opts.watchTimeoutSeconds ?? 240) + 30) * 1000;
+      opts.inactivityTimeoutMs ?? 75_000;
   }
 
   get fieldSelector(): string {
@@ -111,7 +113,11 @@ export class PodWatch {
     this.stopped = true;
     this.abort?.abort();
     this.wake?.();
-    await this.loop;
+    // A watch still connecting cannot be aborted from here (the client owns its controller): do
+    // not wait for it; it ends on its own timeout and its events are ignored once stopped.
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([this.loop, new Promise<void>((r) => (timer = setTimeout(r, 2000)))]);
+    clearTimeout(timer);
   }
 
   isStale(now = Date.now()): boolean {
