@@ -15,6 +15,7 @@ import { Passthrough } from "./passthrough.ts";
 import { ServerClient } from "./server-client.ts";
 import { createContainerHandler, createImdsHandler, type HandlerConfig } from "./handlers.ts";
 import { Hook, type HookOptions } from "./hook/iptables.ts";
+import { removeNodeTaint } from "./ready-taint.ts";
 
 export interface AgentConfig extends HandlerConfig {
   nodeName: string;
@@ -39,6 +40,8 @@ export interface AgentConfig extends HandlerConfig {
   /** Remove the hook on shutdown (default false: stay fail-closed while the agent restarts). */
   uninstallHookOnExit: boolean;
   watchStaleAfterMs: number;
+  /** Taint key to remove from this node once the agent is ready (startup taint); undefined: none. */
+  readyTaintKey: string | undefined;
 }
 
 export interface HostPort {
@@ -250,6 +253,28 @@ export async function startAgent(
       log.info({ chain: cfg.hook.chain, agentIp: cfg.hook.agentIp }, "iptables hook installed");
     }
     log.info({ node: cfg.nodeName, imds, container, ops }, "agent listening");
+    let taintTimer: NodeJS.Timeout | undefined;
+    if (cfg.readyTaintKey) {
+      const key = cfg.readyTaintKey;
+      const tick = (): void => {
+        taintTimer = undefined;
+        if (!ready()) {
+          taintTimer = setTimeout(tick, 500);
+          return;
+        }
+        removeNodeTaint(kc, cfg.nodeName, key).then(
+          (removed) => log.info({ taint: key, removed }, "agent ready: startup taint handled"),
+          (err: unknown) => {
+            log.warn(
+              { taint: key, err: (err as Error).message },
+              "cannot remove the startup taint, retrying",
+            );
+            taintTimer = setTimeout(tick, 5000);
+          },
+        );
+      };
+      tick();
+    }
     return {
       imds,
       container,
@@ -261,6 +286,7 @@ export async function startAgent(
       ready,
       async stop() {
         if (probeTimer) clearInterval(probeTimer);
+        if (taintTimer) clearTimeout(taintTimer);
         await watch.stop();
         await Promise.all(servers.map(close));
         cache.dropAll();

@@ -30,6 +30,7 @@ const FIX = new URL("./fixtures/", import.meta.url).pathname;
 const PY = join(VENV_BIN, "python");
 const CHAIN = "KCTEST";
 const NS = "team-a";
+const TAINT = "keycutter.dev/agent-not-ready";
 
 let cluster: Cluster;
 let kubelet: Kubelet;
@@ -158,6 +159,16 @@ before(async () => {
   net = await PodNetwork.create();
   node = await net.addNode("node1");
   await kubelet.createNode("node1", node.ip, node.podCIDR);
+  // the node registers with a startup taint that the agent removes once it is ready
+  const n1 = await kubelet.core.readNode({ name: "node1" });
+  n1.spec = {
+    ...n1.spec,
+    taints: [
+      { key: TAINT, effect: "NoSchedule" },
+      { key: "other", effect: "NoSchedule" },
+    ],
+  };
+  await kubelet.core.replaceNode({ name: "node1", body: n1 });
   await kubelet.ensureNamespace(NS);
   await kubelet.createServiceAccount(NS, "app");
 
@@ -167,7 +178,10 @@ before(async () => {
   await rbac.createClusterRole({
     body: {
       metadata: { name: "keycutter-agent-test" },
-      rules: [{ apiGroups: [""], resources: ["pods"], verbs: ["get", "list", "watch"] }],
+      rules: [
+        { apiGroups: [""], resources: ["pods"], verbs: ["get", "list", "watch"] },
+        { apiGroups: [""], resources: ["nodes"], verbs: ["get", "patch"] },
+      ],
     },
   });
   await rbac.createClusterRoleBinding({
@@ -214,6 +228,7 @@ before(async () => {
     "--region=eu-west-1",
     "--passthrough=/latest/meta-data/instance-id",
     "--upstream-imds-url=http://169.254.169.254",
+    `--ready-taint=${TAINT}`,
   ];
 
   // Pods a and b exist before the agent starts (pods scheduled before the agent is ready).
@@ -253,6 +268,18 @@ test("boto3 (IMDSv2 through 169.254.169.254 and the DNAT hook): two pods get the
   assert.notEqual(a.ak, NODE_ACCESS_KEY);
   // prefetch: both pods were fetched without waiting for a request, through the agent's identity
   assert.ok(server.callsFor("a").length >= 1 && server.callsFor("a").every((c) => c.result === "ok"));
+});
+
+test("once ready, the agent removes its startup taint from the node (and only that taint)", async () => {
+  await waitFor("startup taint removed", async () => {
+    const n = await kubelet.core.readNode({ name: "node1" });
+    return !(n.spec?.taints ?? []).some((t) => t.key === TAINT);
+  });
+  const n = await kubelet.core.readNode({ name: "node1" });
+  assert.deepEqual(
+    (n.spec?.taints ?? []).map((t) => t.key),
+    ["other"],
+  );
 });
 
 test("the AWS CLI in a pod resolves the pod's role through IMDS", async () => {

@@ -109,6 +109,7 @@ export function agentConfigFrom(opts: Opts, env: Env = process.env): AgentConfig
     hook: hookOn ? hookFrom(r) : undefined,
     uninstallHookOnExit: r.bool("--uninstall-hook-on-exit", false),
     watchStaleAfterMs: r.int("--watch-stale-after-ms", 5 * 60_000),
+    readyTaintKey: r.str("--ready-taint"),
   };
 }
 
@@ -166,7 +167,8 @@ export function registerAgentCommands(program: Command): void {
     .option("--hook", "install the iptables hook (default)")
     .option("--no-hook", "do not touch iptables")
     .option("--uninstall-hook-on-exit", "remove the hook on shutdown (default: keep it, fail closed)")
-    .option("--watch-stale-after-ms <ms>", "pod watch without life for this long: not ready");
+    .option("--watch-stale-after-ms <ms>", "pod watch without life for this long: not ready")
+    .option("--ready-taint <key>", "remove this taint from the node once ready (needs get/patch on nodes)");
   addHookOptions(agent);
   agent.action(async (opts: Opts) => {
     const log = createLogger("agent");
