@@ -39,7 +39,7 @@ export class TokenReviewer {
 
   constructor(kc: KubeConfig, opts: TokenReviewerOptions = {}) {
     this.api = kc.makeApiClient(AuthenticationV1Api);
-    this.positiveTtlMs = opts.positiveTtlMs ?? 30_000;
+    this.positiveTtlMs = opts.positiveTtlMs ?? 10_000;
     this.negativeTtlMs = opts.negativeTtlMs ?? 5_000;
     this.maxEntries = opts.maxEntries ?? 10_000;
   }

@@ -242,8 +242,8 @@ export async function startApiServer(
     watchFile(certFile, { interval: 5000 }, reload);
     watchFile(keyFile, { interval: 5000 }, reload);
     stopWatch = () => {
-      unwatchFile(certFile);
-      unwatchFile(keyFile);
+      unwatchFile(certFile, reload);
+      unwatchFile(keyFile, reload);
     };
     server = https;
   }

@@ -8,7 +8,9 @@ import { GetObjectCommand, S3Client } from "@aws-sdk/client-s3";
 import { runSimulation } from "@cloud-copilot/iam-simulate";
 import { spawnSync } from "node:child_process";
 import { KEYCUTTER_MAIN, NODE, startRedis, waitFor, type Redis } from "../harness/index.ts";
-import { cacheKeyFile } from "../harness/keycutter-server.ts";
+import { copyFileSync, rmSync } from "node:fs";
+import { connect as tlsConnect } from "node:tls";
+import { cacheKeyFile, selfSignedCert } from "../harness/keycutter-server.ts";
 import { startThrottleProxy } from "../aws/throttle-proxy.ts";
 import {
   createPolicy,
@@ -673,6 +675,44 @@ describe("keycutter server (real apiserver, moto, redis)", { timeout: 600_000 },
     const again = await ask("a3");
     assert.equal(again.status, 200, "cached pod still served from memory");
     await redis.restart();
+  });
+
+  it("reloads the TLS certificate when its files change", async () => {
+    const fingerprint = () =>
+      new Promise<string>((resolve, reject) => {
+        const sock = tlsConnect(
+          {
+            host: "127.0.0.1",
+            port: srv.running.apiPort,
+            servername: "localhost",
+            rejectUnauthorized: false,
+          },
+          () => {
+            resolve(sock.getPeerCertificate().fingerprint256);
+            sock.end();
+          },
+        );
+        sock.on("error", reject);
+      });
+    const before = await fingerprint();
+    const fresh = selfSignedCert();
+    try {
+      copyFileSync(fresh.keyFile, w.cert.keyFile);
+      copyFileSync(fresh.certFile, w.cert.certFile);
+      await waitFor("new certificate served", async () => (await fingerprint()) !== before, {
+        timeoutMs: 20_000,
+        intervalMs: 500,
+      });
+      // and clients trusting the new certificate get answers
+      const r = await post(srv.running.apiPort, fresh.caFile, {
+        token: w.agentToken["node-1"],
+        body: { pod: w.pods.a3 },
+      });
+      assert.equal(r.status, 200, r.raw);
+      copyFileSync(fresh.caFile, w.cert.caFile);
+    } finally {
+      rmSync(fresh.dir, { recursive: true, force: true });
+    }
   });
 
   it("leader election: one replica holds the Lease and writes status; when it stops, another takes over", async () => {
