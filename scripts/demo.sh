@@ -6,6 +6,6 @@ cd "$ROOT"
 if [[ ! -x node_modules/.bin/node || package-lock.json -nt node_modules/.package-lock.json ]]; then
   npm ci --no-audit --no-fund
 fi
-bash scripts/setup.sh
+bash scripts/setup.sh demo
 export PATH="$ROOT/node_modules/.bin:$PATH"
 exec node src/cli/main.ts demo "$@"

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything the tests and the demo need, from the project's own files. Idempotent:
 # each step is skipped when its result is already present and current.
+#   scripts/setup.sh        everything (the test suite)
+#   scripts/setup.sh demo   only what the demo needs
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -56,10 +58,13 @@ fi
 step "etcd $ETCD_VERSION and kube-apiserver $K8S_VERSION (built from the Go module proxy, cached)"
 bash "$ROOT/scripts/build-k8s.sh" all
 
-step "helm $HELM_VERSION and hadolint $HADOLINT_VERSION for the chart and image tests (cached)"
-bash "$ROOT/scripts/setup-deploy-tools.sh"
+# The demo needs only the cluster parts above; the tests need the rest too.
+if [[ "${1:-test}" != "demo" ]]; then
+  step "helm $HELM_VERSION and hadolint $HADOLINT_VERSION for the chart and image tests (cached)"
+  bash "$ROOT/scripts/setup-deploy-tools.sh"
 
-step "MinIO $MINIO_VERSION for the session-policy e2e suite (built from the Go module proxy, cached)"
-bash "$ROOT/scripts/build-minio.sh"
+  step "MinIO $MINIO_VERSION for the session-policy e2e suite (built from the Go module proxy, cached)"
+  bash "$ROOT/scripts/build-minio.sh"
+fi
 
 step "setup done in ${SECONDS}s"

@@ -167,6 +167,19 @@ export class System {
           Action: ["sts:AssumeRole", "sts:TagSession", "sts:SetSourceIdentity"],
           Resource: "*",
         },
+        // read-only IAM, so `keycutter explain` can simulate with the role's own policies
+        {
+          Effect: "Allow",
+          Action: [
+            "iam:GetRole",
+            "iam:GetRolePolicy",
+            "iam:ListRolePolicies",
+            "iam:ListAttachedRolePolicies",
+            "iam:GetPolicy",
+            "iam:GetPolicyVersion",
+          ],
+          Resource: "*",
+        },
       ],
     });
   }
