@@ -13,6 +13,7 @@ import { connect as tlsConnect } from "node:tls";
 import { cacheKeyFile, selfSignedCert } from "../harness/keycutter-server.ts";
 import { startThrottleProxy } from "../aws/throttle-proxy.ts";
 import {
+  createAllowance,
   createPolicy,
   createWorld,
   post,
@@ -745,6 +746,37 @@ describe("keycutter server (real apiserver, moto, redis)", { timeout: 600_000 },
       );
     } finally {
       await r2.running.stop();
+    }
+  });
+
+  it("picks up policy changes after an apiserver restart (watches re-established)", async () => {
+    const t = await startTestServer(w, { leaderElection: false });
+    try {
+      await waitFor("ready", async () => t.running.ready(), { timeoutMs: 30_000 });
+      const askNopol = () =>
+        post(t.running.apiPort, w.cert.caFile, {
+          token: w.agentToken["node-1"],
+          body: { pod: w.pods.nopol },
+        });
+      const before = await askNopol();
+      assert.equal(before.status, 403, before.raw);
+      assert.equal(before.body.code, "RoleNotAllowed");
+      await w.cluster.restartApiserver();
+      await createAllowance(w, {
+        metadata: { name: "nopol" },
+        spec: { namespaces: ["nopol"], roleArns: [roleArn("tenant-a")] },
+      });
+      const after = await waitFor(
+        "the new allowance in force",
+        async () => {
+          const r = await askNopol();
+          return r.status === 200 ? r : undefined;
+        },
+        { timeoutMs: 60_000, intervalMs: 500 },
+      );
+      assert.equal(after.body.roleArn, roleArn("tenant-a"));
+    } finally {
+      await t.running.stop();
     }
   });
 });
