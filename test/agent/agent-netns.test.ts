@@ -102,7 +102,10 @@ async function addPod(
       hostIP: node.ip,
     });
     uid = pod.metadata!.uid!;
-    writeFileSync(tokenFile, await kubelet.requestToken(NS, "app", { podName: name, podUID: uid }));
+    writeFileSync(
+      tokenFile,
+      await kubelet.requestToken(NS, "app", { podName: name, podUID: uid, audiences: ["keycutter-pod"] }),
+    );
   }
   const entry = { net: pnet, uid, tokenFile };
   pods.set(name, entry);
@@ -191,7 +194,20 @@ before(async () => {
       subjects: [{ kind: "ServiceAccount", name: "keycutter-agent", namespace: "keycutter-system" }],
     },
   });
+  // As in the DaemonSet: the agent's projected token is bound to the agent's own (hostNetwork)
+  // pod, so TokenReview reports the node name; it serves both the apiserver and the service.
+  const agentPod = await kubelet.createPod({
+    namespace: "keycutter-system",
+    name: "keycutter-agent-node1",
+    nodeName: "node1",
+    serviceAccountName: "keycutter-agent",
+    hostNetwork: true,
+    podIP: node.ip,
+    hostIP: node.ip,
+  });
   const agentToken = await kubelet.requestToken("keycutter-system", "keycutter-agent", {
+    podName: "keycutter-agent-node1",
+    podUID: agentPod.metadata!.uid!,
     audiences: [cluster.issuer, "keycutter"],
   });
   const tokenFile = join(tmp, "agent.token");
@@ -533,7 +549,13 @@ test("apiserver restart: the pod watch reconnects and new pods are served", asyn
 });
 
 test("the agent re-reads its token file when it changes", async () => {
+  const agentPod = await kubelet.core.readNamespacedPod({
+    namespace: "keycutter-system",
+    name: "keycutter-agent-node1",
+  });
   const fresh = await kubelet.requestToken("keycutter-system", "keycutter-agent", {
+    podName: "keycutter-agent-node1",
+    podUID: agentPod.metadata!.uid!,
     audiences: [cluster.issuer, "keycutter"],
   });
   agentsMap.clear();

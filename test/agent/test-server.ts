@@ -35,7 +35,7 @@ export interface TestServerOptions {
   lifetimeSeconds?: number;
   /** Pods with this label get NoPolicy. */
   noPolicyLabel?: string;
-  /** Audience pod tokens must carry. */
+  /** Audience pod tokens must carry (default "keycutter-pod", as the real server). */
   audience?: string;
 }
 
@@ -140,7 +140,7 @@ export class TestServer {
     }
     if (req.podToken !== undefined) {
       const tr = await this.authn.createTokenReview({
-        body: { spec: { token: req.podToken, audiences: [this.o.audience ?? "keycutter"] } },
+        body: { spec: { token: req.podToken, audiences: [this.o.audience ?? "keycutter-pod"] } },
       });
       if (!tr.status?.authenticated) {
         record("Unauthenticated");
