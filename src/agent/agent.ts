@@ -42,6 +42,8 @@ export interface AgentConfig extends HandlerConfig {
   watchStaleAfterMs: number;
   /** Taint key to remove from this node once the agent is ready (startup taint); undefined: none. */
   readyTaintKey: string | undefined;
+  /** Re-check (and repair) the hook this often; 0 = only at start. */
+  hookResyncMs: number;
 }
 
 export interface HostPort {
@@ -195,6 +197,7 @@ export async function startAgent(
   late.watch = watch;
 
   let probeTimer: NodeJS.Timeout | undefined;
+  let hookTimer: NodeJS.Timeout | undefined;
   const ready = (): boolean => watch.synced && !watch.isStale() && client.reachable;
   const opsServer = createServer((req, res) => {
     const path = (req.url ?? "").split("?")[0];
@@ -251,6 +254,26 @@ export async function startAgent(
       hook = new Hook({ ...cfg.hook, imdsPort: imds.port, containerPort: container?.port });
       await hook.install();
       log.info({ chain: cfg.hook.chain, agentIp: cfg.hook.agentIp }, "iptables hook installed");
+      if (cfg.hookResyncMs > 0) {
+        const h = hook;
+        let busy = false;
+        hookTimer = setInterval(() => {
+          if (busy) return;
+          busy = true;
+          h.install()
+            .then(
+              (changed) => {
+                if (changed) {
+                  metrics.hookRepairs.inc();
+                  log.warn({ chain: cfg.hook?.chain }, "iptables hook was missing or altered: repaired");
+                }
+              },
+              (err: unknown) => log.error({ err: (err as Error).message }, "iptables hook check failed"),
+            )
+            .finally(() => (busy = false));
+        }, cfg.hookResyncMs);
+        hookTimer.unref();
+      }
     }
     log.info({ node: cfg.nodeName, imds, container, ops }, "agent listening");
     let taintTimer: NodeJS.Timeout | undefined;
@@ -287,6 +310,7 @@ export async function startAgent(
       async stop() {
         if (probeTimer) clearInterval(probeTimer);
         if (taintTimer) clearTimeout(taintTimer);
+        if (hookTimer) clearInterval(hookTimer);
         await watch.stop();
         await Promise.all(servers.map(close));
         cache.dropAll();
@@ -297,6 +321,7 @@ export async function startAgent(
     };
   } catch (err) {
     if (probeTimer) clearInterval(probeTimer);
+    if (hookTimer) clearInterval(hookTimer);
     await watch.stop();
     await Promise.all(servers.map(close));
     client.close();

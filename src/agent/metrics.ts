@@ -18,6 +18,7 @@ export class AgentMetrics implements CacheMetrics {
   private readonly stale: Counter;
   private readonly rateLimited: Counter<"listener">;
   readonly watchRestarts: Counter<"reason">;
+  readonly hookRepairs: Counter;
   private readonly reqChildren = new Map<string, Counter.Internal>();
   private readonly durChildren = new Map<string, Histogram.Internal<"listener" | "route">>();
   private readonly hitChildren: Record<Listener, Counter.Internal>;
@@ -84,6 +85,11 @@ export class AgentMetrics implements CacheMetrics {
       name: "keycutter_agent_watch_restarts_total",
       help: "Pod watch restarts by reason (closed, error, gone = 410 relist)",
       labelNames: ["reason"],
+      registers: [r],
+    });
+    this.hookRepairs = new Counter({
+      name: "keycutter_agent_hook_repairs_total",
+      help: "Times the periodic check found the iptables hook missing or altered and repaired it",
       registers: [r],
     });
     new Gauge({

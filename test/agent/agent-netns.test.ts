@@ -245,6 +245,7 @@ before(async () => {
     "--passthrough=/latest/meta-data/instance-id",
     "--upstream-imds-url=http://169.254.169.254",
     `--ready-taint=${TAINT}`,
+    "--hook-resync-ms=500",
   ];
 
   // Pods a and b exist before the agent starts (pods scheduled before the agent is ready).
@@ -474,6 +475,44 @@ test("ops port: /readyz, /healthz, /metrics with request, cache and pod counters
   const logs = agent!.logs();
   for (const call of server.calls)
     if (call.accessKeyId) assert.ok(!logs.includes(`session-${call.pod.uid}`), "no session token in logs");
+});
+
+test("a hook rule deleted behind the agent's back is repaired", async () => {
+  const del = await net.exec(node.netns, "iptables", [
+    "-t",
+    "nat",
+    "-D",
+    "PREROUTING",
+    "-m",
+    "comment",
+    "--comment",
+    "keycutter",
+    "-j",
+    CHAIN,
+  ]);
+  assert.equal(del.code, 0, del.stderr);
+  await waitFor("hook repaired", async () => {
+    const r = await net.exec(node.netns, "iptables", [
+      "-t",
+      "nat",
+      "-C",
+      "PREROUTING",
+      "-m",
+      "comment",
+      "--comment",
+      "keycutter",
+      "-j",
+      CHAIN,
+    ]);
+    return r.code === 0;
+  });
+  await waitFor("repair counted", async () =>
+    /keycutter_agent_hook_repairs_total [1-9]/.test(
+      await (await fetch(`http://${node.ip}:8182/metrics`)).text(),
+    ),
+  );
+  const a = await boto("a");
+  assert.ok(a.ak && issuedTo("a").includes(a.ak));
 });
 
 test("require-IMDSv2 mode: a v1 client gets 401, an IMDSv2 SDK still works", async () => {

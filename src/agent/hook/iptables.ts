@@ -212,7 +212,8 @@ export class Hook {
         changed = true;
       }
     }
-    if (this.o.flushConntrack) await this.flushConntrack();
+    // Connections opened before the DNAT existed would keep reaching the real IMDS: cut them.
+    if (this.o.flushConntrack && changed) await this.flushConntrack();
     return changed;
   }
 

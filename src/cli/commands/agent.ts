@@ -110,6 +110,7 @@ export function agentConfigFrom(opts: Opts, env: Env = process.env): AgentConfig
     uninstallHookOnExit: r.bool("--uninstall-hook-on-exit", false),
     watchStaleAfterMs: r.int("--watch-stale-after-ms", 5 * 60_000),
     readyTaintKey: r.str("--ready-taint"),
+    hookResyncMs: r.int("--hook-resync-ms", 30_000),
   };
 }
 
@@ -168,6 +169,10 @@ export function registerAgentCommands(program: Command): void {
     .option("--no-hook", "do not touch iptables")
     .option("--uninstall-hook-on-exit", "remove the hook on shutdown (default: keep it, fail closed)")
     .option("--watch-stale-after-ms <ms>", "pod watch without life for this long: not ready")
+    .option(
+      "--hook-resync-ms <ms>",
+      "re-check and repair the hook this often (0 = only at start; default 30000)",
+    )
     .option("--ready-taint <key>", "remove this taint from the node once ready (needs get/patch on nodes)");
   addHookOptions(agent);
   agent.action(async (opts: Opts) => {
