@@ -102,6 +102,20 @@ const ROLE_ALLOWANCE = {
   },
 };
 
+// A ceiling MinIO cannot parse: it refuses session policies naming actions it does not implement
+// (iam:*, sts:*) with InvalidParameterValue, where AWS accepts them.
+const STRICT_ALLOWANCE = {
+  apiVersion: "keycutter.dev/v1alpha1",
+  kind: "RoleAllowance",
+  metadata: { name: "strict" },
+  spec: {
+    namespaces: ["strict-*"],
+    roleArns: [ROLE],
+    maxDurationSeconds: 3600,
+    denyStatements: [{ Effect: "Deny", Action: ["iam:*", "sts:*"], Resource: "*" }],
+  },
+};
+
 const skip = hasMinio()
   ? false
   : `MinIO is not built (${minioBinaries().minio} missing): run scripts/build-minio.sh`;
@@ -110,7 +124,7 @@ describe("e2e: per-pod session policies enforced by MinIO", { skip }, () => {
   let minio: MinioServer;
   let sys: MinioSystem;
   let broker: StaticCredentials;
-  let a1: TestPod, a2: TestPod, b1: TestPod;
+  let a1: TestPod, a2: TestPod, b1: TestPod, strict: TestPod;
   let n = 0;
 
   before(async () => {
@@ -126,13 +140,15 @@ describe("e2e: per-pod session policies enforced by MinIO", { skip }, () => {
     });
     await sys.start((m) => console.log(`# ${m}`));
     await sys.apply(ROLE_ALLOWANCE);
-    for (const ns of ["tenant-a", "tenant-b"]) {
+    await sys.apply(STRICT_ALLOWANCE);
+    for (const ns of ["tenant-a", "tenant-b", "strict-c"]) {
       await sys.kubelet.ensureNamespace(ns);
       await sys.apply(accessPolicy(ns));
     }
     a1 = await sys.addPod("node-a", "tenant-a", "app-1", { serviceAccount: "reader" });
     a2 = await sys.addPod("node-a", "tenant-a", "app-2", { serviceAccount: "reader" });
     b1 = await sys.addPod("node-b", "tenant-b", "app-1", { serviceAccount: "reader" });
+    strict = await sys.addPod("node-b", "strict-c", "app-1", { serviceAccount: "reader" });
   });
   after(async () => {
     await sys?.stop();
@@ -236,5 +252,24 @@ describe("e2e: per-pod session policies enforced by MinIO", { skip }, () => {
     assert.equal(c2.status, 200, c2.body);
     assert.notEqual(c1.creds!.AccessKeyId, c2.creds!.AccessKeyId);
     assert.equal(c1.creds!.Code, "Success");
+  });
+
+  it("a session policy MinIO refuses (iam:*/sts:* in the ceiling): no credentials, a clear error", async () => {
+    const r = await sys.imdsCredentials(strict);
+    assert.ok(r.status >= 400, `expected an error, got ${r.status} ${r.body}`);
+    assert.match(r.body, /InvalidParameterValue: unsupported action 'iam:\*'/);
+    const cli = await get(strict, "tenant-a/app-1/data.txt");
+    assert.equal(cli.body, undefined);
+    assert.match(cli.error ?? "", /Unable to locate credentials/);
+    const audit = sys
+      .allLogs()
+      .split("\n")
+      .filter((l) => l.includes('"kind":"audit"') && l.includes('"namespace":"strict-c"'))
+      .map((l) => JSON.parse(l) as { decision: string; reason?: string });
+    assert.ok(audit.length > 0, "the refusals are audited");
+    for (const a of audit) {
+      assert.equal(a.decision, "denied");
+      assert.match(a.reason ?? "", /InvalidParameterValue/);
+    }
   });
 });

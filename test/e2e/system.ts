@@ -10,6 +10,7 @@ import { CustomObjectsApi, type V1Pod } from "@kubernetes/client-node";
 import {
   BROKER_USER,
   FatalError,
+  FaultProxy,
   KEYCUTTER_MAIN,
   Kubelet,
   ManagedProcess,
@@ -71,6 +72,8 @@ export interface SystemOptions {
   serverReplicas?: number;
   redis?: boolean;
   requireImdsV2?: boolean;
+  /** Put a fault-injecting proxy (sys.stsProxy) between the servers and moto's STS. */
+  stsFaults?: boolean;
   /** Extra agent flags. */
   agentArgs?: string[];
   serverArgs?: string[];
@@ -84,6 +87,7 @@ export class System {
   cluster!: Cluster;
   moto!: Moto;
   redis?: Redis;
+  stsProxy?: FaultProxy;
   net!: PodNetwork;
   kubelet!: Kubelet;
   pki!: TestPki;
@@ -96,7 +100,7 @@ export class System {
   /** A kube-proxy stand-in: the Service address agents use, DNATed to ready server replicas. */
   serviceIP = "";
   servicePort = 8443;
-  private opts: Required<Omit<SystemOptions, "agentArgs" | "serverArgs">> & SystemOptions;
+  private opts: Required<Omit<SystemOptions, "agentArgs" | "serverArgs" | "stsFaults">> & SystemOptions;
 
   constructor(opts: SystemOptions = {}) {
     this.opts = {
@@ -128,6 +132,7 @@ export class System {
     this.cacheKeyFile = join(this.dir, "cache.key");
     writeFileSync(this.cacheKeyFile, randomBytes(32).toString("hex"), { mode: 0o600 });
 
+    if (this.opts.stsFaults) this.stsProxy = await FaultProxy.start(moto.endpoint);
     await this.installKeycutterApi();
     await this.setUpAws();
     log("CRDs, RBAC, IAM roles and buckets in place");
@@ -220,7 +225,7 @@ export class System {
       "--cluster-name",
       "e2e",
       "--sts-endpoint",
-      this.moto.endpoint,
+      this.stsProxy?.url ?? this.moto.endpoint,
       "--lease-namespace",
       SYSTEM_NS,
       "--identity",
@@ -548,7 +553,7 @@ export class System {
     await Promise.all(this.servers.map((s) => s.process.stop()));
     for (const a of this.agents.values()) await a.process.stop();
     await this.net?.destroy();
-    await Promise.all([this.cluster?.stop(), this.moto?.stop(), this.redis?.stop()]);
+    await Promise.all([this.cluster?.stop(), this.moto?.stop(), this.redis?.stop(), this.stsProxy?.stop()]);
     rmSync(this.dir, { recursive: true, force: true });
     if (this.pki) rmSync(this.pki.dir, { recursive: true, force: true });
   }

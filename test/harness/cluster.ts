@@ -16,6 +16,8 @@ export interface Cluster {
   /** Admin kubeconfig for 127.0.0.1. */
   kubeconfigPath: string;
   kc: KubeConfig;
+  /** etcd's client URL (its HTTP gateway serves /v3/kv/…, e.g. for compaction in fault tests). */
+  etcdUrl: string;
   /** Issuer the apiserver puts in service-account tokens. */
   issuer: string;
   /** A kubeconfig reaching the apiserver at host (e.g. from a node namespace), verified as "localhost". */
@@ -145,6 +147,7 @@ export async function startCluster(): Promise<Cluster> {
     kubeconfigPath,
     kc,
     issuer,
+    etcdUrl: `http://127.0.0.1:${etcdPort}`,
     get apiserver() {
       return apiserver;
     },
