@@ -9,7 +9,9 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 
 import { join, basename } from "node:path";
 import { spawnSync } from "node:child_process";
 import { parse } from "yaml";
+import { CoreV1Api, KubeConfig, PatchStrategy, setHeaderOptions } from "@kubernetes/client-node";
 import { ROOT, startCluster, Kubelet, waitFor, type Cluster } from "../harness/index.ts";
+import { removeNodeTaint } from "../../src/agent/ready-taint.ts";
 import {
   CHART_DIR,
   chartRbacObjects,
@@ -543,5 +545,125 @@ describe("helm chart: a real kube-apiserver validates every render", () => {
     );
     assert.equal(await can(server, { verb: "get", resource: "secrets", namespace: ns }), false);
     assert.equal(await can(server, { verb: "create", resource: "pods", namespace: ns }), false);
+  });
+});
+
+describe("helm chart: the agent's startup taint, enforced by the real apiserver", () => {
+  const NS = "kc-taint";
+  const KEY = "keycutter.dev/agent-not-ready";
+  let cluster: Cluster;
+  let kubelet: Kubelet;
+  let agentKc: KubeConfig;
+
+  const taints = [
+    { key: KEY, effect: "NoSchedule" },
+    { key: "example.com/other", effect: "NoSchedule" },
+  ];
+
+  before(async () => {
+    cluster = await startCluster();
+    kubelet = new Kubelet(cluster.kc);
+    await kubelet.ensureNamespace(NS);
+    const objs = renderChart({ agent: { startupTaint: { enabled: true } } }, { namespace: NS });
+    const wanted = objs.filter(
+      (o) =>
+        !isHook(o) &&
+        ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"].includes(o.kind),
+    );
+    wanted.push(findObject(objs, "ValidatingAdmissionPolicy", "keycutter-agent-node-patch"));
+    wanted.push(findObject(objs, "ValidatingAdmissionPolicyBinding", "keycutter-agent-node-patch"));
+    for (const o of wanted) {
+      const r = await createObject(cluster, o, { dryRun: false, namespace: NS });
+      assert.equal(r.status, 201, `${o.kind}/${o.metadata.name}: ${JSON.stringify(r.body).slice(0, 300)}`);
+    }
+    const core = cluster.kc.makeApiClient(CoreV1Api);
+    for (const name of ["node-1", "node-2"]) {
+      await core.createNode({ body: { metadata: { name, labels: { a: "b" } }, spec: { taints } } });
+    }
+    // the agent's API token is bound to its pod on node-1, as the kubelet's projected token is
+    const pod = await kubelet.createPod({
+      namespace: NS,
+      name: "keycutter-agent-node-1",
+      nodeName: "node-1",
+      serviceAccountName: "keycutter-agent",
+      hostNetwork: true,
+    });
+    const token = await kubelet.requestToken(NS, "keycutter-agent", {
+      podName: pod.metadata!.name!,
+      podUID: pod.metadata!.uid!,
+      audiences: [cluster.issuer],
+    });
+    agentKc = new KubeConfig();
+    agentKc.loadFromFile(cluster.kubeconfigFor("127.0.0.1", token));
+  });
+  after(async () => cluster?.stop());
+
+  // (the apiserver adds node.kubernetes.io/not-ready itself; only ours are compared)
+  const nodeTaints = async (name: string) =>
+    ((await cluster.kc.makeApiClient(CoreV1Api).readNode({ name })).spec?.taints ?? [])
+      .map((t) => t.key)
+      .filter((k) => k === KEY || k === "example.com/other");
+
+  const patchAsAgent = (name: string, ops: object[]) =>
+    agentKc
+      .makeApiClient(CoreV1Api)
+      .patchNode({ name, body: ops }, setHeaderOptions("Content-Type", PatchStrategy.JsonPatch));
+
+  it("another node's taint: refused by the admission policy", async () => {
+    // the policy is enforced once the apiserver has loaded it: probe with a patch that changes
+    // nothing (a JSON-patch test op) until it is refused
+    await waitFor(
+      "the admission policy is in force",
+      async () => {
+        try {
+          await patchAsAgent("node-2", [{ op: "test", path: "/metadata/name", value: "node-2" }]);
+          return false;
+        } catch (err) {
+          return /only change the node it runs on/.test(String(err));
+        }
+      },
+      { timeoutMs: 20_000 },
+    );
+    await assert.rejects(removeNodeTaint(agentKc, "node-2", KEY), /only change the node it runs on/);
+    assert.deepEqual(await nodeTaints("node-2"), [KEY, "example.com/other"]);
+  });
+
+  it("its own node: other taints, labels and schedulability cannot be touched", async () => {
+    await assert.rejects(
+      patchAsAgent("node-1", [{ op: "replace", path: "/spec/taints", value: [] }]),
+      /may only remove the keycutter.dev\/agent-not-ready taint/,
+    );
+    await assert.rejects(
+      patchAsAgent("node-1", [{ op: "add", path: "/metadata/labels/evil", value: "1" }]),
+      /may not change the node's labels/,
+    );
+    await assert.rejects(
+      patchAsAgent("node-1", [{ op: "add", path: "/spec/unschedulable", value: true }]),
+      /may not change the node's labels, annotations or schedulability/,
+    );
+    assert.deepEqual(await nodeTaints("node-1"), [KEY, "example.com/other"]);
+  });
+
+  it("its own node's startup taint: removed by the agent's own code", async () => {
+    assert.equal(await removeNodeTaint(agentKc, "node-1", KEY), true);
+    assert.deepEqual(await nodeTaints("node-1"), ["example.com/other"]);
+  });
+
+  it("without the RBAC the chart adds for it, the agent could not read nodes at all", async () => {
+    const objs = renderChart({}, { namespace: NS });
+    assert.deepEqual(normRules(roleRules(objs, "ClusterRole", "keycutter-agent")), [
+      "|pods|list|",
+      "|pods|watch|",
+    ]);
+    const on = renderChart({ agent: { startupTaint: { enabled: true } } }, { namespace: NS });
+    assert.deepEqual(normRules(roleRules(on, "ClusterRole", "keycutter-agent")), [
+      "|nodes|get|",
+      "|nodes|patch|",
+      "|pods|list|",
+      "|pods|watch|",
+    ]);
+    assert.ok(
+      containerArgs(findObject(on, "DaemonSet", "keycutter-agent"), "agent").includes(`--ready-taint=${KEY}`),
+    );
   });
 });
