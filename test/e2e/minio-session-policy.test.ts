@@ -6,6 +6,11 @@
 // denies each pod the other's prefix, through the unmodified AWS CLI in the pod's netns.
 // The keycutter servers run unchanged with --sts-endpoint pointing at MinIO and MinIO user
 // credentials in their environment; agents and pods are exactly as in the moto suites.
+// What MinIO does with what keycutter sends (checked against MinIO's cmd/sts-handlers.go):
+// RoleArn, Tags and SourceIdentity are accepted and ignored (the session inherits the signing
+// user's policy, here the broker's), DurationSeconds up to 365 days is honoured, and the
+// session policy is parsed strictly: actions MinIO does not implement (iam:*, sts:*) make the
+// whole AssumeRole fail with InvalidParameterValue (last test).
 // Needs root (network namespaces, iptables) and MinIO built by scripts/build-minio.sh.
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
@@ -252,6 +257,11 @@ describe("e2e: per-pod session policies enforced by MinIO", { skip }, () => {
     assert.equal(c2.status, 200, c2.body);
     assert.notEqual(c1.creds!.AccessKeyId, c2.creds!.AccessKeyId);
     assert.equal(c1.creds!.Code, "Success");
+    const logs = sys.allLogs();
+    for (const c of [c1.creds!, c2.creds!]) {
+      assert.ok(!logs.includes(c.SecretAccessKey!), "a secret key in the logs");
+      assert.ok(!logs.includes(c.Token!), "a session token in the logs");
+    }
   });
 
   it("a session policy MinIO refuses (iam:*/sts:* in the ceiling): no credentials, a clear error", async () => {
