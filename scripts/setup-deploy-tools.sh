@@ -9,6 +9,9 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 source "$ROOT/scripts/versions.env"
 CACHE="$ROOT/.cache"
 mkdir -p "$CACHE/bin"
+# one run at a time (parallel setups must not build into the same directories)
+exec 8>"$CACHE/deploy-tools.lock"
+flock 8
 
 out="$CACHE/bin/helm-$HELM_VERSION"
 if [[ -x "$out" ]]; then
