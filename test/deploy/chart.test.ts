@@ -412,6 +412,46 @@ describe("helm chart: a real kube-apiserver validates every render", () => {
     });
   }
 
+  it("Pod Security admission: the server's pod passes `restricted`; the agent's needs `privileged`", async () => {
+    const core = cluster.kc.makeApiClient(CoreV1Api);
+    const podFrom = (o: K8sObject, ns: string): K8sObject => {
+      const t = (
+        o as unknown as { spec: { template: { metadata: { labels: Record<string, string> }; spec: object } } }
+      ).spec.template;
+      return {
+        apiVersion: "v1",
+        kind: "Pod",
+        metadata: { name: `${o.metadata.name}-x`, namespace: ns, labels: t.metadata.labels },
+        spec: t.spec,
+      } as K8sObject;
+    };
+    const outcomes: Record<string, string> = {};
+    for (const level of ["restricted", "baseline", "privileged"]) {
+      const ns = `kc-pss-${level}`;
+      await core.createNamespace({
+        body: { metadata: { name: ns, labels: { "pod-security.kubernetes.io/enforce": level } } },
+      });
+      const objs = renderChart({}, { namespace: ns });
+      for (const o of objs)
+        if (o.kind === "ServiceAccount") await createObject(cluster, o, { dryRun: false });
+      for (const [kind, name] of [
+        ["Deployment", "keycutter-server"],
+        ["DaemonSet", "keycutter-agent"],
+      ] as const) {
+        const r = await createObject(cluster, podFrom(findObject(objs, kind, name), ns), { dryRun: true });
+        outcomes[`${name}@${level}`] = r.status === 201 ? "admitted" : `refused ${r.status}`;
+      }
+    }
+    assert.deepEqual(outcomes, {
+      "keycutter-server@restricted": "admitted",
+      "keycutter-server@baseline": "admitted",
+      "keycutter-server@privileged": "admitted",
+      "keycutter-agent@restricted": "refused 403",
+      "keycutter-agent@baseline": "refused 403",
+      "keycutter-agent@privileged": "admitted",
+    });
+  });
+
   it("the dry-run does validate: a wrong field and a bad value are rejected", async () => {
     await kubelet.ensureNamespace("kc-negative");
     const dep = findObject(renderChart({}, { namespace: "kc-negative" }), "Deployment", "keycutter-server");
