@@ -35,7 +35,7 @@ export interface HandlerDeps {
   cache: CredCache;
   tokens: ImdsTokens;
   metrics: AgentMetrics;
-  limiter: RateLimiter;
+  limiter: Pick<RateLimiter, "take">;
   passthrough: Passthrough | undefined;
   log: Logger;
 }

@@ -19,9 +19,12 @@ export interface PodIndexListener {
   podGone(pod: PodInfo): void;
 }
 
-/** Pods that have finished keep status.podIP, but their IP is free for reuse. */
+/**
+ * Pods that have finished (or whose containers have all stopped) keep status.podIP, but their IP
+ * may already be reused: they are not reachable by IP any more.
+ */
 function holdsIp(p: PodInfo): boolean {
-  return p.ip !== "" && p.phase !== "Succeeded" && p.phase !== "Failed";
+  return p.ip !== "" && p.phase !== "Succeeded" && p.phase !== "Failed" && !p.containersDone;
 }
 
 const NONE: Lookup = { kind: "none" };
@@ -156,6 +159,7 @@ function samePod(a: PodInfo, b: PodInfo): boolean {
     a.ip === b.ip &&
     a.phase === b.phase &&
     a.terminating === b.terminating &&
+    a.containersDone === b.containersDone &&
     a.hostNetwork === b.hostNetwork &&
     a.ips.length === b.ips.length &&
     a.ips.every((x, i) => x === b.ips[i])

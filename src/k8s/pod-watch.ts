@@ -16,6 +16,11 @@ export interface PodInfo {
   phase: string;
   /** metadata.deletionTimestamp is set: the pod is terminating. */
   terminating: boolean;
+  /**
+   * Every container (init containers aside) has terminated: nothing in the pod can make a request
+   * any more, and its sandbox — and IP — may be released and reused before the API object goes.
+   */
+  containersDone: boolean;
   serviceAccountName: string;
   nodeName: string;
 }
@@ -68,9 +73,15 @@ export function toPodInfo(p: V1Pod | RawPod): PodInfo | undefined {
     hostNetwork: p.spec?.hostNetwork === true,
     phase: typeof status.phase === "string" ? status.phase : "",
     terminating: md.deletionTimestamp != null,
+    containersDone: allTerminated(status.containerStatuses),
     serviceAccountName: String(p.spec?.serviceAccountName ?? "default"),
     nodeName: String(p.spec?.nodeName ?? ""),
   };
+}
+
+function allTerminated(cs: unknown): boolean {
+  if (!Array.isArray(cs) || cs.length === 0) return false;
+  return cs.every((c) => c?.state?.terminated != null);
 }
 
 type WatchEnd = { kind: "gone" } | { kind: "closed" } | { kind: "error"; err: unknown } | { kind: "stopped" };

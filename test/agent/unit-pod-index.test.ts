@@ -11,6 +11,7 @@ function pod(over: Partial<PodInfo> & { uid: string }): PodInfo {
     hostNetwork: false,
     phase: "Running",
     terminating: false,
+    containersDone: false,
     serviceAccountName: "default",
     nodeName: "n1",
     ...over,
@@ -85,4 +86,55 @@ test("waitFor resolves when the pod appears, or after the timeout", async () => 
   const l = await p;
   assert.ok(l.kind === "pod" && l.pod.uid === "late");
   assert.equal(idx.waiting, 0);
+});
+
+test("a terminating pod whose containers have all stopped no longer answers for its IP", () => {
+  const idx = new PodIndex();
+  idx.upsert(pod({ uid: "old", ip: "10.0.0.2", terminating: true }));
+  assert.equal(idx.lookup("10.0.0.2").kind, "pod", "terminating but running: still served");
+  idx.upsert(pod({ uid: "old", ip: "10.0.0.2", terminating: true, containersDone: true }));
+  assert.equal(idx.lookup("10.0.0.2").kind, "none", "sandbox may be gone and the IP reused");
+});
+
+test("toPodInfo keeps only the needed fields and derives containersDone", async () => {
+  const { toPodInfo } = await import("../../src/k8s/pod-watch.ts");
+  const raw = {
+    metadata: {
+      uid: "u",
+      name: "p",
+      namespace: "n",
+      deletionTimestamp: "2026-01-01T00:00:00Z",
+      labels: { a: "b" },
+    },
+    spec: { nodeName: "n1", serviceAccountName: "sa", containers: [{ name: "c" }] },
+    status: {
+      phase: "Running",
+      podIP: "10.0.0.5",
+      podIPs: [{ ip: "10.0.0.5" }, { ip: "fd00::5" }],
+      containerStatuses: [
+        { state: { terminated: { exitCode: 0 } } },
+        { state: { terminated: { exitCode: 1 } } },
+      ],
+    },
+  };
+  const info = toPodInfo(raw)!;
+  assert.deepEqual(info, {
+    uid: "u",
+    namespace: "n",
+    name: "p",
+    ip: "10.0.0.5",
+    ips: ["10.0.0.5", "fd00::5"],
+    hostNetwork: false,
+    phase: "Running",
+    terminating: true,
+    containersDone: true,
+    serviceAccountName: "sa",
+    nodeName: "n1",
+  });
+  const running = toPodInfo({
+    ...raw,
+    status: { ...raw.status, containerStatuses: [{ state: { running: {} } }] },
+  })!;
+  assert.equal(running.containersDone, false);
+  assert.equal(toPodInfo({ metadata: { name: "x" } }), undefined);
 });
