@@ -33,3 +33,25 @@ test("TTL header parsing", () => {
   }
   assert.equal(parseTtl(["300", "300"]), undefined);
 });
+
+test("the verified-token memo gives the same answers as the HMAC and stays bounded", () => {
+  const t = new ImdsTokens();
+  const now = Date.now();
+  const tok = t.issue("uid-a", 2, now);
+  for (let i = 0; i < 3; i++) {
+    assert.ok(t.verify(tok, "uid-a", now));
+    assert.ok(!t.verify(tok, "uid-b", now));
+  }
+  assert.ok(!t.verify(tok, "uid-a", now + 3000), "expired even when memoised");
+  // a token from another agent instance (another key) is verified by HMAC, not trusted from memo
+  const other = new ImdsTokens().issue("uid-a", 300, now);
+  assert.ok(!t.verify(other, "uid-a", now));
+  for (let i = 0; i < 10_000; i++) t.issue(`uid-${i}`, 300, now);
+  const size = (t as unknown as { verified: Map<string, unknown> }).verified.size;
+  assert.ok(size <= 8192, `memo bounded (${size})`);
+  const t2 = new ImdsTokens();
+  const fresh = t2.issue("uid-x", 300, now);
+  const copy = new ImdsTokens((t2 as unknown as { key: { export(): Buffer } }).key.export());
+  assert.ok(copy.verify(fresh, "uid-x", now), "same key, cold memo: HMAC path");
+  assert.ok(copy.verify(fresh, "uid-x", now), "then memoised");
+});
