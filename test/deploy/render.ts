@@ -107,13 +107,24 @@ export function roleRules(objects: K8sObject[], kind: "ClusterRole" | "Role", na
   return (findObject(objects, kind, name) as unknown as { rules: PolicyRule[] }).rules;
 }
 
-const RBAC_KINDS = new Set(["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"]);
+const RBAC_KINDS = new Set([
+  "ServiceAccount",
+  "ClusterRole",
+  "ClusterRoleBinding",
+  "Role",
+  "RoleBinding",
+  "ValidatingAdmissionPolicy",
+  "ValidatingAdmissionPolicyBinding",
+]);
 
 /**
- * The chart's ServiceAccounts and RBAC for the server and the agent (no hooks), ready to create in
- * a test cluster, so that keycutter runs under exactly the chart's permissions. Tokens of
- * `<namespace>/keycutter-server` and `<namespace>/keycutter-agent` then carry those permissions
- * (release "keycutter"; the server is told `--agent-service-account=<namespace>/keycutter-agent`).
+ * The chart's ServiceAccounts, RBAC and admission policies for the server and the agent (no
+ * hooks), ready to create in a test cluster, so that keycutter runs under exactly the chart's
+ * permissions. Tokens of `<namespace>/keycutter-server` and `<namespace>/keycutter-agent` then
+ * carry those permissions (release "keycutter"; the server is told
+ * `--agent-service-account=<namespace>/keycutter-agent`). With
+ * `{ agent: { startupTaint: { enabled: true } } }` the agent may also remove its node's startup
+ * taint (and nothing else: the ValidatingAdmissionPolicy is included).
  */
 export function chartRbacObjects(namespace: string, values: object = {}): K8sObject[] {
   return renderChart(values, { namespace }).filter((o) => RBAC_KINDS.has(o.kind) && !isHook(o));
