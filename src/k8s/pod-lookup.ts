@@ -4,6 +4,7 @@
 // Namespaces (for RoleAllowance namespaceSelector) are cached for a short time.
 
 import { CoreV1Api, type KubeConfig, type V1Pod } from "@kubernetes/client-node";
+import { FastApi } from "./fast-api.ts";
 import type { NamespaceFacts, PodFacts } from "../policy/types.ts";
 
 export function isNotFound(err: unknown): boolean {
@@ -34,18 +35,25 @@ export function podFacts(pod: V1Pod): PodRecord {
 
 export class PodLookup {
   private readonly core: CoreV1Api;
+  private readonly fast: FastApi;
   private readonly nsCache = new Map<string, { at: number; ns: NamespaceFacts | undefined }>();
   private readonly nsTtlMs: number;
 
   constructor(kc: KubeConfig, opts: { namespaceTtlMs?: number } = {}) {
     this.core = kc.makeApiClient(CoreV1Api);
+    this.fast = new FastApi(kc);
     this.nsTtlMs = opts.namespaceTtlMs ?? 30_000;
   }
 
   /** The pod, or undefined when it does not exist. Other errors propagate. */
   async pod(namespace: string, name: string): Promise<PodRecord | undefined> {
     try {
-      return podFacts(await this.core.readNamespacedPod({ namespace, name }));
+      return podFacts(
+        await this.fast.json<V1Pod>(
+          "GET",
+          `/api/v1/namespaces/${encodeURIComponent(namespace)}/pods/${encodeURIComponent(name)}`,
+        ),
+      );
     } catch (e) {
       if (isNotFound(e)) return undefined;
       throw e;
@@ -58,7 +66,10 @@ export class PodLookup {
     if (hit && now - hit.at < this.nsTtlMs) return hit.ns;
     let ns: NamespaceFacts | undefined;
     try {
-      const o = await this.core.readNamespace({ name });
+      const o = await this.fast.json<{ metadata?: { labels?: Record<string, string> } }>(
+        "GET",
+        `/api/v1/namespaces/${encodeURIComponent(name)}`,
+      );
       ns = { name, labels: { ...(o.metadata?.labels ?? {}) } };
     } catch (e) {
       if (!isNotFound(e)) throw e;
@@ -66,6 +77,10 @@ export class PodLookup {
     if (this.nsCache.size > 10_000) this.nsCache.clear();
     this.nsCache.set(name, { at: now, ns });
     return ns;
+  }
+
+  close(): void {
+    this.fast.close();
   }
 
   /** Pods of a namespace (status loop only: ambiguity check). */

@@ -4,7 +4,8 @@
 // from one agent costs one review; a negative result is cached for a shorter time.
 
 import { createHash } from "node:crypto";
-import { AuthenticationV1Api, type KubeConfig } from "@kubernetes/client-node";
+import type { KubeConfig, V1TokenReview } from "@kubernetes/client-node";
+import { FastApi } from "./fast-api.ts";
 
 export interface ReviewedIdentity {
   authenticated: boolean;
@@ -30,7 +31,7 @@ export interface TokenReviewerOptions {
 }
 
 export class TokenReviewer {
-  private readonly api: AuthenticationV1Api;
+  private readonly api: FastApi;
   private readonly cache = new Map<string, { at: number; id: ReviewedIdentity }>();
   private readonly inflight = new Map<string, Promise<ReviewedIdentity>>();
   private readonly positiveTtlMs: number;
@@ -38,10 +39,14 @@ export class TokenReviewer {
   private readonly maxEntries: number;
 
   constructor(kc: KubeConfig, opts: TokenReviewerOptions = {}) {
-    this.api = kc.makeApiClient(AuthenticationV1Api);
+    this.api = new FastApi(kc);
     this.positiveTtlMs = opts.positiveTtlMs ?? 10_000;
     this.negativeTtlMs = opts.negativeTtlMs ?? 5_000;
     this.maxEntries = opts.maxEntries ?? 10_000;
+  }
+
+  close(): void {
+    this.api.close();
   }
 
   async review(token: string, audience: string): Promise<ReviewedIdentity> {
@@ -63,7 +68,11 @@ export class TokenReviewer {
   }
 
   private async doReview(token: string, audience: string): Promise<ReviewedIdentity> {
-    const res = await this.api.createTokenReview({ body: { spec: { token, audiences: [audience] } } });
+    const res = await this.api.json<V1TokenReview>("POST", "/apis/authentication.k8s.io/v1/tokenreviews", {
+      apiVersion: "authentication.k8s.io/v1",
+      kind: "TokenReview",
+      spec: { token, audiences: [audience] },
+    });
     const st = res.status ?? {};
     const user = st.user ?? {};
     const audiences = st.audiences ?? [];

@@ -234,6 +234,8 @@ export async function startServer(cfg: ServerConfig): Promise<RunningServer> {
     service.close();
     sts.destroy();
     await shared?.close();
+    reviewer.close();
+    pods.close();
   };
   if (shared) result.shared = shared;
   if (elector) result.elector = elector;

@@ -54,8 +54,8 @@ export const DEFAULT_SERVICE_OPTIONS: ServiceOptions = {
   maxDurationSeconds: 3600,
   sourceIdentity: true,
   cacheMinRemainingSeconds: 2700,
-  stsRatePerSecond: 20,
-  stsBurst: 40,
+  stsRatePerSecond: 50,
+  stsBurst: 200,
   stsMaxWaitMs: 5000,
   lockWaitMs: 3000,
 };

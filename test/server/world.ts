@@ -2,7 +2,8 @@
 // real moto (auth enforced) with two tenant roles and buckets, namespaces, nodes, agent pods and
 // tenant pods, and helpers to call the server as an agent.
 
-import { request as httpsRequest } from "node:https";
+import { createHash } from "node:crypto";
+import { Agent as HttpsAgent, request as httpsRequest } from "node:https";
 import { readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { CustomObjectsApi, KubeConfig } from "@kubernetes/client-node";
@@ -44,6 +45,20 @@ export interface HttpResult {
   raw: string;
 }
 
+const agents = new Map<string, HttpsAgent>();
+
+/** A keep-alive agent per CA content, as an agent process would hold (one TLS context, reused connections). */
+function agentFor(caFile: string): HttpsAgent {
+  const ca = readFileSync(caFile);
+  const key = createHash("sha256").update(ca).digest("hex");
+  let a = agents.get(key);
+  if (!a) {
+    a = new HttpsAgent({ keepAlive: true, ca, maxSockets: 64 });
+    agents.set(key, a);
+  }
+  return a;
+}
+
 export function post(
   port: number,
   caFile: string,
@@ -70,7 +85,7 @@ export function post(
         path: opts.path ?? "/v1/credentials",
         method: opts.method ?? "POST",
         headers,
-        ca: readFileSync(caFile),
+        agent: agentFor(caFile),
         servername: "localhost",
       },
       (res) => {

@@ -89,9 +89,9 @@ export function registerServerCommands(program: Command): void {
     .option(
       "--sts-rate <per-second>",
       "sustained STS AssumeRole calls per second",
-      env("KEYCUTTER_STS_RATE") ?? "20",
+      env("KEYCUTTER_STS_RATE") ?? "50",
     )
-    .option("--sts-burst <n>", "STS call burst", env("KEYCUTTER_STS_BURST") ?? "40")
+    .option("--sts-burst <n>", "STS call burst", env("KEYCUTTER_STS_BURST") ?? "200")
     .option(
       "--sts-max-attempts <n>",
       "attempts per AssumeRole on throttling/transient errors",
