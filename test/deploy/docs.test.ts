@@ -4,7 +4,7 @@
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { createServer, request } from "node:https";
 import type { AddressInfo } from "node:net";
 import { X509Certificate } from "node:crypto";
@@ -130,6 +130,18 @@ describe("docs/OPERATIONS.md commands", () => {
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
+  });
+
+  it("every repository path named in the architecture, security, operations and comparison docs exists", () => {
+    const missing: string[] = [];
+    for (const f of ["ARCHITECTURE.md", "SECURITY.md", "OPERATIONS.md", "COMPARISON.md"]) {
+      const text = readFileSync(join(ROOT, "docs", f), "utf8");
+      for (const m of text.matchAll(/`((?:src|test|deploy|scripts|docs|bin)\/[^`\s]*)`/g)) {
+        const path = m[1]!.replace(/\/?\*$/, "").replace(/\*\.yaml$/, "");
+        if (!existsSync(join(ROOT, path))) missing.push(`${f}: ${m[1]}`);
+      }
+    }
+    assert.deepEqual(missing, []);
   });
 
   it("every keycutter_* metric named in docs/ exists in the code", () => {
