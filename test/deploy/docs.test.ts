@@ -10,7 +10,9 @@ import type { AddressInfo } from "node:net";
 import { X509Certificate } from "node:crypto";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { parse } from "yaml";
 import { ROOT } from "../harness/index.ts";
+import { CONTAINER_IP } from "../../src/agent/hook/iptables.ts";
 import { loadKey } from "../../src/server/cache.ts";
 import { findObject, helmBinary, parseObjects, renderChart, containerArgs } from "./render.ts";
 
@@ -142,6 +144,35 @@ describe("docs/OPERATIONS.md commands", () => {
       }
     }
     assert.deepEqual(missing, []);
+  });
+
+  it("test:pod-container-credentials uses the audience, address and path the chart and agent use", () => {
+    const m = /<!-- test:pod-container-credentials -->\s*\n\s*```yaml\n([\s\S]*?)\n```/.exec(OPERATIONS);
+    assert.ok(m, "the pod example");
+    const pod = parse(m[1]!) as {
+      spec: {
+        containers: {
+          env: { name: string; value: string }[];
+          volumeMounts: { name: string; mountPath: string }[];
+        }[];
+        volumes: {
+          name: string;
+          projected: { sources: { serviceAccountToken: { audience: string; path: string } }[] };
+        }[];
+      };
+    };
+    const c = pod.spec.containers[0]!;
+    const env = Object.fromEntries(c.env.map((e) => [e.name, e.value]));
+    const server = containerArgs(findObject(renderChart(), "Deployment", "keycutter-server"), "server");
+    const sat = pod.spec.volumes[0]!.projected.sources[0]!.serviceAccountToken;
+    assert.equal(sat.audience, flagOf(server, "--pod-token-audience"));
+    const mount = c.volumeMounts.find((v) => v.name === pod.spec.volumes[0]!.name)!;
+    assert.equal(env.AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE, `${mount.mountPath}/${sat.path}`);
+    // the address the hook redirects, and the one path the agent's container listener serves
+    const url = new URL(env.AWS_CONTAINER_CREDENTIALS_FULL_URI!);
+    assert.equal(url.host, CONTAINER_IP);
+    const handlers = readFileSync(join(ROOT, "src", "agent", "handlers.ts"), "utf8");
+    assert.ok(handlers.includes(`path !== "${url.pathname}"`), "the agent serves this path");
   });
 
   it("every keycutter_* metric named in docs/ exists in the code", () => {
