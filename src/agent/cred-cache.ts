@@ -73,6 +73,8 @@ interface Entry {
   retryAtMs: number;
   tokens: Map<string, number> | undefined;
   tokenFlights: Map<string, Promise<Outcome>> | undefined;
+  /** Tokens the server refused for this pod, with the refusal, remembered briefly. */
+  badTokens: Map<string, { code: ErrorCode; message: string; status: number; untilMs: number }> | undefined;
   gone: boolean;
 }
 
@@ -236,6 +238,10 @@ export class CredCache {
       if (fresh) return { ok: true, creds: fresh, stale: false };
       return this.obtain(pod, waitMs);
     }
+    const bad = e.badTokens?.get(h);
+    if (bad !== undefined && bad.untilMs > now) {
+      return { ok: false, code: bad.code, message: bad.message, status: bad.status };
+    }
     e.tokenFlights ??= new Map();
     let flight = e.tokenFlights.get(h);
     if (!flight) {
@@ -271,6 +277,12 @@ export class CredCache {
     } catch (err) {
       const x = toError(err);
       this.o.metrics?.fetch(x.code, "token");
+      if (x.code === "PodTokenMismatch" || x.code === "Unauthenticated") {
+        // A pod replaying a bad token must not turn into a TokenReview per request.
+        e.badTokens ??= new Map();
+        if (e.badTokens.size >= 16) e.badTokens.clear();
+        e.badTokens.set(h, { ...x, untilMs: Date.now() + this.o.denialTtlMs });
+      }
       return { ok: false, ...x };
     }
   }
@@ -307,6 +319,7 @@ export class CredCache {
         retryAtMs: 0,
         tokens: undefined,
         tokenFlights: undefined,
+        badTokens: undefined,
         gone: false,
       };
       this.entries.set(pod.uid, e);

@@ -540,7 +540,7 @@ test("require-IMDSv2 mode: a v1 client gets 401, an IMDSv2 SDK still works", asy
       return r?.status === 200;
     });
     const v1 = await probe("a", "GET", `${endpoint}/latest/meta-data/iam/security-credentials/`);
-    assert.equal(v1.status, 401);
+    assert.equal(v1.status, 401, JSON.stringify(v1));
     const v1Boto = await boto("a", {
       AWS_EC2_METADATA_SERVICE_ENDPOINT: endpoint,
       AWS_EC2_METADATA_V1_DISABLED: "false",

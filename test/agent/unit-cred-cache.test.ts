@@ -119,6 +119,10 @@ test("pod tokens: validated once by the server, mismatches passed through", asyn
   assert.equal(src.calls.length, 1, "second call served from cache");
   const r3 = await c.obtainWithToken(podA, "bad", 1000);
   assert.ok(!r3.ok && r3.code === "PodTokenMismatch" && r3.status === 403);
+  const before = src.calls.length;
+  const r4 = await c.obtainWithToken(podA, "bad", 1000);
+  assert.ok(!r4.ok && r4.code === "PodTokenMismatch");
+  assert.equal(src.calls.length, before, "a replayed bad token is refused without asking the server again");
   assert.ok(!c.tokenValid("uid-a", "bad"));
   c.dropAll();
 });
