@@ -48,7 +48,10 @@ describe("helm install, upgrade and uninstall against a real apiserver", { timeo
     ).spec!.template.spec!.containers[0]!.args!;
 
   it("install: CRDs first, then every object; the release is deployed", async () => {
-    helm("install", "keycutter", CHART_DIR, "--namespace", NS, "--create-namespace");
+    const out = helm("install", "keycutter", CHART_DIR, "--namespace", NS, "--create-namespace");
+    // the notes tell what was installed and what is still open
+    assert.match(out, /keycutter 0\.1\.0 is installed in namespace keycutter-system/);
+    assert.match(out, /networkPolicy\.nodeCidrs is empty/);
     const ext = cluster.kc.makeApiClient(ApiextensionsV1Api);
     for (const crd of ["accesspolicies.keycutter.dev", "roleallowances.keycutter.dev"])
       assert.ok(await ext.readCustomResourceDefinition({ name: crd }));
