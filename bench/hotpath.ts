@@ -11,6 +11,7 @@ import { cpuMs, rssBytes, runLoadgen, startAgentProcess, startBaseline, type Sta
 import { ROLE_NAME } from "./lib/bodies.ts";
 import type { LoadResult } from "./lib/loadgen.ts";
 import { startKube2iam, kube2iamBinary } from "./lib/kube2iam.ts";
+import { patchedAgentMain } from "./lib/patched.ts";
 
 export interface HotpathParams {
   pods: number;
@@ -23,6 +24,11 @@ export interface HotpathParams {
   kube2iam: boolean;
   /** Extra node flags for the agent process (e.g. --cpu-prof). */
   agentNodeArgs?: string[];
+  /** CLI entry of the agent under test (default src/cli/main.ts). */
+  agentMain?: string;
+  /** Also run agents from these CLI entries (patched copies), side by side, for before/after.
+   * "auto": src/ with bench/patches/*.patch applied, as "keycutter+fix". */
+  extraAgents?: Array<{ name: string; main: string }> | "auto";
 }
 
 export interface TargetRun {
@@ -98,19 +104,43 @@ export async function benchHotpath(env: BenchEnv, p: HotpathParams): Promise<Hot
     // the limiter stays in the path but never refuses: a benchmark client is far above a pod's rate
     extraArgs: ["--no-hook", "--rate-limit-rps", "1000000000", "--rate-limit-burst", "1000000000"],
     nodeArgs: p.agentNodeArgs,
+    ...(p.agentMain ? { main: p.agentMain } : {}),
   });
   env.defer(() => agent.stop());
   targets.push({ name: "keycutter", s: agent });
+  const agents = [agent];
+  let extras = p.extraAgents === "auto" ? [] : (p.extraAgents ?? []);
+  if (p.extraAgents === "auto") {
+    const pa = patchedAgentMain();
+    notes.push(...pa.notes);
+    if (pa.main) extras = [{ name: "keycutter+fix", main: pa.main }];
+  }
+  for (const extra of extras) {
+    const patched = await startAgentProcess({
+      nodeName: NODE_NAME,
+      kubeconfig: cluster.kubeconfigPath,
+      serverUrl: creds.url,
+      tokenFile,
+      dir,
+      extraArgs: ["--no-hook", "--rate-limit-rps", "1000000000", "--rate-limit-burst", "1000000000"],
+      nodeArgs: p.agentNodeArgs,
+      main: extra.main,
+    });
+    env.defer(() => patched.stop());
+    targets.push({ name: extra.name, s: patched });
+    agents.push(patched);
+  }
 
   // every pod served (prefetched) before measuring
   const deadline = Date.now() + 60_000;
-  for (;;) {
-    const r = await pool(ips, 16, (ip) => sdkFetch("127.0.0.1", agent.port, ip));
-    const bad = r.filter((x) => !x.ok);
-    if (bad.length === 0) break;
-    if (Date.now() > deadline) throw new Error(`agent never served all pods: ${bad[0]!.error}`);
-    await sleep(200);
-  }
+  for (const a of agents)
+    for (;;) {
+      const r = await pool(ips, 16, (ip) => sdkFetch("127.0.0.1", a.port, ip));
+      const bad = r.filter((x) => !x.ok);
+      if (bad.length === 0) break;
+      if (Date.now() > deadline) throw new Error(`agent never served all pods: ${bad[0]!.error}`);
+      await sleep(200);
+    }
   notes.push(`credential-service calls to warm ${p.pods} pods: ${creds.calls}`);
 
   if (p.kube2iam) {

@@ -108,6 +108,7 @@ if (import.meta.url === `file://${process.argv[1]}`) {
       rounds: 1,
       kube2iam: false,
       agentNodeArgs: ["--cpu-prof", `--cpu-prof-dir=${dir}`, "--cpu-prof-interval=200"],
+      ...(arg("agent-main", "") ? { agentMain: arg("agent-main", "") } : {}),
     });
   } finally {
     await env.close(); // stops the agent: the profile is written on exit

@@ -13,11 +13,18 @@ import { join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { System, SYSTEM_NS, AGENT_SA } from "../test/e2e/system.ts";
 import { MOTO_ACCOUNT_ID } from "../test/harness/index.ts";
-import { pool, percentile, sdkFetch, sleep } from "./lib/env.ts";
+import { metricSum, pool, percentile, sdkFetch, sleep } from "./lib/env.ts";
 import { cpuMs, rssBytes, runLoadgen, startAgentProcess, type AgentProc } from "./lib/procs.ts";
+import { createEnv } from "./lib/env.ts";
+import { startContractServer } from "./lib/contract-server.ts";
+import type { Kubelet } from "../test/harness/index.ts";
 
 export interface StormParams {
   pods: number;
+  /** "real": the whole system with moto; "contract": the agent against the contract test server. */
+  server: "real" | "contract";
+  /** contract mode: the test server answers after this delay (a stand-in for STS latency). */
+  contractDelayMs?: number;
   /** Server replicas. */
   replicas: number;
   /** Extra server flags, e.g. a higher --sts-rate. */
@@ -32,6 +39,8 @@ export interface StormResult {
   summary: {
     pods: number;
     allServedMs: number;
+    /** Pods still without credentials after 60 s of retrying. */
+    neverServed: number;
     firstTryOk: number;
     clientErrors: number;
     slowestFirstTryMs: number;
@@ -64,109 +73,69 @@ const NODE_NAME = "storm-node";
 const NS = "storm";
 const ROLE = "storm-role";
 
-async function metricSum(url: string, name: string): Promise<number> {
-  const text = await fetch(url).then((r) => r.text());
-  let sum = 0;
-  for (const line of text.split("\n")) {
-    if (line.startsWith(name + "{") || line.startsWith(name + " "))
-      sum += Number(line.slice(line.lastIndexOf(" ") + 1));
-  }
-  return sum;
-}
-
 export async function benchStorm(p: StormParams): Promise<StormResult> {
   if (p.pods < 1 || p.pods > 250) throw new Error("pods: 1..250");
   const notes: string[] = [];
-  const sys = new System({ nodes: [], serverReplicas: p.replicas, redis: true, serverArgs: p.serverArgs });
+  let kubelet: Kubelet;
   let agent: AgentProc | undefined;
+  let stsCalls: () => Promise<number>;
+  let serverLabel: string;
+  const cleanup: Array<() => Promise<unknown>> = [];
   try {
-    await sys.start();
-    const roleArn = await sys.moto.createRole(ROLE, {
-      Version: "2012-10-17",
-      Statement: [{ Effect: "Allow", Action: ["s3:GetObject"], Resource: ["arn:aws:s3:::storm/*"] }],
-    });
-    await sys.apply({
-      apiVersion: "keycutter.dev/v1alpha1",
-      kind: "RoleAllowance",
-      metadata: { name: "storm" },
-      spec: {
-        namespaces: [NS],
-        roleArns: [`arn:aws:iam::${MOTO_ACCOUNT_ID}:role/storm-*`],
-        maxDurationSeconds: 3600,
-      },
-    });
-    await sys.kubelet.ensureNamespace(NS);
-    await sys.kubelet.createServiceAccount(NS, "app");
-    await sys.apply({
-      apiVersion: "keycutter.dev/v1alpha1",
-      kind: "AccessPolicy",
-      metadata: { namespace: NS, name: "app" },
-      spec: {
-        podSelector: { serviceAccountName: "app" },
-        roleArn,
-        sessionPolicy: {
-          Version: "2012-10-17",
-          Statement: [
-            { Effect: "Allow", Action: ["s3:GetObject"], Resource: ["arn:aws:s3:::storm/${namespace}/*"] },
-          ],
-        },
-        durationSeconds: 3600,
-      },
-    });
-
-    // the node and its agent, as System.addNode does, but listening on loopback
-    await sys.kubelet.createNode(NODE_NAME, "127.0.0.1");
-    const agentPod = await sys.kubelet.createPod({
-      namespace: SYSTEM_NS,
-      name: `keycutter-agent-${NODE_NAME}`,
-      nodeName: NODE_NAME,
-      serviceAccountName: AGENT_SA,
-      hostNetwork: true,
-      podIP: "127.0.0.1",
-      hostIP: "127.0.0.1",
-    });
-    const bound = {
-      podName: agentPod.metadata!.name!,
-      podUID: agentPod.metadata!.uid!,
-      expirationSeconds: 86400,
-    };
-    const serverToken = await sys.kubelet.requestToken(SYSTEM_NS, AGENT_SA, {
-      ...bound,
-      audiences: ["keycutter"],
-    });
-    const apiToken = await sys.kubelet.requestToken(SYSTEM_NS, AGENT_SA, {
-      ...bound,
-      audiences: [sys.cluster.issuer],
-    });
-    const tokenFile = join(sys.dir, "agent.token");
-    writeFileSync(tokenFile, serverToken, { mode: 0o600 });
-    agent = await startAgentProcess({
-      nodeName: NODE_NAME,
-      kubeconfig: sys.cluster.kubeconfigFor("127.0.0.1", apiToken),
-      serverUrl: sys.serverUrl,
-      serverCaFile: sys.pki.caFile,
-      tokenFile,
-      dir: sys.dir,
-      extraArgs: ["--no-hook"],
-    });
-
+    if (p.server === "real") {
+      const sys = new System({
+        nodes: [],
+        serverReplicas: p.replicas,
+        redis: true,
+        serverArgs: p.serverArgs,
+      });
+      cleanup.push(() => sys.stop());
+      await sys.start();
+      kubelet = sys.kubelet;
+      agent = await startRealAgent(sys);
+      const urls = sys.servers.map((s) => `http://127.0.0.1:${s.opsPort}/metrics`);
+      stsCalls = async () =>
+        (await Promise.all(urls.map((u) => metricSum(u, "keycutter_server_sts_requests_total")))).reduce(
+          (x, y) => x + y,
+          0,
+        );
+      serverLabel = `real keycutter server ×${p.replicas} (TLS, Redis) + moto STS`;
+      notes.push(`server flags: ${(p.serverArgs ?? []).join(" ") || "defaults"}`);
+    } else {
+      const env = await createEnv();
+      cleanup.push(() => env.close());
+      kubelet = env.kubelet;
+      const creds = await startContractServer({ delayMs: p.contractDelayMs ?? 0 });
+      cleanup.push(() => creds.close());
+      await kubelet.createNode(NODE_NAME, "127.0.0.1");
+      await kubelet.createServiceAccount(NS, "app");
+      const tokenFile = join(env.dir, "agent.token");
+      writeFileSync(tokenFile, "bench");
+      agent = await startAgentProcess({
+        nodeName: NODE_NAME,
+        kubeconfig: env.cluster.kubeconfigPath,
+        serverUrl: creds.url,
+        tokenFile,
+        dir: env.dir,
+        extraArgs: ["--no-hook"],
+      });
+      stsCalls = async () => creds.calls;
+      serverLabel = `contract test server (answers after ${p.contractDelayMs ?? 0} ms)`;
+    }
     // pods exist, Pending, before the storm
     const names = Array.from({ length: p.pods }, (_, i) => `s-${i}`);
     await pool(names, 16, (name) =>
-      sys.kubelet.createPod({ namespace: NS, name, nodeName: NODE_NAME, serviceAccountName: "app" }),
+      kubelet.createPod({ namespace: NS, name, nodeName: NODE_NAME, serviceAccountName: "app" }),
     );
     await sleep(1000);
-    const stsUrl = (s: { opsPort: number }) => `http://127.0.0.1:${s.opsPort}/metrics`;
-    const stsBefore = (
-      await Promise.all(sys.servers.map((s) => metricSum(stsUrl(s), "keycutter_server_sts_requests_total")))
-    ).reduce((a, b) => a + b, 0);
+    const stsBefore = await stsCalls();
     const opsUrl = `http://127.0.0.1:${agent.opsPort}/metrics`;
     const fetchesBefore = await metricSum(opsUrl, "keycutter_agent_credential_fetches_total");
 
     const t0 = performance.now();
     const rows = await pool(names, p.pods, async (name, i) => {
       const ip = `127.0.0.${2 + i}`;
-      await sys.kubelet.setPodIP(NS, name, ip, "127.0.0.1");
+      await kubelet.setPodIP(NS, name, ip, "127.0.0.1");
       const ipAt = performance.now();
       const first = await sdkFetch("127.0.0.1", agent!.port, ip, 1000);
       let servedAt = first.ok ? ipAt + first.ms : 0;
@@ -185,27 +154,25 @@ export async function benchStorm(p: StormParams): Promise<StormResult> {
     });
     const allServedMs = Math.max(...rows.map((r) => r.servedAt));
     await sleep(500);
-    const stsAfter = (
-      await Promise.all(sys.servers.map((s) => metricSum(stsUrl(s), "keycutter_server_sts_requests_total")))
-    ).reduce((a, b) => a + b, 0);
+    const stsAfter = await stsCalls();
     const fetchesAfter = await metricSum(opsUrl, "keycutter_agent_credential_fetches_total");
     const firstMs = rows.map((r) => r.first.ms).sort((a, b) => a - b);
     const errs = rows.filter((r) => !r.first.ok);
     const ips = rows.map((r) => r.ipAt);
     const keys = new Set(rows.filter((r) => r.first.ok).map((r) => r.first.accessKeyId));
-    if (keys.size !== rows.filter((r) => r.first.ok).length)
-      notes.push(`distinct access keys: ${keys.size} (pods sharing credentials!)`);
-    else notes.push(`every served pod got its own credentials (${keys.size} distinct access keys)`);
-    notes.push(
-      `server: ${p.replicas} replica(s), Redis shared cache, TLS; server flags: ${(p.serverArgs ?? []).join(" ") || "defaults"}`,
-    );
+    const okCount = rows.filter((r) => r.first.ok).length;
+    if (keys.size !== okCount)
+      notes.push(`distinct access keys: ${keys.size} for ${okCount} pods served on the first try (sharing!)`);
+    else if (okCount)
+      notes.push(`each pod served on the first try got its own credentials (${keys.size} keys)`);
 
     const result: StormResult = {
       params: p,
-      server: `real keycutter server ×${p.replicas} + moto`,
+      server: serverLabel,
       summary: {
         pods: p.pods,
         allServedMs: Math.round(allServedMs),
+        neverServed: rows.filter((r) => r.servedAt < 0).length,
         firstTryOk: rows.length - errs.length,
         clientErrors: errs.length,
         slowestFirstTryMs: Math.round(firstMs[firstMs.length - 1]!),
@@ -263,6 +230,80 @@ export async function benchStorm(p: StormParams): Promise<StormResult> {
     return result;
   } finally {
     await agent?.stop();
-    await sys.stop();
+    for (const fn of cleanup.reverse()) await fn().catch(() => undefined);
   }
+}
+
+/** The node and its agent, as System.addNode does, but listening on loopback. */
+async function startRealAgent(sys: System): Promise<AgentProc> {
+  const roleArn = await sys.moto.createRole(ROLE, {
+    Version: "2012-10-17",
+    Statement: [{ Effect: "Allow", Action: ["s3:GetObject"], Resource: ["arn:aws:s3:::storm/*"] }],
+  });
+  await sys.apply({
+    apiVersion: "keycutter.dev/v1alpha1",
+    kind: "RoleAllowance",
+    metadata: { name: "storm" },
+    spec: {
+      namespaces: [NS],
+      roleArns: [`arn:aws:iam::${MOTO_ACCOUNT_ID}:role/storm-*`],
+      maxDurationSeconds: 3600,
+    },
+  });
+  await sys.kubelet.ensureNamespace(NS);
+  await sys.kubelet.createServiceAccount(NS, "app");
+  await sys.apply({
+    apiVersion: "keycutter.dev/v1alpha1",
+    kind: "AccessPolicy",
+    metadata: { namespace: NS, name: "app" },
+    spec: {
+      podSelector: { serviceAccountName: "app" },
+      roleArn,
+      sessionPolicy: {
+        Version: "2012-10-17",
+        Statement: [
+          { Effect: "Allow", Action: ["s3:GetObject"], Resource: ["arn:aws:s3:::storm/${namespace}/*"] },
+        ],
+      },
+      durationSeconds: 3600,
+    },
+  });
+
+  // the node and its agent, as System.addNode does, but listening on loopback
+  await sys.kubelet.createNode(NODE_NAME, "127.0.0.1");
+  const agentPod = await sys.kubelet.createPod({
+    namespace: SYSTEM_NS,
+    name: `keycutter-agent-${NODE_NAME}`,
+    nodeName: NODE_NAME,
+    serviceAccountName: AGENT_SA,
+    hostNetwork: true,
+    podIP: "127.0.0.1",
+    hostIP: "127.0.0.1",
+  });
+  const bound = {
+    podName: agentPod.metadata!.name!,
+    podUID: agentPod.metadata!.uid!,
+    expirationSeconds: 86400,
+  };
+  const serverToken = await sys.kubelet.requestToken(SYSTEM_NS, AGENT_SA, {
+    ...bound,
+    audiences: ["keycutter"],
+  });
+  const apiToken = await sys.kubelet.requestToken(SYSTEM_NS, AGENT_SA, {
+    ...bound,
+    audiences: [sys.cluster.issuer],
+  });
+  const tokenFile = join(sys.dir, "agent.token");
+  writeFileSync(tokenFile, serverToken, { mode: 0o600 });
+  const agent = await startAgentProcess({
+    nodeName: NODE_NAME,
+    kubeconfig: sys.cluster.kubeconfigFor("127.0.0.1", apiToken),
+    serverUrl: sys.serverUrl,
+    serverCaFile: sys.pki.caFile,
+    tokenFile,
+    dir: sys.dir,
+    extraArgs: ["--no-hook"],
+  });
+
+  return agent;
 }

@@ -134,3 +134,14 @@ export function median(xs: number[]): number {
       : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2
     : 0;
 }
+
+/** Sum of every sample of a Prometheus metric (all label sets). */
+export async function metricSum(url: string, name: string): Promise<number> {
+  const text = await fetch(url).then((r) => r.text());
+  let sum = 0;
+  for (const line of text.split("\n")) {
+    if (line.startsWith(name + "{") || line.startsWith(name + " "))
+      sum += Number(line.slice(line.lastIndexOf(" ") + 1));
+  }
+  return sum;
+}

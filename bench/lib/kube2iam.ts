@@ -4,6 +4,8 @@
 // assumes the role in moto (STS) and proxies the IMDSv2 token PUT to the "real" metadata service,
 // here the bare baseline server (as on EC2, where the token comes from the real IMDS).
 import { existsSync } from "node:fs";
+import { createServer } from "node:http";
+import type { AddressInfo } from "node:net";
 import { join } from "node:path";
 import { ManagedProcess, freePort, startMoto, CACHE } from "../../test/harness/index.ts";
 import type { BenchEnv } from "./env.ts";
@@ -27,6 +29,17 @@ export async function startKube2iam(
     Version: "2012-10-17",
     Statement: [{ Effect: "Allow", Action: "s3:ListAllMyBuckets", Resource: "*" }],
   });
+  // kube2iam asks EC2 DescribeRegions to decide whether to pin STS to its regional AWS endpoint;
+  // an EC2 stand-in that lists no region makes it use the SDK's resolution (AWS_ENDPOINT_URL_STS)
+  const ec2 = createServer((_req, res) => {
+    _req.resume();
+    res.writeHead(200, { "content-type": "text/xml" });
+    res.end(
+      '<?xml version="1.0" encoding="UTF-8"?>\n<DescribeRegionsResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/"><requestId>bench</requestId><regionInfo/></DescribeRegionsResponse>',
+    );
+  });
+  await new Promise<void>((r) => ec2.listen(0, "127.0.0.1", r));
+  env.defer(() => new Promise<void>((r) => ec2.close(() => r())));
   const port = await freePort();
   const args = [
     `--kubeconfig=${env.cluster.kubeconfigPath}`,
@@ -42,10 +55,9 @@ export async function startKube2iam(
       PATH: process.env.PATH,
       AWS_ACCESS_KEY_ID: "testing",
       AWS_SECRET_ACCESS_KEY: "testing",
-      // a region moto's DescribeRegions does not list: kube2iam's own STS resolver then falls
-      // back to the SDK's default resolution, which honours AWS_ENDPOINT_URL (moto)
-      AWS_REGION: "xx-bench-1",
-      AWS_ENDPOINT_URL: moto.endpoint,
+      AWS_REGION: "us-east-1",
+      AWS_ENDPOINT_URL_STS: moto.endpoint,
+      AWS_ENDPOINT_URL_EC2: `http://127.0.0.1:${(ec2.address() as AddressInfo).port}`,
       AWS_EC2_METADATA_DISABLED: "true",
     },
   });

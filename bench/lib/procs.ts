@@ -54,6 +54,8 @@ export async function startAgentProcess(o: {
   netns?: string;
   env?: NodeJS.ProcessEnv;
   nodeArgs?: string[];
+  /** CLI entry to run (default src/cli/main.ts); a patched copy for before/after experiments. */
+  main?: string;
 }): Promise<AgentProc> {
   const host = o.listenHost ?? "127.0.0.1";
   const port = await freePort(host === "0.0.0.0" ? "127.0.0.1" : host);
@@ -62,7 +64,7 @@ export async function startAgentProcess(o: {
   writeFileSync(keyFile, "k".repeat(32), { mode: 0o600 });
   const args = [
     ...(o.nodeArgs ?? []),
-    KEYCUTTER_MAIN,
+    o.main ?? KEYCUTTER_MAIN,
     "agent",
     "--node-name",
     o.nodeName,

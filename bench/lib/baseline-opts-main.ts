@@ -1,0 +1,54 @@
+// The baseline: a bare node:http server answering the IMDSv2 credential sequence with fixed
+// bodies (no pod lookup, no token check, no metrics). It is the practical limit of Node's HTTP
+// stack on this machine. Also used as the "real IMDS" behind kube2iam's token proxy.
+// argv: host port
+import { createServer } from "node:http";
+import { BASELINE_TOKEN, ROLE_NAME, credentialsDoc } from "./bodies.ts";
+
+const host = process.argv[2] ?? "127.0.0.1";
+const port = Number(process.argv[3] ?? 0);
+const token = Buffer.from(BASELINE_TOKEN);
+const role = Buffer.from(ROLE_NAME);
+const creds = Buffer.from(
+  credentialsDoc(0, new Date(Date.now() + 6 * 3600_000).toISOString().replace(/\.\d{3}Z$/, "Z")),
+);
+const notFound = Buffer.from("Not Found\n");
+const LIST = "/latest/meta-data/iam/security-credentials/";
+
+const server = createServer(
+  {
+    maxHeaderSize: 8192,
+    requestTimeout: 10_000,
+    headersTimeout: 5_000,
+    keepAliveTimeout: 5000,
+    noDelay: true,
+    requireHostHeader: false,
+  },
+  (req, res) => {
+    const url = req.url ?? "";
+    if (url === "/latest/api/token" && req.method === "PUT") {
+      res.writeHead(200, {
+        "content-type": "text/plain",
+        "content-length": token.length,
+        "x-aws-ec2-metadata-token-ttl-seconds": String(
+          req.headers["x-aws-ec2-metadata-token-ttl-seconds"] ?? "21600",
+        ),
+      });
+      res.end(token);
+    } else if (url === LIST) {
+      res.writeHead(200, { "content-type": "text/plain", "content-length": role.length });
+      res.end(role);
+    } else if (url === LIST + ROLE_NAME) {
+      res.writeHead(200, { "content-type": "text/plain", "content-length": creds.length });
+      res.end(creds);
+    } else {
+      res.writeHead(404, { "content-type": "text/plain", "content-length": notFound.length });
+      res.end(notFound);
+    }
+  },
+);
+server.listen(port, host, () => {
+  const a = server.address();
+  console.log(`baseline listening ${typeof a === "object" && a ? a.port : port}`);
+});
+process.on("SIGTERM", () => process.exit(0));

@@ -1,0 +1,49 @@
+// The benchmarks still run: `npm run bench:smoke` (tiny parameters) exits 0 and writes a report
+// with every section filled in. Numbers are not checked — benchmarks are not timed unit tests.
+import { describe, it } from "node:test";
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { NODE, ROOT } from "../harness/index.ts";
+
+describe("bench:smoke", () => {
+  it("runs every benchmark with tiny parameters and writes a complete JSON report", () => {
+    const dir = mkdtempSync(join(tmpdir(), "kc-bench-smoke-"));
+    try {
+      const out = join(dir, "smoke.json");
+      const r = spawnSync(NODE, [join(ROOT, "bench", "run.ts"), "--smoke", `--out=${out}`], {
+        cwd: ROOT,
+        encoding: "utf8",
+        timeout: 9 * 60_000,
+      });
+      assert.equal(r.status, 0, `bench:smoke failed:\n${r.stdout}\n${r.stderr.slice(-4000)}`);
+      assert.match(r.stdout, /Hot path/);
+      const rep = JSON.parse(readFileSync(out, "utf8"));
+      assert.deepEqual(rep.errors, []);
+
+      const targets = new Set(rep.hotpath.summary.map((s: { target: string }) => s.target));
+      assert.ok(targets.has("baseline") && targets.has("keycutter"), [...targets].join(","));
+      for (const s of rep.hotpath.summary) {
+        assert.ok(s.seqPerSec > 0, `${s.target}: no sequence completed`);
+        assert.equal(s.errors, 0, `${s.target}: client errors`);
+      }
+
+      for (const st of [rep.storm, rep.stormContract]) {
+        assert.ok(st, "storm section missing");
+        assert.equal(st.summary.pods, 10);
+        assert.equal(st.summary.neverServed, 0, "some pod never got credentials");
+        assert.ok(st.summary.stsCalls >= 1, "no credential issuance counted");
+      }
+      assert.ok(rep.storm.memory.samples.length >= 2, "no memory samples");
+      assert.ok(rep.storm.memory.summary.rssEndMiB > 0);
+
+      assert.equal(rep.scale.steps.length, 1);
+      assert.ok(rep.scale.steps[0].reached);
+      assert.ok(rep.scale.steps[0].issued > 0, "the server issued nothing");
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
