@@ -247,7 +247,7 @@ export async function startApiServer(
     };
     server = https;
   }
-  server.requestTimeout = 15_000;
+  server.requestTimeout = 30_000;
   server.headersTimeout = 5_000;
   server.keepAliveTimeout = 60_000;
   server.maxHeadersCount = 50;

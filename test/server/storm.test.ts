@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { waitFor } from "../harness/index.ts";
 import { createWorld, post, startTestServer, type TestServer, type World } from "./world.ts";
 
-const PODS = Number(process.env.KEYCUTTER_STORM_PODS ?? 120);
+const PODS = Number(process.env.KEYCUTTER_STORM_PODS ?? 80);
 
 describe("pod storm", { timeout: 300_000 }, () => {
   let w: World;
