@@ -11,6 +11,7 @@ import { X509Certificate } from "node:crypto";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parse } from "yaml";
+import { parser as promql } from "@prometheus-io/lezer-promql";
 import { ROOT } from "../harness/index.ts";
 import { CONTAINER_IP } from "../../src/agent/hook/iptables.ts";
 import { loadKey } from "../../src/server/cache.ts";
@@ -173,6 +174,36 @@ describe("docs/OPERATIONS.md commands", () => {
     assert.equal(url.host, CONTAINER_IP);
     const handlers = readFileSync(join(ROOT, "src", "agent", "handlers.ts"), "utf8");
     assert.ok(handlers.includes(`path !== "${url.pathname}"`), "the agent serves this path");
+  });
+
+  it("the suggested alerts are valid PromQL over metrics and labels the code defines", () => {
+    const section = OPERATIONS.slice(
+      OPERATIONS.indexOf("Suggested alerts"),
+      OPERATIONS.indexOf("Audit records"),
+    );
+    const exprs = [...section.matchAll(/^\|[^|]+\|\s*`([^`]+)`\s*\|$/gm)].map((m) => m[1]!);
+    assert.ok(exprs.length >= 6, `found ${exprs.length} alert expressions`);
+    const src = readdirSync(join(ROOT, "src"), { recursive: true, withFileTypes: true })
+      .filter((e) => e.isFile() && e.name.endsWith(".ts"))
+      .map((e) => readFileSync(join(e.parentPath, e.name), "utf8"))
+      .join("\n");
+    const labels = new Map<string, Set<string>>();
+    for (const m of src.matchAll(/name: "(keycutter_[a-z_]+)",[^}]*?labelNames: \[([^\]]*)\]/g))
+      labels.set(m[1]!, new Set([...m[2]!.matchAll(/"([a-z_]+)"/g)].map((x) => x[1]!)));
+    for (const q of exprs) {
+      let error = false;
+      promql.parse(q).iterate({
+        enter: (n) => {
+          if (n.type.isError) error = true;
+        },
+      });
+      assert.equal(error, false, `not valid PromQL: ${q}`);
+      for (const sel of q.matchAll(/(keycutter_[a-z_]+)\{([^}]*)\}/g)) {
+        const metric = sel[1]!.replace(/_(bucket|sum|count)$/, "");
+        for (const l of sel[2]!.matchAll(/([a-z_]+)\s*!?=~?/g))
+          assert.ok(labels.get(metric)?.has(l[1]!), `${metric} has no label ${l[1]} (${q})`);
+      }
+    }
   });
 
   it("every keycutter_* metric named in docs/ exists in the code", () => {
