@@ -6,6 +6,7 @@
 import { createHash } from "node:crypto";
 import type { KubeConfig, V1TokenReview } from "@kubernetes/client-node";
 import { FastApi } from "./fast-api.ts";
+import { RateLimiter } from "../aws/rate-limit.ts";
 
 export interface ReviewedIdentity {
   authenticated: boolean;
@@ -28,6 +29,9 @@ export interface TokenReviewerOptions {
   positiveTtlMs?: number;
   negativeTtlMs?: number;
   maxEntries?: number;
+  /** TokenReview calls per second to the apiserver (a flood of forged tokens cannot flood it). */
+  reviewsPerSecond?: number;
+  reviewBurst?: number;
 }
 
 export class TokenReviewer {
@@ -37,12 +41,18 @@ export class TokenReviewer {
   private readonly positiveTtlMs: number;
   private readonly negativeTtlMs: number;
   private readonly maxEntries: number;
+  private readonly limiter: RateLimiter;
 
   constructor(kc: KubeConfig, opts: TokenReviewerOptions = {}) {
     this.api = new FastApi(kc);
     this.positiveTtlMs = opts.positiveTtlMs ?? 10_000;
     this.negativeTtlMs = opts.negativeTtlMs ?? 5_000;
     this.maxEntries = opts.maxEntries ?? 10_000;
+    this.limiter = new RateLimiter({
+      ratePerSecond: opts.reviewsPerSecond ?? 200,
+      burst: opts.reviewBurst ?? 400,
+      maxWaitMs: 2000,
+    });
   }
 
   close(): void {
@@ -68,6 +78,7 @@ export class TokenReviewer {
   }
 
   private async doReview(token: string, audience: string): Promise<ReviewedIdentity> {
+    await this.limiter.acquire("first");
     const res = await this.api.json<V1TokenReview>("POST", "/apis/authentication.k8s.io/v1/tokenreviews", {
       apiVersion: "authentication.k8s.io/v1",
       kind: "TokenReview",
