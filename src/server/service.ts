@@ -342,7 +342,24 @@ export class CredentialService {
         };
         if (plan.sessionPolicy) req.sessionPolicy = plan.sessionPolicy;
         if (plan.sourceIdentity) req.sourceIdentity = plan.sourceIdentity;
-        a = await this.deps.sts.assumeRole(req);
+        try {
+          a = await this.deps.sts.assumeRole(req);
+        } catch (e) {
+          // A role whose MaxSessionDuration is below what the policy asks for: STS says
+          // ValidationError. Retry once at the default role maximum (3600) instead of refusing.
+          if (
+            e instanceof StsError &&
+            e.awsCode === "ValidationError" &&
+            /DurationSeconds|MaxSessionDuration/i.test(e.message) &&
+            req.durationSeconds > 3600
+          ) {
+            this.deps.log.warn(
+              { role: plan.roleArn, durationSeconds: req.durationSeconds },
+              "role's MaxSessionDuration is lower than requested; retrying with 3600",
+            );
+            a = await this.deps.sts.assumeRole({ ...req, durationSeconds: 3600 });
+          } else throw e;
+        }
       } catch (e) {
         if (e instanceof StsError) {
           if (e.code === "StsDenied" || e.code === "PolicyInvalid")
