@@ -1,4 +1,5 @@
-// The chart's own command lines, run: the server and the agent are started with exactly the args
+// The chart's own command lines, run on the image's contents (the compiled build started through
+// bin/keycutter.js, as the image's entrypoint does): the server and the agent get exactly the args
 // and environment the chart renders (Kubernetes' $(VAR) expansion done as the kubelet does it),
 // under the chart's RBAC and service accounts, with the agent's token minted with the audience
 // the chart's projected volume asks for. Only what a real cluster provides and this machine does
@@ -9,7 +10,9 @@
 // command removes the hook.
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
 import {
+  cpSync,
   mkdirSync,
   mkdtempSync,
   readdirSync,
@@ -22,12 +25,12 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
   BROKER_USER,
-  KEYCUTTER_MAIN,
   Kubelet,
   ManagedProcess,
   MOTO_ACCOUNT_ID,
   NODE,
   PodNetwork,
+  ROOT,
   VENV_BIN,
   applyObjects,
   freePort,
@@ -79,11 +82,31 @@ describe("the chart's command lines run the real system", { timeout: 300_000 }, 
   let node: NodeNet;
   let serverOps: number;
   let iptablesDirs: string;
+  /** The image's entrypoint script, running the compiled build. */
+  let keycutterBin: string;
 
   before(async () => {
     [cluster, moto, net] = await Promise.all([startCluster(), startMoto(), PodNetwork.create()]);
     kubelet = new Kubelet(cluster.kc);
     dir = mkdtempSync(join(tmpdir(), "kc-chart-system-"));
+    // the image's /app: the compiled build (npm run build = tsc), bin/, package.json
+    const app = join(dir, "app");
+    const tsc = spawnSync(
+      NODE,
+      [
+        join(ROOT, "node_modules", "typescript", "bin", "tsc"),
+        "-p",
+        join(ROOT, "tsconfig.build.json"),
+        "--outDir",
+        join(app, "dist"),
+      ],
+      { encoding: "utf8" },
+    );
+    assert.equal(tsc.status, 0, `${tsc.stdout}${tsc.stderr}`);
+    cpSync(join(ROOT, "bin"), join(app, "bin"), { recursive: true });
+    cpSync(join(ROOT, "package.json"), join(app, "package.json"));
+    symlinkSync(join(ROOT, "node_modules"), join(app, "node_modules"));
+    keycutterBin = join(app, "bin", "keycutter.js");
     const apiPort = await freePort("0.0.0.0");
     serverOps = await freePort("0.0.0.0");
     objs = renderChart(
@@ -147,7 +170,7 @@ describe("the chart's command lines run the real system", { timeout: 300_000 }, 
     server = new ManagedProcess(
       "server",
       NODE,
-      [KEYCUTTER_MAIN, ...sargs, `--kubeconfig=${cluster.kubeconfigFor("127.0.0.1", serverToken)}`],
+      [keycutterBin, ...sargs, `--kubeconfig=${cluster.kubeconfigFor("127.0.0.1", serverToken)}`],
       {
         env: {
           ...process.env,
@@ -222,7 +245,7 @@ describe("the chart's command lines run the real system", { timeout: 300_000 }, 
     agent = net.spawn(
       node.netns,
       NODE,
-      [KEYCUTTER_MAIN, ...aargs, `--kubeconfig=${cluster.kubeconfigFor(net.gatewayIP, apiToken)}`],
+      [keycutterBin, ...aargs, `--kubeconfig=${cluster.kubeconfigFor(net.gatewayIP, apiToken)}`],
       {
         name: "agent-node-a",
         env: { ...process.env, ...aenv },
@@ -350,7 +373,7 @@ describe("the chart's command lines run the real system", { timeout: 300_000 }, 
     const cleanup = findObject(objs.filter(isHook), "DaemonSet", "keycutter-hook-cleanup");
     const c = containerOf(cleanup, "uninstall-hook");
     const env = containerEnv(c, {});
-    const r = await net.exec(node.netns, NODE, [KEYCUTTER_MAIN, ...c.args], {
+    const r = await net.exec(node.netns, NODE, [keycutterBin, ...c.args], {
       env: { ...process.env, ...env },
     });
     assert.equal(r.code, 0, r.stderr);
