@@ -60,6 +60,8 @@ const POLICY = new Set([
   "PackedPolicyTooLarge",
   "PackedPolicyTooLargeException",
   "ValidationError",
+  // MinIO's STS answers an unsupported action in a session policy with this
+  "InvalidParameterValue",
 ]);
 const THROTTLE = new Set([
   "Throttling",

@@ -143,3 +143,23 @@ describe("StsIssuer (moto)", { timeout: 120_000 }, () => {
     down.destroy();
   });
 });
+
+describe("classify", () => {
+  it("maps STS error codes to outcomes the agent can act on", async () => {
+    const { classify } = await import("../../src/aws/sts.ts");
+    const err = (name: string, status: number) => ({
+      name,
+      message: "m",
+      $metadata: { httpStatusCode: status },
+    });
+    assert.equal(classify(err("Throttling", 400)).code, "Throttled");
+    assert.equal(classify(err("AccessDenied", 403)).code, "StsDenied");
+    assert.equal(classify(err("MalformedPolicyDocument", 400)).code, "PolicyInvalid");
+    assert.equal(
+      classify(err("InvalidParameterValue", 400)).code,
+      "PolicyInvalid",
+      "MinIO: unsupported action",
+    );
+    assert.equal(classify(err("InternalFailure", 500)).retry, true);
+  });
+});

@@ -3,7 +3,7 @@
 // as real `keycutter` processes, nodes and pods in real network namespaces behind the agents'
 // own iptables hooks.
 import { randomBytes } from "node:crypto";
-import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { CustomObjectsApi, type V1Pod } from "@kubernetes/client-node";
@@ -18,7 +18,6 @@ import {
   PodNetwork,
   ROOT,
   VENV_BIN,
-  applyFiles,
   applyObjects,
   freePort,
   makeServingCert,
@@ -35,6 +34,7 @@ import {
   type TestPki,
 } from "../harness/index.ts";
 import { chartRbacObjects } from "./rbac.ts";
+import { installCrds } from "../harness/keycutter-server.ts";
 
 export const SYSTEM_NS = "keycutter-system";
 export const AGENT_SA = "keycutter-agent";
@@ -146,21 +146,9 @@ export class System {
   }
 
   private async installKeycutterApi(): Promise<void> {
-    const crdDir = join(ROOT, "deploy", "crds");
-    const crds = readdirSync(crdDir)
-      .filter((f) => f.endsWith(".yaml"))
-      .map((f) => join(crdDir, f));
-    await applyFiles(this.cluster.kc, crds);
+    await installCrds(this.cluster.kc);
     await this.kubelet.ensureNamespace(SYSTEM_NS);
-    await this.kubelet.createServiceAccount(SYSTEM_NS, AGENT_SA);
-    await this.kubelet.createServiceAccount(SYSTEM_NS, SERVER_SA);
     await applyObjects(this.cluster.kc, chartRbacObjects(SYSTEM_NS));
-    const custom = this.cluster.kc.makeApiClient(CustomObjectsApi);
-    await waitFor("CRDs served", async () => {
-      await custom.listClusterCustomObject({ group: GROUP, version: VERSION, plural: "roleallowances" });
-      await custom.listClusterCustomObject({ group: GROUP, version: VERSION, plural: "accesspolicies" });
-      return true;
-    });
   }
 
   private async setUpAws(): Promise<void> {
