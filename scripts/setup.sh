@@ -58,11 +58,11 @@ fi
 step "etcd $ETCD_VERSION and kube-apiserver $K8S_VERSION (built from the Go module proxy, cached)"
 bash "$ROOT/scripts/build-k8s.sh" all
 
-# The demo needs only the cluster parts above; the tests need the rest too.
-if [[ "${1:-test}" != "demo" ]]; then
-  step "helm $HELM_VERSION and hadolint $HADOLINT_VERSION for the chart and image tests (cached)"
-  bash "$ROOT/scripts/setup-deploy-tools.sh"
+step "helm $HELM_VERSION (renders the chart whose command lines the system runs) and hadolint $HADOLINT_VERSION (cached)"
+bash "$ROOT/scripts/setup-deploy-tools.sh"
 
+# The demo needs only the parts above; the tests need MinIO too.
+if [[ "${1:-test}" != "demo" ]]; then
   step "MinIO $MINIO_VERSION for the session-policy e2e suite (built from the Go module proxy, cached)"
   bash "$ROOT/scripts/build-minio.sh"
 fi

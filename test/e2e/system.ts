@@ -34,6 +34,7 @@ import {
   type TestPki,
 } from "../harness/index.ts";
 import { chartRbacObjects } from "./rbac.ts";
+import { chartCommandLines, expandVars, setFlag, type ChartCommandLines } from "./chart-args.ts";
 import { installCrds } from "../harness/keycutter-server.ts";
 
 export const SYSTEM_NS = "keycutter-system";
@@ -79,8 +80,6 @@ export interface SystemOptions {
   serverArgs?: string[];
 }
 
-const AGENT_IMDS_PORT = 8180;
-const AGENT_CONTAINER_PORT = 8181;
 const AGENT_OPS_PORT = 8182;
 
 export class System {
@@ -88,6 +87,8 @@ export class System {
   moto!: Moto;
   redis?: Redis;
   stsProxy?: FaultProxy;
+  /** The server's and agent's command lines as the Helm chart renders them. */
+  chart!: ChartCommandLines;
   net!: PodNetwork;
   kubelet!: Kubelet;
   pki!: TestPki;
@@ -133,6 +134,12 @@ export class System {
     writeFileSync(this.cacheKeyFile, randomBytes(32).toString("hex"), { mode: 0o600 });
 
     if (this.opts.stsFaults) this.stsProxy = await FaultProxy.start(moto.endpoint);
+    this.chart = chartCommandLines(SYSTEM_NS, {
+      region: moto.region,
+      stsEndpoint: this.stsProxy?.url ?? moto.endpoint,
+      redisUrl: redis?.url,
+      requireImdsV2: this.opts.requireImdsV2,
+    });
     await this.installKeycutterApi();
     await this.setUpAws();
     log("CRDs, RBAC, IAM roles and buckets in place");
@@ -195,33 +202,22 @@ export class System {
       expirationSeconds: 86400,
     });
     const kubeconfig = this.cluster.kubeconfigFor("127.0.0.1", token);
+    let chartArgs = expandVars(this.chart.server, { POD_NAME: name, POD_NAMESPACE: SYSTEM_NS });
+    chartArgs = setFlag(chartArgs, "--listen", `0.0.0.0:${port}`);
+    chartArgs = setFlag(chartArgs, "--ops-listen", `0.0.0.0:${opsPort}`);
+    chartArgs = setFlag(chartArgs, "--tls-cert", this.pki.certFile);
+    chartArgs = setFlag(chartArgs, "--tls-key", this.pki.keyFile);
+    if (this.redis) chartArgs = setFlag(chartArgs, "--cache-key-file", this.cacheKeyFile);
     const args = [
       KEYCUTTER_MAIN,
-      "server",
-      "--listen",
-      `0.0.0.0:${port}`,
-      "--ops-listen",
-      `0.0.0.0:${opsPort}`,
-      "--tls-cert",
-      this.pki.certFile,
-      "--tls-key",
-      this.pki.keyFile,
-      "--kubeconfig",
-      kubeconfig,
-      "--agent-service-account",
-      `${SYSTEM_NS}/${AGENT_SA}`,
-      "--cluster-name",
-      "e2e",
-      "--sts-endpoint",
-      this.stsProxy?.url ?? this.moto.endpoint,
-      "--lease-namespace",
-      SYSTEM_NS,
-      "--identity",
-      name,
-      ...(this.redis ? ["--redis-url", this.redis.url, "--cache-key-file", this.cacheKeyFile] : []),
+      ...chartArgs,
+      `--kubeconfig=${kubeconfig}`,
+      `--identity=${name}`,
       ...(this.opts.serverArgs ?? []),
     ];
-    const process_ = new ManagedProcess(name, NODE, args, { env: this.serverEnv() });
+    const process_ = new ManagedProcess(name, NODE, args, {
+      env: { ...this.serverEnv(), ...this.chart.serverEnv, POD_NAME: name, POD_NAMESPACE: SYSTEM_NS },
+    });
     const replica: ServerReplica = { name, port, opsPort, process: process_ };
     this.servers.push(replica);
     await waitFor(
@@ -323,36 +319,11 @@ export class System {
   }
 
   private agentArgs(node: NodeNet, tokenFile: string, kubeconfig: string): string[] {
-    return [
-      KEYCUTTER_MAIN,
-      "agent",
-      "--node-name",
-      node.name,
-      "--server-url",
-      this.serverUrl,
-      "--server-ca-file",
-      this.pki.caFile,
-      "--token-file",
-      tokenFile,
-      "--kubeconfig",
-      kubeconfig,
-      "--imds-listen",
-      `${node.ip}:${AGENT_IMDS_PORT}`,
-      "--container-listen",
-      `${node.ip}:${AGENT_CONTAINER_PORT}`,
-      "--ops-listen",
-      `0.0.0.0:${AGENT_OPS_PORT}`,
-      "--hook-pod-interface",
-      "cbr0",
-      "--hook-agent-ip",
-      node.ip,
-      "--region",
-      this.moto.region,
-      "--account-id",
-      this.moto.accountId,
-      ...(this.opts.requireImdsV2 ? ["--require-imdsv2"] : []),
-      ...(this.opts.agentArgs ?? []),
-    ];
+    let args = expandVars(this.chart.agent, { NODE_NAME: node.name, NODE_IP: node.ip });
+    args = setFlag(args, "--server-url", this.serverUrl);
+    args = setFlag(args, "--server-ca-file", this.pki.caFile);
+    args = setFlag(args, "--token-file", tokenFile);
+    return [KEYCUTTER_MAIN, ...args, `--kubeconfig=${kubeconfig}`, ...(this.opts.agentArgs ?? [])];
   }
 
   private agentKubeconfigs = new Map<string, string>();
