@@ -468,6 +468,11 @@ test("ops port: /readyz, /healthz, /metrics with request, cache and pod counters
   assert.match(m, /keycutter_agent_cache_hits_total\{listener="imds"\} [1-9]/);
   assert.match(m, /keycutter_agent_pods_known [1-9]/);
   assert.match(m, /keycutter_agent_request_duration_seconds_bucket/);
+  assert.match(
+    m,
+    /keycutter_agent_hook_repairs_total 0\n/,
+    "the periodic hook check changed nothing by itself",
+  );
   assert.ok(
     !/ASIA|session-|secret/i.test(m.replace(/keycutter_agent_stale_served_total|SecretAccessKey/g, "")),
     "no secret in metrics",
@@ -515,41 +520,29 @@ test("a hook rule deleted behind the agent's back is repaired", async () => {
   assert.ok(a.ak && issuedTo("a").includes(a.ak));
 });
 
-test("require-IMDSv2 mode: a v1 client gets 401, an IMDSv2 SDK still works", async () => {
-  // A second agent on other ports in the same node namespace, without the hook; pods reach it
-  // at the node's pod-bridge address (source IPs are still the pods').
-  const v2 = await startAgent(
-    [
-      "--require-imdsv2",
-      "--no-hook",
-      "--imds-listen=0.0.0.0:9180",
-      "--container-listen=off",
-      "--ops-listen=0.0.0.0:9182",
-    ],
-    agentArgs.filter(
-      (a) =>
-        !a.startsWith("--imds-listen") &&
-        !a.startsWith("--container-listen") &&
-        !a.startsWith("--ops-listen"),
-    ),
-  );
+test("require-IMDSv2 mode: a v1 client gets 401, IMDSv2 SDKs still work", async () => {
+  // Restart the node's agent in require-v2 mode (the hook stays in place meanwhile: pods are
+  // refused, never sent to the real IMDS), then restore the default mode.
+  await agent!.stop();
+  agent = await startAgent(["--require-imdsv2"]);
   try {
-    const endpoint = `http://${node.podGateway}:9180`;
-    await waitFor("v2 agent synced", async () => {
-      const r = await fetch(`http://${node.ip}:9182/readyz`).catch(() => undefined);
-      return r?.status === 200;
-    });
-    const v1 = await probe("a", "GET", `${endpoint}/latest/meta-data/iam/security-credentials/`);
+    await waitFor(
+      "v2 agent ready",
+      async () => (await fetch(`http://${node.ip}:8182/readyz`).catch(() => undefined))?.status === 200,
+    );
+    const v1 = await probe("a", "GET", "http://169.254.169.254/latest/meta-data/iam/security-credentials/");
     assert.equal(v1.status, 401, JSON.stringify(v1));
-    const v1Boto = await boto("a", {
-      AWS_EC2_METADATA_SERVICE_ENDPOINT: endpoint,
-      AWS_EC2_METADATA_V1_DISABLED: "false",
-    });
+    const v1Boto = await boto("a", { AWS_EC2_METADATA_V1_DISABLED: "false" });
     assert.ok(v1Boto.ak && issuedTo("a").includes(v1Boto.ak), "boto3 uses v2 and succeeds");
-    const js = await jsSdk("a", "imds", { AWS_EC2_METADATA_SERVICE_ENDPOINT: endpoint });
+    const js = await jsSdk("a", "imds");
     assert.ok(js.ok && issuedTo("a").includes(js.accessKeyId!), js.error);
   } finally {
-    await v2.stop();
+    await agent.stop();
+    agent = await startAgent();
+    await waitFor(
+      "agent ready again",
+      async () => (await fetch(`http://${node.ip}:8182/readyz`).catch(() => undefined))?.status === 200,
+    );
   }
 });
 
@@ -646,7 +639,17 @@ test("agent down: pods get connection refused, never the real IMDS; uninstall le
   assert.equal(await iptablesRules(), iptablesBefore, "iptables back to exactly what it was");
   // …and with the hook gone the fake real IMDS is what a pod would reach: the hook was the barrier.
   const after = await probe("a", "GET", "http://169.254.169.254/latest/meta-data/iam/security-credentials/");
-  assert.equal(after.body, "node-role");
+  if (after.body !== "node-role") {
+    const diag = [
+      await net.exec(node.netns, "iptables-save", []),
+      await net.exec(node.netns, "sh", ["-c", "conntrack -L 2>/dev/null | grep 169.254"]),
+      await net.exec(node.netns, "ss", ["-tanp"]),
+      await net.exec(node.netns, "ip", ["addr"]),
+      await net.exec("1", "true", []).catch(() => ({ stdout: "", stderr: "" })),
+    ].map((r) => r.stdout + r.stderr);
+    console.log("DIAG-DOWN", diag.join("\n----\n"), fakeImds.process.tail(20));
+  }
+  assert.equal(after.body, "node-role", JSON.stringify(after));
 });
 
 test("installing the hook cuts connections already open to the real IMDS", async () => {

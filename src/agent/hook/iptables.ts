@@ -258,6 +258,8 @@ export class Hook {
         await this.ipt4(["-t", table, "-X", chain]);
       }
     }
+    // Tracked connections keep their DNAT binding to the (gone) agent: drop them too.
+    await this.flushConntrack();
   }
 }
 
