@@ -71,6 +71,7 @@ function hookFrom(r: Resolver): Omit<HookOptions, "imdsPort" | "containerPort"> 
     podCidrs,
     agentIp: r.req("--hook-agent-ip", "NODE_IP"),
     flushConntrack: r.bool("--conntrack-flush", true),
+    iptables: r.str("--iptables") ?? "iptables",
   };
 }
 
@@ -127,7 +128,11 @@ function addHookOptions(c: Command): Command {
     )
     .option("--hook-pod-cidr <cidrs>", "pod CIDRs, comma-separated (used when no interface is given)")
     .option("--hook-agent-ip <ip>", "node IP the agent listens on; DNAT target (env NODE_IP also works)")
-    .option("--no-conntrack-flush", "do not flush conntrack entries to the metadata addresses after install");
+    .option("--no-conntrack-flush", "do not flush conntrack entries to the metadata addresses after install")
+    .option(
+      "--iptables <binary>",
+      "iptables binary matching the node's backend (iptables, iptables-nft, iptables-legacy)",
+    );
 }
 
 export function registerAgentCommands(program: Command): void {
@@ -218,6 +223,7 @@ export function registerAgentCommands(program: Command): void {
               podCidrs: [],
               agentIp: "127.0.0.1",
               flushConntrack: false,
+              iptables: r.str("--iptables") ?? "iptables",
             }
           : hookFrom(r);
       const cp = r.str("--container-port") ?? "8181";
