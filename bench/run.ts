@@ -1,13 +1,16 @@
 // One command for every benchmark figure: `npm run bench` (full) or `npm run bench:smoke`.
 // Prints a table and writes JSON to bench/results/ (latest.json and a timestamped copy).
-//   node bench/run.ts [--smoke] [--only=hotpath,storm,memory,scale] [--out=FILE] [--no-kube2iam]
-import { mkdirSync, writeFileSync } from "node:fs";
+//   node bench/run.ts [--smoke] [--only=hotpath,dnat,storm,storm-contract,memory,scale] [--out=FILE]
+//     [--no-kube2iam] [--no-fix] [--rounds=N] [--duration-ms=N] [--storm-pods=N] [--memory-ms=N]
+//     [--scale-steps=10000,50000,100000] [--scale-budget-ms=N] [--keep-from=EARLIER.json]
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { cpus, loadavg, totalmem } from "node:os";
 import { join } from "node:path";
 import { ROOT } from "../test/harness/index.ts";
 import { createEnv } from "./lib/env.ts";
 import { benchHotpath, type HotpathParams, type HotpathResult } from "./hotpath.ts";
 import { benchStorm, type StormParams, type StormResult } from "./storm.ts";
+import { benchDnat, type DnatParams, type DnatResult } from "./dnat.ts";
 import { benchScale, type ScaleParams, type ScaleResult } from "./scale.ts";
 
 const argv = process.argv.slice(2);
@@ -17,7 +20,7 @@ const flag = (name: string): string | undefined => {
   return a.includes("=") ? a.slice(a.indexOf("=") + 1) : "true";
 };
 const smoke = flag("smoke") !== undefined;
-const only = new Set((flag("only") ?? "hotpath,storm,storm-contract,memory,scale").split(","));
+const only = new Set((flag("only") ?? "hotpath,dnat,storm,storm-contract,memory,scale").split(","));
 const num = (name: string, def: number): number => Number(flag(name) ?? def);
 
 const hotParams: HotpathParams = smoke
@@ -47,8 +50,9 @@ const stormParams: StormParams = smoke
         ? {
             durationMs: num("memory-ms", 60_000),
             sampleEveryMs: 5000,
-            connections: 50,
-            ratePerConnection: 20,
+            // one connection per pod at 4 sequences/s: 1000 sequences/s on the node, under the per-pod limit
+            connections: 250,
+            ratePerConnection: 4,
           }
         : undefined,
     };
@@ -59,6 +63,9 @@ const stormContractParams: StormParams = {
   contractDelayMs: 100,
   replicas: 0,
 };
+const dnatParams: DnatParams = smoke
+  ? { connections: 2, durationMs: 500, warmupMs: 200, rounds: 1 }
+  : { connections: 16, durationMs: num("duration-ms", 4000), warmupMs: 1000, rounds: num("rounds", 3) };
 const scaleParams: ScaleParams = smoke
   ? { steps: [30], issue: 5 }
   : {
@@ -82,6 +89,7 @@ interface Report {
   hotpath?: HotpathResult;
   storm?: StormResult;
   stormContract?: StormResult;
+  dnat?: DnatResult;
   scale?: ScaleResult;
   errors: string[];
 }
@@ -139,10 +147,29 @@ async function withEnv<T>(
 
 report.hotpath = await withEnv("hotpath", (env) => benchHotpath(env, hotParams));
 // the storm brings up the whole system itself (servers, Redis, moto); memory runs on it afterwards
+report.dnat = await withEnv("dnat", () => benchDnat(dnatParams), false);
 report.storm = await withEnv("storm", () => benchStorm(stormParams), false);
 report.stormContract = await withEnv("storm-contract", () => benchStorm(stormContractParams), false);
 report.scale = await withEnv("scale", () => benchScale(scaleParams), false);
 report.finishedAt = new Date().toISOString();
+// sections not run this time can be carried over from an earlier report (said so in the JSON)
+const keepFrom = flag("keep-from");
+if (keepFrom) {
+  const old = JSON.parse(readFileSync(keepFrom, "utf8")) as Report;
+  const r = report as unknown as Record<string, unknown>;
+  const o = old as unknown as Record<string, unknown>;
+  const carried: string[] = [];
+  for (const k of ["hotpath", "dnat", "storm", "stormContract", "scale"])
+    if (r[k] === undefined && o[k] !== undefined) {
+      r[k] = o[k];
+      carried.push(k);
+    }
+  (report as Report & { carriedOver?: unknown }).carriedOver = {
+    from: keepFrom,
+    startedAt: old.startedAt,
+    sections: carried,
+  };
+}
 report.machine.loadAvgEnd = loadavg().map((x) => Math.round(x * 100) / 100);
 
 const out = [];
@@ -165,6 +192,25 @@ if (report.hotpath) {
     ),
   );
   for (const n of report.hotpath.notes) out.push(`  note: ${n}`);
+}
+if (report.dnat) {
+  out.push(
+    `\nHot path through the DNAT hook, from a pod network namespace (c=${report.dnat.params.connections})`,
+  );
+  out.push(
+    table(
+      report.dnat.summary.map((s) => ({
+        target: s.target,
+        "seq/s": s.seqPerSec,
+        "p50 µs": s.p50Us,
+        "p99 µs": s.p99Us,
+        "max µs": s.maxUs,
+        "× baseline": s.ratioVsBaseline,
+        errors: s.errors,
+      })),
+    ),
+  );
+  for (const n of report.dnat.notes) out.push(`  note: ${n}`);
 }
 for (const st of [report.storm, report.stormContract]) {
   if (!st) continue;

@@ -13,11 +13,13 @@ import { join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { System, SYSTEM_NS, AGENT_SA } from "../test/e2e/system.ts";
 import { MOTO_ACCOUNT_ID } from "../test/harness/index.ts";
-import { metricSum, pool, percentile, sdkFetch, sleep } from "./lib/env.ts";
+import { metricSum, podStatusPatcher, pool, percentile, sleep, type SdkResult } from "./lib/env.ts";
+import { spawn } from "node:child_process";
+import { NODE, ROOT } from "../test/harness/index.ts";
 import { cpuMs, rssBytes, runLoadgen, startAgentProcess, type AgentProc } from "./lib/procs.ts";
 import { createEnv } from "./lib/env.ts";
 import { startContractServer } from "./lib/contract-server.ts";
-import type { Kubelet } from "../test/harness/index.ts";
+import type { Cluster, Kubelet } from "../test/harness/index.ts";
 
 export interface StormParams {
   pods: number;
@@ -77,6 +79,7 @@ export async function benchStorm(p: StormParams): Promise<StormResult> {
   if (p.pods < 1 || p.pods > 250) throw new Error("pods: 1..250");
   const notes: string[] = [];
   let kubelet: Kubelet;
+  let cluster: Cluster;
   let agent: AgentProc | undefined;
   let stsCalls: () => Promise<number>;
   let serverLabel: string;
@@ -92,6 +95,7 @@ export async function benchStorm(p: StormParams): Promise<StormResult> {
       cleanup.push(() => sys.stop());
       await sys.start();
       kubelet = sys.kubelet;
+      cluster = sys.cluster;
       agent = await startRealAgent(sys);
       const urls = sys.servers.map((s) => `http://127.0.0.1:${s.opsPort}/metrics`);
       stsCalls = async () =>
@@ -105,6 +109,7 @@ export async function benchStorm(p: StormParams): Promise<StormResult> {
       const env = await createEnv();
       cleanup.push(() => env.close());
       kubelet = env.kubelet;
+      cluster = env.cluster;
       const creds = await startContractServer({ delayMs: p.contractDelayMs ?? 0 });
       cleanup.push(() => creds.close());
       await kubelet.createNode(NODE_NAME, "127.0.0.1");
@@ -132,33 +137,65 @@ export async function benchStorm(p: StormParams): Promise<StormResult> {
     const opsUrl = `http://127.0.0.1:${agent.opsPort}/metrics`;
     const fetchesBefore = await metricSum(opsUrl, "keycutter_agent_credential_fetches_total");
 
-    const t0 = performance.now();
-    const rows = await pool(names, p.pods, async (name, i) => {
-      const ip = `127.0.0.${2 + i}`;
-      await kubelet.setPodIP(NS, name, ip, "127.0.0.1");
-      const ipAt = performance.now();
-      const first = await sdkFetch("127.0.0.1", agent!.port, ip, 1000);
-      let servedAt = first.ok ? ipAt + first.ms : 0;
-      let last = first;
-      while (!last.ok && performance.now() - ipAt < 60_000) {
-        await sleep(50);
-        last = await sdkFetch("127.0.0.1", agent!.port, ip, 5000);
-        if (last.ok) servedAt = performance.now();
+    // the clients run in their own process; the "kubelet" patches every pod's status at once
+    const clients = spawn(
+      NODE,
+      [join(ROOT, "bench", "lib", "storm-client-main.ts"), "127.0.0.1", String(agent.port)],
+      {
+        stdio: ["pipe", "pipe", "inherit"],
+      },
+    );
+    const lines: string[] = [];
+    let buf = "";
+    const gotLine = new Set<(l: string) => void>();
+    clients.stdout!.on("data", (d: Buffer) => {
+      buf += d.toString();
+      let k;
+      while ((k = buf.indexOf("\n")) >= 0) {
+        const l = buf.slice(0, k);
+        buf = buf.slice(k + 1);
+        lines.push(l);
+        for (const f of gotLine) f(l);
       }
-      return {
-        ipAt: ipAt - t0,
-        first,
-        servedAt: servedAt ? servedAt - t0 : -1,
-        untilServed: servedAt ? servedAt - ipAt : -1,
-      };
     });
-    const allServedMs = Math.max(...rows.map((r) => r.servedAt));
+    const exited = new Promise<void>((r) => clients.on("exit", () => r()));
+    const ready = new Promise<void>((r) => gotLine.add((l) => l.includes('"ready"') && r()));
+    clients.stdin!.write("ping\n");
+    await ready;
+    const patcher = podStatusPatcher(cluster);
+    const t0 = performance.now();
+    const patchDone: number[] = [];
+    await pool(names, p.pods, async (name, i) => {
+      const ip = `127.0.0.${2 + i}`;
+      await patcher.patch(NS, name, ip, "127.0.0.1");
+      patchDone.push(performance.now() - t0);
+      clients.stdin!.write(`${i} ${ip}\n`);
+    });
+    clients.stdin!.write("end\n");
+    await exited;
+    patcher.close();
+    const rows = lines
+      .filter((l) => l.startsWith('{"i"'))
+      .map(
+        (l) =>
+          JSON.parse(l) as {
+            i: number;
+            ipAt: number;
+            first: SdkResult;
+            untilServed: number;
+            servedAt: number;
+          },
+      );
+    if (rows.length !== p.pods) throw new Error(`storm clients reported ${rows.length} of ${p.pods} pods`);
+    const c0 = Math.min(...rows.map((r) => r.ipAt));
+    // from the first IP update to the last pod served (client clock)
+    const allServedMs = Math.max(...rows.map((r) => r.servedAt)) - c0;
     await sleep(500);
     const stsAfter = await stsCalls();
     const fetchesAfter = await metricSum(opsUrl, "keycutter_agent_credential_fetches_total");
     const firstMs = rows.map((r) => r.first.ms).sort((a, b) => a - b);
     const errs = rows.filter((r) => !r.first.ok);
-    const ips = rows.map((r) => r.ipAt);
+    const ips = patchDone;
     const keys = new Set(rows.filter((r) => r.first.ok).map((r) => r.first.accessKeyId));
     const okCount = rows.filter((r) => r.first.ok).length;
     if (keys.size !== okCount)

@@ -1,6 +1,7 @@
 // Shared set-up: one real cluster per run, pods created in parallel, an SDK-like IMDSv2 client.
 import { request, Agent } from "node:http";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { Agent as HttpsAgent, request as httpsRequest } from "node:https";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
@@ -144,4 +145,51 @@ export async function metricSum(url: string, name: string): Promise<number> {
       sum += Number(line.slice(line.lastIndexOf(" ") + 1));
   }
   return sum;
+}
+
+/**
+ * What the kubelet does once the CNI has run, in one cheap call: a strategic-merge patch of the
+ * pod's status (Running, podIP/podIPs, hostIP, Ready), over a keep-alive connection.
+ */
+export function podStatusPatcher(cluster: { server: string; adminToken: string; caFile: string }) {
+  const agent = new HttpsAgent({ keepAlive: true, maxSockets: 64, ca: readFileSync(cluster.caFile) });
+  const url = new URL(cluster.server);
+  const patch = (ns: string, name: string, ip: string, hostIP: string): Promise<number> => {
+    const body = JSON.stringify({
+      status: {
+        phase: "Running",
+        podIP: ip,
+        podIPs: [{ ip }],
+        hostIP,
+        hostIPs: [{ ip: hostIP }],
+        startTime: new Date().toISOString(),
+        conditions: [{ type: "Ready", status: "True", lastTransitionTime: new Date().toISOString() }],
+      },
+    });
+    return new Promise((resolve, reject) => {
+      const req = httpsRequest(
+        {
+          host: url.hostname,
+          port: url.port,
+          method: "PATCH",
+          path: `/api/v1/namespaces/${ns}/pods/${name}/status`,
+          agent,
+          headers: {
+            authorization: `Bearer ${cluster.adminToken}`,
+            "content-type": "application/strategic-merge-patch+json",
+            "content-length": Buffer.byteLength(body),
+          },
+        },
+        (res) => {
+          res.resume();
+          res.on("end", () =>
+            res.statusCode === 200 ? resolve(200) : reject(new Error(`status patch: HTTP ${res.statusCode}`)),
+          );
+        },
+      );
+      req.on("error", reject);
+      req.end(body);
+    });
+  };
+  return { patch, close: () => agent.destroy() };
 }

@@ -30,6 +30,12 @@ describe("bench:smoke", () => {
         assert.equal(s.errors, 0, `${s.target}: client errors`);
       }
 
+      assert.equal(rep.dnat.summary.length, 3);
+      for (const s of rep.dnat.summary) {
+        assert.ok(s.seqPerSec > 0, `${s.target}: no sequence completed`);
+        assert.equal(s.errors, 0, `${s.target}: client errors`);
+      }
+
       for (const st of [rep.storm, rep.stormContract]) {
         assert.ok(st, "storm section missing");
         assert.equal(st.summary.pods, 10);
