@@ -198,7 +198,10 @@ export async function startAgent(
 
   let probeTimer: NodeJS.Timeout | undefined;
   let hookTimer: NodeJS.Timeout | undefined;
-  const ready = (): boolean => watch.synced && !watch.isStale() && client.reachable;
+  // With the hook on, not ready until it is in place: pods must not be scheduled onto a node
+  // (startup taint) or counted as served while their metadata traffic is not yet ours.
+  let hookInPlace = !cfg.hook;
+  const ready = (): boolean => hookInPlace && watch.synced && !watch.isStale() && client.reachable;
   const opsServer = createServer((req, res) => {
     const path = (req.url ?? "").split("?")[0];
     if (path === "/healthz") {
@@ -253,6 +256,7 @@ export async function startAgent(
     if (cfg.hook) {
       hook = new Hook({ ...cfg.hook, imdsPort: imds.port, containerPort: container?.port });
       await hook.install();
+      hookInPlace = true;
       log.info({ chain: cfg.hook.chain, agentIp: cfg.hook.agentIp }, "iptables hook installed");
       if (cfg.hookResyncMs > 0) {
         const h = hook;
