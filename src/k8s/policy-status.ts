@@ -20,9 +20,11 @@ import {
   VERSION,
   type AccessPolicy,
   type Condition,
+  type NamespaceFacts,
   type PodFacts,
   type RoleAllowance,
 } from "../policy/types.ts";
+import { decide } from "../policy/decide.ts";
 import type { PodLookup } from "./pod-lookup.ts";
 import type { PolicyInformers } from "./policy-informers.ts";
 
@@ -113,12 +115,17 @@ export class PolicyStatusWriter {
       const ns = p.metadata.namespace ?? "";
       byNs.set(ns, [...(byNs.get(ns) ?? []), p]);
     }
+    // Every pod a policy selects is evaluated as an issuance would evaluate it, so a problem that
+    // only shows with a real pod (a missing label in a template, a tie) reaches the status even
+    // when another replica served the request.
     const ambiguous = new Map<string, string>();
+    const podProblems = new Map<string, { reason: string; message: string }>();
     for (const [ns, list] of byNs) {
-      if (list.length < 2) continue;
       let pods: PodFacts[];
+      let nsFacts: NamespaceFacts;
       try {
         pods = (await this.pods.listPods(ns)).map((r) => r.facts).slice(0, 5000);
+        nsFacts = (await this.pods.namespace(ns)) ?? { name: ns, labels: {} };
       } catch {
         continue;
       }
@@ -126,19 +133,30 @@ export class PolicyStatusWriter {
         const sel = list.filter(
           (p) => p.spec?.podSelector && podSelectorMismatch(p.spec.podSelector, pod) === null,
         );
-        if (sel.length < 2) continue;
+        if (sel.length === 0) continue;
         const top = Math.max(...sel.map((p) => p.spec.priority ?? 0));
         const tied = sel.filter((p) => (p.spec.priority ?? 0) === top);
-        if (tied.length < 2) continue;
-        for (const p of tied) {
-          const key = `${ns}/${p.metadata.name}`;
-          if (!ambiguous.has(key)) {
-            const others = tied.filter((q) => q !== p).map((q) => q.metadata.name);
-            ambiguous.set(
-              key,
-              `pod ${pod.name} is also selected by ${others.join(", ")} at priority ${top}; no credentials are issued to it`,
-            );
+        if (tied.length > 1) {
+          for (const p of tied) {
+            const key = `${ns}/${p.metadata.name}`;
+            if (!ambiguous.has(key)) {
+              const others = tied.filter((q) => q !== p).map((q) => q.metadata.name);
+              ambiguous.set(
+                key,
+                `pod ${pod.name} is also selected by ${others.join(", ")} at priority ${top}; no credentials are issued to it`,
+              );
+            }
           }
+          continue;
+        }
+        const d = decide(
+          { pod, namespace: nsFacts, policies: list, allowances },
+          { clusterName: this.o.clusterName, maxDurationSeconds: this.o.maxDurationSeconds },
+        );
+        if (!d.ok && d.policy) {
+          const key = `${ns}/${d.policy.name}`;
+          if (!podProblems.has(key))
+            podProblems.set(key, { reason: d.reason, message: `pod ${pod.name}: ${d.message}` });
         }
       }
     }
@@ -154,8 +172,10 @@ export class PolicyStatusWriter {
         this.o.maxDurationSeconds,
       );
       const obs = this.observations.get(key);
+      const problem = podProblems.get(key);
       if (state.status === "True" && ambiguous.has(key))
         state = { status: "False", reason: "AmbiguousMatch", message: ambiguous.get(key) as string };
+      else if (state.status === "True" && problem) state = { status: "False", ...problem };
       else if (
         state.status === "True" &&
         obs &&

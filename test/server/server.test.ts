@@ -289,6 +289,35 @@ describe("keycutter server (real apiserver, moto, redis)", { timeout: 600_000 },
     assert.equal(ra.status?.conditions?.[0]?.status, "True");
   });
 
+  it("the leader finds a template a pod cannot fill without any request being made", async () => {
+    await w.kubelet.createServiceAccount("tenant-a", "unlabelled");
+    await createPolicy(w, tenantPolicy("tenant-a", "needs-team", "unlabelled", "tenant-a", "bucket-a"));
+    // no agent asks for this pod: only the leader's own evaluation can put the problem in status
+    await w.kubelet.createPod({
+      namespace: "tenant-a",
+      name: "no-team-label",
+      nodeName: "node-1",
+      serviceAccountName: "unlabelled",
+    });
+    const c = await waitFor(
+      "TemplateInvalid from the leader's own evaluation",
+      async () => {
+        const o = (await w.custom.getNamespacedCustomObject({
+          group: "keycutter.dev",
+          version: "v1alpha1",
+          namespace: "tenant-a",
+          plural: "accesspolicies",
+          name: "needs-team",
+        })) as AccessPolicy;
+        const ready = o.status?.conditions?.find((x) => x.type === "Ready");
+        return ready?.status === "False" ? ready : false;
+      },
+      { timeoutMs: 30_000 },
+    );
+    assert.equal(c.reason, "TemplateInvalid");
+    assert.match(c.message, /no-team-label/);
+  });
+
   it("the apiserver rejects obvious mistakes (schema and CEL)", async () => {
     const bad = async (body: unknown, plural = "accesspolicies") => {
       await assert.rejects(
