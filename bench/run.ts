@@ -11,6 +11,7 @@ import { createEnv } from "./lib/env.ts";
 import { benchHotpath, type HotpathParams, type HotpathResult } from "./hotpath.ts";
 import { benchStorm, type StormParams, type StormResult } from "./storm.ts";
 import { benchDnat, type DnatParams, type DnatResult } from "./dnat.ts";
+import { patchedAgentMain } from "./lib/patched.ts";
 import { benchScale, type ScaleParams, type ScaleResult } from "./scale.ts";
 
 const argv = process.argv.slice(2);
@@ -20,7 +21,7 @@ const flag = (name: string): string | undefined => {
   return a.includes("=") ? a.slice(a.indexOf("=") + 1) : "true";
 };
 const smoke = flag("smoke") !== undefined;
-const only = new Set((flag("only") ?? "hotpath,dnat,storm,storm-contract,memory,scale").split(","));
+const only = new Set((flag("only") ?? "hotpath,dnat,storm,storm-contract,storm-fix,memory,scale").split(","));
 const num = (name: string, def: number): number => Number(flag(name) ?? def);
 
 const hotParams: HotpathParams = smoke
@@ -89,6 +90,7 @@ interface Report {
   hotpath?: HotpathResult;
   storm?: StormResult;
   stormContract?: StormResult;
+  stormFix?: StormResult;
   dnat?: DnatResult;
   scale?: ScaleResult;
   errors: string[];
@@ -150,6 +152,15 @@ report.hotpath = await withEnv("hotpath", (env) => benchHotpath(env, hotParams))
 report.dnat = await withEnv("dnat", () => benchDnat(dnatParams), false);
 report.storm = await withEnv("storm", () => benchStorm(stormParams), false);
 report.stormContract = await withEnv("storm-contract", () => benchStorm(stormContractParams), false);
+// the same real storm with the proposed agent patches (bench/patches), when any still applies
+report.stormFix =
+  only.has("storm-fix") && patchedAgentMain().main !== undefined
+    ? await withEnv(
+        "storm-fix",
+        () => benchStorm({ ...stormParams, memory: undefined, patchedAgent: true }),
+        false,
+      )
+    : undefined;
 report.scale = await withEnv("scale", () => benchScale(scaleParams), false);
 report.finishedAt = new Date().toISOString();
 // sections not run this time can be carried over from an earlier report (said so in the JSON)
@@ -159,7 +170,7 @@ if (keepFrom) {
   const r = report as unknown as Record<string, unknown>;
   const o = old as unknown as Record<string, unknown>;
   const carried: string[] = [];
-  for (const k of ["hotpath", "dnat", "storm", "stormContract", "scale"])
+  for (const k of ["hotpath", "dnat", "storm", "stormContract", "stormFix", "scale"])
     if (r[k] === undefined && o[k] !== undefined) {
       r[k] = o[k];
       carried.push(k);
@@ -212,7 +223,7 @@ if (report.dnat) {
   );
   for (const n of report.dnat.notes) out.push(`  note: ${n}`);
 }
-for (const st of [report.storm, report.stormContract]) {
+for (const st of [report.storm, report.stormContract, report.stormFix]) {
   if (!st) continue;
   out.push(`\nPod-start storm: ${st.params.pods} pods on one node at once (${st.server})`);
   out.push(table([st.summary as unknown as Record<string, string | number>]));

@@ -237,7 +237,7 @@ export async function benchScale(p: ScaleParams): Promise<ScaleResult> {
     }
     https.destroy();
     notes.push(
-      `server flags: ${serverArgs.join(" ")} (the default STS limit, 20/s burst 40, would cap issuance at 20/s); pods spread over namespaces of ${perNs}, each with an AccessPolicy`,
+      `server flags: ${serverArgs.join(" ")} (the server's own STS rate limit is raised so that the figure is the server's, not its limiter's); pods spread over namespaces of ${perNs}, each with an AccessPolicy`,
     );
     return { params: p, steps, notes };
   } finally {

@@ -19,12 +19,15 @@ import { NODE, ROOT } from "../test/harness/index.ts";
 import { cpuMs, rssBytes, runLoadgen, startAgentProcess, type AgentProc } from "./lib/procs.ts";
 import { createEnv } from "./lib/env.ts";
 import { startContractServer } from "./lib/contract-server.ts";
+import { patchedAgentMain } from "./lib/patched.ts";
 import type { Cluster, Kubelet } from "../test/harness/index.ts";
 
 export interface StormParams {
   pods: number;
   /** "real": the whole system with moto; "contract": the agent against the contract test server. */
   server: "real" | "contract";
+  /** Run the agent from src/ with bench/patches/*.patch applied (before/after of a proposed fix). */
+  patchedAgent?: boolean;
   /** contract mode: the test server answers after this delay (a stand-in for STS latency). */
   contractDelayMs?: number;
   /** Server replicas. */
@@ -84,6 +87,13 @@ export async function benchStorm(p: StormParams): Promise<StormResult> {
   let stsCalls: () => Promise<number>;
   let serverLabel: string;
   const cleanup: Array<() => Promise<unknown>> = [];
+  let agentMain: string | undefined;
+  if (p.patchedAgent) {
+    const pa = patchedAgentMain();
+    notes.push(...pa.notes);
+    if (!pa.main) throw new Error("no agent patch applies: nothing to compare");
+    agentMain = pa.main;
+  }
   try {
     if (p.server === "real") {
       const sys = new System({
@@ -96,7 +106,7 @@ export async function benchStorm(p: StormParams): Promise<StormResult> {
       await sys.start();
       kubelet = sys.kubelet;
       cluster = sys.cluster;
-      agent = await startRealAgent(sys);
+      agent = await startRealAgent(sys, agentMain);
       const urls = sys.servers.map((s) => `http://127.0.0.1:${s.opsPort}/metrics`);
       stsCalls = async () =>
         (await Promise.all(urls.map((u) => metricSum(u, "keycutter_server_sts_requests_total")))).reduce(
@@ -123,19 +133,21 @@ export async function benchStorm(p: StormParams): Promise<StormResult> {
         tokenFile,
         dir: env.dir,
         extraArgs: ["--no-hook"],
+        ...(agentMain ? { main: agentMain } : {}),
       });
       stsCalls = async () => creds.calls;
       serverLabel = `contract test server (answers after ${p.contractDelayMs ?? 0} ms)`;
     }
+    // counted from before the pods exist: an agent may fetch as soon as a pod is bound
+    const stsBefore = await stsCalls();
+    const opsUrl = `http://127.0.0.1:${agent.opsPort}/metrics`;
+    const fetchesBefore = await metricSum(opsUrl, "keycutter_agent_credential_fetches_total");
     // pods exist, Pending, before the storm
     const names = Array.from({ length: p.pods }, (_, i) => `s-${i}`);
     await pool(names, 16, (name) =>
       kubelet.createPod({ namespace: NS, name, nodeName: NODE_NAME, serviceAccountName: "app" }),
     );
     await sleep(1000);
-    const stsBefore = await stsCalls();
-    const opsUrl = `http://127.0.0.1:${agent.opsPort}/metrics`;
-    const fetchesBefore = await metricSum(opsUrl, "keycutter_agent_credential_fetches_total");
 
     // the clients run in their own process; the "kubelet" patches every pod's status at once
     const clients = spawn(
@@ -272,7 +284,7 @@ export async function benchStorm(p: StormParams): Promise<StormResult> {
 }
 
 /** The node and its agent, as System.addNode does, but listening on loopback. */
-async function startRealAgent(sys: System): Promise<AgentProc> {
+async function startRealAgent(sys: System, main: string | undefined): Promise<AgentProc> {
   const roleArn = await sys.moto.createRole(ROLE, {
     Version: "2012-10-17",
     Statement: [{ Effect: "Allow", Action: ["s3:GetObject"], Resource: ["arn:aws:s3:::storm/*"] }],
@@ -340,6 +352,7 @@ async function startRealAgent(sys: System): Promise<AgentProc> {
     tokenFile,
     dir: sys.dir,
     extraArgs: ["--no-hook"],
+    ...(main ? { main } : {}),
   });
 
   return agent;

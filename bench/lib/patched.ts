@@ -21,6 +21,8 @@ export function patchedAgentMain(): { main: string | undefined; notes: string[] 
   const notes: string[] = [];
   for (const p of patches) {
     try {
+      // checked against the real checkout first (outside a repository git apply is lenient)
+      execFileSync("git", ["apply", "--check", join(patchDir, p)], { cwd: ROOT, stdio: "pipe" });
       execFileSync("git", ["apply", "--directory=", join(patchDir, p)], { cwd: tree, stdio: "pipe" });
       applied.push(p);
     } catch {
