@@ -7,7 +7,14 @@ import { join } from "node:path";
 import type { BenchEnv } from "./lib/env.ts";
 import { median, pool, sdkFetch, sleep } from "./lib/env.ts";
 import { startContractServer } from "./lib/contract-server.ts";
-import { cpuMs, rssBytes, runLoadgen, startAgentProcess, startBaseline, type Started } from "./lib/procs.ts";
+import {
+  cpuSplitMs,
+  rssBytes,
+  runLoadgen,
+  startAgentProcess,
+  startBaseline,
+  type Started,
+} from "./lib/procs.ts";
 import { ROLE_NAME } from "./lib/bodies.ts";
 import type { LoadResult } from "./lib/loadgen.ts";
 import { startKube2iam, kube2iamBinary } from "./lib/kube2iam.ts";
@@ -37,6 +44,8 @@ export interface TargetRun {
   load: LoadResult;
   /** Server CPU time per measured sequence (µs), warm-up included in the numerator pro rata. */
   serverCpuUsPerSeq: number;
+  /** The kernel's share of it (system time), µs per sequence. */
+  serverSysUsPerSeq: number;
   serverRssMiB: number;
 }
 
@@ -53,6 +62,7 @@ export interface HotpathResult {
     maxUs: number;
     ratioVsBaseline: number;
     cpuUsPerSeq: number;
+    sysUsPerSeq: number;
     errors: number;
   }>;
   notes: string[];
@@ -176,7 +186,7 @@ export async function benchHotpath(env: BenchEnv, p: HotpathParams): Promise<Hot
       // alternate the order so that drifting background load hits every target alike
       const order = round % 2 === 0 ? targets : [...targets].reverse();
       for (const t of order) {
-        const cpu0 = cpuMs(t.s.proc.pid);
+        const cpu0 = cpuSplitMs(t.s.proc.pid);
         const load = await runLoadgen({
           host: "127.0.0.1",
           port: t.s.port,
@@ -187,13 +197,16 @@ export async function benchHotpath(env: BenchEnv, p: HotpathParams): Promise<Hot
           ratePerConnection: st.rate ?? 0,
           roleName: ROLE_NAME,
         });
-        const cpu = cpuMs(t.s.proc.pid) - cpu0;
+        const cpu1 = cpuSplitMs(t.s.proc.pid);
+        const cpu = cpu1.user + cpu1.system - cpu0.user - cpu0.system;
+        const sys = cpu1.system - cpu0.system;
         const totalSeq = load.sequences * ((p.durationMs + p.warmupMs) / p.durationMs);
         group.push({
           target: t.name,
           round,
           load,
           serverCpuUsPerSeq: totalSeq ? Math.round((cpu * 1000) / totalSeq) : 0,
+          serverSysUsPerSeq: totalSeq ? Math.round((sys * 1000) / totalSeq) : 0,
           serverRssMiB: Math.round((rssBytes(t.s.proc.pid) / 1048576) * 10) / 10,
         });
       }
@@ -220,6 +233,7 @@ export async function benchHotpath(env: BenchEnv, p: HotpathParams): Promise<Hot
         maxUs: Math.round(Math.max(...mine.map((r) => r.load.sequence.maxUs))),
         ratioVsBaseline: Math.round(median(ratios) * 1000) / 1000,
         cpuUsPerSeq: Math.round(median(mine.map((r) => r.serverCpuUsPerSeq))),
+        sysUsPerSeq: Math.round(median(mine.map((r) => r.serverSysUsPerSeq))),
         errors: mine.reduce((a, r) => a + r.load.errors, 0),
       });
     }

@@ -198,6 +198,7 @@ if (report.hotpath) {
         "max µs": s.maxUs,
         "× baseline": s.ratioVsBaseline,
         "cpu µs/seq": s.cpuUsPerSeq,
+        "of it kernel": s.sysUsPerSeq,
         errors: s.errors,
       })),
     ),

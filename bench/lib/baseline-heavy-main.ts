@@ -1,4 +1,5 @@
-// The baseline: a bare node:http server answering the IMDSv2 credential sequence with fixed
+// Variant of baseline-main.ts with every module the agent loads imported first (src/agent/agent.ts: @kubernetes/client-node, prom-client, pino, …); used by bench/variants.ts to rule causes
+// of the agent's CPU gap in or out. Otherwise identical: the baseline is a bare node:http server answering the IMDSv2 credential sequence with fixed
 // bodies (no pod lookup, no token check, no metrics). It is the practical limit of Node's HTTP
 // stack on this machine. Also used as the "real IMDS" behind kube2iam's token proxy.
 // argv: host port

@@ -16,10 +16,16 @@ export function rssBytes(pid: number): number {
 
 /** User + system CPU time of a process, in milliseconds. */
 export function cpuMs(pid: number): number {
+  const c = cpuSplitMs(pid);
+  return c.user + c.system;
+}
+
+/** User and system (kernel) CPU time of a process, in milliseconds. */
+export function cpuSplitMs(pid: number): { user: number; system: number } {
   const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
   const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  const ticks = Number(f[11]) + Number(f[12]);
-  return (ticks * 1000) / 100; // USER_HZ is 100 on Linux
+  // USER_HZ is 100 on Linux
+  return { user: Number(f[11]) * 10, system: Number(f[12]) * 10 };
 }
 
 export interface Started {
