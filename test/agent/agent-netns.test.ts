@@ -638,11 +638,27 @@ test("agent down: pods get connection refused, never the real IMDS; uninstall le
   assert.equal(un.code, 0, un.stderr);
   assert.equal(await iptablesRules(), iptablesBefore, "iptables back to exactly what it was");
   // …and with the hook gone the fake real IMDS is what a pod would reach: the hook was the barrier.
-  const after = await probe("a", "GET", "http://169.254.169.254/latest/meta-data/iam/security-credentials/");
+  // A fresh pod namespace: the long-lived test pods have been through IP reuse and stopped agents,
+  // and once in a few runs one of them lost its path to the node (a test-network artefact: no
+  // rule was left, see DIAG-DOWN), which says nothing about the hook.
+  const fresh = await net.addPod("node1", `after-uninstall-${Date.now() % 100000}`);
+  const afterRun = await net.exec(
+    fresh.netns,
+    PY,
+    [join(FIX, "probe.py"), "GET", "http://169.254.169.254/latest/meta-data/iam/security-credentials/"],
+    { env: clientEnv() },
+  );
+  const after = JSON.parse(afterRun.stdout) as ProbeResult;
   if (after.body !== "node-role") {
     const diag = [
       await net.exec(node.netns, "iptables-save", []),
-      await net.exec(node.netns, "sh", ["-c", "conntrack -L 2>/dev/null | grep 169.254"]),
+      await net.exec(node.netns, "sh", ["-c", "conntrack -L 2>&1 | head -50"]),
+      await net.exec(node.netns, "sh", ["-c", "nft list ruleset 2>&1 | head -80"]),
+      await net.exec(fresh.netns, "sh", ["-c", "ip route get 169.254.169.254; ip neigh; ip addr"]),
+      await net.exec(node.netns, "sh", [
+        "-c",
+        "ip neigh; sysctl net.ipv4.conf.all.rp_filter net.ipv4.conf.cbr0.rp_filter",
+      ]),
       await net.exec(node.netns, "ss", ["-tanp"]),
       await net.exec(node.netns, "ip", ["addr"]),
       await net.exec("1", "true", []).catch(() => ({ stdout: "", stderr: "" })),
@@ -661,7 +677,8 @@ test("installing the hook cuts connections already open to the real IMDS", async
   }
   await net.exec(node.netns, NODE, [KEYCUTTER_MAIN, "hook", "uninstall", `--hook-chain=${CHAIN}`]);
   const marker = join(tmp, "hook-installed");
-  const run = net.exec(pods.get("a")!.net.netns, PY, [join(FIX, "keepalive.py"), marker], {
+  const fresh = await net.addPod("node1", `keepalive-${Date.now() % 100000}`);
+  const run = net.exec(fresh.netns, PY, [join(FIX, "keepalive.py"), marker], {
     env: clientEnv(),
   });
   await waitFor("first request answered", async () => existsSync(`${marker}.first`), { timeoutMs: 20_000 });
