@@ -1,17 +1,44 @@
-// Agent metrics. Label children used on the hot path are resolved once and memoised, so that a
-// cache hit does not allocate label objects.
-import { Counter, Gauge, Histogram, type Registry } from "prom-client";
+// Agent metrics. The pod-facing hot path (request counts, request durations, cache hits) only
+// updates plain numbers kept per (listener, route); they are published at scrape time: the
+// request and cache-hit counters flush their pending increments into prom-client from their
+// collect() hook, and the duration histogram is a small collector of its own that renders the
+// same series prom-client's Histogram would (same name, labels, buckets, le order). prom-client
+// hashes the label object on every inc()/observe(), even through a labels() child.
+import { Counter, Gauge, type Histogram, type Registry } from "prom-client";
 import { createRegistry } from "../common/metrics.ts";
 import type { ErrorCode } from "../api/contract.ts";
 import type { CacheMetrics } from "./cred-cache.ts";
 
 export type Listener = "imds" | "container";
 
+/** Upper bounds of keycutter_agent_request_duration_seconds (seconds). */
+const DURATION_BUCKETS: readonly number[] = [
+  0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
+];
+
+/** Plain accumulators of one (listener, route), updated by the hot path. */
+interface RouteStats {
+  /** The label set, one object for the life of the series (prom-client caches by identity). */
+  readonly labels: { readonly listener: Listener; readonly route: string };
+  /** Requests by HTTP status not yet flushed into keycutter_agent_requests_total. */
+  readonly statuses: Map<number, number>;
+  /** Observations per duration bucket, not cumulative; the last slot is above the largest bound. */
+  readonly buckets: Float64Array;
+  sum: number;
+  count: number;
+}
+
+/** One series' sample, in the shape prom-client's Histogram returns and its Registry renders. */
+interface Sample {
+  labels: Record<string, string | number>;
+  sharedLabels?: Record<string, string>;
+  value: number;
+  metricName: string;
+  exemplar: null | undefined;
+}
+
 export class AgentMetrics implements CacheMetrics {
   readonly registry: Registry;
-  private readonly requests: Counter<"listener" | "route" | "status">;
-  private readonly duration: Histogram<"listener" | "route">;
-  private readonly cacheHits: Counter<"listener">;
   private readonly cacheMisses: Counter<"listener">;
   private readonly fetches: Counter<"kind" | "result">;
   private readonly refreshFailures: Counter<"code">;
@@ -19,9 +46,12 @@ export class AgentMetrics implements CacheMetrics {
   private readonly rateLimited: Counter<"listener">;
   readonly watchRestarts: Counter<"reason">;
   readonly hookRepairs: Counter;
-  private readonly reqChildren = new Map<string, Counter.Internal>();
-  private readonly durChildren = new Map<string, Histogram.Internal<"listener" | "route">>();
-  private readonly hitChildren: Record<Listener, Counter.Internal>;
+  private readonly routeStats: Record<Listener, Map<string, RouteStats>> = {
+    imds: new Map(),
+    container: new Map(),
+  };
+  /** Cache hits not yet flushed into keycutter_agent_cache_hits_total. */
+  private readonly pendingHits: Record<Listener, number> = { imds: 0, container: 0 };
 
   constructor(gauges: {
     podsKnown: () => number;
@@ -32,24 +62,94 @@ export class AgentMetrics implements CacheMetrics {
   }) {
     const r = createRegistry("keycutter_agent");
     this.registry = r;
-    this.requests = new Counter({
+    const routeStats = this.routeStats;
+    const pendingHits = this.pendingHits;
+    new Counter({
       name: "keycutter_agent_requests_total",
       help: "Pod-facing requests by listener, route and HTTP status",
       labelNames: ["listener", "route", "status"],
       registers: [r],
+      collect() {
+        for (const byRoute of Object.values(routeStats))
+          for (const s of byRoute.values())
+            for (const [status, n] of s.statuses)
+              if (n > 0) {
+                this.inc({ listener: s.labels.listener, route: s.labels.route, status: String(status) }, n);
+                s.statuses.set(status, 0);
+              }
+      },
     });
-    this.duration = new Histogram({
+    // A collector of its own rather than a prom-client Histogram (see the top of this file).
+    const durationName = "keycutter_agent_request_duration_seconds";
+    const durationHelp = "Pod-facing request latency";
+    const durationValues = (splay: boolean): Sample[] => {
+      const out: Sample[] = [];
+      for (const byRoute of Object.values(routeStats))
+        for (const s of byRoute.values()) {
+          if (s.count === 0) continue;
+          // key order as prom-client's own objects, so getMetricsAsJSON() output is identical too
+          const series = (
+            metricName: string,
+            extra: Record<string, string | number>,
+            value: number,
+            exemplar: null | undefined,
+          ): void => {
+            out.push(
+              splay
+                ? { value, metricName, exemplar, labels: { ...extra, ...s.labels } }
+                : { labels: extra, sharedLabels: s.labels, value, metricName, exemplar },
+            );
+          };
+          let acc = 0;
+          for (let i = 0; i < DURATION_BUCKETS.length; i++) {
+            acc += s.buckets[i]!;
+            series(`${durationName}_bucket`, { le: DURATION_BUCKETS[i]! }, acc, null);
+          }
+          series(`${durationName}_bucket`, { le: "+Inf" }, s.count, null);
+          series(`${durationName}_sum`, {}, s.sum, undefined);
+          series(`${durationName}_count`, {}, s.count, undefined);
+        }
+      return out;
+    };
+    const collected = (values: Sample[]) =>
+      Promise.resolve({
+        name: durationName,
+        help: durationHelp,
+        type: "histogram",
+        values,
+        aggregator: "sum",
+      });
+    const duration = {
       name: "keycutter_agent_request_duration_seconds",
-      help: "Pod-facing request latency",
+      help: durationHelp,
       labelNames: ["listener", "route"],
-      buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
-      registers: [r],
-    });
-    this.cacheHits = new Counter({
+      type: "histogram",
+      aggregator: "sum",
+      // the registry prefers getForPromString (shared labels, rendered after le, as prom-client does)
+      getForPromString: () => collected(durationValues(false)),
+      get: () => collected(durationValues(true)),
+      reset: () => {
+        for (const byRoute of Object.values(routeStats))
+          for (const s of byRoute.values()) {
+            s.buckets.fill(0);
+            s.sum = 0;
+            s.count = 0;
+          }
+      },
+    };
+    r.registerMetric(duration as unknown as Histogram);
+    new Counter({
       name: "keycutter_agent_cache_hits_total",
       help: "Credential requests answered from the cache",
       labelNames: ["listener"],
       registers: [r],
+      collect() {
+        for (const l of ["imds", "container"] as const)
+          if (pendingHits[l] > 0) {
+            this.inc({ listener: l }, pendingHits[l]);
+            pendingHits[l] = 0;
+          }
+      },
     });
     this.cacheMisses = new Counter({
       name: "keycutter_agent_cache_misses_total",
@@ -57,7 +157,6 @@ export class AgentMetrics implements CacheMetrics {
       labelNames: ["listener"],
       registers: [r],
     });
-    this.hitChildren = { imds: this.cacheHits.labels("imds"), container: this.cacheHits.labels("container") };
     this.fetches = new Counter({
       name: "keycutter_agent_credential_fetches_total",
       help: "Requests to the credential service by kind and result (ok or error code)",
@@ -134,25 +233,31 @@ export class AgentMetrics implements CacheMetrics {
     });
   }
 
+  /** Hot path: plain numbers only, published at scrape time. */
   request(listener: Listener, route: string, status: number, seconds: number): void {
-    const key = `${listener}\0${route}\0${status}`;
-    let c = this.reqChildren.get(key);
-    if (!c) {
-      c = this.requests.labels(listener, route, String(status));
-      this.reqChildren.set(key, c);
+    const byRoute = this.routeStats[listener];
+    let s = byRoute.get(route);
+    if (s === undefined) {
+      s = {
+        labels: { listener, route },
+        statuses: new Map(),
+        buckets: new Float64Array(DURATION_BUCKETS.length + 1),
+        sum: 0,
+        count: 0,
+      };
+      byRoute.set(route, s);
     }
-    c.inc();
-    const dkey = `${listener}\0${route}`;
-    let h = this.durChildren.get(dkey);
-    if (!h) {
-      h = this.duration.labels(listener, route);
-      this.durChildren.set(dkey, h);
-    }
-    h.observe(seconds);
+    s.statuses.set(status, (s.statuses.get(status) ?? 0) + 1);
+    if (!Number.isFinite(seconds)) return;
+    let i = 0;
+    while (i < DURATION_BUCKETS.length && seconds > DURATION_BUCKETS[i]!) i++;
+    s.buckets[i] = s.buckets[i]! + 1;
+    s.sum += seconds;
+    s.count += 1;
   }
 
   hit(listener: Listener): void {
-    this.hitChildren[listener].inc();
+    this.pendingHits[listener] += 1;
   }
 
   miss(listener: Listener): void {
