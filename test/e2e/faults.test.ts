@@ -3,7 +3,7 @@
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { ConfigMap } from "./configmap-churn.ts";
+import { CoreV1Api } from "@kubernetes/client-node";
 import { NODE, waitFor, type ManagedProcess } from "../harness/index.ts";
 import { System, IMDS, type TestPod } from "./system.ts";
 import { BUCKET_A, BUCKET_B, applyTenantPolicies, createTenantAws } from "./fixtures.ts";
@@ -146,7 +146,14 @@ describe("e2e: faults with clients running", () => {
     const before_ = sys.agents.get("node-a")!.process.logs().split("\n").length;
     const s = await during("watch expiry (etcd compaction + apiserver restart)", async () => {
       // pods change on the other node only, so node-a's watch falls behind; then history goes
-      await new ConfigMap(sys).churn(20);
+      const core = sys.cluster.kc.makeApiClient(CoreV1Api);
+      await sys.kubelet.ensureNamespace("churn");
+      for (let i = 0; i < 20; i++) {
+        await core.createNamespacedConfigMap({
+          namespace: "churn",
+          body: { metadata: { generateName: "churn-" } },
+        });
+      }
       const rev = await fetch(`${sys.cluster.etcdUrl}/v3/kv/range`, {
         method: "POST",
         body: JSON.stringify({ key: Buffer.from("/").toString("base64") }),

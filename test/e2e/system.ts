@@ -3,10 +3,10 @@
 // as real `keycutter` processes, nodes and pods in real network namespaces behind the agents'
 // own iptables hooks.
 import { randomBytes } from "node:crypto";
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { CustomObjectsApi, type V1Pod } from "@kubernetes/client-node";
+import { type KubernetesObject, type V1Pod } from "@kubernetes/client-node";
 import {
   BROKER_USER,
   FatalError,
@@ -16,7 +16,6 @@ import {
   ManagedProcess,
   NODE,
   PodNetwork,
-  ROOT,
   VENV_BIN,
   applyObjects,
   freePort,
@@ -33,7 +32,7 @@ import {
   type Redis,
   type TestPki,
 } from "../harness/index.ts";
-import { chartRbacObjects } from "./rbac.ts";
+import { chartRbacObjects } from "../deploy/render.ts";
 import { chartCommandLines, expandVars, setFlag, type ChartCommandLines } from "./chart-args.ts";
 import { installCrds } from "../harness/keycutter-server.ts";
 
@@ -42,8 +41,6 @@ export const AGENT_SA = "keycutter-agent";
 export const SERVER_SA = "keycutter-server";
 export const IMDS = "http://169.254.169.254";
 export const CONTAINER_CREDS_URL = "http://169.254.170.23/v1/credentials";
-const GROUP = "keycutter.dev";
-const VERSION = "v1alpha1";
 
 export interface TestPod {
   namespace: string;
@@ -155,7 +152,7 @@ export class System {
   private async installKeycutterApi(): Promise<void> {
     await installCrds(this.cluster.kc);
     await this.kubelet.ensureNamespace(SYSTEM_NS);
-    await applyObjects(this.cluster.kc, chartRbacObjects(SYSTEM_NS));
+    await applyObjects(this.cluster.kc, chartRbacObjects(SYSTEM_NS) as KubernetesObject[]);
   }
 
   private async setUpAws(): Promise<void> {
@@ -414,23 +411,6 @@ export class System {
     await applyObjects(this.cluster.kc, [obj as never]);
   }
 
-  async deleteCustom(
-    kind: "accesspolicies" | "roleallowances",
-    name: string,
-    namespace?: string,
-  ): Promise<void> {
-    const custom = this.cluster.kc.makeApiClient(CustomObjectsApi);
-    if (namespace)
-      await custom.deleteNamespacedCustomObject({
-        group: GROUP,
-        version: VERSION,
-        namespace,
-        plural: kind,
-        name,
-      });
-    else await custom.deleteClusterCustomObject({ group: GROUP, version: VERSION, plural: kind, name });
-  }
-
   /** Environment for an AWS client in a pod: only the endpoints are set, never credentials. */
   awsEnv(extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv {
     const env: NodeJS.ProcessEnv = {
@@ -516,8 +496,4 @@ export class System {
     rmSync(this.dir, { recursive: true, force: true });
     if (this.pki) rmSync(this.pki.dir, { recursive: true, force: true });
   }
-}
-
-export function hasE2eParts(): boolean {
-  return existsSync(join(ROOT, "deploy", "crds"));
 }

@@ -1,5 +1,6 @@
 import { generateKeyPairSync, randomBytes } from "node:crypto";
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { request as httpsRequest } from "node:https";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { KubeConfig } from "@kubernetes/client-node";
@@ -170,9 +171,8 @@ export async function startCluster(): Promise<Cluster> {
 
 /** GET verified against the cluster CA; returns the status code. */
 async function getStatus(url: string, token: string, ca: Buffer): Promise<number> {
-  const https = await import("node:https");
   return new Promise((resolve, reject) => {
-    const req = https.request(
+    const req = httpsRequest(
       url,
       { ca, headers: { authorization: `Bearer ${token}` }, timeout: 2000 },
       (res) => {
