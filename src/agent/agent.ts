@@ -3,9 +3,10 @@
 import { createServer, type Server, type IncomingMessage, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import { readFileSync } from "node:fs";
-import { KubeConfig } from "@kubernetes/client-node";
 import { createLogger, type Logger } from "../common/logger.ts";
 import { PodWatch } from "../k8s/pod-watch.ts";
+import { ApiClient } from "../k8s/api-client.ts";
+import { inClusterConfig, kubeconfigFromFile } from "../k8s/rest-config.ts";
 import { PodIndex } from "./pod-index.ts";
 import { CredCache } from "./cred-cache.ts";
 import { ImdsTokens } from "./imds-token.ts";
@@ -125,9 +126,7 @@ export async function startAgent(
   cfg: AgentConfig,
   log: Logger = createLogger("agent"),
 ): Promise<RunningAgent> {
-  const kc = new KubeConfig();
-  if (cfg.kubeconfig) kc.loadFromFile(cfg.kubeconfig);
-  else kc.loadFromCluster();
+  const kube = new ApiClient(cfg.kubeconfig ? kubeconfigFromFile(cfg.kubeconfig) : inClusterConfig());
 
   const client = new ServerClient({
     serverUrl: cfg.serverUrl,
@@ -183,7 +182,7 @@ export async function startAgent(
     : undefined;
 
   const watch = new PodWatch({
-    kc,
+    api: kube,
     nodeName: cfg.nodeName,
     handler: index,
     log,
@@ -285,7 +284,7 @@ export async function startAgent(
           taintTimer = setTimeout(tick, 500);
           return;
         }
-        removeNodeTaint(kc, cfg.nodeName, key).then(
+        removeNodeTaint(kube, cfg.nodeName, key).then(
           (removed) => log.info({ taint: key, removed }, "agent ready: startup taint handled"),
           (err: unknown) => {
             log.warn(
@@ -315,6 +314,7 @@ export async function startAgent(
         await Promise.all(servers.map(close));
         cache.dropAll();
         client.close();
+        kube.close();
         passthrough?.close();
         if (hook && cfg.uninstallHookOnExit) await hook.uninstall();
       },
@@ -325,6 +325,7 @@ export async function startAgent(
     await watch.stop();
     await Promise.all(servers.map(close));
     client.close();
+    kube.close();
     throw err;
   }
 }

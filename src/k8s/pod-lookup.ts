@@ -4,7 +4,7 @@
 // Namespaces (for RoleAllowance namespaceSelector) are cached for a short time.
 
 import { CoreV1Api, type KubeConfig, type V1Pod } from "@kubernetes/client-node";
-import { FastApi } from "./fast-api.ts";
+import { ApiClient, kubeConfigConnection } from "./api-client.ts";
 import type { NamespaceFacts, PodFacts } from "../policy/types.ts";
 
 export function isNotFound(err: unknown): boolean {
@@ -35,13 +35,13 @@ export function podFacts(pod: V1Pod): PodRecord {
 
 export class PodLookup {
   private readonly core: CoreV1Api;
-  private readonly fast: FastApi;
+  private readonly fast: ApiClient;
   private readonly nsCache = new Map<string, { at: number; ns: NamespaceFacts | undefined }>();
   private readonly nsTtlMs: number;
 
   constructor(kc: KubeConfig, opts: { namespaceTtlMs?: number } = {}) {
     this.core = kc.makeApiClient(CoreV1Api);
-    this.fast = new FastApi(kc);
+    this.fast = new ApiClient(kubeConfigConnection(kc));
     this.nsTtlMs = opts.namespaceTtlMs ?? 30_000;
   }
 

@@ -1,8 +1,10 @@
-// A supervised, node-scoped pod watch (list + watch with the official client): relists on 410
-// Gone, reconnects with capped exponential backoff, tracks bookmarks, and reports staleness.
-// It keeps only the few fields a node agent needs (PodInfo), never whole pod objects.
-import { CoreV1Api, Watch, type KubeConfig, type V1Pod } from "@kubernetes/client-node";
+// A supervised, node-scoped pod watch (list + watch): relists on 410 Gone, reconnects with capped
+// exponential backoff, tracks bookmarks, and reports staleness. It keeps only the few fields a
+// node agent needs (PodInfo), never whole pod objects. It speaks to the apiserver through the
+// small ApiClient, not the official client, whose weight alone would exceed the agent's budget.
+import type { V1Pod } from "@kubernetes/client-node";
 import type { Logger } from "../common/logger.ts";
+import { ApiError, type ApiClient } from "./api-client.ts";
 
 export interface PodInfo {
   uid: string;
@@ -35,7 +37,7 @@ export interface PodWatchHandler {
 }
 
 export interface PodWatchOptions {
-  kc: KubeConfig;
+  api: ApiClient;
   nodeName: string;
   handler: PodWatchHandler;
   log: Logger;
@@ -45,7 +47,7 @@ export interface PodWatchOptions {
   staleAfterMs?: number;
   backoffInitialMs?: number;
   backoffMaxMs?: number;
-  /** Abort a watch (or its connect) after this long without a byte; default 75 s. */
+  /** Drop a watch (or its connect) after this long without a byte; default 75 s. */
   inactivityTimeoutMs?: number;
   /** Called on every restart of the watch loop (metrics). */
   onRestart?: (reason: "gone" | "error" | "closed") => void;
@@ -88,8 +90,6 @@ type WatchEnd = { kind: "gone" } | { kind: "closed" } | { kind: "error"; err: un
 
 export class PodWatch {
   private readonly opts: PodWatchOptions;
-  private readonly api: CoreV1Api;
-  private readonly watcher: Watch;
   private stopped = false;
   private abort: AbortController | undefined;
   private wake: (() => void) | undefined;
@@ -103,12 +103,6 @@ export class PodWatch {
 
   constructor(opts: PodWatchOptions) {
     this.opts = opts;
-    this.api = opts.kc.makeApiClient(CoreV1Api);
-    this.watcher = new Watch(opts.kc);
-    // The client aborts a watch (or its connect) after this long without bytes; bookmarks
-    // arrive about once a minute, and an aborted watch simply resumes from the last version.
-    (this.watcher as unknown as { requestTimeoutMs: number }).requestTimeoutMs =
-      opts.inactivityTimeoutMs ?? 75_000;
   }
 
   get fieldSelector(): string {
@@ -124,8 +118,6 @@ export class PodWatch {
     this.stopped = true;
     this.abort?.abort();
     this.wake?.();
-    // A watch still connecting cannot be aborted from here (the client owns its controller): do
-    // not wait for it; it ends on its own timeout and its events are ignored once stopped.
     let timer: NodeJS.Timeout | undefined;
     await Promise.race([this.loop, new Promise<void>((r) => (timer = setTimeout(r, 2000)))]);
     clearTimeout(timer);
@@ -148,20 +140,23 @@ export class PodWatch {
 
   private async list(): Promise<void> {
     const pods: PodInfo[] = [];
-    let cont: string | undefined;
+    let cont = "";
     let rv: string;
     do {
-      const res = await this.api.listPodForAllNamespaces({
-        fieldSelector: this.fieldSelector,
-        limit: 500,
-        _continue: cont,
-      });
-      for (const p of res.items) {
+      const q = new URLSearchParams({ fieldSelector: this.fieldSelector, limit: "500" });
+      if (cont) q.set("continue", cont);
+      const res = await this.opts.api.json<{ items?: RawPod[]; metadata?: RawPod }>(
+        "GET",
+        `/api/v1/pods?${q}`,
+        undefined,
+        { maxBytes: 64 * 1024 * 1024 },
+      );
+      for (const p of res.items ?? []) {
         const info = toPodInfo(p);
         if (info) pods.push(info);
       }
-      cont = res.metadata?._continue || undefined;
-      rv = res.metadata?.resourceVersion ?? "";
+      cont = typeof res.metadata?.continue === "string" ? res.metadata.continue : "";
+      rv = String(res.metadata?.resourceVersion ?? "");
     } while (cont);
     this.rv = rv;
     this.opts.handler.resync(pods);
@@ -170,59 +165,54 @@ export class PodWatch {
     this.opts.log.info({ pods: pods.length, resourceVersion: rv }, "pod list synced");
   }
 
-  private watchOnce(): Promise<WatchEnd> {
-    return new Promise<WatchEnd>((resolve) => {
-      let ended = false;
-      const end = (e: WatchEnd): void => {
-        if (ended) return;
-        ended = true;
-        resolve(e);
-      };
-      const timeout = this.opts.watchTimeoutSeconds ?? 240;
-      this.watcher
-        .watch(
-          "/api/v1/pods",
-          {
-            fieldSelector: this.fieldSelector,
-            resourceVersion: this.rv,
-            allowWatchBookmarks: true,
-            // Spread re-opens so that many agents do not reconnect at the same moment.
-            timeoutSeconds: Math.floor(timeout * (0.8 + Math.random() * 0.2)),
-          },
-          (type: string, obj: RawPod) => {
-            if (this.stopped || ended) return;
-            this.lastActivityMs = Date.now();
-            if (type === "ERROR") {
-              if (obj?.code === 410) {
-                end({ kind: "gone" });
-              } else {
-                end({ kind: "error", err: new Error(`watch error: ${obj?.message ?? "unknown"}`) });
-              }
-              this.abort?.abort();
-              return;
-            }
-            const rv = obj?.metadata?.resourceVersion;
-            if (typeof rv === "string" && rv) this.rv = rv;
-            if (type === "BOOKMARK") return;
-            const info = toPodInfo(obj);
-            if (!info) return;
-            if (type === "DELETED") this.opts.handler.remove(info.uid);
-            else if (type === "ADDED" || type === "MODIFIED") this.opts.handler.upsert(info);
-          },
-          (err: unknown) => {
-            if (this.stopped) end({ kind: "stopped" });
-            else if (err && (err as { statusCode?: number }).statusCode === 410) end({ kind: "gone" });
-            else if (err) end({ kind: "error", err });
-            else end({ kind: "closed" });
-          },
-        )
-        .then((ctrl) => {
-          this.abort = ctrl;
-          if (!ended) this.lastActivityMs = Date.now();
-          if (this.stopped) ctrl.abort();
-        })
-        .catch((err: unknown) => end({ kind: "error", err }));
+  private async watchOnce(): Promise<WatchEnd> {
+    const timeout = this.opts.watchTimeoutSeconds ?? 240;
+    const q = new URLSearchParams({
+      watch: "true",
+      fieldSelector: this.fieldSelector,
+      resourceVersion: this.rv,
+      allowWatchBookmarks: "true",
+      // Spread re-opens so that many agents do not reconnect at the same moment.
+      timeoutSeconds: String(Math.floor(timeout * (0.8 + Math.random() * 0.2))),
     });
+    const abort = new AbortController();
+    this.abort = abort;
+    if (this.stopped) return { kind: "stopped" };
+    let gone = false;
+    let failed: Error | undefined;
+    const onEvent = (ev: unknown): void => {
+      if (this.stopped || gone || failed) return;
+      const { type, object: obj } = (ev ?? {}) as { type?: string; object?: RawPod };
+      this.lastActivityMs = Date.now();
+      if (type === "ERROR") {
+        if (obj?.code === 410) gone = true;
+        else failed = new Error(`watch error: ${obj?.message ?? "unknown"}`);
+        abort.abort();
+        return;
+      }
+      const rv = obj?.metadata?.resourceVersion;
+      if (typeof rv === "string" && rv) this.rv = rv;
+      if (type === "BOOKMARK") return;
+      const info = toPodInfo(obj);
+      if (!info) return;
+      if (type === "DELETED") this.opts.handler.remove(info.uid);
+      else if (type === "ADDED" || type === "MODIFIED") this.opts.handler.upsert(info);
+    };
+    try {
+      const end = await this.opts.api.watch(`/api/v1/pods?${q}`, onEvent, {
+        signal: abort.signal,
+        inactivityMs: this.opts.inactivityTimeoutMs ?? 75_000,
+        onOpen: () => (this.lastActivityMs = Date.now()),
+      });
+      if (gone) return { kind: "gone" };
+      if (failed) return { kind: "error", err: failed };
+      if (this.stopped || end === "stopped") return { kind: "stopped" };
+      return { kind: "closed" };
+    } catch (err) {
+      if (this.stopped) return { kind: "stopped" };
+      if (err instanceof ApiError && err.code === 410) return { kind: "gone" };
+      return { kind: "error", err };
+    }
   }
 
   private async run(): Promise<void> {

@@ -5,7 +5,7 @@
 
 import { createHash } from "node:crypto";
 import type { KubeConfig, V1TokenReview } from "@kubernetes/client-node";
-import { FastApi } from "./fast-api.ts";
+import { ApiClient, kubeConfigConnection } from "./api-client.ts";
 import { RateLimiter } from "../aws/rate-limit.ts";
 
 export interface ReviewedIdentity {
@@ -35,7 +35,7 @@ export interface TokenReviewerOptions {
 }
 
 export class TokenReviewer {
-  private readonly api: FastApi;
+  private readonly api: ApiClient;
   private readonly cache = new Map<string, { at: number; id: ReviewedIdentity }>();
   private readonly inflight = new Map<string, Promise<ReviewedIdentity>>();
   private readonly positiveTtlMs: number;
@@ -44,7 +44,7 @@ export class TokenReviewer {
   private readonly limiter: RateLimiter;
 
   constructor(kc: KubeConfig, opts: TokenReviewerOptions = {}) {
-    this.api = new FastApi(kc);
+    this.api = new ApiClient(kubeConfigConnection(kc));
     this.positiveTtlMs = opts.positiveTtlMs ?? 10_000;
     this.negativeTtlMs = opts.negativeTtlMs ?? 5_000;
     this.maxEntries = opts.maxEntries ?? 10_000;

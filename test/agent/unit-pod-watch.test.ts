@@ -4,7 +4,8 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
-import { KubeConfig } from "@kubernetes/client-node";
+import { ApiClient } from "../../src/k8s/api-client.ts";
+import { RestConfig } from "../../src/k8s/rest-config.ts";
 import { pino } from "pino";
 import { PodWatch, type PodInfo } from "../../src/k8s/pod-watch.ts";
 
@@ -60,19 +61,9 @@ test("relists after 410 Gone, applies events, reconnects after a dropped watch",
     }
   });
   await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
-  const kc = new KubeConfig();
-  kc.loadFromOptions({
-    clusters: [
-      {
-        name: "c",
-        server: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
-        skipTLSVerify: true,
-      },
-    ],
-    users: [{ name: "u", token: "t" }],
-    contexts: [{ name: "x", cluster: "c", user: "u" }],
-    currentContext: "x",
-  });
+  const api = new ApiClient(
+    new RestConfig(`http://127.0.0.1:${(server.address() as AddressInfo).port}`, {}, { token: "t" }),
+  );
   const events: string[] = [];
   const handler = {
     upsert: (p: PodInfo) => events.push(`upsert ${p.name} ${p.ip}`),
@@ -80,7 +71,7 @@ test("relists after 410 Gone, applies events, reconnects after a dropped watch",
     resync: (pods: PodInfo[]) => events.push(`resync ${pods.map((p) => p.name).join(",")}`),
   };
   const w = new PodWatch({
-    kc,
+    api,
     nodeName: "n1",
     handler,
     log: pino({ level: "silent" }),
@@ -93,6 +84,7 @@ test("relists after 410 Gone, applies events, reconnects after a dropped watch",
   while (!events.includes("remove uid-b") && Date.now() < deadline)
     await new Promise((r) => setTimeout(r, 20));
   await w.stop();
+  api.close();
   server.closeAllConnections();
   server.close();
   assert.deepEqual(events, [

@@ -12,6 +12,8 @@ import { parse } from "yaml";
 import { CoreV1Api, KubeConfig, PatchStrategy, setHeaderOptions } from "@kubernetes/client-node";
 import { ROOT, startCluster, Kubelet, waitFor, type Cluster } from "../harness/index.ts";
 import { removeNodeTaint } from "../../src/agent/ready-taint.ts";
+import { ApiClient } from "../../src/k8s/api-client.ts";
+import { kubeconfigFromFile } from "../../src/k8s/rest-config.ts";
 import {
   CHART_DIR,
   chartRbacObjects,
@@ -591,6 +593,7 @@ describe("helm chart: the agent's startup taint, enforced by the real apiserver"
   let cluster: Cluster;
   let kubelet: Kubelet;
   let agentKc: KubeConfig;
+  let agentApi: ApiClient; // what the agent itself uses
 
   const taints = [
     { key: KEY, effect: "NoSchedule" },
@@ -627,10 +630,15 @@ describe("helm chart: the agent's startup taint, enforced by the real apiserver"
       podUID: pod.metadata!.uid!,
       audiences: [cluster.issuer],
     });
+    const kubeconfig = cluster.kubeconfigFor("127.0.0.1", token);
     agentKc = new KubeConfig();
-    agentKc.loadFromFile(cluster.kubeconfigFor("127.0.0.1", token));
+    agentKc.loadFromFile(kubeconfig);
+    agentApi = new ApiClient(kubeconfigFromFile(kubeconfig));
   });
-  after(async () => cluster?.stop());
+  after(async () => {
+    agentApi?.close();
+    await cluster?.stop();
+  });
 
   // (the apiserver adds node.kubernetes.io/not-ready itself; only ours are compared)
   const nodeTaints = async (name: string) =>
@@ -658,7 +666,7 @@ describe("helm chart: the agent's startup taint, enforced by the real apiserver"
       },
       { timeoutMs: 20_000 },
     );
-    await assert.rejects(removeNodeTaint(agentKc, "node-2", KEY), /only change the node it runs on/);
+    await assert.rejects(removeNodeTaint(agentApi, "node-2", KEY), /only change the node it runs on/);
     assert.deepEqual(await nodeTaints("node-2"), [KEY, "example.com/other"]);
   });
 
@@ -679,7 +687,7 @@ describe("helm chart: the agent's startup taint, enforced by the real apiserver"
   });
 
   it("its own node's startup taint: removed by the agent's own code", async () => {
-    assert.equal(await removeNodeTaint(agentKc, "node-1", KEY), true);
+    assert.equal(await removeNodeTaint(agentApi, "node-1", KEY), true);
     assert.deepEqual(await nodeTaints("node-1"), ["example.com/other"]);
   });
 
