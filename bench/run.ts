@@ -1,7 +1,8 @@
 // One command for every benchmark figure: `npm run bench` (full) or `npm run bench:smoke`.
 // Prints a table and writes JSON to bench/results/ (latest.json and a timestamped copy).
-//   node bench/run.ts [--smoke] [--only=hotpath,dnat,storm,storm-contract,memory,scale] [--out=FILE]
+//   node bench/run.ts [--smoke] [--only=hotpath,dnat,storm,storm-contract,storm-dnat,memory,scale] [--out=FILE]
 //     [--no-kube2iam] [--no-fix] [--rounds=N] [--duration-ms=N] [--storm-pods=N] [--memory-ms=N]
+//     [--storm-dnat-pods=N]
 //     [--scale-steps=10000,50000,100000] [--scale-budget-ms=N] [--keep-from=EARLIER.json]
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { cpus, loadavg, totalmem } from "node:os";
@@ -13,6 +14,7 @@ import { benchStorm, type StormParams, type StormResult } from "./storm.ts";
 import { benchDnat, type DnatParams, type DnatResult } from "./dnat.ts";
 import { patchedAgentMain } from "./lib/patched.ts";
 import { benchScale, type ScaleParams, type ScaleResult } from "./scale.ts";
+import { benchStormDnat, type StormDnatParams, type StormDnatResult } from "./storm-dnat.ts";
 
 const argv = process.argv.slice(2);
 const flag = (name: string): string | undefined => {
@@ -21,7 +23,9 @@ const flag = (name: string): string | undefined => {
   return a.includes("=") ? a.slice(a.indexOf("=") + 1) : "true";
 };
 const smoke = flag("smoke") !== undefined;
-const only = new Set((flag("only") ?? "hotpath,dnat,storm,storm-contract,storm-fix,memory,scale").split(","));
+const only = new Set(
+  (flag("only") ?? "hotpath,dnat,storm,storm-contract,storm-fix,storm-dnat,memory,scale").split(","),
+);
 const num = (name: string, def: number): number => Number(flag(name) ?? def);
 
 const hotParams: HotpathParams = smoke
@@ -67,6 +71,10 @@ const stormContractParams: StormParams = {
 const dnatParams: DnatParams = smoke
   ? { connections: 2, durationMs: 500, warmupMs: 200, rounds: 1 }
   : { connections: 16, durationMs: num("duration-ms", 4000), warmupMs: 1000, rounds: num("rounds", 3) };
+// the storm with every pod in its own network namespace, through the agent's DNAT hook
+const stormDnatParams: StormDnatParams = smoke
+  ? { pods: 10, replicas: 1 }
+  : { pods: num("storm-dnat-pods", 250), replicas: 2 };
 const scaleParams: ScaleParams = smoke
   ? { steps: [30], issue: 5 }
   : {
@@ -91,6 +99,7 @@ interface Report {
   storm?: StormResult;
   stormContract?: StormResult;
   stormFix?: StormResult;
+  stormDnat?: StormDnatResult;
   dnat?: DnatResult;
   scale?: ScaleResult;
   errors: string[];
@@ -161,6 +170,7 @@ report.stormFix =
         false,
       )
     : undefined;
+report.stormDnat = await withEnv("storm-dnat", () => benchStormDnat(stormDnatParams), false);
 report.scale = await withEnv("scale", () => benchScale(scaleParams), false);
 report.finishedAt = new Date().toISOString();
 // sections not run this time can be carried over from an earlier report (said so in the JSON)
@@ -170,7 +180,7 @@ if (keepFrom) {
   const r = report as unknown as Record<string, unknown>;
   const o = old as unknown as Record<string, unknown>;
   const carried: string[] = [];
-  for (const k of ["hotpath", "dnat", "storm", "stormContract", "stormFix", "scale"])
+  for (const k of ["hotpath", "dnat", "storm", "stormContract", "stormFix", "stormDnat", "scale"])
     if (r[k] === undefined && o[k] !== undefined) {
       r[k] = o[k];
       carried.push(k);
@@ -227,6 +237,15 @@ if (report.dnat) {
 for (const st of [report.storm, report.stormContract, report.stormFix]) {
   if (!st) continue;
   out.push(`\nPod-start storm: ${st.params.pods} pods on one node at once (${st.server})`);
+  out.push(table([st.summary as unknown as Record<string, string | number>]));
+  for (const e of st.errorSamples) out.push(`  client error: ${e}`);
+  for (const n of st.notes) out.push(`  note: ${n}`);
+}
+if (report.stormDnat) {
+  const st = report.stormDnat;
+  out.push(
+    `\nPod-start storm through the DNAT hook: ${st.params.pods} pods, each in its own network namespace`,
+  );
   out.push(table([st.summary as unknown as Record<string, string | number>]));
   for (const e of st.errorSamples) out.push(`  client error: ${e}`);
   for (const n of st.notes) out.push(`  note: ${n}`);

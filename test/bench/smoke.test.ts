@@ -42,6 +42,14 @@ describe("bench:smoke", () => {
         assert.equal(st.summary.neverServed, 0, "some pod never got credentials");
         assert.ok(st.summary.stsCalls >= 1, "no credential issuance counted");
       }
+      // every pod in its own network namespace, through the agent's DNAT hook
+      const sd = rep.stormDnat;
+      assert.ok(sd, "storm-dnat section missing");
+      assert.equal(sd.summary.pods, 10);
+      assert.equal(sd.summary.neverServed, 0, "storm-dnat: some pod never got credentials");
+      assert.ok(sd.summary.stsCalls >= 1, "storm-dnat: no credential issuance counted");
+      assert.equal(sd.summary.leftoverAfterCleanup, 0, "storm-dnat: network left behind");
+
       assert.ok(rep.storm.memory.samples.length >= 2, "no memory samples");
       assert.ok(rep.storm.memory.summary.rssEndMiB > 0);
 

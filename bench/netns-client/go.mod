@@ -1,0 +1,3 @@
+module keycutter.dev/bench/netns-client
+
+go 1.21
