@@ -53,9 +53,13 @@ export interface StormDnatResult {
     /** Namespaces, links and routes of the run still present after cleanup (should be 0). */
     leftoverAfterCleanup: number;
   };
+  /** First tries, per step: median and slowest ms over the pods that reached the step. */
+  firstTryPhases: Record<(typeof PHASES)[number], { reached: number; p50Ms: number; maxMs: number }>;
   errorSamples: string[];
   notes: string[];
 }
+
+const PHASES = ["connect", "tokenPut", "roleList", "credentialsGet"] as const;
 
 const NODE_NAME = "sd-node";
 const NS = "stormdnat";
@@ -95,7 +99,7 @@ export async function buildNetnsClient(): Promise<string> {
 interface ClientRow {
   i: number;
   ipAt: number;
-  first: SdkResult;
+  first: SdkResult & { phases: number[] | null };
   untilServed: number;
   servedAt: number;
   tries: number;
@@ -316,6 +320,21 @@ export async function benchStormDnat(p: StormDnatParams): Promise<StormDnatResul
       `every pod in its own network namespace on ${NODE_NAME}, clients reach 169.254.169.254:80 through the agent's iptables DNAT hook; one Go client process, one OS thread per pod (setns)`,
       `first try: fresh connection, PUT token + GET role + GET credentials, 1 s for the whole try; then a try every 50 ms (5 s each) until served (${rows.reduce((a, r) => a + r.tries, 0)} tries in all)`,
     );
+    const firstTryPhases = Object.fromEntries(
+      PHASES.map((name, k) => {
+        const xs = rows
+          .map((r) => r.first.phases?.[k])
+          .filter((x): x is number => x !== undefined)
+          .sort((a, b) => a - b);
+        return [
+          name,
+          { reached: xs.length, p50Ms: Math.round(percentile(xs, 0.5)), maxMs: Math.round(xs.at(-1) ?? 0) },
+        ];
+      }),
+    ) as StormDnatResult["firstTryPhases"];
+    notes.push(
+      `first try per step, p50/slowest ms: ${PHASES.map((n) => `${n} ${firstTryPhases[n].p50Ms}/${firstTryPhases[n].maxMs}`).join(", ")} (the token PUT waits for the agent's pod watch to know the IP, the credentials GET for the issuance)`,
+    );
     notes.push(`agent and server: src/ of ${await gitState()}`);
     result = {
       params: p,
@@ -340,7 +359,17 @@ export async function benchStormDnat(p: StormDnatParams): Promise<StormDnatResul
         clientPrepareMs: Math.round(clientPrepareMs),
         leftoverAfterCleanup: -1,
       },
-      errorSamples: [...new Set(errs.map((r) => r.first.error ?? ""))].slice(0, 5),
+      firstTryPhases,
+      // each distinct first-try error with how many pods saw it
+      errorSamples: [
+        ...errs.reduce(
+          (m, r) => m.set(r.first.error ?? "", (m.get(r.first.error ?? "") ?? 0) + 1),
+          new Map<string, number>(),
+        ),
+      ]
+        .sort((a, b) => b[1] - a[1])
+        .slice(0, 5)
+        .map(([e, n]) => `${e} (×${n})`),
       notes,
     };
   } finally {

@@ -67,6 +67,9 @@ type result struct {
 	Ms          float64 `json:"ms"`
 	Error       string  `json:"error,omitempty"`
 	AccessKeyID string  `json:"accessKeyId,omitempty"`
+	// ms of each step reached: connect, token PUT, role list GET, credentials GET (the last
+	// entry of a failed try is the step that failed)
+	Phases []float64 `json:"phases"`
 }
 
 type row struct {
@@ -126,14 +129,22 @@ func (k *conn) close() {
 	}
 }
 
+func (k *conn) open() error {
+	if k.c != nil {
+		return nil
+	}
+	c, err := (&net.Dialer{Deadline: k.deadline}).Dial("tcp4", imdsAddr)
+	if err != nil {
+		return err
+	}
+	c.SetDeadline(k.deadline)
+	k.c, k.br = c, bufio.NewReader(c)
+	return nil
+}
+
 func (k *conn) request(method, path string, hdr map[string]string) (int, []byte, error) {
-	if k.c == nil {
-		c, err := (&net.Dialer{Deadline: k.deadline}).Dial("tcp4", imdsAddr)
-		if err != nil {
-			return 0, nil, err
-		}
-		c.SetDeadline(k.deadline)
-		k.c, k.br = c, bufio.NewReader(c)
+	if err := k.open(); err != nil {
+		return 0, nil, err
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s %s HTTP/1.1\r\nHost: 169.254.169.254\r\nUser-Agent: keycutter-bench-netns-client\r\nAccept: */*\r\n", method, path)
@@ -237,7 +248,16 @@ func short(b []byte) string {
 // sdkFetch runs on the pod's locked thread: the socket is created here, in the pod's namespace.
 func sdkFetch(timeout time.Duration) (r result) {
 	t0 := time.Now()
-	defer func() { r.Ms = float64(time.Since(t0).Nanoseconds()) / 1e6 }()
+	last, phases := t0, make([]float64, 0, 4)
+	mark := func() {
+		now := time.Now()
+		phases = append(phases, float64(now.Sub(last).Nanoseconds())/1e6)
+		last = now
+	}
+	defer func() {
+		r.Ms = float64(time.Since(t0).Nanoseconds()) / 1e6
+		r.Phases = phases
+	}()
 	fail := func(err error) result {
 		msg := err.Error()
 		var ne net.Error
@@ -248,7 +268,13 @@ func sdkFetch(timeout time.Duration) (r result) {
 	}
 	k := &conn{deadline: t0.Add(timeout)}
 	defer k.close()
+	err := k.open()
+	mark()
+	if err != nil {
+		return fail(err)
+	}
 	st, tok, err := k.request("PUT", "/latest/api/token", map[string]string{"X-aws-ec2-metadata-token-ttl-seconds": "21600"})
+	mark()
 	if err == nil && st != 200 {
 		err = fmt.Errorf("token: HTTP %d %s", st, short(tok))
 	}
@@ -257,6 +283,7 @@ func sdkFetch(timeout time.Duration) (r result) {
 	}
 	h := map[string]string{"X-aws-ec2-metadata-token": string(tok)}
 	st, role, err := k.request("GET", "/latest/meta-data/iam/security-credentials/", h)
+	mark()
 	if err == nil && st != 200 {
 		err = fmt.Errorf("list: HTTP %d %s", st, short(role))
 	}
@@ -268,6 +295,7 @@ func sdkFetch(timeout time.Duration) (r result) {
 		return fail(fmt.Errorf("list: bad role name %q", short(role)))
 	}
 	st, body, err := k.request("GET", "/latest/meta-data/iam/security-credentials/"+name, h)
+	mark()
 	if err == nil && st != 200 {
 		err = fmt.Errorf("creds: HTTP %d %s", st, short(body))
 	}
