@@ -11,6 +11,7 @@
 import { spawn, execFile } from "node:child_process";
 import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync } from "node:fs";
+import { loadavg } from "node:os";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { promisify } from "node:util";
@@ -55,6 +56,8 @@ export interface StormDnatResult {
   };
   /** First tries, per step: median and slowest ms over the pods that reached the step. */
   firstTryPhases: Record<(typeof PHASES)[number], { reached: number; p50Ms: number; maxMs: number }>;
+  /** The machine's 1, 5 and 15 min load averages when the IP updates started. */
+  loadAvgAtStorm: number[];
   errorSamples: string[];
   notes: string[];
 }
@@ -284,6 +287,7 @@ export async function benchStormDnat(p: StormDnatParams): Promise<StormDnatResul
 
     // the "kubelet" sets every pod's IP at once; each client starts when its own update returns
     const patcher = podStatusPatcher(sys.cluster);
+    const loadAvgAtStorm = loadavg().map((x) => Math.round(x * 100) / 100);
     const t0 = performance.now();
     const patchDone: number[] = [];
     try {
@@ -359,13 +363,15 @@ export async function benchStormDnat(p: StormDnatParams): Promise<StormDnatResul
         clientPrepareMs: Math.round(clientPrepareMs),
         leftoverAfterCleanup: -1,
       },
+      loadAvgAtStorm,
       firstTryPhases,
       // each distinct first-try error with how many pods saw it
       errorSamples: [
-        ...errs.reduce(
-          (m, r) => m.set(r.first.error ?? "", (m.get(r.first.error ?? "") ?? 0) + 1),
-          new Map<string, number>(),
-        ),
+        ...errs.reduce((m, r) => {
+          // one line per kind of error: the pod's own address masked
+          const e = (r.first.error ?? "").replace(/\b\d+\.\d+\.\d+\.\d+\b/g, "<pod ip>");
+          return m.set(e, (m.get(e) ?? 0) + 1);
+        }, new Map<string, number>()),
       ]
         .sort((a, b) => b[1] - a[1])
         .slice(0, 5)
