@@ -112,6 +112,9 @@ interface ClientRow {
 function startClient(bin: string) {
   const proc = spawn(bin, [], { stdio: ["pipe", "pipe", "pipe"] });
   let stderr = "";
+  // a client that died shows up as its exit; a write to it must not crash the bench
+  proc.on("error", (e) => (stderr += `\nspawn: ${e.message}`));
+  proc.stdin!.on("error", (e) => (stderr += `\nstdin: ${e.message}`));
   proc.stderr!.on("data", (d: Buffer) => (stderr = (stderr + d.toString()).slice(-4000)));
   const rows: ClientRow[] = [];
   const prepared = new Map<number, string | undefined>();
@@ -223,8 +226,14 @@ export async function benchStormDnat(p: StormDnatParams): Promise<StormDnatResul
     console.error(`storm-dnat: ${sig}, removing the namespaces, links and rules of this run …`);
     void cleanup().finally(() => process.exit(130));
   };
+  // an error nothing catches would end the process with every namespace still there
+  const onFatal = (e: unknown) => {
+    console.error(`storm-dnat: uncaught ${(e as Error).stack ?? String(e)}; cleaning up …`);
+    void cleanup().finally(() => process.exit(1));
+  };
   process.on("SIGINT", onSignal);
   process.on("SIGTERM", onSignal);
+  process.on("uncaughtException", onFatal);
   let result: StormDnatResult | undefined;
   try {
     await step(sys.start());
@@ -383,6 +392,7 @@ export async function benchStormDnat(p: StormDnatParams): Promise<StormDnatResul
     const left = await cleanup();
     process.off("SIGINT", onSignal);
     process.off("SIGTERM", onSignal);
+    process.off("uncaughtException", onFatal);
     if (result) {
       result.summary.leftoverAfterCleanup = left.length;
       result.notes.push(
