@@ -10,7 +10,7 @@
 // into its pod's namespace with setns(2): 250 pods cost 250 threads, not 250 processes.
 import { spawn, execFile } from "node:child_process";
 import { createHash } from "node:crypto";
-import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync } from "node:fs";
 import { loadavg } from "node:os";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
@@ -96,6 +96,9 @@ export async function buildNetnsClient(): Promise<string> {
     throw new Error(`go build bench/netns-client: ${err.stderr?.trim() || err.message}`, { cause: e });
   }
   renameSync(tmp, bin);
+  // binaries of earlier sources
+  for (const f of readdirSync(dir))
+    if (/^netns-client-[0-9a-f]{16}$/.test(f) && join(dir, f) !== bin) rmSync(join(dir, f), { force: true });
   return bin;
 }
 
