@@ -31,11 +31,13 @@ export interface HotpathParams {
   kube2iam: boolean;
   /** Extra node flags for the agent process (e.g. --cpu-prof). */
   agentNodeArgs?: string[];
-  /** CLI entry of the agent under test (default src/cli/main.ts). */
+  /** CLI entry of the agent under test (default: the compiled build, as in the image). */
   agentMain?: string;
   /** Also run agents from these CLI entries (patched copies), side by side, for before/after.
    * "auto": src/ with bench/patches/*.patch applied, as "keycutter+fix". */
-  extraAgents?: Array<{ name: string; main: string }> | "auto";
+  extraAgents?: Array<{ name: string; main?: string; env?: NodeJS.ProcessEnv }> | "auto";
+  /** Also run the same agent with V8's default heap sizing (no NODE_OPTIONS from the chart). */
+  v8DefaultsAgent?: boolean;
 }
 
 export interface TargetRun {
@@ -119,12 +121,13 @@ export async function benchHotpath(env: BenchEnv, p: HotpathParams): Promise<Hot
   env.defer(() => agent.stop());
   targets.push({ name: "keycutter", s: agent });
   const agents = [agent];
-  let extras = p.extraAgents === "auto" ? [] : (p.extraAgents ?? []);
+  let extras = p.extraAgents === "auto" ? [] : [...(p.extraAgents ?? [])];
   if (p.extraAgents === "auto") {
     const pa = patchedAgentMain();
     notes.push(...pa.notes);
     if (pa.main) extras = [{ name: "keycutter+fix", main: pa.main }];
   }
+  if (p.v8DefaultsAgent) extras.push({ name: "keycutter, V8 defaults", env: { NODE_OPTIONS: "" } });
   for (const extra of extras) {
     const patched = await startAgentProcess({
       nodeName: NODE_NAME,
@@ -134,7 +137,8 @@ export async function benchHotpath(env: BenchEnv, p: HotpathParams): Promise<Hot
       dir,
       extraArgs: ["--no-hook", "--rate-limit-rps", "1000000000", "--rate-limit-burst", "1000000000"],
       nodeArgs: p.agentNodeArgs,
-      main: extra.main,
+      ...(extra.main ? { main: extra.main } : {}),
+      ...(extra.env ? { env: extra.env } : {}),
     });
     env.defer(() => patched.stop());
     targets.push({ name: extra.name, s: patched });

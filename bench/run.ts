@@ -38,6 +38,7 @@ const hotParams: HotpathParams = smoke
       rounds: num("rounds", 3),
       paced: { connections: 16, rate: 100 },
       extraAgents: flag("no-fix") === undefined ? "auto" : undefined,
+      v8DefaultsAgent: true,
       kube2iam: flag("no-kube2iam") === undefined,
     };
 const stormParams: StormParams = smoke
@@ -53,8 +54,8 @@ const stormParams: StormParams = smoke
       replicas: 2,
       memory: only.has("memory")
         ? {
-            durationMs: num("memory-ms", 60_000),
-            sampleEveryMs: 5000,
+            durationMs: num("memory-ms", 300_000),
+            sampleEveryMs: 10_000,
             // one connection per pod at 4 sequences/s: 1000 sequences/s on the node, under the per-pod limit
             connections: 250,
             ratePerConnection: 4,
@@ -253,6 +254,12 @@ if (report.stormDnat) {
 if (report.storm?.memory) {
   out.push(`\nAgent memory: ${report.storm.params.pods} pods, sustained load from every pod`);
   out.push(table([report.storm.memory.summary as unknown as Record<string, string | number>]));
+  const w = report.storm.memory.importWeightMiB;
+  if (w) {
+    out.push(
+      `  RSS after only importing (MiB): empty node ${w.emptyNode}, agent modules compiled ${w.agentCompiled}, through type stripping ${w.agentSource}`,
+    );
+  }
 }
 if (report.scale) {
   out.push("\nServer at scale: pods in the apiserver, server RSS and issuance rate");

@@ -9,14 +9,22 @@
 // retry) starts the moment its IP update returns. Failed clients keep retrying every 50 ms to find
 // when every pod finally has credentials.
 import { writeFileSync } from "node:fs";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { System, SYSTEM_NS, AGENT_SA } from "../test/e2e/system.ts";
 import { MOTO_ACCOUNT_ID } from "../test/harness/index.ts";
 import { metricSum, podStatusPatcher, pool, percentile, sleep, type SdkResult } from "./lib/env.ts";
 import { spawn } from "node:child_process";
 import { NODE, ROOT } from "../test/harness/index.ts";
-import { cpuMs, rssBytes, runLoadgen, startAgentProcess, type AgentProc } from "./lib/procs.ts";
+import {
+  cpuMs,
+  deployedMain,
+  importWeightMiB,
+  rssBytes,
+  runLoadgen,
+  startAgentProcess,
+  type AgentProc,
+} from "./lib/procs.ts";
 import { createEnv } from "./lib/env.ts";
 import { startContractServer } from "./lib/contract-server.ts";
 import { patchedAgentMain } from "./lib/patched.ts";
@@ -28,6 +36,8 @@ export interface StormParams {
   server: "real" | "contract";
   /** Run the agent from src/ with bench/patches/*.patch applied (before/after of a proposed fix). */
   patchedAgent?: boolean;
+  /** Extra env of the agent process (e.g. NODE_OPTIONS other than the chart's). */
+  agentEnv?: NodeJS.ProcessEnv;
   /** contract mode: the test server answers after this delay (a stand-in for STS latency). */
   contractDelayMs?: number;
   /** Server replicas. */
@@ -65,11 +75,15 @@ export interface StormResult {
       rssStartMiB: number;
       rssEndMiB: number;
       rssMaxMiB: number;
+      /** RSS change over the second half of the run: ~0 when flat. */
+      growthSecondHalfMiB: number;
       sequences: number;
       errors: number;
       cpuPct: number;
     };
     samples: Array<{ t: number; rssMiB: number }>;
+    /** RSS of a process that only imported the agent's modules: the code's weight, no pods. */
+    importWeightMiB: { emptyNode: number; agentCompiled: number; agentSource: number };
   };
   notes: string[];
 }
@@ -106,7 +120,7 @@ export async function benchStorm(p: StormParams): Promise<StormResult> {
       await sys.start();
       kubelet = sys.kubelet;
       cluster = sys.cluster;
-      agent = await startRealAgent(sys, agentMain);
+      agent = await startRealAgent(sys, agentMain, p.agentEnv);
       const urls = sys.servers.map((s) => `http://127.0.0.1:${s.opsPort}/metrics`);
       stsCalls = async () =>
         (await Promise.all(urls.map((u) => metricSum(u, "keycutter_server_sts_requests_total")))).reduce(
@@ -268,11 +282,21 @@ export async function benchStorm(p: StormParams): Promise<StormResult> {
           rssStartMiB: samples[0]!.rssMiB,
           rssEndMiB: samples[samples.length - 1]!.rssMiB,
           rssMaxMiB: Math.max(...samples.map((s) => s.rssMiB)),
+          growthSecondHalfMiB:
+            Math.round(
+              (samples[samples.length - 1]!.rssMiB - samples[Math.floor((samples.length - 1) / 2)]!.rssMiB) *
+                10,
+            ) / 10,
           sequences: load.sequences,
           errors: load.errors,
           cpuPct: Math.round((cpu / (Date.now() - start)) * 1000) / 10,
         },
         samples,
+        importWeightMiB: {
+          emptyNode: importWeightMiB([]),
+          agentCompiled: importWeightMiB([join(dirname(deployedMain()), "commands", "agent.js")]),
+          agentSource: importWeightMiB([join(ROOT, "src", "cli", "commands", "agent.ts")]),
+        },
       };
       if (load.errors) notes.push(`memory run errors: ${load.errorSamples.slice(0, 3).join("; ")}`);
     }
@@ -284,7 +308,11 @@ export async function benchStorm(p: StormParams): Promise<StormResult> {
 }
 
 /** The node and its agent, as System.addNode does, but listening on loopback. */
-async function startRealAgent(sys: System, main: string | undefined): Promise<AgentProc> {
+async function startRealAgent(
+  sys: System,
+  main: string | undefined,
+  env: NodeJS.ProcessEnv | undefined,
+): Promise<AgentProc> {
   const roleArn = await sys.moto.createRole(ROLE, {
     Version: "2012-10-17",
     Statement: [{ Effect: "Allow", Action: ["s3:GetObject"], Resource: ["arn:aws:s3:::storm/*"] }],
@@ -353,6 +381,7 @@ async function startRealAgent(sys: System, main: string | undefined): Promise<Ag
     dir: sys.dir,
     extraArgs: ["--no-hook"],
     ...(main ? { main } : {}),
+    ...(env ? { env } : {}),
   });
 
   return agent;

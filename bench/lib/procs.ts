@@ -1,13 +1,72 @@
 // Processes under test: the real `keycutter agent` CLI, the bare baseline, kube2iam, and the
 // load generator, each in its own process so that they compete for the CPU as they would on a
 // node. Helpers to read a process's RSS and CPU time from /proc.
-import { readFileSync, writeFileSync } from "node:fs";
-import { join } from "node:path";
-import { spawn } from "node:child_process";
-import { ManagedProcess, freePort, NODE, KEYCUTTER_MAIN, ROOT } from "../../test/harness/index.ts";
+import { existsSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { join, relative } from "node:path";
+import { createHash } from "node:crypto";
+import { execFileSync, spawn } from "node:child_process";
+import { ManagedProcess, freePort, NODE, CACHE, ROOT } from "../../test/harness/index.ts";
 import type { LoadOptions, LoadResult } from "./loadgen.ts";
+import { chartCommandLines } from "../../test/e2e/chart-args.ts";
 
 const BENCH_LIB = join(ROOT, "bench", "lib");
+
+/**
+ * The CLI as the image runs it: compiled JavaScript (`npm run build`), not the TypeScript source
+ * through Node's type stripping, which loads a transpiler of its own (~35 MiB of RSS). Built once
+ * per source tree into .cache/bench/dist-<hash of src/>.
+ */
+export function deployedMain(): string {
+  const h = createHash("sha256");
+  const walk = (dir: string): void => {
+    for (const e of readdirSync(dir, { withFileTypes: true }).sort((a, b) => a.name.localeCompare(b.name))) {
+      const p = join(dir, e.name);
+      if (e.isDirectory()) walk(p);
+      else h.update(relative(ROOT, p)).update("\0").update(readFileSync(p)).update("\0");
+    }
+  };
+  walk(join(ROOT, "src"));
+  const out = join(CACHE, "bench", `dist-${h.digest("hex").slice(0, 16)}`);
+  const main = join(out, "cli", "main.js");
+  if (!existsSync(main)) {
+    const tmp = `${out}.tmp-${process.pid}`;
+    rmSync(tmp, { recursive: true, force: true });
+    execFileSync(
+      NODE,
+      [
+        join(ROOT, "node_modules", "typescript", "bin", "tsc"),
+        "-p",
+        "tsconfig.build.json",
+        "--outDir",
+        tmp,
+        "--sourceMap",
+        "false",
+      ],
+      { cwd: ROOT, stdio: "pipe" },
+    );
+    rmSync(out, { recursive: true, force: true });
+    renameSync(tmp, out);
+  }
+  return main;
+}
+
+let chartEnv: Record<string, string> | undefined;
+/** The agent container's env as the Helm chart renders it (NODE_OPTIONS). */
+export function chartAgentEnv(): Record<string, string> {
+  chartEnv ??= chartCommandLines("bench", {
+    region: "us-east-1",
+    stsEndpoint: "",
+    requireImdsV2: false,
+  }).agentEnv;
+  return chartEnv;
+}
+
+/** RSS of a Node process that has only imported `modules` (no work done): the code's weight. */
+export function importWeightMiB(modules: string[]): number {
+  const code = `for (const m of ${JSON.stringify(modules)}) await import(m); setTimeout(() => console.log(process.memoryUsage().rss), 300);`;
+  const out = execFileSync(NODE, ["--input-type=module", "-e", code], { cwd: ROOT, encoding: "utf8" });
+  return Math.round((Number(out.trim()) / 1048576) * 10) / 10;
+}
 
 export function rssBytes(pid: number): number {
   const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
@@ -60,7 +119,7 @@ export async function startAgentProcess(o: {
   netns?: string;
   env?: NodeJS.ProcessEnv;
   nodeArgs?: string[];
-  /** CLI entry to run (default src/cli/main.ts); a patched copy for before/after experiments. */
+  /** CLI entry to run (default: the compiled build, as in the image); a patched copy for before/after. */
   main?: string;
 }): Promise<AgentProc> {
   const host = o.listenHost ?? "127.0.0.1";
@@ -70,7 +129,7 @@ export async function startAgentProcess(o: {
   writeFileSync(keyFile, "k".repeat(32), { mode: 0o600 });
   const args = [
     ...(o.nodeArgs ?? []),
-    o.main ?? KEYCUTTER_MAIN,
+    o.main ?? deployedMain(),
     "agent",
     "--node-name",
     o.nodeName,
@@ -91,7 +150,8 @@ export async function startAgentProcess(o: {
     keyFile,
     ...(o.extraArgs ?? ["--no-hook"]),
   ];
-  const env = { ...process.env, KEYCUTTER_LOG_LEVEL: "warn", ...o.env };
+  // run as the chart runs it (its NODE_OPTIONS), unless the caller says otherwise
+  const env = { ...process.env, ...chartAgentEnv(), KEYCUTTER_LOG_LEVEL: "warn", ...o.env };
   const proc = o.netns
     ? new ManagedProcess("agent", "ip", ["netns", "exec", o.netns, NODE, ...args], { env })
     : new ManagedProcess("agent", NODE, args, { env, cwd: ROOT });

@@ -19,6 +19,8 @@ export interface ChartCommandLines {
   server: string[];
   serverEnv: Record<string, string>;
   agent: string[];
+  /** The agent container's literal env values (e.g. NODE_OPTIONS), not the downward API ones. */
+  agentEnv: Record<string, string>;
 }
 
 interface EnvVar {
@@ -50,7 +52,16 @@ export function chartCommandLines(ns: string, v: ChartValuesInput): ChartCommand
   const agent = findObject(objs, "DaemonSet", "keycutter-agent");
   const serverEnv: Record<string, string> = {};
   for (const e of containerEnv(server, "server")) if (e.value !== undefined) serverEnv[e.name] = e.value;
-  return { server: containerArgs(server, "server"), serverEnv, agent: containerArgs(agent, "agent") };
+  const agentEnv: Record<string, string> = {};
+  // PATH picks the node's iptables backend inside the image; here the machine's own is used
+  for (const e of containerEnv(agent, "agent"))
+    if (e.value !== undefined && e.name !== "PATH") agentEnv[e.name] = e.value;
+  return {
+    server: containerArgs(server, "server"),
+    serverEnv,
+    agent: containerArgs(agent, "agent"),
+    agentEnv,
+  };
 }
 
 /** Replaces the value of `--flag=value` (the chart's form) in args; throws if the chart lacks it. */

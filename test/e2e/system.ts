@@ -329,7 +329,7 @@ export class System {
     this.agentKubeconfigs.set(node.name, kubeconfig);
     return this.net.spawn(node.netns, NODE, this.agentArgs(node, tokenFile, kubeconfig), {
       name: `agent-${node.name}`,
-      env: { ...process.env, KEYCUTTER_LOG_LEVEL: "info" },
+      env: { ...process.env, ...this.chart.agentEnv, KEYCUTTER_LOG_LEVEL: "info" },
     });
   }
 
