@@ -181,7 +181,10 @@ if (keepFrom) {
   const r = report as unknown as Record<string, unknown>;
   const o = old as unknown as Record<string, unknown>;
   const carried: string[] = [];
-  for (const k of ["hotpath", "dnat", "storm", "stormContract", "stormFix", "stormDnat", "scale"])
+  // a patched-agent storm means nothing once its patches have landed (none apply any more)
+  const sections = ["hotpath", "dnat", "storm", "stormContract", "stormDnat", "scale"];
+  if (patchedAgentMain().main !== undefined) sections.push("stormFix");
+  for (const k of sections)
     if (r[k] === undefined && o[k] !== undefined) {
       r[k] = o[k];
       carried.push(k);

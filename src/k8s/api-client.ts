@@ -238,7 +238,8 @@ export class ApiClient {
         });
         res.on("end", () => finish(() => resolve("closed")));
         res.on("error", (err) => finish(() => reject(err)));
-        res.on("aborted", () => finish(() => reject(new Error("watch connection dropped"))));
+        // a close without the end of the body: the connection dropped mid-stream
+        res.on("close", () => finish(() => reject(new Error("watch connection dropped"))));
       });
       req.setTimeout(opts.inactivityMs, () =>
         req.destroy(new Error(`watch idle for ${opts.inactivityMs} ms`)),
