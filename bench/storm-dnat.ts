@@ -16,7 +16,9 @@ import { join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { promisify } from "node:util";
 import { System } from "../test/e2e/system.ts";
-import { MOTO_ACCOUNT_ID, CACHE, ROOT, type PodNet } from "../test/harness/index.ts";
+import { CACHE, ROOT, type PodNet } from "../test/harness/index.ts";
+import { setUpStormTenant } from "./lib/storm-policy.ts";
+import type { StormSummary } from "./storm.ts";
 import { metricSum, podStatusPatcher, pool, percentile, sleep, type SdkResult } from "./lib/env.ts";
 
 const execFileP = promisify(execFile);
@@ -32,21 +34,7 @@ export interface StormDnatParams {
 export interface StormDnatResult {
   params: StormDnatParams;
   server: string;
-  summary: {
-    pods: number;
-    allServedMs: number;
-    /** Pods still without credentials after 60 s of retrying. */
-    neverServed: number;
-    firstTryOk: number;
-    clientErrors: number;
-    slowestFirstTryMs: number;
-    p50FirstTryMs: number;
-    p99FirstTryMs: number;
-    slowestUntilServedMs: number;
-    withinOneSecond: number;
-    ipUpdatesSpreadMs: number;
-    stsCalls: number;
-    agentFetches: number;
+  summary: StormSummary & {
     /** Creating every pod's network namespace (netns, veth on the node's cbr0, address, route). */
     netnsSetupMs: number;
     /** The client process's threads entering every namespace. */
@@ -66,7 +54,6 @@ const PHASES = ["connect", "tokenPut", "roleList", "credentialsGet"] as const;
 
 const NODE_NAME = "sd-node";
 const NS = "stormdnat";
-const ROLE = "stormdnat-role";
 const CLIENT_SRC = join(ROOT, "bench", "netns-client");
 
 /** Builds bench/netns-client once per source hash into .cache/bench/; returns the binary. */
@@ -240,7 +227,7 @@ export async function benchStormDnat(p: StormDnatParams): Promise<StormDnatResul
   let result: StormDnatResult | undefined;
   try {
     await step(sys.start());
-    await step(setUpPolicy(sys));
+    await step(setUpStormTenant(sys, "stormdnat", NS));
     const agent = await step(sys.addNode(NODE_NAME));
     const node = agent.node;
     const prefix = node.podGateway.slice(0, node.podGateway.lastIndexOf("."));
@@ -419,39 +406,4 @@ async function gitState(): Promise<string> {
   ]);
   const n = dirty === "?" ? "?" : dirty.split("\n").filter(Boolean).length;
   return n === 0 ? head : `${head} + ${n} uncommitted file(s) in src/`;
-}
-
-async function setUpPolicy(sys: System): Promise<void> {
-  const roleArn = await sys.moto.createRole(ROLE, {
-    Version: "2012-10-17",
-    Statement: [{ Effect: "Allow", Action: ["s3:GetObject"], Resource: ["arn:aws:s3:::stormdnat/*"] }],
-  });
-  await sys.apply({
-    apiVersion: "keycutter.dev/v1alpha1",
-    kind: "RoleAllowance",
-    metadata: { name: "stormdnat" },
-    spec: {
-      namespaces: [NS],
-      roleArns: [`arn:aws:iam::${MOTO_ACCOUNT_ID}:role/stormdnat-*`],
-      maxDurationSeconds: 3600,
-    },
-  });
-  await sys.kubelet.ensureNamespace(NS);
-  await sys.kubelet.createServiceAccount(NS, "app");
-  await sys.apply({
-    apiVersion: "keycutter.dev/v1alpha1",
-    kind: "AccessPolicy",
-    metadata: { namespace: NS, name: "app" },
-    spec: {
-      podSelector: { serviceAccountName: "app" },
-      roleArn,
-      sessionPolicy: {
-        Version: "2012-10-17",
-        Statement: [
-          { Effect: "Allow", Action: ["s3:GetObject"], Resource: ["arn:aws:s3:::stormdnat/${namespace}/*"] },
-        ],
-      },
-      durationSeconds: 3600,
-    },
-  });
 }

@@ -12,7 +12,6 @@ import { writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { System, SYSTEM_NS, AGENT_SA } from "../test/e2e/system.ts";
-import { MOTO_ACCOUNT_ID } from "../test/harness/index.ts";
 import { metricSum, podStatusPatcher, pool, percentile, sleep, type SdkResult } from "./lib/env.ts";
 import { spawn } from "node:child_process";
 import { NODE, ROOT } from "../test/harness/index.ts";
@@ -28,6 +27,7 @@ import {
 import { createEnv } from "./lib/env.ts";
 import { startContractServer } from "./lib/contract-server.ts";
 import { patchedAgentMain } from "./lib/patched.ts";
+import { setUpStormTenant } from "./lib/storm-policy.ts";
 import type { Cluster, Kubelet } from "../test/harness/index.ts";
 
 export interface StormParams {
@@ -48,25 +48,28 @@ export interface StormParams {
   memory?: { durationMs: number; sampleEveryMs: number; connections: number; ratePerConnection: number };
 }
 
+/** The storm's outcome, as storm.ts and storm-dnat.ts both report it. */
+export interface StormSummary {
+  pods: number;
+  allServedMs: number;
+  /** Pods still without credentials after 60 s of retrying. */
+  neverServed: number;
+  firstTryOk: number;
+  clientErrors: number;
+  slowestFirstTryMs: number;
+  p50FirstTryMs: number;
+  p99FirstTryMs: number;
+  slowestUntilServedMs: number;
+  withinOneSecond: number;
+  ipUpdatesSpreadMs: number;
+  stsCalls: number;
+  agentFetches: number;
+}
+
 export interface StormResult {
   params: StormParams;
   server: string;
-  summary: {
-    pods: number;
-    allServedMs: number;
-    /** Pods still without credentials after 60 s of retrying. */
-    neverServed: number;
-    firstTryOk: number;
-    clientErrors: number;
-    slowestFirstTryMs: number;
-    p50FirstTryMs: number;
-    p99FirstTryMs: number;
-    slowestUntilServedMs: number;
-    withinOneSecond: number;
-    ipUpdatesSpreadMs: number;
-    stsCalls: number;
-    agentFetches: number;
-  };
+  summary: StormSummary;
   errorSamples: string[];
   memory?: {
     summary: {
@@ -90,7 +93,6 @@ export interface StormResult {
 
 const NODE_NAME = "storm-node";
 const NS = "storm";
-const ROLE = "storm-role";
 
 export async function benchStorm(p: StormParams): Promise<StormResult> {
   if (p.pods < 1 || p.pods > 250) throw new Error("pods: 1..250");
@@ -313,38 +315,7 @@ async function startRealAgent(
   main: string | undefined,
   env: NodeJS.ProcessEnv | undefined,
 ): Promise<AgentProc> {
-  const roleArn = await sys.moto.createRole(ROLE, {
-    Version: "2012-10-17",
-    Statement: [{ Effect: "Allow", Action: ["s3:GetObject"], Resource: ["arn:aws:s3:::storm/*"] }],
-  });
-  await sys.apply({
-    apiVersion: "keycutter.dev/v1alpha1",
-    kind: "RoleAllowance",
-    metadata: { name: "storm" },
-    spec: {
-      namespaces: [NS],
-      roleArns: [`arn:aws:iam::${MOTO_ACCOUNT_ID}:role/storm-*`],
-      maxDurationSeconds: 3600,
-    },
-  });
-  await sys.kubelet.ensureNamespace(NS);
-  await sys.kubelet.createServiceAccount(NS, "app");
-  await sys.apply({
-    apiVersion: "keycutter.dev/v1alpha1",
-    kind: "AccessPolicy",
-    metadata: { namespace: NS, name: "app" },
-    spec: {
-      podSelector: { serviceAccountName: "app" },
-      roleArn,
-      sessionPolicy: {
-        Version: "2012-10-17",
-        Statement: [
-          { Effect: "Allow", Action: ["s3:GetObject"], Resource: ["arn:aws:s3:::storm/${namespace}/*"] },
-        ],
-      },
-      durationSeconds: 3600,
-    },
-  });
+  await setUpStormTenant(sys, "storm", NS);
 
   // the node and its agent, as System.addNode does, but listening on loopback
   await sys.kubelet.createNode(NODE_NAME, "127.0.0.1");

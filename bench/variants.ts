@@ -6,12 +6,17 @@ import { join } from "node:path";
 import { ManagedProcess, NODE, ROOT, freePort } from "../test/harness/index.ts";
 import { cpuSplitMs, runLoadgen } from "./lib/procs.ts";
 
-const variants = ["baseline-main", "baseline-opts-main", "baseline-heavy-main"];
+const variants = ["plain", "agent-options", "agent-modules"];
 const procs: Array<{ name: string; p: ManagedProcess; port: number }> = [];
 try {
   for (const v of variants) {
     const port = await freePort();
-    const p = new ManagedProcess(v, NODE, [join(ROOT, "bench", "lib", `${v}.ts`), "127.0.0.1", String(port)]);
+    const p = new ManagedProcess(v, NODE, [
+      join(ROOT, "bench", "lib", "baseline-main.ts"),
+      "127.0.0.1",
+      String(port),
+      v,
+    ]);
     await p.waitForLine(/baseline listening/, 20_000);
     procs.push({ name: v, p, port });
   }

@@ -1,12 +1,27 @@
 // The baseline: a bare node:http server answering the IMDSv2 credential sequence with fixed
 // bodies (no pod lookup, no token check, no metrics). It is the practical limit of Node's HTTP
 // stack on this machine. Also used as the "real IMDS" behind kube2iam's token proxy.
-// argv: host port
-import { createServer } from "node:http";
+// argv: host port [variant]. Variants (bench/variants.ts uses them to rule causes of the agent's
+// CPU gap in or out): "agent-options" — the agent's pod-facing server options; "agent-modules" —
+// every module the agent loads imported first.
+import { createServer, type ServerOptions } from "node:http";
 import { BASELINE_TOKEN, ROLE_NAME, credentialsDoc } from "./bodies.ts";
 
 const host = process.argv[2] ?? "127.0.0.1";
 const port = Number(process.argv[3] ?? 0);
+const variant = process.argv[4] ?? "plain";
+if (!["plain", "agent-options", "agent-modules"].includes(variant))
+  throw new Error(`unknown variant ${variant}`);
+if (variant === "agent-modules") await import("../../src/agent/agent.ts");
+const options: ServerOptions = { keepAliveTimeout: 5000, noDelay: true };
+if (variant === "agent-options") {
+  Object.assign(options, {
+    maxHeaderSize: 8192,
+    requestTimeout: 10_000,
+    headersTimeout: 5_000,
+    requireHostHeader: false,
+  });
+}
 const token = Buffer.from(BASELINE_TOKEN);
 const role = Buffer.from(ROLE_NAME);
 const creds = Buffer.from(
@@ -15,7 +30,7 @@ const creds = Buffer.from(
 const notFound = Buffer.from("Not Found\n");
 const LIST = "/latest/meta-data/iam/security-credentials/";
 
-const server = createServer({ keepAliveTimeout: 5000, noDelay: true }, (req, res) => {
+const server = createServer(options, (req, res) => {
   const url = req.url ?? "";
   if (url === "/latest/api/token" && req.method === "PUT") {
     res.writeHead(200, {
