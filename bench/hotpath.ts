@@ -27,7 +27,7 @@ export interface HotpathParams {
   warmupMs: number;
   rounds: number;
   /** Paced run: connections × rate per connection (sequences/s), latency from intended start. */
-  paced?: { connections: number; rate: number };
+  paced?: Array<{ connections: number; rate: number }>;
   kube2iam: boolean;
   /** Extra node flags for the agent process (e.g. --cpu-prof). */
   agentNodeArgs?: string[];
@@ -178,11 +178,11 @@ export async function benchHotpath(env: BenchEnv, p: HotpathParams): Promise<Hot
     label: `closed c=${c}`,
     connections: c,
   }));
-  if (p.paced)
+  for (const pc of p.paced ?? [])
     settings.push({
-      label: `paced ${p.paced.connections}x${p.paced.rate}/s`,
-      connections: p.paced.connections,
-      rate: p.paced.rate,
+      label: `paced ${pc.connections}x${pc.rate}/s`,
+      connections: pc.connections,
+      rate: pc.rate,
     });
   for (const st of settings) {
     const group: TargetRun[] = [];

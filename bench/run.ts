@@ -36,7 +36,11 @@ const hotParams: HotpathParams = smoke
       durationMs: num("duration-ms", 4000),
       warmupMs: 1000,
       rounds: num("rounds", 3),
-      paced: { connections: 16, rate: 100 },
+      // moderate (250 pods' SDKs re-reading credentials often: 160 sequences/s) and heavy (1600/s)
+      paced: [
+        { connections: 16, rate: 10 },
+        { connections: 16, rate: 100 },
+      ],
       extraAgents: flag("no-fix") === undefined ? "auto" : undefined,
       v8DefaultsAgent: true,
       kube2iam: flag("no-kube2iam") === undefined,

@@ -134,7 +134,7 @@ export class ApiClient {
   }
 
   async json<T>(
-    method: "GET" | "POST" | "PATCH",
+    method: "GET" | "POST" | "PUT" | "PATCH",
     path: string,
     body?: unknown,
     opts: { contentType?: string; maxBytes?: number } = {},

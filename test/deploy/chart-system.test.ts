@@ -366,6 +366,18 @@ describe("the chart's command lines run the real system", { timeout: 300_000 }, 
     assert.equal(r.stdout, "404");
   });
 
+  it("the chart's CRDs, as applied, enforce their CEL rules", async () => {
+    const reserved = accessPolicy("tenant-a", "reserved-tag", "arn:aws:iam::123456789012:role/x", "b") as {
+      spec: Record<string, unknown>;
+    };
+    reserved.spec.sessionTags = { "kubernetes-namespace": "other" };
+    await assert.rejects(applyObjects(cluster.kc, [reserved as never]), /tags are reserved/);
+    const allowStatement = roleAllowance() as { metadata: { name: string }; spec: Record<string, unknown> };
+    allowStatement.metadata.name = "allow-as-mandatory";
+    allowStatement.spec.denyStatements = [{ Effect: "Allow", Action: "s3:*", Resource: "*" }];
+    await assert.rejects(applyObjects(cluster.kc, [allowStatement as never]), /only Deny statements/);
+  });
+
   it("uninstall: the chart's cleanup command removes every rule once the agent is gone", async () => {
     await agent.stop();
     // the agent keeps the hook when it stops (fail closed)

@@ -4,7 +4,6 @@
 // self-signed serving certificate. (Written by the server helper; separate from the lead's files.)
 
 import { execFileSync } from "node:child_process";
-import { request as httpsRequest, type RequestOptions } from "node:https";
 import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -14,6 +13,7 @@ import {
   CustomObjectsApi,
   RbacAuthorizationV1Api,
   type KubeConfig,
+  type KubernetesObject,
   type V1ClusterRole,
   type V1CustomResourceDefinition,
   type V1Role,
@@ -21,50 +21,21 @@ import {
 import { parse } from "yaml";
 import { ROOT } from "./paths.ts";
 import { waitFor } from "./process.ts";
+import { applyObjects } from "./apply.ts";
 
 function isConflict(e: unknown): boolean {
   return (e as { code?: number }).code === 409;
 }
 
-async function rawPost(kc: KubeConfig, path: string, body: unknown): Promise<number> {
-  const url = new URL(kc.getCurrentCluster()?.server ?? "");
-  const opts: RequestOptions = {
-    method: "POST",
-    host: url.hostname,
-    port: url.port,
-    path,
-    headers: { "content-type": "application/json" },
-  };
-  await kc.applyToHTTPSOptions(opts);
-  const payload = JSON.stringify(body);
-  return new Promise((resolve, reject) => {
-    const req = httpsRequest(opts, (res) => {
-      let out = "";
-      res.on("data", (c: Buffer) => (out += c.toString()));
-      res.on("end", () => {
-        if ((res.statusCode ?? 0) >= 400 && res.statusCode !== 409)
-          reject(new Error(`POST ${path}: ${res.statusCode} ${out.slice(0, 500)}`));
-        else resolve(res.statusCode ?? 0);
-      });
-    });
-    req.on("error", reject);
-    req.end(payload);
-  });
-}
-
-/** Creates (or keeps) every CRD in deploy/crds and waits until they are Established. */
+/** Creates (or updates) every CRD in deploy/crds and waits until they are Established. */
 export async function installCrds(kc: KubeConfig): Promise<void> {
   const api = kc.makeApiClient(ApiextensionsV1Api);
   const dir = join(ROOT, "deploy", "crds");
-  const names: string[] = [];
-  for (const f of readdirSync(dir).filter((x) => x.endsWith(".yaml"))) {
-    const crd = parse(readFileSync(join(dir, f), "utf8")) as V1CustomResourceDefinition;
-    names.push(crd.metadata?.name ?? "");
-    // Raw JSON, not the typed client: its serializer drops x-kubernetes-* keys on nested schemas.
-    const status = await rawPost(kc, "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", crd);
-    if (status !== 201 && status !== 409)
-      throw new Error(`creating CRD ${crd.metadata?.name}: HTTP ${status}`);
-  }
+  const crds = readdirSync(dir)
+    .filter((x) => x.endsWith(".yaml"))
+    .map((f) => parse(readFileSync(join(dir, f), "utf8")) as V1CustomResourceDefinition);
+  const names = crds.map((c) => c.metadata?.name ?? "");
+  await applyObjects(kc, crds as KubernetesObject[]);
   await waitFor(
     "CRDs established",
     async () => {
