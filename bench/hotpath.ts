@@ -35,7 +35,7 @@ export interface HotpathParams {
   agentMain?: string;
   /** Also run agents from these CLI entries (patched copies), side by side, for before/after.
    * "auto": src/ with bench/patches/*.patch applied, as "keycutter+fix". */
-  extraAgents?: Array<{ name: string; main?: string; env?: NodeJS.ProcessEnv }> | "auto";
+  extraAgents?: Array<{ name: string; main?: string; env?: NodeJS.ProcessEnv; nodeArgs?: string[] }> | "auto";
   /** Also run the same agent with V8's default heap sizing (no NODE_OPTIONS from the chart). */
   v8DefaultsAgent?: boolean;
 }
@@ -136,7 +136,7 @@ export async function benchHotpath(env: BenchEnv, p: HotpathParams): Promise<Hot
       tokenFile,
       dir,
       extraArgs: ["--no-hook", "--rate-limit-rps", "1000000000", "--rate-limit-burst", "1000000000"],
-      nodeArgs: p.agentNodeArgs,
+      nodeArgs: [...(p.agentNodeArgs ?? []), ...(extra.nodeArgs ?? [])],
       ...(extra.main ? { main: extra.main } : {}),
       ...(extra.env ? { env: extra.env } : {}),
     });

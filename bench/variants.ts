@@ -1,12 +1,12 @@
-// Which part of the agent's extra CPU per sequence comes from its server options or from the
-// weight of the modules it loads? Three bare baselines side by side (plain; with the agent's
-// server options; with the agent's modules imported), 16 connections, 3 alternating rounds;
+// Which part of the agent's extra CPU per sequence comes from its server options, the weight of
+// the modules it loads, or reading req.headers? Four bare baselines side by side (plain; with the
+// agent's server options; with the agent's modules imported; reading headers per request), 16 connections, 3 alternating rounds;
 // prints [sequences/s, user µs/seq, kernel µs/seq] per round.   node bench/variants.ts
 import { join } from "node:path";
 import { ManagedProcess, NODE, ROOT, freePort } from "../test/harness/index.ts";
 import { cpuSplitMs, runLoadgen } from "./lib/procs.ts";
 
-const variants = ["plain", "agent-options", "agent-modules"];
+const variants = ["plain", "agent-options", "agent-modules", "agent-headers"];
 const procs: Array<{ name: string; p: ManagedProcess; port: number }> = [];
 try {
   for (const v of variants) {

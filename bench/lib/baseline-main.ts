@@ -3,14 +3,15 @@
 // stack on this machine. Also used as the "real IMDS" behind kube2iam's token proxy.
 // argv: host port [variant]. Variants (bench/variants.ts uses them to rule causes of the agent's
 // CPU gap in or out): "agent-options" — the agent's pod-facing server options; "agent-modules" —
-// every module the agent loads imported first.
+// every module the agent loads imported first; "agent-headers" — reads request headers through
+// req.headers on every request, as the agent does (Node builds that object lazily).
 import { createServer, type ServerOptions } from "node:http";
 import { BASELINE_TOKEN, ROLE_NAME, credentialsDoc } from "./bodies.ts";
 
 const host = process.argv[2] ?? "127.0.0.1";
 const port = Number(process.argv[3] ?? 0);
 const variant = process.argv[4] ?? "plain";
-if (!["plain", "agent-options", "agent-modules"].includes(variant))
+if (!["plain", "agent-options", "agent-modules", "agent-headers"].includes(variant))
   throw new Error(`unknown variant ${variant}`);
 if (variant === "agent-modules") await import("../../src/agent/agent.ts");
 const options: ServerOptions = { keepAliveTimeout: 5000, noDelay: true };
@@ -30,7 +31,12 @@ const creds = Buffer.from(
 const notFound = Buffer.from("Not Found\n");
 const LIST = "/latest/meta-data/iam/security-credentials/";
 
+let headerHits = 0;
 const server = createServer(options, (req, res) => {
+  if (variant === "agent-headers") {
+    const h = req.headers;
+    if (h["transfer-encoding"] !== undefined || h["x-aws-ec2-metadata-token"] === "") headerHits++;
+  }
   const url = req.url ?? "";
   if (url === "/latest/api/token" && req.method === "PUT") {
     res.writeHead(200, {
@@ -56,4 +62,4 @@ server.listen(port, host, () => {
   const a = server.address();
   console.log(`baseline listening ${typeof a === "object" && a ? a.port : port}`);
 });
-process.on("SIGTERM", () => process.exit(0));
+process.on("SIGTERM", () => process.exit(headerHits < 0 ? 1 : 0));
