@@ -1,9 +1,12 @@
 // Profiles the agent's hot path: runs the real agent process under `node --cpu-prof` while the
 // load generator drives the cached IMDSv2 sequence, then prints the top self-time functions and a
-// breakdown by area. `node bench/profile.ts [--duration-ms=N] [--connections=N] [--out=FILE]`
+// breakdown by area. With --with-baseline, also profiles the bare baseline server under the same
+// load and prints both side by side in µs of CPU per sequence, function by function.
+// `node bench/profile.ts [--duration-ms=N] [--connections=N] [--with-baseline] [--out=FILE]`
 import { mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { ROOT } from "../test/harness/index.ts";
+import { ManagedProcess, NODE, ROOT, freePort } from "../test/harness/index.ts";
+import { runLoadgen } from "./lib/procs.ts";
 import { createEnv } from "./lib/env.ts";
 import { benchHotpath } from "./hotpath.ts";
 
@@ -137,4 +140,80 @@ if (import.meta.url === `file://${process.argv[1]}`) {
       JSON.stringify({ profile: join(dir, f), summary: s, hotpath: result.summary }, null, 2) + "\n",
     );
   console.log(`profile: ${join(dir, f)}`);
+  if (process.argv.includes("--with-baseline")) {
+    const agent = result.summary.find((r) => r.target === "keycutter")!;
+    const measuredMs = Number(arg("duration-ms", "8000"));
+    const base = await profileBaseline(Number(arg("connections", "16")), measuredMs);
+    // the agent's busy samples are its warm-up (1 s) and its measured run, at about the same rate
+    const all = summarise(
+      join(dir, f),
+      tl.loadStartedAt - tl.agentSpawnedAt,
+      tl.loadEndedAt - tl.agentSpawnedAt,
+      400,
+    );
+    compare(base, { summary: all, sequences: (agent.seqPerSec * (measuredMs + 1000)) / 1000 });
+  }
+}
+
+/** The bare baseline under --cpu-prof, driven alone by the same load generator. */
+async function profileBaseline(
+  connections: number,
+  durationMs: number,
+): Promise<{ summary: ProfileSummary; sequences: number }> {
+  const dir = join(ROOT, ".cache", "bench", "prof", `${Date.now()}-baseline`);
+  mkdirSync(dir, { recursive: true });
+  const port = await freePort();
+  const p = new ManagedProcess("baseline", NODE, [
+    "--cpu-prof",
+    `--cpu-prof-dir=${dir}`,
+    "--cpu-prof-interval=200",
+    join(ROOT, "bench", "lib", "baseline-main.ts"),
+    "127.0.0.1",
+    String(port),
+  ]);
+  let load;
+  try {
+    await p.waitForLine(/baseline listening/, 15_000);
+    load = await runLoadgen({ host: "127.0.0.1", port, connections, durationMs, warmupMs: 1000 });
+  } finally {
+    await p.stop(); // the profile is written on exit
+  }
+  const f = readdirSync(dir).find((x) => x.endsWith(".cpuprofile"));
+  if (!f) throw new Error(`no baseline profile in ${dir}`);
+  // the whole profile: start-up is idle time, and warm-up sequences are counted pro rata
+  return {
+    summary: summarise(join(dir, f), 0, Infinity, 400),
+    sequences: (load.sequences * (durationMs + 1000)) / durationMs,
+  };
+}
+
+/** CPU µs per sequence, function by function, largest extra cost of the agent first. */
+function compare(
+  base: { summary: ProfileSummary; sequences: number },
+  agent: { summary: ProfileSummary; sequences: number },
+): void {
+  const perSeq = (x: { summary: ProfileSummary; sequences: number }) =>
+    new Map(
+      x.summary.top.map((t) => [
+        `${t.fn} ${t.where.replace(/:\d+$/, "").replace(/^dist-[0-9a-f]+\//, "")}`,
+        (t.selfMs * 1000) / x.sequences,
+      ]),
+    );
+  const b = perSeq(base);
+  const a = perSeq(agent);
+  const keys = [...new Set([...b.keys(), ...a.keys()])];
+  const diff = (k: string) => (a.get(k) ?? 0) - (b.get(k) ?? 0);
+  keys.sort((x, y) => diff(y) - diff(x));
+  const sum = (m: Map<string, number>) => [...m.values()].reduce((x, y) => x + y, 0);
+  console.log(
+    `\nCPU µs per sequence (profiled functions): baseline ${sum(b).toFixed(1)}, agent ${sum(a).toFixed(1)}`,
+  );
+  console.log("baseline    agent     diff  function");
+  const row = (k: string) =>
+    console.log(
+      `${(b.get(k) ?? 0).toFixed(1).padStart(8)} ${(a.get(k) ?? 0).toFixed(1).padStart(8)} ${diff(k).toFixed(1).padStart(8)}  ${k}`,
+    );
+  for (const k of keys.slice(0, 25)) row(k);
+  console.log("…");
+  for (const k of keys.slice(-5)) row(k);
 }
