@@ -3,7 +3,7 @@
 // this is rare per pod), which means a deleted or rebound pod is never judged from stale state.
 // Namespaces (for RoleAllowance namespaceSelector) are cached for a short time.
 
-import { CoreV1Api, type KubeConfig, type V1Pod } from "@kubernetes/client-node";
+import type { KubeConfig, V1Pod } from "@kubernetes/client-node";
 import { ApiClient, kubeConfigConnection } from "./api-client.ts";
 import type { NamespaceFacts, PodFacts } from "../policy/types.ts";
 
@@ -34,13 +34,11 @@ export function podFacts(pod: V1Pod): PodRecord {
 }
 
 export class PodLookup {
-  private readonly core: CoreV1Api;
   private readonly fast: ApiClient;
   private readonly nsCache = new Map<string, { at: number; ns: NamespaceFacts | undefined }>();
   private readonly nsTtlMs: number;
 
   constructor(kc: KubeConfig, opts: { namespaceTtlMs?: number } = {}) {
-    this.core = kc.makeApiClient(CoreV1Api);
     this.fast = new ApiClient(kubeConfigConnection(kc));
     this.nsTtlMs = opts.namespaceTtlMs ?? 30_000;
   }
@@ -84,8 +82,24 @@ export class PodLookup {
   }
 
   /** Pods of a namespace (status loop only: ambiguity check). */
-  async listPods(namespace: string): Promise<PodRecord[]> {
-    const res = await this.core.listNamespacedPod({ namespace });
-    return res.items.map(podFacts);
+  /**
+   * The namespace's pods, at most `max`, paged. Raw JSON rather than the typed client: the status
+   * writer lists whole namespaces every round, and the typed client's model objects for thousands
+   * of pods doubled the server's memory at scale.
+   */
+  async listPods(namespace: string, max = Infinity): Promise<PodRecord[]> {
+    const out: PodRecord[] = [];
+    let cont = "";
+    do {
+      const q = new URLSearchParams({ limit: String(Math.min(500, max - out.length)) });
+      if (cont) q.set("continue", cont);
+      const res = await this.fast.json<{ items?: V1Pod[]; metadata?: { continue?: string } }>(
+        "GET",
+        `/api/v1/namespaces/${encodeURIComponent(namespace)}/pods?${q}`,
+      );
+      for (const p of res.items ?? []) out.push(podFacts(p));
+      cont = res.metadata?.continue ?? "";
+    } while (cont && out.length < max);
+    return out;
   }
 }

@@ -124,7 +124,7 @@ export class PolicyStatusWriter {
       let pods: PodFacts[];
       let nsFacts: NamespaceFacts;
       try {
-        pods = (await this.pods.listPods(ns)).map((r) => r.facts).slice(0, 5000);
+        pods = (await this.pods.listPods(ns, 5000)).map((r) => r.facts);
         nsFacts = (await this.pods.namespace(ns)) ?? { name: ns, labels: {} };
       } catch {
         continue;
