@@ -46,6 +46,12 @@ export function deployedMain(): string {
     );
     rmSync(out, { recursive: true, force: true });
     renameSync(tmp, out);
+    // builds of earlier sources are of no further use
+    for (const d of readdirSync(join(CACHE, "bench"))) {
+      if (/^dist-[0-9a-f]{16}$/.test(d) && join(CACHE, "bench", d) !== out) {
+        rmSync(join(CACHE, "bench", d), { recursive: true, force: true });
+      }
+    }
   }
   return main;
 }
