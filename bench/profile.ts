@@ -32,9 +32,9 @@ function area(url: string, fn: string): string {
   if (fn === "(garbage collector)") return "gc";
   if (fn === "(idle)") return "idle";
   if (fn === "(program)") return "program (native, uncategorised)";
-  // the agent runs compiled (.cache/bench/dist-<hash>/) unless a source entry is given
-  if (/\/(src|dist-[0-9a-f]+)\/agent\//.test(url)) return "keycutter agent";
-  if (/\/(src|dist-[0-9a-f]+)\//.test(url)) return "keycutter other";
+  // the agent runs compiled (.cache/bench/app-<hash>/dist/) unless a source entry is given
+  if (/\/(src|dist)\/agent\//.test(url)) return "keycutter agent";
+  if (/\/(src|dist)\//.test(url)) return "keycutter other";
   if (url.includes("prom-client")) return "prom-client";
   if (url.includes("pino") || url.includes("thread-stream")) return "pino";
   if (url.includes("@kubernetes")) return "k8s client";
@@ -71,7 +71,7 @@ export function summarise(file: string, fromMs = 0, toMs = Infinity, topN = 25):
     const cf = n.callFrame;
     const fn = cf.functionName || "(anonymous)";
     const where = cf.url
-      ? `${cf.url.replace(/^file:\/\/.*?\/(src|dist-[0-9a-f]+|node_modules)\//, "$1/")}:${cf.lineNumber + 1}`
+      ? `${cf.url.replace(/^file:\/\/.*?\/(src|dist|node_modules)\//, "$1/")}:${cf.lineNumber + 1}`
       : "";
     const key = `${fn}@${where}`;
     const e = self.get(key) ?? { fn, where, us: 0, area: area(cf.url, fn) };
@@ -195,7 +195,7 @@ function compare(
   const perSeq = (x: { summary: ProfileSummary; sequences: number }) =>
     new Map(
       x.summary.top.map((t) => [
-        `${t.fn} ${t.where.replace(/:\d+$/, "").replace(/^dist-[0-9a-f]+\//, "")}`,
+        `${t.fn} ${t.where.replace(/:\d+$/, "").replace(/^dist\//, "")}`,
         (t.selfMs * 1000) / x.sequences,
       ]),
     );

@@ -14,6 +14,7 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync } 
 import { loadavg } from "node:os";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
+import { createInterface } from "node:readline";
 import { promisify } from "node:util";
 import { System } from "../test/e2e/system.ts";
 import { CACHE, ROOT, type PodNet } from "../test/harness/index.ts";
@@ -109,21 +110,14 @@ function startClient(bin: string) {
   const rows: ClientRow[] = [];
   const prepared = new Map<number, string | undefined>();
   const waiters = new Set<() => void>();
-  let buf = "";
   let ready = false;
-  proc.stdout!.on("data", (d: Buffer) => {
-    buf += d.toString();
-    let k;
-    while ((k = buf.indexOf("\n")) >= 0) {
-      const line = buf.slice(0, k);
-      buf = buf.slice(k + 1);
-      const m = JSON.parse(line) as Record<string, unknown>;
-      if (m.ready) ready = true;
-      else if ("prepared" in m) prepared.set(Number(m.prepared), m.error as string | undefined);
-      else if ("i" in m) rows.push(m as unknown as ClientRow);
-      else stderr += `\n${line}`;
-      for (const w of waiters) w();
-    }
+  createInterface({ input: proc.stdout! }).on("line", (line) => {
+    const m = JSON.parse(line) as Record<string, unknown>;
+    if (m.ready) ready = true;
+    else if ("prepared" in m) prepared.set(Number(m.prepared), m.error as string | undefined);
+    else if ("i" in m) rows.push(m as unknown as ClientRow);
+    else stderr += `\n${line}`;
+    for (const w of waiters) w();
   });
   const exited = new Promise<number>((r) => proc.on("exit", (code) => r(code ?? -1)));
   let gone = false;

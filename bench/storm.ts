@@ -9,15 +9,16 @@
 // retry) starts the moment its IP update returns. Failed clients keep retrying every 50 ms to find
 // when every pod finally has credentials.
 import { writeFileSync } from "node:fs";
-import { dirname, join } from "node:path";
+import { join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { System, SYSTEM_NS, AGENT_SA } from "../test/e2e/system.ts";
 import { metricSum, podStatusPatcher, pool, percentile, sleep, type SdkResult } from "./lib/env.ts";
 import { spawn } from "node:child_process";
+import { createInterface } from "node:readline";
 import { NODE, ROOT } from "../test/harness/index.ts";
 import {
   cpuMs,
-  deployedMain,
+  deployedApp,
   importWeightMiB,
   rssBytes,
   runLoadgen,
@@ -174,17 +175,10 @@ export async function benchStorm(p: StormParams): Promise<StormResult> {
       },
     );
     const lines: string[] = [];
-    let buf = "";
     const gotLine = new Set<(l: string) => void>();
-    clients.stdout!.on("data", (d: Buffer) => {
-      buf += d.toString();
-      let k;
-      while ((k = buf.indexOf("\n")) >= 0) {
-        const l = buf.slice(0, k);
-        buf = buf.slice(k + 1);
-        lines.push(l);
-        for (const f of gotLine) f(l);
-      }
+    createInterface({ input: clients.stdout! }).on("line", (l) => {
+      lines.push(l);
+      for (const f of gotLine) f(l);
     });
     const exited = new Promise<void>((r) => clients.on("exit", () => r()));
     const ready = new Promise<void>((r) => gotLine.add((l) => l.includes('"ready"') && r()));
@@ -296,7 +290,7 @@ export async function benchStorm(p: StormParams): Promise<StormResult> {
         samples,
         importWeightMiB: {
           emptyNode: importWeightMiB([]),
-          agentCompiled: importWeightMiB([join(dirname(deployedMain()), "commands", "agent.js")]),
+          agentCompiled: importWeightMiB([join(deployedApp(), "dist", "cli", "commands", "agent.js")]),
           agentSource: importWeightMiB([join(ROOT, "src", "cli", "commands", "agent.ts")]),
         },
       };

@@ -5,18 +5,18 @@ import { existsSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSyn
 import { join, relative } from "node:path";
 import { createHash } from "node:crypto";
 import { execFileSync, spawn } from "node:child_process";
-import { ManagedProcess, freePort, NODE, CACHE, ROOT } from "../../test/harness/index.ts";
+import { ManagedProcess, buildImageApp, freePort, NODE, CACHE, ROOT } from "../../test/harness/index.ts";
 import type { LoadOptions, LoadResult } from "./loadgen.ts";
 import { chartCommandLines } from "../../test/e2e/chart-args.ts";
 
 const BENCH_LIB = join(ROOT, "bench", "lib");
 
 /**
- * The CLI as the image runs it: compiled JavaScript (`npm run build`), not the TypeScript source
- * through Node's type stripping, which loads a transpiler of its own (~35 MiB of RSS). Built once
- * per source tree into .cache/bench/dist-<hash of src/>.
+ * The app as the image holds it (its bin/keycutter.js runs the compiled dist/), not the TypeScript
+ * source through Node's type stripping, which loads a transpiler of its own (~35 MiB of RSS).
+ * Built once per source tree into .cache/bench/app-<hash of src/ and bin/>.
  */
-export function deployedMain(): string {
+export function deployedApp(): string {
   const h = createHash("sha256");
   const walk = (dir: string): void => {
     for (const e of readdirSync(dir, { withFileTypes: true }).sort((a, b) => a.name.localeCompare(b.name))) {
@@ -26,34 +26,22 @@ export function deployedMain(): string {
     }
   };
   walk(join(ROOT, "src"));
-  const out = join(CACHE, "bench", `dist-${h.digest("hex").slice(0, 16)}`);
-  const main = join(out, "cli", "main.js");
-  if (!existsSync(main)) {
-    const tmp = `${out}.tmp-${process.pid}`;
+  walk(join(ROOT, "bin"));
+  const app = join(CACHE, "bench", `app-${h.digest("hex").slice(0, 16)}`);
+  if (!existsSync(join(app, "bin", "keycutter.js"))) {
+    const tmp = `${app}.tmp-${process.pid}`;
     rmSync(tmp, { recursive: true, force: true });
-    execFileSync(
-      NODE,
-      [
-        join(ROOT, "node_modules", "typescript", "bin", "tsc"),
-        "-p",
-        "tsconfig.build.json",
-        "--outDir",
-        tmp,
-        "--sourceMap",
-        "false",
-      ],
-      { cwd: ROOT, stdio: "pipe" },
-    );
-    rmSync(out, { recursive: true, force: true });
-    renameSync(tmp, out);
+    buildImageApp(tmp, { sourceMap: false });
+    rmSync(app, { recursive: true, force: true });
+    renameSync(tmp, app);
     // builds of earlier sources are of no further use
     for (const d of readdirSync(join(CACHE, "bench"))) {
-      if (/^dist-[0-9a-f]{16}$/.test(d) && join(CACHE, "bench", d) !== out) {
+      if (/^app-[0-9a-f]{16}$/.test(d) && join(CACHE, "bench", d) !== app) {
         rmSync(join(CACHE, "bench", d), { recursive: true, force: true });
       }
     }
   }
-  return main;
+  return app;
 }
 
 let chartEnv: Record<string, string> | undefined;
@@ -135,7 +123,7 @@ export async function startAgentProcess(o: {
   writeFileSync(keyFile, "k".repeat(32), { mode: 0o600 });
   const args = [
     ...(o.nodeArgs ?? []),
-    o.main ?? deployedMain(),
+    o.main ?? join(deployedApp(), "bin", "keycutter.js"),
     "agent",
     "--node-name",
     o.nodeName,

@@ -81,11 +81,9 @@ export class PodLookup {
     this.fast.close();
   }
 
-  /** Pods of a namespace (status loop only: ambiguity check). */
   /**
-   * The namespace's pods, at most `max`, paged. Raw JSON rather than the typed client: the status
-   * writer lists whole namespaces every round, and the typed client's model objects for thousands
-   * of pods doubled the server's memory at scale.
+   * The namespace's pods, at most `max`, in pages (status loop only): a namespace of any size
+   * costs at most `max` pods of memory per round.
    */
   async listPods(namespace: string, max = Infinity): Promise<PodRecord[]> {
     const out: PodRecord[] = [];

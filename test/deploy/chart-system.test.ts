@@ -10,9 +10,7 @@
 // command removes the hook.
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
 import {
-  cpSync,
   mkdirSync,
   mkdtempSync,
   readdirSync,
@@ -30,9 +28,9 @@ import {
   MOTO_ACCOUNT_ID,
   NODE,
   PodNetwork,
-  ROOT,
   VENV_BIN,
   applyObjects,
+  buildImageApp,
   freePort,
   makeServingCert,
   startCluster,
@@ -91,22 +89,7 @@ describe("the chart's command lines run the real system", { timeout: 300_000 }, 
     dir = mkdtempSync(join(tmpdir(), "kc-chart-system-"));
     // the image's /app: the compiled build (npm run build = tsc), bin/, package.json
     const app = join(dir, "app");
-    const tsc = spawnSync(
-      NODE,
-      [
-        join(ROOT, "node_modules", "typescript", "bin", "tsc"),
-        "-p",
-        join(ROOT, "tsconfig.build.json"),
-        "--outDir",
-        join(app, "dist"),
-      ],
-      { encoding: "utf8" },
-    );
-    assert.equal(tsc.status, 0, `${tsc.stdout}${tsc.stderr}`);
-    cpSync(join(ROOT, "bin"), join(app, "bin"), { recursive: true });
-    cpSync(join(ROOT, "package.json"), join(app, "package.json"));
-    symlinkSync(join(ROOT, "node_modules"), join(app, "node_modules"));
-    keycutterBin = join(app, "bin", "keycutter.js");
+    keycutterBin = buildImageApp(app);
     const apiPort = await freePort("0.0.0.0");
     serverOps = await freePort("0.0.0.0");
     objs = renderChart(

@@ -7,7 +7,6 @@ import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync, spawnSync } from "node:child_process";
 import {
-  cpSync,
   existsSync,
   mkdirSync,
   mkdtempSync,
@@ -19,7 +18,7 @@ import {
 } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, relative } from "node:path";
-import { CACHE, NODE, ROOT } from "../harness/index.ts";
+import { CACHE, NODE, ROOT, buildImageApp } from "../harness/index.ts";
 import { containerArgs, findObject, renderChart, type K8sObject } from "./render.ts";
 
 const DOCKERFILE = join(ROOT, "deploy", "Dockerfile");
@@ -163,21 +162,7 @@ describe("the image's contents run what the chart runs", () => {
     // what the Dockerfile's build stage does (npm run build = tsc -p tsconfig.build.json), into
     // a scratch /app; node_modules is linked (dependencies are checked separately below)
     app = mkdtempSync(join(tmpdir(), "kc-image-"));
-    const tsc = spawnSync(
-      NODE,
-      [
-        join(ROOT, "node_modules", "typescript", "bin", "tsc"),
-        "-p",
-        join(ROOT, "tsconfig.build.json"),
-        "--outDir",
-        join(app, "dist"),
-      ],
-      { encoding: "utf8", cwd: ROOT },
-    );
-    assert.equal(tsc.status, 0, `npm run build (tsc) failed:\n${tsc.stdout}${tsc.stderr}`);
-    cpSync(join(ROOT, "bin"), join(app, "bin"), { recursive: true });
-    cpSync(join(ROOT, "package.json"), join(app, "package.json"));
-    symlinkSync(join(ROOT, "node_modules"), join(app, "node_modules"));
+    buildImageApp(app);
   });
   after(() => {
     if (app) rmSync(app, { recursive: true, force: true });

@@ -13,5 +13,6 @@ export { startRedis, type Redis } from "./redis.ts";
 export { FatalError, ManagedProcess, freePort, waitFor } from "./process.ts";
 export { ROOT, CACHE, VENV_BIN, NODE, KEYCUTTER_MAIN, versions, binary } from "./paths.ts";
 export { makeServingCert, type TestPki } from "./tls.ts";
+export { buildImageApp } from "./image-app.ts";
 export { applyObjects, applyFiles, parseYamlObjects } from "./apply.ts";
 export { FaultProxy, type FaultMode } from "./fault-proxy.ts";
