@@ -19,6 +19,14 @@ import { findObject, helmBinary, parseObjects, renderChart, containerArgs } from
 
 const OPERATIONS = readFileSync(join(ROOT, "docs", "OPERATIONS.md"), "utf8");
 
+/** Every TypeScript source file under src/, concatenated. */
+function allSource(): string {
+  return readdirSync(join(ROOT, "src"), { recursive: true, withFileTypes: true })
+    .filter((e) => e.isFile() && e.name.endsWith(".ts"))
+    .map((e) => readFileSync(join(e.parentPath, e.name), "utf8"))
+    .join("\n");
+}
+
 /** The shell block after `<!-- test:name -->`, with the docs' indentation removed. */
 function block(name: string): string {
   const m = new RegExp(`<!-- test:${name} -->\\s*\\n\\s*\`\`\`sh\\n([\\s\\S]*?)\\n\\s*\`\`\``).exec(
@@ -183,10 +191,7 @@ describe("docs/OPERATIONS.md commands", () => {
     );
     const exprs = [...section.matchAll(/^\|[^|]+\|\s*`([^`]+)`\s*\|$/gm)].map((m) => m[1]!);
     assert.ok(exprs.length >= 6, `found ${exprs.length} alert expressions`);
-    const src = readdirSync(join(ROOT, "src"), { recursive: true, withFileTypes: true })
-      .filter((e) => e.isFile() && e.name.endsWith(".ts"))
-      .map((e) => readFileSync(join(e.parentPath, e.name), "utf8"))
-      .join("\n");
+    const src = allSource();
     const labels = new Map<string, Set<string>>();
     for (const m of src.matchAll(/name: "(keycutter_[a-z_]+)",[^}]*?labelNames: \[([^\]]*)\]/g))
       labels.set(m[1]!, new Set([...m[2]!.matchAll(/"([a-z_]+)"/g)].map((x) => x[1]!)));
@@ -207,10 +212,7 @@ describe("docs/OPERATIONS.md commands", () => {
   });
 
   it("every keycutter_* metric named in docs/ exists in the code", () => {
-    const src = readdirSync(join(ROOT, "src"), { recursive: true, withFileTypes: true })
-      .filter((e) => e.isFile() && e.name.endsWith(".ts"))
-      .map((e) => readFileSync(join(e.parentPath, e.name), "utf8"))
-      .join("\n");
+    const src = allSource();
     const defined = new Set([...src.matchAll(/name: "(keycutter_[a-z_]+)"/g)].map((m) => m[1]!));
     assert.ok(defined.size > 10);
     const missing: string[] = [];
