@@ -35,7 +35,11 @@ export interface HotpathParams {
   agentMain?: string;
   /** Also run agents from these CLI entries (patched copies), side by side, for before/after.
    * "auto": src/ with bench/patches/*.patch applied, as "keycutter+fix". */
-  extraAgents?: Array<{ name: string; main?: string; env?: NodeJS.ProcessEnv; nodeArgs?: string[] }> | "auto";
+  extraAgents?:
+    | Array<{ name: string; main?: string; env?: NodeJS.ProcessEnv; nodeArgs?: string[]; args?: string[] }>
+    | "auto";
+  /** Also run the same agent with its IMDS fast path off (every request through node:http). */
+  nodeHttpOnlyAgent?: boolean;
   /** Also run the same agent with V8's default heap sizing (no NODE_OPTIONS from the chart). */
   v8DefaultsAgent?: boolean;
 }
@@ -128,6 +132,7 @@ export async function benchHotpath(env: BenchEnv, p: HotpathParams): Promise<Hot
     if (pa.main) extras = [{ name: "keycutter+fix", main: pa.main }];
   }
   if (p.v8DefaultsAgent) extras.push({ name: "keycutter, V8 defaults", env: { NODE_OPTIONS: "" } });
+  if (p.nodeHttpOnlyAgent) extras.push({ name: "keycutter, node:http only", args: ["--no-imds-fast-path"] });
   for (const extra of extras) {
     const patched = await startAgentProcess({
       nodeName: NODE_NAME,
@@ -135,7 +140,14 @@ export async function benchHotpath(env: BenchEnv, p: HotpathParams): Promise<Hot
       serverUrl: creds.url,
       tokenFile,
       dir,
-      extraArgs: ["--no-hook", "--rate-limit-rps", "1000000000", "--rate-limit-burst", "1000000000"],
+      extraArgs: [
+        "--no-hook",
+        "--rate-limit-rps",
+        "1000000000",
+        "--rate-limit-burst",
+        "1000000000",
+        ...(extra.args ?? []),
+      ],
       nodeArgs: [...(p.agentNodeArgs ?? []), ...(extra.nodeArgs ?? [])],
       ...(extra.main ? { main: extra.main } : {}),
       ...(extra.env ? { env: extra.env } : {}),

@@ -42,7 +42,8 @@ const hotParams: HotpathParams = smoke
         { connections: 16, rate: 100 },
       ],
       extraAgents: flag("no-fix") === undefined ? "auto" : undefined,
-      v8DefaultsAgent: true,
+      v8DefaultsAgent: flag("no-v8-defaults") === undefined,
+      nodeHttpOnlyAgent: true,
       kube2iam: flag("no-kube2iam") === undefined,
     };
 const stormParams: StormParams = smoke

@@ -1,6 +1,6 @@
 // Wires the node agent: pod watch → pod index → credential cache, the pod-facing listeners, the
 // ops listener (/healthz, /readyz, /metrics) and the iptables hook.
-import { createServer, type Server, type IncomingMessage, type ServerResponse } from "node:http";
+import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { readFileSync } from "node:fs";
 import { createLogger, type Logger } from "../common/logger.ts";
@@ -14,7 +14,14 @@ import { AgentMetrics } from "./metrics.ts";
 import { RateLimiter } from "./rate-limit.ts";
 import { Passthrough } from "./passthrough.ts";
 import { ServerClient } from "./server-client.ts";
-import { createContainerHandler, createImdsHandler, type HandlerConfig } from "./handlers.ts";
+import {
+  createContainerHandler,
+  createImdsFastResponder,
+  createImdsHandler,
+  type HandlerConfig,
+} from "./handlers.ts";
+import { ImdsFastPath } from "./imds-fast-path.ts";
+import { podFacingServer } from "./pod-facing-server.ts";
 import { Hook, type HookOptions } from "./hook/iptables.ts";
 import { removeNodeTaint } from "./ready-taint.ts";
 
@@ -45,6 +52,8 @@ export interface AgentConfig extends HandlerConfig {
   readyTaintKey: string | undefined;
   /** Re-check (and repair) the hook this often; 0 = only at start. */
   hookResyncMs: number;
+  /** Answer cached IMDS requests without node:http (imds-fast-path.ts); false: node:http only. */
+  imdsFastPath: boolean;
 }
 
 export interface HostPort {
@@ -86,40 +95,6 @@ function close(server: Server): Promise<void> {
     server.close(() => resolve());
     server.closeAllConnections();
   });
-}
-
-function podFacingServer(handler: (req: IncomingMessage, res: ServerResponse) => void, log: Logger): Server {
-  const s = createServer(
-    {
-      maxHeaderSize: 8192,
-      requestTimeout: 10_000,
-      headersTimeout: 5_000,
-      keepAliveTimeout: 5_000,
-      noDelay: true,
-      // `Host` is not required: SDKs send it, but nothing here depends on it.
-      requireHostHeader: false,
-    },
-    (req, res) => {
-      try {
-        handler(req, res);
-      } catch (err) {
-        log.error({ err: (err as Error).message }, "handler error");
-        if (!res.headersSent) {
-          res.writeHead(500, { "content-type": "text/plain" });
-          res.end("Internal Server Error\n");
-        } else res.destroy();
-      }
-    },
-  );
-  s.maxHeadersCount = 64;
-  s.on("clientError", (err: NodeJS.ErrnoException, socket) => {
-    if (socket.writable && !socket.destroyed) {
-      const status =
-        err.code === "HPE_HEADER_OVERFLOW" ? "431 Request Header Fields Too Large" : "400 Bad Request";
-      socket.end(`HTTP/1.1 ${status}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
-    } else socket.destroy();
-  });
-  return s;
 }
 
 export async function startAgent(
@@ -177,6 +152,7 @@ export async function startAgent(
     log,
   };
   const imdsServer = podFacingServer(createImdsHandler(deps), log);
+  const fastPath = cfg.imdsFastPath ? new ImdsFastPath(imdsServer, createImdsFastResponder(deps)) : undefined;
   const containerServer = cfg.containerListen
     ? podFacingServer(createContainerHandler(deps), log)
     : undefined;
@@ -311,7 +287,9 @@ export async function startAgent(
         if (taintTimer) clearTimeout(taintTimer);
         if (hookTimer) clearInterval(hookTimer);
         await watch.stop();
-        await Promise.all(servers.map(close));
+        const closing = Promise.all(servers.map(close));
+        fastPath?.closeAll();
+        await closing;
         cache.dropAll();
         client.close();
         kube.close();
@@ -323,7 +301,9 @@ export async function startAgent(
     if (probeTimer) clearInterval(probeTimer);
     if (hookTimer) clearInterval(hookTimer);
     await watch.stop();
-    await Promise.all(servers.map(close));
+    const closing = Promise.all(servers.map(close));
+    fastPath?.closeAll();
+    await closing;
     client.close();
     kube.close();
     throw err;

@@ -12,6 +12,7 @@ import { parseTtl } from "./imds-token.ts";
 import type { AgentMetrics } from "./metrics.ts";
 import type { RateLimiter } from "./rate-limit.ts";
 import type { Passthrough } from "./passthrough.ts";
+import type { FastReply, FastRequest, FastResponder } from "./imds-fast-path.ts";
 
 export interface HandlerConfig {
   requireImdsV2: boolean;
@@ -177,6 +178,85 @@ function imdsStatus(o: Extract<Outcome, { ok: false }>): number {
   }
 }
 
+const TOKEN_PATH = "/latest/api/token";
+const NOT_FOUND = "Not Found\n";
+const TOO_MANY = "Too Many Requests\n";
+
+/** The routes answered from cached credentials (and the token route); undefined for others. */
+function hotRouteOf(path: string): string | undefined {
+  if (path === TOKEN_PATH) return ROUTES.token;
+  if (path === "/latest/meta-data/iam/security-credentials" || path === CRED_PREFIX) return ROUTES.credList;
+  if (path.startsWith(CRED_PREFIX)) return ROUTES.cred;
+  if (path === "/latest/meta-data/iam/security-credentials-extended" || path === CRED_EXT_PREFIX)
+    return ROUTES.credExtList;
+  if (path.startsWith(CRED_EXT_PREFIX)) return ROUTES.credExt;
+  if (path === "/latest/meta-data/iam/info") return ROUTES.info;
+  return undefined;
+}
+
+/** The answer to a credentials route from cached credentials. */
+function credsReply(route: string, path: string, c: CachedCreds): FastReply {
+  switch (route) {
+    case ROUTES.credList:
+    case ROUTES.credExtList:
+      return { status: 200, body: c.roleNameBody };
+    case ROUTES.cred:
+    case ROUTES.credExt: {
+      const prefix = route === ROUTES.cred ? CRED_PREFIX : CRED_EXT_PREFIX;
+      if (path.length - prefix.length !== c.roleName.length || !path.endsWith(c.roleName))
+        return { status: 404, body: NOT_FOUND };
+      return { status: 200, body: route === ROUTES.cred ? c.imdsBody : c.imdsExtBody };
+    }
+    default:
+      return { status: 200, body: c.infoBody };
+  }
+}
+
+function recordImds(metrics: AgentMetrics, start: number, route: string, status: number): void {
+  metrics.request("imds", route, status, (performance.now() - start) / 1000);
+}
+
+/**
+ * The IMDS answers the fast path (imds-fast-path.ts) gives without node:http: a token for a
+ * known pod, and the credential routes from cached credentials. Whatever else a request needs
+ * (a wait, a fetch, a refusal, an error) is left to the full handler: undefined, no side effect.
+ * Where it answers, it answers as the full handler does: same checks, metrics and rate limit.
+ */
+export function createImdsFastResponder(d: HandlerDeps): FastResponder {
+  const { cfg, index, cache, tokens, metrics } = d;
+  return function fastImds(r: FastRequest): FastReply | undefined {
+    const route = hotRouteOf(r.path);
+    if (route === undefined || (route === ROUTES.token) !== (r.method === "PUT")) return undefined;
+    if (pathOf(r.path) !== r.path) return undefined;
+    const l = index.lookup(r.ip);
+    if (l.kind !== "pod" || (l.pod.hostNetwork && !cfg.allowHostNetwork)) return undefined;
+    const uid = l.pod.uid;
+    let ttl: number | undefined;
+    let c: CachedCreds | undefined;
+    if (route === ROUTES.token) {
+      ttl = parseTtl(r.ttl);
+      if (ttl === undefined) return undefined;
+    } else {
+      if (r.token === undefined ? cfg.requireImdsV2 : !tokens.verify(r.token, uid)) return undefined;
+      c = cache.fresh(uid);
+      if (c === undefined) return undefined;
+    }
+    if (!d.limiter.take(r.ip)) {
+      metrics.limited("imds");
+      recordImds(metrics, r.start, ROUTES.other, 429);
+      return { status: 429, body: TOO_MANY };
+    }
+    if (c === undefined) {
+      recordImds(metrics, r.start, route, 200);
+      return { status: 200, body: tokens.issue(uid, ttl!), ttl: String(ttl) };
+    }
+    metrics.hit("imds");
+    const reply = credsReply(route, r.path, c);
+    recordImds(metrics, r.start, route, reply.status);
+    return reply;
+  };
+}
+
 export function createImdsHandler(d: HandlerDeps): (req: IncomingMessage, res: ServerResponse) => void {
   const { cfg, index, cache, tokens, metrics } = d;
   const regionBody = Buffer.from(cfg.region);
@@ -220,17 +300,12 @@ export function createImdsHandler(d: HandlerDeps): (req: IncomingMessage, res: S
   };
 
   function done(start: number, route: string, status: number): void {
-    metrics.request("imds", route, status, (performance.now() - start) / 1000);
+    recordImds(metrics, start, route, status);
   }
 
   function routeOf(path: string): string {
-    if (path === "/latest/api/token") return ROUTES.token;
-    if (path === "/latest/meta-data/iam/security-credentials" || path === CRED_PREFIX) return ROUTES.credList;
-    if (path.startsWith(CRED_PREFIX)) return ROUTES.cred;
-    if (path === "/latest/meta-data/iam/security-credentials-extended" || path === CRED_EXT_PREFIX)
-      return ROUTES.credExtList;
-    if (path.startsWith(CRED_EXT_PREFIX)) return ROUTES.credExt;
-    if (path === "/latest/meta-data/iam/info") return ROUTES.info;
+    const hot = hotRouteOf(path);
+    if (hot !== undefined) return hot;
     if (path === "/latest/meta-data/placement/region") return ROUTES.region;
     if (path === "/latest/meta-data/placement/availability-zone") return ROUTES.az;
     if (path === "/latest/dynamic/instance-identity/document") return ROUTES.identity;
@@ -240,25 +315,9 @@ export function createImdsHandler(d: HandlerDeps): (req: IncomingMessage, res: S
   }
 
   function answerCreds(res: ServerResponse, route: string, path: string, c: CachedCreds): number {
-    switch (route) {
-      case ROUTES.credList:
-      case ROUTES.credExtList:
-        send(res, 200, c.roleNameBody, TEXT);
-        return 200;
-      case ROUTES.cred:
-      case ROUTES.credExt: {
-        const prefix = route === ROUTES.cred ? CRED_PREFIX : CRED_EXT_PREFIX;
-        if (path.length - prefix.length !== c.roleName.length || !path.endsWith(c.roleName)) {
-          send(res, 404, "Not Found\n", TEXT);
-          return 404;
-        }
-        send(res, 200, route === ROUTES.cred ? c.imdsBody : c.imdsExtBody, TEXT);
-        return 200;
-      }
-      default:
-        send(res, 200, c.infoBody, TEXT);
-        return 200;
-    }
+    const r = credsReply(route, path, c);
+    send(res, r.status, r.body, TEXT);
+    return r.status;
   }
 
   function serve(
@@ -344,7 +403,7 @@ export function createImdsHandler(d: HandlerDeps): (req: IncomingMessage, res: S
         return;
       }
       default:
-        send(res, 404, "Not Found\n", TEXT);
+        send(res, 404, NOT_FOUND, TEXT);
         return done(start, route, 404);
     }
   }
@@ -378,7 +437,7 @@ export function createImdsHandler(d: HandlerDeps): (req: IncomingMessage, res: S
     const ip = sourceIp(req);
     if (!d.limiter.take(ip)) {
       metrics.limited("imds");
-      send(res, 429, "Too Many Requests\n", TEXT);
+      send(res, 429, TOO_MANY, TEXT);
       return done(start, ROUTES.other, 429);
     }
     if (!screen(req, res, false)) return done(start, ROUTES.bad, res.statusCode);
@@ -411,7 +470,7 @@ export function createImdsHandler(d: HandlerDeps): (req: IncomingMessage, res: S
         return done(start, route, 401);
       }
       if (route === ROUTES.other) {
-        send(res, 404, "Not Found\n", TEXT);
+        send(res, 404, NOT_FOUND, TEXT);
         return done(start, route, 404);
       }
     }

@@ -5,58 +5,18 @@ import assert from "node:assert/strict";
 import { createServer, request, type Server } from "node:http";
 import { connect, type AddressInfo } from "node:net";
 import fc from "fast-check";
-import { pino } from "pino";
-import { PodIndex, type PodInfo } from "../../src/agent/pod-index.ts";
-import { CredCache, type CredentialsSource } from "../../src/agent/cred-cache.ts";
-import { ImdsTokens } from "../../src/agent/imds-token.ts";
-import { AgentMetrics } from "../../src/agent/metrics.ts";
-import { RateLimiter } from "../../src/agent/rate-limit.ts";
+import type { PodIndex } from "../../src/agent/pod-index.ts";
+import type { CredCache } from "../../src/agent/cred-cache.ts";
 import { Passthrough } from "../../src/agent/passthrough.ts";
-import { ServerError } from "../../src/agent/server-client.ts";
-import { createContainerHandler, createImdsHandler, type HandlerConfig } from "../../src/agent/handlers.ts";
-import type { CredentialsResponse, PodRef } from "../../src/api/contract.ts";
-
-const log = pino({ level: "silent" });
-
-class Source implements CredentialsSource {
-  calls: { pod: PodRef; podToken?: string }[] = [];
-  async credentials(req: { pod: PodRef; podToken?: string }): Promise<CredentialsResponse> {
-    this.calls.push(req);
-    if (req.pod.name === "nopolicy") throw new ServerError("NoPolicy", "no policy selects this pod");
-    if (req.podToken !== undefined && req.podToken !== `token.of.${req.pod.name}`) {
-      throw new ServerError("PodTokenMismatch", "the token names another pod");
-    }
-    return {
-      credentials: {
-        accessKeyId: `AKIA-${req.pod.name}`,
-        secretAccessKey: `secret-${req.pod.name}`,
-        sessionToken: `session-${req.pod.name}`,
-        expiration: new Date(Date.now() + 3600_000).toISOString(),
-      },
-      roleArn: `arn:aws:iam::123456789012:role/role-${req.pod.name}`,
-      roleName: `role-${req.pod.name}`,
-      sessionName: "s",
-      policy: { namespace: "ns", name: "p", generation: 1 },
-    };
-  }
-}
-
-function pod(name: string, ip: string, extra: Partial<PodInfo> = {}): PodInfo {
-  return {
-    uid: `uid-${name}`,
-    namespace: "ns",
-    name,
-    ip,
-    ips: [ip],
-    hostNetwork: false,
-    phase: "Running",
-    terminating: false,
-    containersDone: false,
-    serviceAccountName: "sa",
-    nodeName: "n1",
-    ...extra,
-  };
-}
+import {
+  createContainerHandler,
+  createImdsFastResponder,
+  createImdsHandler,
+  type HandlerConfig,
+} from "../../src/agent/handlers.ts";
+import { pod, surfaceDeps, log, type Source } from "./surface-fixture.ts";
+import { podFacingServer } from "../../src/agent/pod-facing-server.ts";
+import { ImdsFastPath } from "../../src/agent/imds-fast-path.ts";
 
 interface Env {
   imds: Server;
@@ -68,63 +28,26 @@ interface Env {
   index: PodIndex;
   cache: CredCache;
   cfg: HandlerConfig;
+  fastPath: ImdsFastPath;
 }
 let env: Env;
 
 before(async () => {
-  const source = new Source();
-  const index = new PodIndex();
-  const cache = new CredCache({ source, log });
-  const metrics = new AgentMetrics({
-    podsKnown: () => index.size,
-    podsWaiting: () => index.waiting,
-    cacheEntries: () => cache.size,
-    watchStale: () => false,
-    serverReachable: () => true,
-  });
   const upstream = createServer((req, res) => {
     res.end(req.url === "/latest/meta-data/instance-id" ? "i-real" : "NODE-SECRET");
   });
   await new Promise<void>((r) => upstream.listen(0, "127.0.0.1", r));
-  const cfg: HandlerConfig = {
-    requireImdsV2: false,
-    allowHostNetwork: false,
-    unknownPodWaitMs: 300,
-    credentialWaitMs: 900,
-    maxWaiting: 100,
-    region: "eu-west-1",
-    availabilityZone: "eu-west-1b",
-    accountId: "123456789012",
-    instanceId: "i-0123",
-    instanceType: "m5.large",
-  };
   const deps = {
-    cfg,
-    index,
-    cache,
-    tokens: new ImdsTokens(),
-    metrics,
-    // 127.0.0.8 is the flooding pod, with a strict limit; the others are not limited in practice
-    limiter: {
-      loose: new RateLimiter(10_000, 10_000),
-      strict: new RateLimiter(20, 50),
-      take(ip: string) {
-        return ip === "127.0.0.8" ? this.strict.take(ip) : this.loose.take(ip);
-      },
-    },
+    ...surfaceDeps(),
     passthrough: new Passthrough(`http://127.0.0.1:${(upstream.address() as AddressInfo).port}`, [
       "/latest/meta-data/instance-id",
     ]),
-    log,
   };
-  const imds = createServer({ maxHeaderSize: 8192, requireHostHeader: false }, createImdsHandler(deps));
-  const container = createServer(
-    { maxHeaderSize: 8192, requireHostHeader: false },
-    createContainerHandler(deps),
-  );
-  for (const s of [imds, container]) {
-    s.on("clientError", (_e, sock) => sock.end("HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n"));
-  }
+  const { source, index, cache, cfg } = deps;
+  // the servers as the agent builds them, the IMDS one with its fast path
+  const imds = podFacingServer(createImdsHandler(deps), log);
+  const fastPath = new ImdsFastPath(imds, createImdsFastResponder(deps));
+  const container = podFacingServer(createContainerHandler(deps), log);
   await new Promise<void>((r) => imds.listen(0, "127.0.0.1", r));
   await new Promise<void>((r) => container.listen(0, "127.0.0.1", r));
   index.upsert(pod("a", "127.0.0.2"));
@@ -143,11 +66,13 @@ before(async () => {
     index,
     cache,
     cfg,
+    fastPath,
   };
 });
 
 after(async () => {
   env.cache.dropAll();
+  env.fastPath.closeAll();
   for (const s of [env.imds, env.container, env.upstream]) {
     s.closeAllConnections();
     await new Promise((r) => s.close(r));

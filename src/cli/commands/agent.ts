@@ -112,6 +112,7 @@ export function agentConfigFrom(opts: Opts, env: Env = process.env): AgentConfig
     watchStaleAfterMs: r.int("--watch-stale-after-ms", 5 * 60_000),
     readyTaintKey: r.str("--ready-taint"),
     hookResyncMs: r.int("--hook-resync-ms", 30_000),
+    imdsFastPath: r.bool("--imds-fast-path", true),
   };
 }
 
@@ -170,6 +171,8 @@ export function registerAgentCommands(program: Command): void {
     .option("--rate-limit-rps <n>", "per-pod request rate (0 = off)")
     .option("--rate-limit-burst <n>", "per-pod burst")
     .option("--imds-token-key-file <file>", "HMAC key for IMDSv2 tokens (default: random per process)")
+    .option("--imds-fast-path", "answer cached IMDS requests without node:http (default)")
+    .option("--no-imds-fast-path", "serve every IMDS request through node:http")
     .option("--hook", "install the iptables hook (default)")
     .option("--no-hook", "do not touch iptables")
     .option("--uninstall-hook-on-exit", "remove the hook on shutdown (default: keep it, fail closed)")
