@@ -110,13 +110,14 @@ export async function startAgent(
     timeoutMs: cfg.serverTimeoutMs,
   });
   const index = new PodIndex();
-  const late: { watch?: PodWatch; cache?: CredCache } = {};
+  const late: { watch?: PodWatch; cache?: CredCache; fastPath?: ImdsFastPath } = {};
   const metrics = new AgentMetrics({
     podsKnown: () => index.size,
     podsWaiting: () => index.waiting,
     cacheEntries: () => late.cache?.size ?? 0,
     watchStale: () => late.watch?.isStale() ?? true,
     serverReachable: () => client.reachable,
+    fastPath: () => late.fastPath?.stats,
   });
   const cache = new CredCache({ source: client, log, metrics, requestTimeoutMs: cfg.serverTimeoutMs });
   late.cache = cache;
@@ -153,6 +154,7 @@ export async function startAgent(
   };
   const imdsServer = podFacingServer(createImdsHandler(deps), log);
   const fastPath = cfg.imdsFastPath ? new ImdsFastPath(imdsServer, createImdsFastResponder(deps)) : undefined;
+  late.fastPath = fastPath;
   const containerServer = cfg.containerListen
     ? podFacingServer(createContainerHandler(deps), log)
     : undefined;

@@ -8,6 +8,7 @@ import { Counter, Gauge, type Histogram, type Registry } from "prom-client";
 import { createRegistry } from "../common/metrics.ts";
 import type { ErrorCode } from "../api/contract.ts";
 import type { CacheMetrics } from "./cred-cache.ts";
+import type { FastPathStats } from "./imds-fast-path.ts";
 
 export type Listener = "imds" | "container";
 
@@ -59,6 +60,8 @@ export class AgentMetrics implements CacheMetrics {
     cacheEntries: () => number;
     watchStale: () => boolean;
     serverReachable: () => boolean;
+    /** The IMDS fast path's counts, when it is on. */
+    fastPath?: () => FastPathStats | undefined;
   }) {
     const r = createRegistry("keycutter_agent");
     this.registry = r;
@@ -190,6 +193,20 @@ export class AgentMetrics implements CacheMetrics {
       name: "keycutter_agent_hook_repairs_total",
       help: "Times the periodic check found the iptables hook missing or altered and repaired it",
       registers: [r],
+    });
+    const published: FastPathStats = { served: 0, handedOver: 0 };
+    new Counter({
+      name: "keycutter_agent_imds_fast_path_total",
+      help: "IMDS fast path: requests answered without node:http (served), connections handed to it (handed_over)",
+      labelNames: ["outcome"],
+      registers: [r],
+      collect() {
+        const now = gauges.fastPath?.();
+        if (now === undefined) return;
+        this.inc({ outcome: "served" }, now.served - published.served);
+        this.inc({ outcome: "handed_over" }, now.handedOver - published.handedOver);
+        Object.assign(published, now);
+      },
     });
     new Gauge({
       name: "keycutter_agent_pods_known",

@@ -271,7 +271,14 @@ after(async () => {
   if (pki) rmSync(pki.dir, { recursive: true, force: true });
 });
 
+/** Requests the agent's IMDS fast path answered itself (without node:http), so far. */
+async function fastServed(): Promise<number> {
+  const m = await (await fetch(`http://${node.ip}:8182/metrics`)).text();
+  return Number(/keycutter_agent_imds_fast_path_total\{outcome="served"\} (\d+)/.exec(m)?.[1] ?? 0);
+}
+
 test("boto3 (IMDSv2 through 169.254.169.254 and the DNAT hook): two pods get their own, different credentials", async () => {
+  const served = await fastServed();
   const a = await boto("a");
   const b = await boto("b");
   assert.equal(a.method, "iam-role");
@@ -285,6 +292,9 @@ test("boto3 (IMDSv2 through 169.254.169.254 and the DNAT hook): two pods get the
   assert.notEqual(a.ak, NODE_ACCESS_KEY);
   // prefetch: both pods were fetched without waiting for a request, through the agent's identity
   assert.ok(server.callsFor("a").length >= 1 && server.callsFor("a").every((c) => c.result === "ok"));
+  // botocore's token PUT, role listing and credentials GET, from prefetched credentials: all
+  // answered by the fast path (3 requests per pod at least)
+  assert.ok((await fastServed()) - served >= 6, "boto3's requests were answered by the IMDS fast path");
 });
 
 test("once ready, the agent removes its startup taint from the node (and only that taint)", async () => {
@@ -314,8 +324,10 @@ test("the AWS CLI in a pod resolves the pod's role through IMDS", async () => {
 });
 
 test("AWS SDK for JavaScript v3: fromInstanceMetadata, the default chain, and fromHttp (container) in pods", async () => {
+  const served = await fastServed();
   const a = await jsSdk("a", "imds");
   assert.ok(a.ok, a.error);
+  assert.ok((await fastServed()) - served >= 3, "the JS SDK's IMDS requests were answered by the fast path");
   assert.ok(issuedTo("a").includes(a.accessKeyId!));
   const chain = await jsSdk("a", "chain");
   assert.ok(chain.ok, chain.error);
