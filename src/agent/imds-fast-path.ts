@@ -101,10 +101,20 @@ export class ImdsFastPath {
     const onClose = (): void => {
       this.held.delete(socket);
     };
+    // node:http's server sockets allow half-open connections: a client done sending is answered
+    // (synchronously, above) and then closed, not left to the idle timeout
+    const onEnd = (): void => {
+      socket.end();
+    };
+    const onDrain = (): void => {
+      socket.resume();
+    };
     const handOver = (rest: Buffer): void => {
       socket.removeListener("data", onData);
       socket.removeListener("error", onError);
       socket.removeListener("close", onClose);
+      socket.removeListener("end", onEnd);
+      socket.removeListener("drain", onDrain);
       socket.removeListener("timeout", onTimeout);
       socket.setTimeout(0);
       this.held.delete(socket);
@@ -135,11 +145,17 @@ export class ImdsFastPath {
         socket.write(this.format(reply));
         pos = end + 4;
       }
+      // a client that pipelines without reading its answers is not read further until it does
+      if (socket.writableNeedDrain) {
+        socket.pause();
+        socket.once("drain", onDrain);
+      }
     };
     socket.setTimeout(this.server.keepAliveTimeout, onTimeout);
     socket.on("data", onData);
     socket.on("error", onError);
     socket.on("close", onClose);
+    socket.on("end", onEnd);
   }
 
   /** The bytes node:http writes for the full handler's answer of the same reply. */

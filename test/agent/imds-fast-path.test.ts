@@ -5,6 +5,8 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { createServer, type Server } from "node:http";
 import { connect, type AddressInfo, type Socket } from "node:net";
+import { once } from "node:events";
+import { setTimeout as sleep } from "node:timers/promises";
 import fc from "fast-check";
 import { createImdsFastResponder, createImdsHandler, type HandlerDeps } from "../../src/agent/handlers.ts";
 import { podFacingServer } from "../../src/agent/pod-facing-server.ts";
@@ -251,6 +253,57 @@ test("held keep-alive sockets close after the keep-alive timeout, and on closeAl
   } finally {
     s.closeAllConnections();
   }
+});
+
+test("a client pipelining without reading is not read further until it reads; a half-closed one is answered and closed", async () => {
+  const port = (fast.address() as AddressInfo).port;
+  const put = "PUT /latest/api/token HTTP/1.1\r\nX-aws-ec2-metadata-token-ttl-seconds: 60\r\n\r\n";
+  const batch = put.repeat(500); // 38 KB: one read on loopback, no request split between reads
+  const sock = connect({ host: "127.0.0.1", port, localAddress: "127.0.0.3" });
+  await once(sock, "connect");
+  sock.pause();
+  // batches of whole requests, each once the previous one was answered, never reading an answer:
+  // once the answers fill the socket buffers, the fast path must stop reading
+  let sent = 0;
+  let stalledAt = -1;
+  for (let i = 0; i < 400 && stalledAt < 0; i++) {
+    const want = fastPath.stats.served + 500;
+    sock.write(batch);
+    sent += 500;
+    const deadline = Date.now() + 300;
+    while (fastPath.stats.served < want && Date.now() < deadline) await sleep(5);
+    if (fastPath.stats.served < want) stalledAt = sent;
+  }
+  assert.ok(stalledAt > 0, `the fast path read all ${sent} requests while the client read no answer`);
+  const blocked = fastPath.stats.served;
+  await sleep(300);
+  assert.equal(fastPath.stats.served, blocked, "nothing read while the answers are not taken");
+  const N = sent;
+  // once the client reads, every request is answered, exactly once
+  let answers = 0;
+  let carry = "";
+  const all = new Promise<void>((resolve) =>
+    sock.on("data", (d: Buffer) => {
+      const text = carry + d.toString("latin1");
+      answers += text.split("HTTP/1.1 ").length - 1;
+      carry = text.slice(-8);
+      if (answers >= N) resolve();
+    }),
+  );
+  sock.resume();
+  await Promise.race([all, sleep(30_000)]);
+  sock.destroy();
+  assert.equal(answers, N);
+
+  const half = connect({ host: "127.0.0.1", port, localAddress: "127.0.0.2" });
+  await once(half, "connect");
+  let got = "";
+  half.on("data", (d: Buffer) => (got += d.toString("latin1")));
+  const t0 = Date.now();
+  half.end(`GET ${CREDS} HTTP/1.1\r\n\r\n`);
+  await once(half, "close");
+  assert.match(got, /^HTTP\/1\.1 200 [^]*\r\n\r\nrole-a$/);
+  assert.ok(Date.now() - t0 < 2000, "closed when the client was done, not at the idle timeout");
 });
 
 // node:http as the oracle: what it parsed from a head, or that it refused it
