@@ -230,7 +230,10 @@ export async function startAgent(
       hook = new Hook({ ...cfg.hook, imdsPort: imds.port, containerPort: container?.port });
       await hook.install();
       hookInPlace = true;
-      log.info({ chain: cfg.hook.chain, agentIp: cfg.hook.agentIp }, "iptables hook installed");
+      log.info(
+        { chain: cfg.hook.chain, agentIp: cfg.hook.agentIp, ipv6: hook.ipv6 },
+        "iptables hook installed",
+      );
       if (cfg.hookResyncMs > 0) {
         const h = hook;
         let busy = false;

@@ -59,10 +59,13 @@ function clientEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
   };
 }
 
+/** The node's IPv4 and IPv6 rules and chains (iptables-save, ip6tables-save), built-ins' policies aside. */
 async function iptablesRules(): Promise<string> {
   const r = await net.exec(node.netns, "iptables-save", []);
+  const r6 = await net.exec(node.netns, "ip6tables-save", []);
   assert.equal(r.code, 0, r.stderr);
-  return r.stdout
+  assert.equal(r6.code, 0, r6.stderr);
+  return (r.stdout + "\n# ipv6\n" + r6.stdout)
     .split("\n")
     .filter(
       (l) =>
@@ -530,6 +533,51 @@ test("a hook rule deleted behind the agent's back is repaired", async () => {
   );
   const a = await boto("a");
   assert.ok(a.ak && issuedTo("a").includes(a.ak));
+});
+
+test("IPv6: a dual-stack pod cannot reach the node's IMDS at fd00:ec2::254 or fd00:ec2::23; the agent repairs that rule too", async () => {
+  const six = await addPod("six");
+  // dual stack: the node's pod bridge and the pod get IPv6 addresses; the node's IMDS answers on
+  // every IPv6 address of the node, fd00:ec2::254 and fd00:ec2::23 included
+  const gw = `fd10:${net.octet.toString(16)}::1`;
+  const sh = async (netns: string, args: string[]): Promise<void> => {
+    const r = await net.exec(netns, "ip", args);
+    assert.equal(r.code, 0, `ip ${args.join(" ")}: ${r.stderr}`);
+  };
+  await sh(node.netns, ["-6", "addr", "add", `${gw}/64`, "dev", "cbr0", "nodad"]);
+  await sh(six.net.netns, [
+    "-6",
+    "addr",
+    "add",
+    `fd10:${net.octet.toString(16)}::10/64`,
+    "dev",
+    "eth0",
+    "nodad",
+  ]);
+  await sh(six.net.netns, ["-6", "route", "add", "default", "via", gw]);
+  // control: over IPv6 the pod reaches the node, and the fake IMDS hands out the node's role
+  const control = await probe("six", "GET", `http://[${gw}]/latest/meta-data/iam/security-credentials/`);
+  assert.equal(control.body, "node-role", JSON.stringify(control));
+  const refused = async (): Promise<void> => {
+    for (const url of [
+      "http://[fd00:ec2::254]/latest/meta-data/iam/security-credentials/",
+      "http://[fd00:ec2::254]/latest/api/token",
+      "http://[fd00:ec2::23]/v1/credentials",
+    ]) {
+      const r = await probe("six", "GET", url);
+      assert.equal(r.status, -1, `${url}: expected a refused connection, got ${JSON.stringify(r)}`);
+      assert.match(r.error!, /ConnectionRefused|ConnectionReset/);
+    }
+  };
+  await refused();
+  const jump = ["-m", "comment", "--comment", "keycutter", "-j", `${CHAIN}-FC`];
+  const del = await net.exec(node.netns, "ip6tables", ["-D", "INPUT", ...jump]);
+  assert.equal(del.code, 0, del.stderr);
+  await waitFor(
+    "ip6tables jump repaired",
+    async () => (await net.exec(node.netns, "ip6tables", ["-C", "INPUT", ...jump])).code === 0,
+  );
+  await refused();
 });
 
 test("require-IMDSv2 mode: a v1 client gets 401, IMDSv2 SDKs still work", async () => {

@@ -1,6 +1,14 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { Hook, natRules, filterRules, splitWords, type Runner } from "../../src/agent/hook/iptables.ts";
+import {
+  Hook,
+  filterRules,
+  filterRules6,
+  ip6tablesFor,
+  natRules,
+  splitWords,
+  type Runner,
+} from "../../src/agent/hook/iptables.ts";
 import { agentConfigFrom, envName } from "../../src/cli/commands/agent.ts";
 
 const base = {
@@ -11,6 +19,7 @@ const base = {
   imdsPort: 8180,
   containerPort: 8181,
   flushConntrack: false,
+  ipv6: false,
 };
 
 test("hook rules: DNAT both metadata addresses per selector; fail-closed REJECTs", () => {
@@ -29,6 +38,21 @@ test("hook rules: DNAT both metadata addresses per selector; fail-closed REJECTs
   assert.ok(fc.some((r) => r.includes("169.254.170.23/32") && r.includes("tcp-reset")));
 });
 
+test("IPv6: the metadata addresses are rejected from pod interfaces (or from anywhere but the node)", () => {
+  const v6 = filterRules6(base).map((r) => r.join(" "));
+  assert.deepEqual(v6, [
+    "-d fd00:ec2::254/128 -i cbr0 -p tcp -m comment --comment keycutter -j REJECT --reject-with tcp-reset",
+    "-d fd00:ec2::254/128 -i cbr0 -m comment --comment keycutter -j REJECT --reject-with icmp6-port-unreachable",
+    "-d fd00:ec2::23/128 -i cbr0 -p tcp -m comment --comment keycutter -j REJECT --reject-with tcp-reset",
+    "-d fd00:ec2::23/128 -i cbr0 -m comment --comment keycutter -j REJECT --reject-with icmp6-port-unreachable",
+  ]);
+  const byCidr = filterRules6({ ...base, podInterfaces: [], podCidrs: ["10.1.0.0/24"] });
+  assert.ok(byCidr.every((r) => r.join(" ").includes("! -i lo")));
+  assert.equal(ip6tablesFor("iptables"), "ip6tables");
+  assert.equal(ip6tablesFor("iptables-nft"), "ip6tables-nft");
+  assert.equal(ip6tablesFor("/usr/sbin/iptables-legacy"), "/usr/sbin/ip6tables-legacy");
+});
+
 test("hook validates its options (no shell injection possible)", () => {
   assert.throws(() => new Hook({ ...base, chain: "a;b" }));
   assert.throws(() => new Hook({ ...base, podInterfaces: ["eth0 -j ACCEPT"] }));
@@ -36,34 +60,54 @@ test("hook validates its options (no shell injection possible)", () => {
   assert.throws(() => new Hook({ ...base, agentIp: "example.com" }));
 });
 
-test("install adds each jump once, in front", async () => {
-  const calls: string[] = [];
+/** A fake iptables/ip6tables: chains and jumps per binary; records "<binary> <args>" of each call. */
+function fakeIptables(calls: string[]): Runner {
   const state = new Set<string>();
-  const run: Runner = async (_cmd, args) => {
-    const a = args.slice(2).join(" ");
+  return async (cmd, args) => {
+    const a = `${cmd} ${args.slice(2).join(" ")}`;
     calls.push(a);
     if (a.includes(" -C "))
       return { code: state.has(a.replace(" -C ", " X ")) ? 0 : 1, stdout: "", stderr: "" };
     if (a.includes(" -I ")) state.add(a.replace(/ -I (\S+) 1 /, " X $1 "));
     const n = / -N (\S+)/.exec(a);
-    if (n) state.add(`chain ${n[1]}`);
+    if (n) state.add(`${cmd} chain ${n[1]}`);
     const sc = / -S (\S+)/.exec(a);
     if (sc)
-      return state.has(`chain ${sc[1]}`)
+      return state.has(`${cmd} chain ${sc[1]}`)
         ? { code: 0, stdout: "", stderr: "" }
         : { code: 1, stdout: "", stderr: "no chain" };
     return { code: 0, stdout: "", stderr: "" };
   };
-  const h = new Hook(base, run);
+}
+
+test("install adds each jump once, in front; with IPv6, the fail-closed jumps in ip6tables too", async () => {
+  const calls: string[] = [];
+  const h = new Hook(base, fakeIptables(calls));
   await h.install();
-  const inserted = calls.filter((c) => c.includes(" -I "));
-  assert.deepEqual(
-    inserted.map((c) => c.split(" ").slice(0, 5).join(" ")),
-    ["-t nat -I PREROUTING 1", "-t filter -I INPUT 1", "-t filter -I FORWARD 1"],
-  );
+  const inserted = (): string[] =>
+    calls.filter((c) => c.includes(" -I ")).map((c) => c.split(" ").slice(0, 6).join(" "));
+  assert.deepEqual(inserted(), [
+    "iptables -t nat -I PREROUTING 1",
+    "iptables -t filter -I INPUT 1",
+    "iptables -t filter -I FORWARD 1",
+  ]);
   calls.length = 0;
   await h.install();
-  assert.equal(calls.filter((c) => c.includes(" -I ")).length, 0, "jumps not duplicated");
+  assert.equal(inserted().length, 0, "jumps not duplicated");
+
+  calls.length = 0;
+  const h6 = new Hook({ ...base, ipv6: true, iptables: "iptables-nft" }, fakeIptables(calls));
+  assert.equal(h6.ipv6, true);
+  await h6.install();
+  assert.deepEqual(inserted(), [
+    "iptables-nft -t nat -I PREROUTING 1",
+    "iptables-nft -t filter -I INPUT 1",
+    "iptables-nft -t filter -I FORWARD 1",
+    "ip6tables-nft -t filter -I INPUT 1",
+    "ip6tables-nft -t filter -I FORWARD 1",
+  ]);
+  assert.ok(calls.some((c) => c.startsWith("ip6tables-nft -t filter -A KEYCUTTER-FC -d fd00:ec2::254/128")));
+  assert.ok(!calls.some((c) => c.startsWith("ip6tables-nft -t nat")), "no IPv6 DNAT: refused, not served");
 });
 
 test("splitWords keeps quoted comments", () => {

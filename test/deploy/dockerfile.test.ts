@@ -116,6 +116,7 @@ describe("deploy/Dockerfile", () => {
     ).spec.template.spec.containers[0]!.env;
     const dir = agentEnv.find((e) => e.name === "PATH")!.value!.split(":")[0]!;
     assert.ok(run.includes(`ln -s /usr/sbin/iptables-nft ${dir}/iptables`), dir);
+    assert.ok(run.includes(`ln -s /usr/sbin/ip6tables-nft ${dir}/ip6tables`), dir);
     const legacy = renderChart({ agent: { hook: { iptablesMode: "legacy" } } });
     const ldir = (
       findObject(legacy, "DaemonSet", "keycutter-agent") as unknown as {
@@ -123,6 +124,7 @@ describe("deploy/Dockerfile", () => {
       }
     ).spec.template.spec.containers[0]!.env.find((e) => e.name === "PATH")!.value!.split(":")[0]!;
     assert.ok(run.includes(`ln -s /usr/sbin/iptables-legacy ${ldir}/iptables`), ldir);
+    assert.ok(run.includes(`ln -s /usr/sbin/ip6tables-legacy ${ldir}/ip6tables`), ldir);
   });
 
   it("runs as a non-root user (the uid the chart's server runs as) with node bin/keycutter.js", () => {
@@ -265,6 +267,7 @@ describe("the image's contents run what the chart runs", () => {
     for (const mode of ["nft", "legacy"]) {
       mkdirSync(join(lib, `iptables-${mode}`), { recursive: true });
       symlinkSync(`/usr/sbin/iptables-${mode}`, join(lib, `iptables-${mode}`, "iptables"));
+      symlinkSync(`/usr/sbin/ip6tables-${mode}`, join(lib, `iptables-${mode}`, "ip6tables"));
     }
     execFileSync("ip", ["netns", "add", ns]);
     try {
@@ -292,13 +295,17 @@ describe("the image's contents run what the chart runs", () => {
           { encoding: "utf8", env },
         );
       };
+      // IPv4 and IPv6 rules of one backend (the hook's IPv6 fail-closed chain included)
       const rulesOf = (mode: string) =>
-        execFileSync("ip", ["netns", "exec", ns, `iptables-${mode}-save`], { encoding: "utf8" });
+        execFileSync("ip", ["netns", "exec", ns, `iptables-${mode}-save`], { encoding: "utf8" }) +
+        execFileSync("ip", ["netns", "exec", ns, `ip6tables-${mode}-save`], { encoding: "utf8" });
+      const v6Of = (mode: string) =>
+        execFileSync("ip", ["netns", "exec", ns, `ip6tables-${mode}-save`], { encoding: "utf8" });
 
       for (const sub of ["init", "check", "uninstall"]) {
         const r = hook("nft", "+net_admin", sub);
         assert.equal(r.status, 0, `nft ${sub} with NET_ADMIN: ${r.stdout}${r.stderr}`);
-        if (sub === "check") assert.match(rulesOf("nft"), /KCIMG/);
+        if (sub === "check") assert.match(v6Of("nft"), /-A KCIMG-FC -d fd00:ec2::254\/128/);
       }
       assert.doesNotMatch(rulesOf("nft"), /KCIMG/, "uninstall removed everything");
 
@@ -307,6 +314,7 @@ describe("the image's contents run what the chart runs", () => {
       for (const sub of ["init", "check", "uninstall"]) {
         const r = hook("legacy", "+net_admin,+net_raw", sub);
         assert.equal(r.status, 0, `legacy ${sub} with NET_ADMIN+NET_RAW: ${r.stdout}${r.stderr}`);
+        if (sub === "check") assert.match(v6Of("legacy"), /-A KCIMG-FC -d fd00:ec2::254\/128/);
       }
       assert.doesNotMatch(rulesOf("legacy"), /KCIMG/);
     } finally {

@@ -3,10 +3,18 @@
 // the DNAT missing, pods get a refused connection, never the real IMDS). Idempotent: install
 // rewrites our chains only when they differ and adds each jump once; uninstall removes exactly
 // the jumps and chains install added.
+//
+// The IPv6 metadata addresses (an instance with the IMDS IPv6 endpoint on, EKS's fd00:ec2::23)
+// are not served: pods' traffic to them is only rejected, by the same fail-closed chain in
+// ip6tables, so a dual-stack pod cannot take the node's role over IPv6 either.
 import { execFile } from "node:child_process";
+import { existsSync } from "node:fs";
+import { basename, dirname, join } from "node:path";
 
 export const IMDS_IP = "169.254.169.254";
 export const CONTAINER_IP = "169.254.170.23";
+export const IMDS_IP6 = "fd00:ec2::254";
+export const CONTAINER_IP6 = "fd00:ec2::23";
 
 export interface HookOptions {
   /** Base chain name (nat table); the fail-closed chain is `${chain}-FC` (filter table). */
@@ -23,6 +31,10 @@ export interface HookOptions {
   /** Flush conntrack entries to the metadata addresses after install. */
   flushConntrack: boolean;
   iptables?: string;
+  /** Default: the ip6tables of the same backend as `iptables` (iptables-nft → ip6tables-nft). */
+  ip6tables?: string;
+  /** Whether this node has IPv6 (default: /proc/net/if_inet6 exists); without it, no IPv6 rules. */
+  ipv6?: boolean;
   conntrack?: string;
 }
 
@@ -134,6 +146,33 @@ export function filterRules(o: HookOptions): string[][] {
   return rules;
 }
 
+/**
+ * The IPv6 fail-closed chain. Pod CIDRs are IPv4 here, so without pod interfaces it rejects all
+ * traffic to the IPv6 metadata addresses arriving from anywhere but the node itself (`! -i lo`):
+ * nothing legitimate reaches them through INPUT or FORWARD.
+ */
+export function filterRules6(o: HookOptions): string[][] {
+  const sels = o.podInterfaces.length > 0 ? o.podInterfaces.map((i) => ["-i", i]) : [["!", "-i", "lo"]];
+  const rules: string[][] = [];
+  for (const sel of sels) {
+    for (const ip of [IMDS_IP6, CONTAINER_IP6]) {
+      const match = ["-d", `${ip}/128`, ...sel];
+      const tail = ["-m", "comment", "--comment", COMMENT, "-j", "REJECT", "--reject-with"];
+      rules.push([...match, "-p", "tcp", ...tail, "tcp-reset"]);
+      rules.push([...match, ...tail, "icmp6-port-unreachable"]);
+    }
+  }
+  return rules;
+}
+
+/** ip6tables of the same backend as `iptables` (same directory, same suffix). */
+export function ip6tablesFor(iptables: string): string {
+  const b = basename(iptables);
+  if (!b.startsWith("iptables")) return "ip6tables";
+  const six = "ip6" + b.slice(2);
+  return iptables.includes("/") ? join(dirname(iptables), six) : six;
+}
+
 interface Jump {
   table: string;
   parent: string;
@@ -153,63 +192,95 @@ function jumpSpec(j: Jump): string[] {
   return ["-m", "comment", "--comment", COMMENT, "-j", j.chain];
 }
 
+/** One address family's tables: its binary, our chains with their rules, and the jumps to them. */
+interface Family {
+  bin: string;
+  chains: Array<{ table: string; chain: string; rules: string[][] }>;
+  jumps: Jump[];
+}
+
 export class Hook {
   private readonly o: HookOptions;
   private readonly run: Runner;
-  private readonly ipt: string;
+  private readonly families: Family[];
 
   constructor(o: HookOptions, run: Runner = defaultRunner) {
     validateHookOptions(o);
     this.o = o;
     this.run = run;
-    this.ipt = o.iptables ?? "iptables";
+    const fc = `${o.chain}-FC`;
+    const ipt = o.iptables ?? "iptables";
+    // fail-closed chains first, so that no window exists where pod traffic reaches the real IMDS
+    this.families = [
+      {
+        bin: ipt,
+        chains: [
+          { table: "filter", chain: fc, rules: filterRules(o) },
+          { table: "nat", chain: o.chain, rules: natRules(o) },
+        ],
+        jumps: jumps(o),
+      },
+    ];
+    if (o.ipv6 ?? existsSync("/proc/net/if_inet6")) {
+      this.families.push({
+        bin: o.ip6tables ?? ip6tablesFor(ipt),
+        chains: [{ table: "filter", chain: fc, rules: filterRules6(o) }],
+        jumps: jumps(o).filter((j) => j.table === "filter"),
+      });
+    }
   }
 
-  private async ipt4(
+  /** True when the hook also guards the IPv6 metadata addresses. */
+  get ipv6(): boolean {
+    return this.families.length > 1;
+  }
+
+  private async ipt(
+    f: Family,
     args: string[],
     allowFail = false,
   ): Promise<{ code: number; stdout: string; stderr: string }> {
-    const r = await this.run(this.ipt, ["-w", "5", ...args]);
+    const r = await this.run(f.bin, ["-w", "5", ...args]);
     if (r.code !== 0 && !allowFail)
-      throw new Error(`${this.ipt} ${args.join(" ")} failed (${r.code}): ${r.stderr.trim()}`);
+      throw new Error(`${f.bin} ${args.join(" ")} failed (${r.code}): ${r.stderr.trim()}`);
     return r;
   }
 
-  private async chainExists(table: string, chain: string): Promise<boolean> {
-    return (await this.ipt4(["-t", table, "-S", chain], true)).code === 0;
+  private async chainExists(f: Family, table: string, chain: string): Promise<boolean> {
+    return (await this.ipt(f, ["-t", table, "-S", chain], true)).code === 0;
   }
 
   /** Current rules of one of our chains, as arrays of words. */
-  private async chainRules(table: string, chain: string): Promise<string[][]> {
-    const r = await this.ipt4(["-t", table, "-S", chain]);
+  private async chainRules(f: Family, table: string, chain: string): Promise<string[][]> {
+    const r = await this.ipt(f, ["-t", table, "-S", chain]);
     return r.stdout
       .split("\n")
       .filter((l) => l.startsWith(`-A ${chain} `))
       .map((l) => splitWords(l).slice(2));
   }
 
-  private async syncChain(table: string, chain: string, want: string[][]): Promise<boolean> {
-    if (!(await this.chainExists(table, chain))) await this.ipt4(["-t", table, "-N", chain]);
-    const have = await this.chainRules(table, chain);
+  private async syncChain(f: Family, table: string, chain: string, want: string[][]): Promise<boolean> {
+    if (!(await this.chainExists(f, table, chain))) await this.ipt(f, ["-t", table, "-N", chain]);
+    const have = await this.chainRules(f, table, chain);
     if (sameRules(have, want)) return false;
     // Append the new rules first, then delete the old ones from the top: there is never a
     // moment where the chain is empty.
-    for (const r of want) await this.ipt4(["-t", table, "-A", chain, ...r]);
-    for (let i = 0; i < have.length; i++) await this.ipt4(["-t", table, "-D", chain, "1"]);
+    for (const r of want) await this.ipt(f, ["-t", table, "-A", chain, ...r]);
+    for (let i = 0; i < have.length; i++) await this.ipt(f, ["-t", table, "-D", chain, "1"]);
     return true;
   }
 
   /** Installs (or repairs) the hook. Returns true when something changed. */
   async install(): Promise<boolean> {
     let changed = false;
-    // Fail-closed first, so that no window exists where pod traffic reaches the real IMDS.
-    changed = (await this.syncChain("filter", `${this.o.chain}-FC`, filterRules(this.o))) || changed;
-    changed = (await this.syncChain("nat", this.o.chain, natRules(this.o))) || changed;
-    for (const j of jumps(this.o)) {
-      const exists = await this.ipt4(["-t", j.table, "-C", j.parent, ...jumpSpec(j)], true);
-      if (exists.code !== 0) {
-        await this.ipt4(["-t", j.table, "-I", j.parent, "1", ...jumpSpec(j)]);
-        changed = true;
+    for (const f of this.families) {
+      for (const c of f.chains) changed = (await this.syncChain(f, c.table, c.chain, c.rules)) || changed;
+      for (const j of f.jumps) {
+        const exists = await this.ipt(f, ["-t", j.table, "-C", j.parent, ...jumpSpec(j)], true);
+        if (exists.code !== 0) {
+          await this.ipt(f, ["-t", j.table, "-I", j.parent, "1", ...jumpSpec(j)]);
+          changed = true;
+        }
       }
     }
     // Connections opened before the DNAT existed would keep reaching the real IMDS: cut them.
@@ -220,7 +291,7 @@ export class Hook {
   /** Deletes connections already tracked to the metadata addresses (opened before the DNAT). */
   async flushConntrack(): Promise<void> {
     const ct = this.o.conntrack ?? "conntrack";
-    for (const ip of [IMDS_IP, CONTAINER_IP]) {
+    for (const ip of this.ipv6 ? [IMDS_IP, CONTAINER_IP, IMDS_IP6, CONTAINER_IP6] : [IMDS_IP, CONTAINER_IP]) {
       // Exit status 1 means "nothing deleted": fine.
       await this.run(ct, ["-D", "--orig-dst", ip]);
     }
@@ -228,34 +299,34 @@ export class Hook {
 
   /** True when every jump, chain and rule of the hook is in place. */
   async check(): Promise<boolean> {
-    for (const j of jumps(this.o)) {
-      if ((await this.ipt4(["-t", j.table, "-C", j.parent, ...jumpSpec(j)], true)).code !== 0) return false;
+    for (const f of this.families) {
+      for (const j of f.jumps)
+        if ((await this.ipt(f, ["-t", j.table, "-C", j.parent, ...jumpSpec(j)], true)).code !== 0)
+          return false;
+      for (const c of f.chains) {
+        if (!(await this.chainExists(f, c.table, c.chain))) return false;
+        if (!sameRules(await this.chainRules(f, c.table, c.chain), c.rules)) return false;
+      }
     }
-    if (!(await this.chainExists("nat", this.o.chain))) return false;
-    if (!(await this.chainExists("filter", `${this.o.chain}-FC`))) return false;
-    return (
-      sameRules(await this.chainRules("nat", this.o.chain), natRules(this.o)) &&
-      sameRules(await this.chainRules("filter", `${this.o.chain}-FC`), filterRules(this.o))
-    );
+    return true;
   }
 
   /** Removes every jump and chain install added, and nothing else. Idempotent. */
   async uninstall(): Promise<void> {
-    for (const j of jumps(this.o)) {
-      for (let i = 0; i < 16; i++) {
-        const r = await this.ipt4(["-t", j.table, "-D", j.parent, ...jumpSpec(j)], true);
-        if (r.code !== 0) break;
+    for (const f of this.families) {
+      for (const j of f.jumps) {
+        for (let i = 0; i < 16; i++) {
+          const r = await this.ipt(f, ["-t", j.table, "-D", j.parent, ...jumpSpec(j)], true);
+          if (r.code !== 0) break;
+        }
       }
-    }
-    // The DNAT jump went first and the fail-closed jumps after it, so a crash half-way leaves
-    // pods refused, never pointed at the real IMDS. No traffic enters our chains any more.
-    for (const [table, chain] of [
-      ["nat", this.o.chain],
-      ["filter", `${this.o.chain}-FC`],
-    ] as const) {
-      if (await this.chainExists(table, chain)) {
-        await this.ipt4(["-t", table, "-F", chain]);
-        await this.ipt4(["-t", table, "-X", chain]);
+      // The DNAT jump went first and the fail-closed jumps after it, so a crash half-way leaves
+      // pods refused, never pointed at the real IMDS. No traffic enters our chains any more.
+      for (const c of [...f.chains].reverse()) {
+        if (await this.chainExists(f, c.table, c.chain)) {
+          await this.ipt(f, ["-t", c.table, "-F", c.chain]);
+          await this.ipt(f, ["-t", c.table, "-X", c.chain]);
+        }
       }
     }
     // Tracked connections keep their DNAT binding to the (gone) agent: drop them too.

@@ -62,16 +62,22 @@ class Resolver {
   }
 }
 
-function hookFrom(r: Resolver): Omit<HookOptions, "imdsPort" | "containerPort"> {
-  const podInterfaces = r.list("--hook-pod-interface");
-  const podCidrs = r.list("--hook-pod-cidr");
-  return {
+/** Hook options from flags; for `uninstall` only the chain and the binaries matter. */
+function hookFrom(r: Resolver, forUninstall = false): Omit<HookOptions, "imdsPort" | "containerPort"> {
+  const common = {
     chain: r.str("--hook-chain") ?? "KEYCUTTER",
-    podInterfaces,
-    podCidrs,
+    iptables: r.str("--iptables") ?? "iptables",
+    ip6tables: r.str("--ip6tables"),
+  };
+  // removal finds our chains and jumps by name: pod selection and the DNAT target play no part
+  if (forUninstall)
+    return { ...common, podInterfaces: ["x"], podCidrs: [], agentIp: "127.0.0.1", flushConntrack: false };
+  return {
+    ...common,
+    podInterfaces: r.list("--hook-pod-interface"),
+    podCidrs: r.list("--hook-pod-cidr"),
     agentIp: r.req("--hook-agent-ip", "NODE_IP"),
     flushConntrack: r.bool("--conntrack-flush", true),
-    iptables: r.str("--iptables") ?? "iptables",
   };
 }
 
@@ -133,6 +139,10 @@ function addHookOptions(c: Command): Command {
     .option(
       "--iptables <binary>",
       "iptables binary matching the node's backend (iptables, iptables-nft, iptables-legacy)",
+    )
+    .option(
+      "--ip6tables <binary>",
+      "ip6tables binary for the IPv6 fail-closed rules (default: the one matching --iptables)",
     );
 }
 
@@ -218,17 +228,7 @@ export function registerAgentCommands(program: Command): void {
     addHookOptions(c);
     c.action(async (opts: Opts) => {
       const r = new Resolver(opts, process.env);
-      const base =
-        name === "uninstall"
-          ? {
-              chain: r.str("--hook-chain") ?? "KEYCUTTER",
-              podInterfaces: ["x"],
-              podCidrs: [],
-              agentIp: "127.0.0.1",
-              flushConntrack: false,
-              iptables: r.str("--iptables") ?? "iptables",
-            }
-          : hookFrom(r);
+      const base = hookFrom(r, name === "uninstall");
       const cp = r.str("--container-port") ?? "8181";
       const h = new Hook({
         ...base,
