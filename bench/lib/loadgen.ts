@@ -209,7 +209,10 @@ export async function runLoad(o: LoadOptions): Promise<LoadResult> {
       if (interval) {
         const wait = next - performance.now();
         if (wait > 0) await new Promise((r) => setTimeout(r, wait));
-        start = next; // latency from the intended start: no coordinated omission
+        // Latency from the intended start (no coordinated omission), or from the actual one when
+        // the timer fired early: Node's timers run on the event loop's cached millisecond clock
+        // and can fire up to ~1 ms before `next`; counting from `next` would shorten the latency.
+        start = Math.min(next, performance.now());
         next += interval;
       } else start = performance.now();
       const measuring = start >= measureFrom;

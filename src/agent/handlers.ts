@@ -1,6 +1,8 @@
 // The pod-facing HTTP surface: the IMDS-compatible endpoint and the container-credentials
-// endpoint. Hand-written on node:http. The hot path (known pod, cached credentials) is fully
-// synchronous: a Map lookup by source IP, an HMAC check, and a write of a pre-serialised Buffer.
+// endpoint, on node:http. The hot path (known pod, cached credentials) is fully synchronous: a
+// Map lookup by source IP, a token check, and a write of a pre-serialised Buffer. On the IMDS
+// listener those answers are given before node:http is involved (createImdsFastResponder,
+// called by imds-fast-path.ts); the full handler answers everything, the same way.
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { performance } from "node:perf_hooks";
 import type { Logger } from "../common/logger.ts";
