@@ -101,8 +101,9 @@ export class ImdsFastPath {
     const onClose = (): void => {
       this.held.delete(socket);
     };
-    // node:http's server sockets allow half-open connections: a client done sending is answered
-    // (synchronously, above) and then closed, not left to the idle timeout
+    // node:http's server sockets allow half-open connections: a client that is done sending has
+    // had its answers (they are written as each request is read) and is closed, not left to the
+    // idle timeout
     const onEnd = (): void => {
       socket.end();
     };
