@@ -10,6 +10,7 @@ import { MOTO_ACCOUNT_ID, NODE, ROOT } from "../test/harness/index.ts";
 import { join } from "node:path";
 import { median, sleep } from "./lib/env.ts";
 import { runLoadgen } from "./lib/procs.ts";
+import { onAbort } from "./lib/abort.ts";
 import type { LoadResult } from "./lib/loadgen.ts";
 
 export interface DnatParams {
@@ -43,6 +44,14 @@ export async function benchDnat(p: DnatParams): Promise<DnatResult> {
     agentArgs: ["--rate-limit-rps", "1000000000", "--rate-limit-burst", "1000000000"],
   });
   let baseline: ManagedProcess | undefined;
+  // one stop, whether the run ends or is interrupted
+  let stopping: Promise<void> | undefined;
+  const stop = (): Promise<void> =>
+    (stopping ??= (async () => {
+      await baseline?.stop();
+      await sys.stop();
+    })());
+  const unregister = onAbort(stop);
   try {
     await sys.start();
     const roleArn = await sys.moto.createRole("dnat-role", {
@@ -130,7 +139,7 @@ export async function benchDnat(p: DnatParams): Promise<DnatResult> {
       ],
     };
   } finally {
-    await baseline?.stop();
-    await sys.stop();
+    unregister();
+    await stop();
   }
 }

@@ -8,6 +8,7 @@ import { join } from "node:path";
 import { ManagedProcess, NODE, ROOT, freePort } from "../test/harness/index.ts";
 import { runLoadgen } from "./lib/procs.ts";
 import { createEnv } from "./lib/env.ts";
+import { installAbortHandlers } from "./lib/abort.ts";
 import { benchHotpath } from "./hotpath.ts";
 
 interface CpuProfile {
@@ -101,6 +102,7 @@ if (import.meta.url === `file://${process.argv[1]}`) {
     process.argv.find((a) => a.startsWith(`--${n}=`))?.split("=")[1] ?? d;
   const dir = join(ROOT, ".cache", "bench", "prof", String(Date.now()));
   mkdirSync(dir, { recursive: true });
+  installAbortHandlers();
   const env = await createEnv();
   let result;
   try {

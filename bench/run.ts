@@ -15,6 +15,9 @@ import { benchDnat, type DnatParams, type DnatResult } from "./dnat.ts";
 import { patchedAgentMain } from "./lib/patched.ts";
 import { benchScale, type ScaleParams, type ScaleResult } from "./scale.ts";
 import { benchStormDnat, type StormDnatParams, type StormDnatResult } from "./storm-dnat.ts";
+import { installAbortHandlers } from "./lib/abort.ts";
+
+installAbortHandlers();
 
 const argv = process.argv.slice(2);
 const flag = (name: string): string | undefined => {

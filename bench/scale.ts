@@ -12,6 +12,7 @@ import { MOTO_ACCOUNT_ID } from "../test/harness/index.ts";
 import { CREDENTIALS_PATH } from "../src/api/contract.ts";
 import { metricSum, pool, percentile } from "./lib/env.ts";
 import { rssBytes } from "./lib/procs.ts";
+import { onAbort } from "./lib/abort.ts";
 
 export interface ScaleParams {
   steps: number[];
@@ -54,6 +55,9 @@ export async function benchScale(p: ScaleParams): Promise<ScaleResult> {
   const serverArgs = p.serverArgs ?? ["--sts-rate", "1000", "--sts-burst", "1000"];
   const sys = new System({ nodes: [], serverReplicas: 1, redis: true, serverArgs });
   const t0 = Date.now();
+  let stopping: Promise<void> | undefined;
+  const stop = (): Promise<void> => (stopping ??= sys.stop());
+  const unregister = onAbort(stop);
   try {
     await sys.start();
     const roleArn = await sys.moto.createRole("scale-role", {
@@ -241,6 +245,7 @@ export async function benchScale(p: ScaleParams): Promise<ScaleResult> {
     );
     return { params: p, steps, notes };
   } finally {
-    await sys.stop();
+    unregister();
+    await stop();
   }
 }

@@ -21,6 +21,7 @@ import { CACHE, ROOT, type PodNet } from "../test/harness/index.ts";
 import { setUpStormTenant } from "./lib/storm-policy.ts";
 import type { StormSummary } from "./storm.ts";
 import { metricSum, podStatusPatcher, pool, percentile, sleep, type SdkResult } from "./lib/env.ts";
+import { onAbort } from "./lib/abort.ts";
 
 const execFileP = promisify(execFile);
 
@@ -205,18 +206,13 @@ export async function benchStormDnat(p: StormDnatParams): Promise<StormDnatResul
       if (still.length) console.error(`storm-dnat: STILL PRESENT: ${still.join(", ")}`);
       return left;
     })());
-  const onSignal = (sig: NodeJS.Signals) => {
-    if (cleaning) process.exit(130);
-    console.error(`storm-dnat: ${sig}, removing the namespaces, links and rules of this run …`);
-    void cleanup().finally(() => process.exit(130));
-  };
   // an error nothing catches would end the process with every namespace still there
   const onFatal = (e: unknown) => {
     console.error(`storm-dnat: uncaught ${(e as Error).stack ?? String(e)}; cleaning up …`);
     void cleanup().finally(() => process.exit(1));
   };
-  process.on("SIGINT", onSignal);
-  process.on("SIGTERM", onSignal);
+  // Ctrl-C / SIGTERM: bench/lib/abort.ts runs this cleanup before exiting
+  const unregister = onAbort(cleanup);
   process.on("uncaughtException", onFatal);
   let result: StormDnatResult | undefined;
   try {
@@ -374,8 +370,7 @@ export async function benchStormDnat(p: StormDnatParams): Promise<StormDnatResul
   } finally {
     const tc = performance.now();
     const left = await cleanup();
-    process.off("SIGINT", onSignal);
-    process.off("SIGTERM", onSignal);
+    unregister();
     process.off("uncaughtException", onFatal);
     if (result) {
       result.summary.leftoverAfterCleanup = left.length;

@@ -26,6 +26,7 @@ import {
   type AgentProc,
 } from "./lib/procs.ts";
 import { createEnv } from "./lib/env.ts";
+import { onAbort } from "./lib/abort.ts";
 import { startContractServer } from "./lib/contract-server.ts";
 import { patchedAgentMain } from "./lib/patched.ts";
 import { setUpStormTenant } from "./lib/storm-policy.ts";
@@ -104,6 +105,14 @@ export async function benchStorm(p: StormParams): Promise<StormResult> {
   let stsCalls: () => Promise<number>;
   let serverLabel: string;
   const cleanup: Array<() => Promise<unknown>> = [];
+  // one stop, whether the run ends or is interrupted
+  let stopping: Promise<void> | undefined;
+  const stop = (): Promise<void> =>
+    (stopping ??= (async () => {
+      await agent?.stop();
+      for (const fn of cleanup.reverse()) await fn().catch(() => undefined);
+    })());
+  const unregister = onAbort(stop);
   let agentMain: string | undefined;
   if (p.patchedAgent) {
     const pa = patchedAgentMain();
@@ -298,8 +307,8 @@ export async function benchStorm(p: StormParams): Promise<StormResult> {
     }
     return result;
   } finally {
-    await agent?.stop();
-    for (const fn of cleanup.reverse()) await fn().catch(() => undefined);
+    unregister();
+    await stop();
   }
 }
 

@@ -6,6 +6,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { startCluster, Kubelet, type Cluster } from "../../test/harness/index.ts";
+import { onAbort } from "./abort.ts";
 
 export interface BenchEnv {
   cluster: Cluster;
@@ -21,12 +22,10 @@ export async function createEnv(): Promise<BenchEnv> {
   const cluster = await startCluster();
   const kubelet = new Kubelet(cluster.kc);
   const fns: Array<() => Promise<unknown> | unknown> = [];
-  return {
-    cluster,
-    kubelet,
-    dir,
-    defer: (fn) => fns.push(fn),
-    async close() {
+  let closing: Promise<void> | undefined;
+  const close = (): Promise<void> =>
+    (closing ??= (async () => {
+      unregister();
       for (const fn of fns.reverse()) {
         try {
           await fn();
@@ -36,8 +35,9 @@ export async function createEnv(): Promise<BenchEnv> {
       }
       await cluster.stop();
       rmSync(dir, { recursive: true, force: true });
-    },
-  };
+    })());
+  const unregister = onAbort(close);
+  return { cluster, kubelet, dir, defer: (fn) => fns.push(fn), close };
 }
 
 /** Runs fn over items with at most `limit` in flight. */
