@@ -145,4 +145,11 @@ test("agent config: flags win over env; env fallbacks; hook needs an agent IP", 
   assert.equal(agentConfigFrom({ hook: false, containerListen: "off" }, env).containerListen, undefined);
   assert.throws(() => agentConfigFrom({}, { NODE_NAME: "n" }), /--server-url/);
   assert.throws(() => agentConfigFrom({ imdsListen: "nope" }, env), /host:port/);
+  assert.equal(c.hook?.ipv6, undefined, "IPv6 rules: auto by default");
+  assert.equal(agentConfigFrom({ hookIpv6: "off" }, env).hook?.ipv6, false);
+  assert.equal(
+    agentConfigFrom({ hookIpv6: "on", ip6tables: "/sbin/ip6tables-legacy" }, env).hook?.ip6tables,
+    "/sbin/ip6tables-legacy",
+  );
+  assert.throws(() => agentConfigFrom({ hookIpv6: "maybe" }, env), /--hook-ipv6/);
 });

@@ -62,12 +62,21 @@ class Resolver {
   }
 }
 
+/** --hook-ipv6: auto (the node has IPv6), on or off. */
+function hookIpv6(r: Resolver): boolean | undefined {
+  const v = r.str("--hook-ipv6") ?? "auto";
+  if (v === "auto") return undefined;
+  if (v === "on" || v === "off") return v === "on";
+  throw new Error(`--hook-ipv6: expected auto, on or off, got "${v}"`);
+}
+
 /** Hook options from flags; for `uninstall` only the chain and the binaries matter. */
 function hookFrom(r: Resolver, forUninstall = false): Omit<HookOptions, "imdsPort" | "containerPort"> {
   const common = {
     chain: r.str("--hook-chain") ?? "KEYCUTTER",
     iptables: r.str("--iptables") ?? "iptables",
     ip6tables: r.str("--ip6tables"),
+    ipv6: hookIpv6(r),
   };
   // removal finds our chains and jumps by name: pod selection and the DNAT target play no part
   if (forUninstall)
@@ -139,6 +148,10 @@ function addHookOptions(c: Command): Command {
     .option(
       "--iptables <binary>",
       "iptables binary matching the node's backend (iptables, iptables-nft, iptables-legacy)",
+    )
+    .option(
+      "--hook-ipv6 <mode>",
+      "IPv6 fail-closed rules for fd00:ec2::254 and fd00:ec2::23: auto (when the node has IPv6), on, off",
     )
     .option(
       "--ip6tables <binary>",
