@@ -308,11 +308,13 @@ export function createImdsHandler(d: HandlerDeps): (req: IncomingMessage, res: S
   function routeOf(path: string): string {
     const hot = hotRouteOf(path);
     if (hot !== undefined) return hot;
+    // an allowlisted node path comes from the real IMDS (e.g. placement/* for the node's own zone)
+    // rather than from the agent's configured stand-ins; credential paths never get this far
+    if (d.passthrough?.allows(path)) return ROUTES.passthrough;
     if (path === "/latest/meta-data/placement/region") return ROUTES.region;
     if (path === "/latest/meta-data/placement/availability-zone") return ROUTES.az;
     if (path === "/latest/dynamic/instance-identity/document") return ROUTES.identity;
     if (listings[path] !== undefined) return ROUTES.listing;
-    if (d.passthrough?.allows(path)) return ROUTES.passthrough;
     return ROUTES.other;
   }
 

@@ -34,7 +34,8 @@ let env: Env;
 
 before(async () => {
   const upstream = createServer((req, res) => {
-    res.end(req.url === "/latest/meta-data/instance-id" ? "i-real" : "NODE-SECRET");
+    if (req.url === "/latest/meta-data/placement/availability-zone") res.end("eu-west-1c");
+    else res.end(req.url === "/latest/meta-data/instance-id" ? "i-real" : "NODE-SECRET");
   });
   await new Promise<void>((r) => upstream.listen(0, "127.0.0.1", r));
   const deps = {
@@ -217,6 +218,25 @@ test("unknown IP waits then 404; hostNetwork 403; no policy 404; other paths 404
   assert.throws(
     () => new Passthrough("http://127.0.0.1:1", ["/latest/meta-data/iam/security-credentials/x"]),
   );
+  // an allowlisted path the agent also answers itself comes from the real IMDS: the node's zone
+  const zone = new Passthrough(`http://127.0.0.1:${(env.upstream.address() as AddressInfo).port}`, [
+    "/latest/meta-data/placement/availability-zone",
+  ]);
+  const zoneDeps = { ...surfaceDeps(), passthrough: zone };
+  zoneDeps.index.upsert(pod("a", "127.0.0.2"));
+  const s = podFacingServer(createImdsHandler(zoneDeps), log);
+  await new Promise<void>((r) => s.listen(0, "127.0.0.1", r));
+  try {
+    const port = (s.address() as AddressInfo).port;
+    const az = await call("127.0.0.2", "GET", "/latest/meta-data/placement/availability-zone", {}, port);
+    assert.equal(az.body, "eu-west-1c", "the real IMDS's zone, not the configured eu-west-1b");
+    const region = await call("127.0.0.2", "GET", "/latest/meta-data/placement/region", {}, port);
+    assert.equal(region.body, "eu-west-1", "paths not allowlisted: the agent's own answer");
+  } finally {
+    zone.close();
+    s.closeAllConnections();
+    await new Promise((r) => s.close(r));
+  }
 });
 
 test("a pod appearing while its request waits is served", async () => {
