@@ -208,6 +208,12 @@ export async function startAgent(
   });
 
   const servers: Server[] = [];
+  // the IMDS server does not know the idle keep-alive sockets its fast path holds
+  const closeServers = async (): Promise<void> => {
+    const closing = Promise.all(servers.map(close));
+    fastPath?.closeAll();
+    await closing;
+  };
   let hook: Hook | undefined;
   try {
     const imds = await listen(imdsServer, cfg.imdsListen);
@@ -292,9 +298,7 @@ export async function startAgent(
         if (taintTimer) clearTimeout(taintTimer);
         if (hookTimer) clearInterval(hookTimer);
         await watch.stop();
-        const closing = Promise.all(servers.map(close));
-        fastPath?.closeAll();
-        await closing;
+        await closeServers();
         cache.dropAll();
         client.close();
         kube.close();
@@ -306,9 +310,7 @@ export async function startAgent(
     if (probeTimer) clearInterval(probeTimer);
     if (hookTimer) clearInterval(hookTimer);
     await watch.stop();
-    const closing = Promise.all(servers.map(close));
-    fastPath?.closeAll();
-    await closing;
+    await closeServers();
     client.close();
     kube.close();
     throw err;

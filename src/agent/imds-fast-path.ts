@@ -167,15 +167,18 @@ export class ImdsFastPath {
       this.dateSecond = second;
       this.date = new Date(now).toUTCString();
     }
-    const body = typeof r.body === "string" ? Buffer.from(r.body) : r.body;
+    const { body } = r;
+    const length = typeof body === "string" ? Buffer.byteLength(body) : body.length;
     const head =
       `HTTP/1.1 ${r.status} ${STATUS_CODES[r.status] ?? "unknown"}\r\n` +
-      `content-type: text/plain\r\ncontent-length: ${body.length}\r\n` +
+      `content-type: text/plain\r\ncontent-length: ${length}\r\n` +
       (r.ttl === undefined ? "" : `${TTL}: ${r.ttl}\r\n`) +
       `server: keycutter\r\nDate: ${this.date}\r\n${this.keepAliveHeader}`;
-    const out = Buffer.allocUnsafe(head.length + body.length);
+    // one buffer, one copy of the body (a string body, the token, is written into it directly)
+    const out = Buffer.allocUnsafe(head.length + length);
     out.write(head, 0, "latin1");
-    body.copy(out, head.length);
+    if (typeof body === "string") out.write(body, head.length);
+    else body.copy(out, head.length);
     return out;
   }
 }
