@@ -1,7 +1,9 @@
 // Selectors and patterns: label selectors (Kubernetes semantics), pod selectors, namespace and
-// role-ARN globs.
+// role-ARN globs (glob.ts).
 
+import { globMatches } from "./glob.ts";
 import type { LabelSelector, NamespaceFacts, PodFacts, PodSelector, RoleAllowance } from "./types.ts";
+import { roleArnBoundsProblem } from "./validate.ts";
 
 export function labelSelectorMatches(
   sel: LabelSelector | undefined,
@@ -51,21 +53,6 @@ export function podSelectorMismatch(sel: PodSelector, pod: PodFacts): string | n
   return null;
 }
 
-/** Glob: '*' matches any run of characters except ':', '?' one character except ':'. */
-export function globToRegExp(pattern: string): RegExp {
-  let re = "^";
-  for (const ch of pattern) {
-    if (ch === "*") re += "[^:]*";
-    else if (ch === "?") re += "[^:]";
-    else re += ch.replace(/[.+^${}()|[\]\\/-]/g, "\\$&");
-  }
-  return new RegExp(re + "$");
-}
-
-export function globMatches(pattern: string, value: string): boolean {
-  return globToRegExp(pattern).test(value);
-}
-
 export function allowanceCoversNamespace(a: RoleAllowance, ns: NamespaceFacts): boolean {
   const byName = (a.spec.namespaces ?? []).some((p) => globMatches(p, ns.name));
   const bySel =
@@ -73,6 +60,8 @@ export function allowanceCoversNamespace(a: RoleAllowance, ns: NamespaceFacts): 
   return byName || bySel;
 }
 
+/** A roleArn outside IAM's (and keycutter's) bounds is covered by nothing: fail closed, and cheap. */
 export function allowanceCoversRole(a: RoleAllowance, roleArn: string): boolean {
+  if (roleArnBoundsProblem(roleArn) !== null) return false;
   return (a.spec.roleArns ?? []).some((p) => globMatches(p, roleArn));
 }

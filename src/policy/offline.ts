@@ -117,12 +117,7 @@ export function validateFiles(files: string[], opts: ValidateOptions = {}): File
           f.warnings.push("no RoleAllowance among the files: the role cannot be checked offline");
           const r = accessPolicyReadiness(
             p,
-            [
-              {
-                metadata: { name: "offline" },
-                spec: { namespaces: ["*"], roleArns: ["arn:*:iam::*:role/*"] },
-              },
-            ],
+            [standInAllowance(p)],
             {},
             opts.clusterName ?? "",
             opts.maxDurationSeconds ?? 3600,
@@ -157,4 +152,19 @@ export function validateFiles(files: string[], opts: ValidateOptions = {}): File
     findings.push(f);
   }
   return findings;
+}
+
+/**
+ * With no RoleAllowance given, one that grants exactly the policy's role, so that the remaining
+ * checks (rendering, size) still run. A role ARN cannot contain '*' or '?' (validation), so it is
+ * its own exact pattern (a `role/*` stand-in would not cover roles under a path).
+ */
+function standInAllowance(p: AccessPolicy): RoleAllowance {
+  return {
+    metadata: { name: "offline" },
+    spec: {
+      namespaces: ["*"],
+      roleArns: [p.spec.roleArn],
+    },
+  };
 }

@@ -85,7 +85,7 @@ export interface RoleAllowanceSpec {
   namespaces?: string[];
   /** Namespaces whose labels match. A namespace matches if it matches either field. */
   namespaceSelector?: LabelSelector;
-  /** Role ARN patterns (glob with * and ?, * never crossing a ':' ). */
+  /** Role ARN patterns (glob with * and ?, neither ever matching '/' or ':'; glob.ts). */
   roleArns: string[];
   /** Upper bound on DurationSeconds for sessions issued under this allowance. */
   maxDurationSeconds?: number;
@@ -123,3 +123,8 @@ export const STS_MAX_TAGS = 50;
 export const STS_MIN_DURATION = 900;
 export const STS_MAX_DURATION = 43200;
 export const DEFAULT_DURATION = 3600;
+/** IAM's limits on a role ARN (whole ARN, path, role name) and keycutter's on the path's depth. */
+export const IAM_MAX_ARN_CHARS = 2048;
+export const IAM_MAX_ROLE_PATH_CHARS = 512;
+export const IAM_MAX_ROLE_NAME_CHARS = 64;
+export const MAX_ROLE_PATH_DEPTH = 32;

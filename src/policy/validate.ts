@@ -3,6 +3,10 @@
 
 import { checkTemplate, TemplateError } from "./template.ts";
 import {
+  IAM_MAX_ARN_CHARS,
+  IAM_MAX_ROLE_NAME_CHARS,
+  IAM_MAX_ROLE_PATH_CHARS,
+  MAX_ROLE_PATH_DEPTH,
   STS_MAX_DURATION,
   STS_MAX_POLICY_ARNS,
   STS_MIN_DURATION,
@@ -16,6 +20,9 @@ export interface ValidationResult {
   warnings: string[];
 }
 
+// The ARN regexes are linear on any input (no nested quantifier can match the same text two ways:
+// a path segment ends only at a '/', which the segment's own class excludes), and they only ever see
+// strings already bounded to IAM's 2048 characters.
 export const ROLE_ARN = /^arn:aws[a-z-]*:iam::\d{12}:role\/(?:[\w+=,.@-]+\/)*[\w+=,.@-]{1,64}$/;
 export const POLICY_ARN = /^arn:aws[a-z-]*:iam::(?:\d{12}|aws):policy\/(?:[\w+=,.@-]+\/)*[\w+=,.@-]{1,128}$/;
 const DNS_LABEL = /^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$/;
@@ -31,6 +38,26 @@ export const SYSTEM_TAG_KEYS = [
   "kubernetes-cluster-name",
 ] as const;
 export const MAX_POLICY_TAGS = 50 - SYSTEM_TAG_KEYS.length;
+
+/**
+ * Why a role ARN is outside IAM's limits (ARN ≤ 2048, path ≤ 512, name ≤ 64 characters) or deeper
+ * than keycutter's path limit, or null. Checked before any pattern or regex sees the ARN, so that
+ * a hostile roleArn costs a bounded amount of work.
+ */
+export function roleArnBoundsProblem(arn: string): string | null {
+  if (arn.length > IAM_MAX_ARN_CHARS) return `longer than ${IAM_MAX_ARN_CHARS} characters`;
+  const roleAt = arn.indexOf(":role/");
+  if (roleAt === -1) return "not a role ARN";
+  const resource = arn.slice(roleAt + ":role".length);
+  const nameAt = resource.lastIndexOf("/") + 1;
+  const path = resource.slice(0, nameAt);
+  if (resource.length - nameAt > IAM_MAX_ROLE_NAME_CHARS)
+    return `role name longer than ${IAM_MAX_ROLE_NAME_CHARS} characters`;
+  if (path.length > IAM_MAX_ROLE_PATH_CHARS) return `path longer than ${IAM_MAX_ROLE_PATH_CHARS} characters`;
+  const depth = path.split("/").length - 2;
+  if (depth > MAX_ROLE_PATH_DEPTH) return `path deeper than ${MAX_ROLE_PATH_DEPTH} levels`;
+  return null;
+}
 
 const ACCESS_POLICY_SPEC_FIELDS = new Set([
   "podSelector",
@@ -180,8 +207,13 @@ export function validateAccessPolicy(obj: unknown): ValidationResult {
     if (isObject(spec.podSelector) && Object.keys(spec.podSelector).length === 0)
       warnings.push("spec.podSelector is empty: every pod in the namespace is selected");
   }
-  if (typeof spec.roleArn !== "string" || !ROLE_ARN.test(spec.roleArn))
-    errors.push("spec.roleArn: must be an IAM role ARN (arn:aws:iam::<account>:role/<name>)");
+  if (typeof spec.roleArn !== "string") errors.push("spec.roleArn: required");
+  else {
+    const bounds = roleArnBoundsProblem(spec.roleArn);
+    if (bounds !== null) errors.push(`spec.roleArn: ${bounds}`);
+    else if (!ROLE_ARN.test(spec.roleArn))
+      errors.push("spec.roleArn: must be an IAM role ARN (arn:aws:iam::<account>:role/<name>)");
+  }
 
   if (spec.sessionPolicy !== undefined) {
     const sp = spec.sessionPolicy;
@@ -202,7 +234,7 @@ export function validateAccessPolicy(obj: unknown): ValidationResult {
       if (m.length > STS_MAX_POLICY_ARNS)
         errors.push(`spec.managedPolicyArns: at most ${STS_MAX_POLICY_ARNS}`);
       m.forEach((a: unknown, i) => {
-        if (typeof a !== "string" || !POLICY_ARN.test(a))
+        if (typeof a !== "string" || a.length > IAM_MAX_ARN_CHARS || !POLICY_ARN.test(a))
           errors.push(`spec.managedPolicyArns[${i}]: must be an IAM policy ARN`);
       });
     }
@@ -267,7 +299,11 @@ export function validateRoleAllowance(obj: unknown): ValidationResult {
     errors.push("spec.roleArns: a non-empty list of role ARN patterns is required");
   else
     spec.roleArns.forEach((p: unknown, i) => {
-      if (typeof p !== "string" || !/^arn:aws[a-z-]*:iam::[0-9*?]{1,12}:role\/\S+$/.test(p))
+      if (
+        typeof p !== "string" ||
+        p.length > IAM_MAX_ARN_CHARS ||
+        !/^arn:aws[a-z-]*:iam::[0-9*?]{1,12}:role\/\S+$/.test(p)
+      )
         errors.push(
           `spec.roleArns[${i}]: must be a role ARN pattern (arn:aws:iam::<account>:role/<name or glob>)`,
         );

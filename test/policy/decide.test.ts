@@ -245,3 +245,17 @@ test("validation catches unknown fields, Allow in allowance denies, bad ARNs", (
   assert.deepEqual(validateRoleAllowance(allowance).errors, []);
   assert.deepEqual(validateAccessPolicy(policy("ok")).errors, []);
 });
+
+test("a role pattern does not cross '/': role/tenant-* does not allow role/tenant-x/team-b-db", () => {
+  const d = decide(
+    {
+      pod,
+      namespace: ns,
+      policies: [policy("p1", { roleArn: "arn:aws:iam::123456789012:role/tenant-x/team-b-db" })],
+      allowances: [allowance],
+    },
+    opts,
+  );
+  assert.equal(d.ok, false);
+  if (!d.ok) assert.equal(d.reason, "RoleNotAllowed");
+});
