@@ -21,6 +21,7 @@ import { allowanceCoversNamespace, allowanceCoversRole, podSelectorMismatch } fr
 import { renderDocument, renderString, TemplateError } from "./template.ts";
 import {
   DEFAULT_DURATION,
+  IAM_POLICY_VERSION,
   STS_MAX_POLICY_CHARS,
   STS_MIN_DURATION,
   type AccessPolicy,
@@ -263,9 +264,7 @@ export function decide(input: DecideInput, opts: DecideOptions): Decision {
   // Minified with keys in a canonical (sorted) order: the same policy gives the same bytes and
   // hash whether it came from the apiserver (which sorts), a file, or a test.
   const sessionPolicy =
-    statements.length > 0
-      ? canonicalJson({ Version: policy.spec.sessionPolicy?.Version ?? "2012-10-17", Statement: statements })
-      : undefined;
+    statements.length > 0 ? canonicalJson({ Version: IAM_POLICY_VERSION, Statement: statements }) : undefined;
   const policyArns = policy.spec.managedPolicyArns ?? [];
   const size = (sessionPolicy?.length ?? 0) + policyArns.reduce((n, a) => n + a.length, 0);
   if (size > STS_MAX_POLICY_CHARS) {

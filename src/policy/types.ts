@@ -53,6 +53,7 @@ export interface PolicyStatus {
 /** An IAM policy statement, kept loose: IAM itself is the judge of the fine structure. */
 export type IamStatement = Record<string, unknown>;
 export interface IamPolicyDocument {
+  /** Only "2012-10-17": the older version reads ${aws:...} policy variables as literal text. */
   Version?: string;
   Statement: IamStatement[] | IamStatement;
   Id?: string;
@@ -123,6 +124,8 @@ export const STS_MAX_TAGS = 50;
 export const STS_MIN_DURATION = 900;
 export const STS_MAX_DURATION = 43200;
 export const DEFAULT_DURATION = 3600;
+/** The only IAM policy language version accepted, and the one every session policy is sent with. */
+export const IAM_POLICY_VERSION = "2012-10-17";
 /** IAM's limits on a role ARN (whole ARN, path, role name) and keycutter's on the path's depth. */
 export const IAM_MAX_ARN_CHARS = 2048;
 export const IAM_MAX_ROLE_PATH_CHARS = 512;

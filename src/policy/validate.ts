@@ -6,6 +6,7 @@ import {
   IAM_MAX_ARN_CHARS,
   IAM_MAX_ROLE_NAME_CHARS,
   IAM_MAX_ROLE_PATH_CHARS,
+  IAM_POLICY_VERSION,
   MAX_ROLE_PATH_DEPTH,
   STS_MAX_DURATION,
   STS_MAX_POLICY_ARNS,
@@ -220,8 +221,10 @@ export function validateAccessPolicy(obj: unknown): ValidationResult {
     if (!isObject(sp)) errors.push("spec.sessionPolicy: must be an IAM policy document (object)");
     else {
       unknownFields(sp, new Set(["Version", "Statement", "Id"]), "spec.sessionPolicy", errors);
-      if (sp.Version !== undefined && sp.Version !== "2012-10-17" && sp.Version !== "2008-10-17")
-        errors.push('spec.sessionPolicy.Version: must be "2012-10-17"');
+      // 2008-10-17 would govern the merged document, the allowances' Deny statements included,
+      // and IAM reads ${aws:...} there as literal text: such a Deny would silently match nothing.
+      if (sp.Version !== undefined && sp.Version !== IAM_POLICY_VERSION)
+        errors.push(`spec.sessionPolicy.Version: must be "${IAM_POLICY_VERSION}" (or left out)`);
       if (sp.Statement === undefined) errors.push("spec.sessionPolicy.Statement: required");
       else checkStatements(sp.Statement, "spec.sessionPolicy.Statement", errors, false);
       checkTemplates(sp, "spec.sessionPolicy", errors);

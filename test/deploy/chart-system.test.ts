@@ -359,6 +359,13 @@ describe("the chart's command lines run the real system", { timeout: 300_000 }, 
     allowStatement.metadata.name = "allow-as-mandatory";
     allowStatement.spec.denyStatements = [{ Effect: "Allow", Action: "s3:*", Resource: "*" }];
     await assert.rejects(applyObjects(cluster.kc, [allowStatement as never]), /only Deny statements/);
+
+    // the 2008-10-17 policy language (${aws:...} read as literal text) is refused by the schema
+    const oldVersion = accessPolicy("tenant-a", "old-version", ROLE, BUCKET) as {
+      spec: { sessionPolicy: { Version: string } };
+    };
+    oldVersion.spec.sessionPolicy.Version = "2008-10-17";
+    await assert.rejects(applyObjects(cluster.kc, [oldVersion as never]), /Unsupported value: "2008-10-17"/);
   });
 
   it("uninstall: the chart's cleanup command removes every rule once the agent is gone", async () => {

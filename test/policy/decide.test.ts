@@ -246,6 +246,36 @@ test("validation catches unknown fields, Allow in allowance denies, bad ARNs", (
   assert.deepEqual(validateAccessPolicy(policy("ok")).errors, []);
 });
 
+test("policy Version: only 2012-10-17 is accepted, and it is what every session policy is sent with", () => {
+  const old = policy("p1", {
+    sessionPolicy: {
+      Version: "2008-10-17",
+      Statement: [{ Effect: "Allow", Action: "s3:GetObject", Resource: "arn:aws:s3:::b/*" }],
+    },
+  });
+  assert.ok(
+    validateAccessPolicy(old).errors.some((e) =>
+      /spec\.sessionPolicy\.Version: must be "2012-10-17"/.test(e),
+    ),
+  );
+  const refused = decide({ pod, namespace: ns, policies: [old], allowances: [allowance] }, opts);
+  assert.equal(refused.ok, false);
+  if (!refused.ok) assert.equal(refused.code, "PolicyInvalid");
+  // without a Version (and without a session policy at all, with the allowance's Deny), 2012-10-17
+  const noVersion = policy("p1", {
+    sessionPolicy: { Statement: [{ Effect: "Allow", Action: "s3:GetObject", Resource: "arn:aws:s3:::b/*" }] },
+  });
+  const bare: AccessPolicy = {
+    ...policy("p1"),
+    spec: { podSelector: {}, roleArn: policy("p1").spec.roleArn },
+  };
+  for (const p of [noVersion, bare, policy("p1")]) {
+    const d = decide({ pod, namespace: ns, policies: [p], allowances: [allowance] }, opts);
+    assert.equal(d.ok, true);
+    if (d.ok) assert.equal(JSON.parse(d.plan.sessionPolicy as string).Version, "2012-10-17");
+  }
+});
+
 test("a role pattern does not cross '/': role/tenant-* does not allow role/tenant-x/team-b-db", () => {
   const d = decide(
     {
