@@ -11,13 +11,20 @@
 //  4. RoleAllowances that cover the pod's namespace AND the role ARN all apply; none → RoleNotAllowed.
 //     Every applicable allowance's denyStatements are appended; the duration cap is the smallest
 //     maxDurationSeconds among them and the server's own cap (role chaining: 3600).
+//     Every key of spec.sessionTags must be permitted by every applicable allowance's
+//     sessionTagKeys → else RoleNotAllowed (reason TagKeyNotAllowed).
 //  5. Templates are rendered for the pod (template.ts); a failure → PolicyInvalid.
 //  6. The minified session policy plus managed policy ARNs must fit STS's 2048 characters →
 //     else PolicyInvalid (reason PolicyTooLarge).
 
 import { createHash } from "node:crypto";
 import type { ErrorCode } from "../api/contract.ts";
-import { allowanceCoversNamespace, allowanceCoversRole, podSelectorMismatch } from "./match.ts";
+import {
+  allowanceCoversNamespace,
+  allowanceCoversRole,
+  allowancePermitsTagKey,
+  podSelectorMismatch,
+} from "./match.ts";
 import { renderDocument, renderString, TemplateError } from "./template.ts";
 import {
   DEFAULT_DURATION,
@@ -74,7 +81,13 @@ export interface PolicyEvaluation {
 }
 
 export type ReasonCode =
-  "NoPolicy" | "AmbiguousPolicy" | "PolicyInvalid" | "TemplateInvalid" | "PolicyTooLarge" | "RoleNotAllowed";
+  | "NoPolicy"
+  | "AmbiguousPolicy"
+  | "PolicyInvalid"
+  | "TemplateInvalid"
+  | "PolicyTooLarge"
+  | "RoleNotAllowed"
+  | "TagKeyNotAllowed";
 
 export type Decision =
   | { ok: true; plan: IssuePlan; evaluations: PolicyEvaluation[] }
@@ -216,6 +229,20 @@ export function decide(input: DecideInput, opts: DecideOptions): Decision {
       policy: pref,
     };
   }
+  const refusedKeys = refusedTagKeys(policy, applicable, pod.namespace);
+  if (refusedKeys.length > 0) {
+    // RoleNotAllowed, not PolicyInvalid: the policy is well-formed; what it asks for is outside
+    // what the platform's allowances grant this namespace, exactly as a role outside them is.
+    const detail = refusedKeys.map((r) => `"${r.key}" (RoleAllowance ${r.allowances.join(", ")})`).join(", ");
+    return {
+      ok: false,
+      code: "RoleNotAllowed",
+      reason: "TagKeyNotAllowed",
+      message: `AccessPolicy ${pref.name}: session tag keys not permitted by the platform: ${detail}; each key must be in spec.sessionTagKeys of every RoleAllowance that applies`,
+      evaluations,
+      policy: pref,
+    };
+  }
 
   const ctx = { pod, clusterName: opts.clusterName };
   let statements: IamStatement[] = [];
@@ -308,6 +335,22 @@ export function decide(input: DecideInput, opts: DecideOptions): Decision {
       policySha256: sessionPolicy ? createHash("sha256").update(sessionPolicy).digest("hex") : "",
     },
   };
+}
+
+/** The policy's session tag keys that some applicable allowance does not permit, with those allowances. */
+export function refusedTagKeys(
+  policy: AccessPolicy,
+  applicable: RoleAllowance[],
+  namespace: string,
+): { key: string; allowances: string[] }[] {
+  const refused: { key: string; allowances: string[] }[] = [];
+  for (const key of Object.keys(policy.spec.sessionTags ?? {})) {
+    const refusing = applicable
+      .filter((a) => !allowancePermitsTagKey(a, key, namespace))
+      .map((a) => a.metadata.name ?? "");
+    if (refusing.length > 0) refused.push({ key, allowances: refusing });
+  }
+  return refused;
 }
 
 export function systemTags(pod: PodFacts, clusterName: string): Tag[] {

@@ -1,9 +1,9 @@
 // Selectors and patterns: label selectors (Kubernetes semantics), pod selectors, namespace and
-// role-ARN globs (glob.ts).
+// role-ARN globs (glob.ts), session tag key patterns.
 
 import { globMatches } from "./glob.ts";
 import type { LabelSelector, NamespaceFacts, PodFacts, PodSelector, RoleAllowance } from "./types.ts";
-import { roleArnBoundsProblem } from "./validate.ts";
+import { NAMESPACE_VARIABLE, roleArnBoundsProblem } from "./validate.ts";
 
 export function labelSelectorMatches(
   sel: LabelSelector | undefined,
@@ -64,4 +64,17 @@ export function allowanceCoversNamespace(a: RoleAllowance, ns: NamespaceFacts): 
 export function allowanceCoversRole(a: RoleAllowance, roleArn: string): boolean {
   if (roleArnBoundsProblem(roleArn) !== null) return false;
   return (a.spec.roleArns ?? []).some((p) => globMatches(p, roleArn));
+}
+
+/**
+ * Whether the allowance lets a policy set this session tag key for a pod of `namespace`. STS tag
+ * keys are case-insensitive (so are IAM's `aws:PrincipalTag/<key>` lookups), hence the lowercase
+ * comparison; `${namespace}` in a pattern is the pod's namespace (a DNS label: never a wildcard
+ * or separator). No `sessionTagKeys` permits no key.
+ */
+export function allowancePermitsTagKey(a: RoleAllowance, key: string, namespace: string): boolean {
+  const wanted = key.toLowerCase();
+  return (a.spec.sessionTagKeys ?? []).some((pattern) =>
+    globMatches(pattern.replaceAll(NAMESPACE_VARIABLE, namespace).toLowerCase(), wanted),
+  );
 }

@@ -114,7 +114,9 @@ export function validateFiles(files: string[], opts: ValidateOptions = {}): File
       if (f.errors.length === 0) {
         const p = doc as unknown as AccessPolicy;
         if (allowances.length === 0) {
-          f.warnings.push("no RoleAllowance among the files: the role cannot be checked offline");
+          f.warnings.push(
+            "no RoleAllowance among the files: the role and the session tag keys cannot be checked offline",
+          );
           const r = accessPolicyReadiness(
             p,
             [standInAllowance(p)],
@@ -155,9 +157,9 @@ export function validateFiles(files: string[], opts: ValidateOptions = {}): File
 }
 
 /**
- * With no RoleAllowance given, one that grants exactly the policy's role, so that the remaining
- * checks (rendering, size) still run. A role ARN cannot contain '*' or '?' (validation), so it is
- * its own exact pattern (a `role/*` stand-in would not cover roles under a path).
+ * With no RoleAllowance given, one that grants exactly what the policy asks (its role, its tag
+ * keys), so that the remaining checks (rendering, size) still run. Role ARNs and tag keys cannot
+ * contain '*' or '?' (validation), so they are their own exact patterns.
  */
 function standInAllowance(p: AccessPolicy): RoleAllowance {
   return {
@@ -165,6 +167,7 @@ function standInAllowance(p: AccessPolicy): RoleAllowance {
     spec: {
       namespaces: ["*"],
       roleArns: [p.spec.roleArn],
+      sessionTagKeys: Object.keys(p.spec.sessionTags ?? {}),
     },
   };
 }

@@ -37,6 +37,7 @@ export function accessPolicyReadiness(
   if (!d.ok) {
     if (
       d.reason === "RoleNotAllowed" ||
+      d.reason === "TagKeyNotAllowed" ||
       d.reason === "PolicyTooLarge" ||
       d.reason === "TemplateInvalid" ||
       d.reason === "PolicyInvalid"

@@ -66,7 +66,7 @@ export interface AccessPolicySpec {
   sessionPolicy?: IamPolicyDocument;
   /** Managed policies passed as session policies (PolicyArns, at most 10). */
   managedPolicyArns?: string[];
-  /** Extra session tags; values may contain template variables. */
+  /** Extra session tags; values may contain template variables. Keys need a RoleAllowance's permission. */
   sessionTags?: Record<string, string>;
   durationSeconds?: number;
   /** Higher wins when several policies select the same pod; a tie is ambiguous. Default 0. */
@@ -88,6 +88,12 @@ export interface RoleAllowanceSpec {
   namespaceSelector?: LabelSelector;
   /** Role ARN patterns (glob with * and ?, neither ever matching '/' or ':'; glob.ts). */
   roleArns: string[];
+  /**
+   * Session tag keys AccessPolicies may set under this allowance: exact keys or globs, matched
+   * case-insensitively, `${namespace}` standing for the pod's namespace. None when absent. Where
+   * several allowances apply, a key must be permitted by every one of them.
+   */
+  sessionTagKeys?: string[];
   /** Upper bound on DurationSeconds for sessions issued under this allowance. */
   maxDurationSeconds?: number;
   /** Deny statements appended to every session policy issued under this allowance. */

@@ -39,6 +39,11 @@ export const SYSTEM_TAG_KEYS = [
   "kubernetes-cluster-name",
 ] as const;
 export const MAX_POLICY_TAGS = 50 - SYSTEM_TAG_KEYS.length;
+/** The one variable a RoleAllowance's sessionTagKeys pattern may use: the pod's namespace. */
+export const NAMESPACE_VARIABLE = "${namespace}";
+/** A sessionTagKeys pattern once `${namespace}` is replaced: tag key characters plus * and ?. */
+const TAG_KEY_PATTERN = /^[\p{L}\p{Z}\p{N}_.:/=+\-@*?]{1,128}$/u;
+const MAX_TAG_KEY_PATTERNS = 64;
 
 /**
  * Why a role ARN is outside IAM's limits (ARN ≤ 2048, path ≤ 512, name ≤ 64 characters) or deeper
@@ -75,6 +80,7 @@ const ROLE_ALLOWANCE_SPEC_FIELDS = new Set([
   "roleArns",
   "maxDurationSeconds",
   "denyStatements",
+  "sessionTagKeys",
 ]);
 const POD_SELECTOR_FIELDS = new Set(["serviceAccountName", "matchLabels", "matchExpressions"]);
 const LABEL_SELECTOR_FIELDS = new Set(["matchLabels", "matchExpressions"]);
@@ -312,6 +318,7 @@ export function validateRoleAllowance(obj: unknown): ValidationResult {
         );
     });
   checkDuration(spec.maxDurationSeconds, "spec.maxDurationSeconds", errors);
+  if (spec.sessionTagKeys !== undefined) checkTagKeyPatterns(spec.sessionTagKeys, errors, warnings);
   if (spec.denyStatements !== undefined) {
     if (!Array.isArray(spec.denyStatements)) errors.push("spec.denyStatements: must be a list of statements");
     else if (spec.denyStatements.length > 0) {
@@ -320,6 +327,26 @@ export function validateRoleAllowance(obj: unknown): ValidationResult {
     }
   }
   return { errors, warnings };
+}
+
+function checkTagKeyPatterns(patterns: unknown, errors: string[], warnings: string[]): void {
+  const path = "spec.sessionTagKeys";
+  if (!Array.isArray(patterns)) return void errors.push(`${path}: must be a list of tag keys or globs`);
+  if (patterns.length > MAX_TAG_KEY_PATTERNS) errors.push(`${path}: at most ${MAX_TAG_KEY_PATTERNS} entries`);
+  patterns.forEach((pattern: unknown, i) => {
+    if (typeof pattern !== "string") return void errors.push(`${path}[${i}]: must be a string`);
+    const literal = pattern.replaceAll(NAMESPACE_VARIABLE, "x");
+    if (literal.includes("${"))
+      errors.push(`${path}[${i}]: only the variable ${NAMESPACE_VARIABLE} is allowed in a tag key pattern`);
+    else if (!TAG_KEY_PATTERN.test(literal))
+      errors.push(
+        `${path}[${i}]: must be a tag key or glob (1-128 of letters, digits, spaces, _.:/=+-@, and * ?)`,
+      );
+    else if (/^\*+$/.test(literal))
+      warnings.push(
+        `${path}[${i}]: "${pattern}" lets tenants set any tag key without '/' or ':', including keys that IAM conditions rely on`,
+      );
+  });
 }
 
 export function asAccessPolicy(obj: unknown): AccessPolicy {

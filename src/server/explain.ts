@@ -4,7 +4,7 @@
 
 import { CoreV1Api, CustomObjectsApi } from "@kubernetes/client-node";
 import { podFacts } from "../k8s/pod-lookup.ts";
-import { decide, type Decision } from "../policy/decide.ts";
+import { decide, refusedTagKeys, type Decision } from "../policy/decide.ts";
 import { allowanceCoversNamespace, allowanceCoversRole } from "../policy/match.ts";
 import { simulate, type SimulationOutcome } from "../policy/simulate.ts";
 import {
@@ -50,6 +50,8 @@ export interface Explanation {
     reason: string;
     maxDurationSeconds?: number;
     denyStatements: number;
+    /** The winning policy's session tag keys this allowance does not permit (it applies, so it refuses them). */
+    refusedTagKeys?: string[];
   }[];
   decision:
     | {
@@ -178,17 +180,22 @@ export async function explain(input: ExplainInput): Promise<Explanation> {
   for (const a of allowances) {
     const nsOk = allowanceCoversNamespace(a, nsFacts);
     const roleOk = winner ? allowanceCoversRole(a, winner.spec.roleArn) : false;
+    const refused =
+      winner && nsOk && roleOk ? refusedTagKeys(winner, [a], input.namespace).map((r) => r.key) : [];
     const reason = !nsOk
       ? `does not cover namespace ${input.namespace}`
       : !winner
         ? "covers the namespace (no policy selected)"
-        : roleOk
-          ? "covers namespace and role"
-          : `does not allow role ${winner.spec.roleArn}`;
+        : !roleOk
+          ? `does not allow role ${winner.spec.roleArn}`
+          : refused.length > 0
+            ? `covers namespace and role, but does not permit session tag key(s) ${refused.map((k) => `"${k}"`).join(", ")} (spec.sessionTagKeys: ${a.spec.sessionTagKeys?.length ? a.spec.sessionTagKeys.join(", ") : "none"})`
+            : "covers namespace and role";
     res.allowances.push({
       name: a.metadata.name ?? "",
       applies: nsOk && roleOk,
       reason,
+      ...(refused.length > 0 ? { refusedTagKeys: refused } : {}),
       ...(a.spec.maxDurationSeconds ? { maxDurationSeconds: a.spec.maxDurationSeconds } : {}),
       denyStatements: a.spec.denyStatements?.length ?? 0,
     });

@@ -366,6 +366,25 @@ describe("the chart's command lines run the real system", { timeout: 300_000 }, 
     };
     oldVersion.spec.sessionPolicy.Version = "2008-10-17";
     await assert.rejects(applyObjects(cluster.kc, [oldVersion as never]), /Unsupported value: "2008-10-17"/);
+
+    // session tag key patterns: ${namespace} is the only variable, tag key characters plus * and ?
+    const tagKeys = (name: string, sessionTagKeys: string[]) => {
+      const a = roleAllowance() as { metadata: { name: string }; spec: Record<string, unknown> };
+      a.metadata.name = name;
+      a.spec.namespaces = ["tag-key-test"]; // not tenant-a: every allowance that applies must permit a key
+      a.spec.sessionTagKeys = sessionTagKeys;
+      return a as never;
+    };
+    for (const bad of ["${pod.labels['team']}-*", "team{x}", "${namespace"]) {
+      await assert.rejects(
+        applyObjects(cluster.kc, [tagKeys("bad-tag-keys", [bad])]),
+        /the only variable allowed is \$\{namespace\}/,
+        bad,
+      );
+    }
+    await applyObjects(cluster.kc, [
+      tagKeys("good-tag-keys", ["${namespace}-*", "cost-center", "app:role/x?"]),
+    ]);
   });
 
   it("uninstall: the chart's cleanup command removes every rule once the agent is gone", async () => {

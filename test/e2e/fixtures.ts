@@ -31,6 +31,8 @@ export function roleAllowance(): object {
       namespaces: ["tenant-*"],
       roleArns: [`arn:aws:iam::${MOTO_ACCOUNT_ID}:role/tenant-*`],
       maxDurationSeconds: 3600,
+      // the tenants' policies set a `team` tag: the platform permits that key, and only it
+      sessionTagKeys: ["team"],
       denyStatements: [{ Effect: "Deny", Action: ["iam:*", "sts:*"], Resource: "*" }],
     },
   };

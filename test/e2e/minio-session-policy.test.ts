@@ -100,6 +100,7 @@ const ROLE_ALLOWANCE = {
     namespaces: ["tenant-*"],
     roleArns: [ROLE],
     maxDurationSeconds: 3600,
+    sessionTagKeys: ["team"],
     // the platform's ceiling, appended to every session policy: no pod reads a secret.txt
     denyStatements: [
       { Effect: "Deny", Action: ["s3:GetObject"], Resource: [`arn:aws:s3:::${BUCKET}/*/secret.txt`] },
@@ -117,6 +118,7 @@ const STRICT_ALLOWANCE = {
     namespaces: ["strict-*"],
     roleArns: [ROLE],
     maxDurationSeconds: 3600,
+    sessionTagKeys: ["team"],
     denyStatements: [{ Effect: "Deny", Action: ["iam:*", "sts:*"], Resource: "*" }],
   },
 };

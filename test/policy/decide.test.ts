@@ -4,6 +4,7 @@ import fc from "fast-check";
 import { decide, sessionNameFor } from "../../src/policy/decide.ts";
 import { renderDocument, TemplateError, SAFE_VALUE } from "../../src/policy/template.ts";
 import { validateAccessPolicy, validateRoleAllowance } from "../../src/policy/validate.ts";
+import { accessPolicyReadiness } from "../../src/policy/readiness.ts";
 import type { AccessPolicy, PodFacts, RoleAllowance } from "../../src/policy/types.ts";
 
 const pod: PodFacts = {
@@ -244,6 +245,79 @@ test("validation catches unknown fields, Allow in allowance denies, bad ARNs", (
   assert.ok(r.errors.some((e) => e.includes('only "Deny"')));
   assert.deepEqual(validateRoleAllowance(allowance).errors, []);
   assert.deepEqual(validateAccessPolicy(policy("ok")).errors, []);
+});
+
+test("session tag keys: none by default; every applicable allowance must permit each key", () => {
+  const claimsTeam = policy("p1", { sessionTags: { team: "team-b" } });
+  const refused = decide({ pod, namespace: ns, policies: [claimsTeam], allowances: [allowance] }, opts);
+  assert.equal(refused.ok, false);
+  if (!refused.ok) {
+    assert.equal(refused.code, "RoleNotAllowed");
+    assert.equal(refused.reason, "TagKeyNotAllowed");
+    assert.match(refused.message, /"team" \(RoleAllowance tenants\)/);
+    assert.match(refused.message, /spec\.sessionTagKeys/);
+  }
+  const permitting = (name: string, sessionTagKeys: string[]): RoleAllowance => ({
+    ...allowance,
+    metadata: { ...allowance.metadata, name },
+    spec: { ...allowance.spec, sessionTagKeys },
+  });
+  const issued = (p: AccessPolicy, allowances: RoleAllowance[]) => {
+    const d = decide({ pod, namespace: ns, policies: [p], allowances }, opts);
+    return d.ok ? d.plan.tags.filter((t) => !t.Key.startsWith("kubernetes-")) : d;
+  };
+  // an exact key, case-insensitively (STS and IAM treat Team and team as one key)
+  assert.deepEqual(issued(claimsTeam, [permitting("tenants", ["Team"])]), [{ Key: "team", Value: "team-b" }]);
+  assert.deepEqual(issued(policy("p1", { sessionTags: { TEAM: "x" } }), [permitting("t", ["team"])]), [
+    { Key: "TEAM", Value: "x" },
+  ]);
+  // a per-namespace prefix: tenant-a may set tenant-a-* keys, not team or another namespace's
+  const own = [permitting("tenants", ["${namespace}-*"])];
+  assert.deepEqual(issued(policy("p1", { sessionTags: { "tenant-a-cost": "1" } }), own), [
+    { Key: "tenant-a-cost", Value: "1" },
+  ]);
+  for (const key of ["team", "tenant-b-cost", "tenant-a-x/y", "tenant-a-x:y"]) {
+    const d = issued(policy("p1", { sessionTags: { [key]: "1" } }), own);
+    assert.ok(!Array.isArray(d) && !d.ok && d.reason === "TagKeyNotAllowed", key);
+  }
+  // two allowances apply: a key permitted by one only is refused, and the refusing one is named
+  const both = [permitting("broad", ["*"]), permitting("narrow", ["cost-center"])];
+  assert.deepEqual(issued(policy("p1", { sessionTags: { "cost-center": "7" } }), both), [
+    { Key: "cost-center", Value: "7" },
+  ]);
+  const d = issued(claimsTeam, both);
+  assert.ok(!Array.isArray(d) && !d.ok);
+  if (!Array.isArray(d) && !d.ok) {
+    assert.equal(d.reason, "TagKeyNotAllowed");
+    assert.match(d.message, /"team" \(RoleAllowance narrow\)/);
+    assert.doesNotMatch(d.message, /broad/);
+  }
+  // an allowance that covers another namespace or role does not count, either way
+  const elsewhere: RoleAllowance = {
+    ...permitting("elsewhere", []),
+    spec: { namespaces: ["x"], roleArns: ["arn:aws:iam::123456789012:role/tenant-a"] },
+  };
+  assert.deepEqual(issued(claimsTeam, [permitting("tenants", ["team"]), elsewhere]), [
+    { Key: "team", Value: "team-b" },
+  ]);
+});
+
+test("the Ready condition says why a tag key is refused; sessionTagKeys patterns are validated", () => {
+  const r = accessPolicyReadiness(policy("p1", { sessionTags: { team: "x" } }), [allowance], {}, "c", 3600);
+  assert.equal(r.status, "False");
+  assert.equal(r.reason, "TagKeyNotAllowed");
+  assert.match(r.message, /"team" \(RoleAllowance tenants\)/);
+  const bad = validateRoleAllowance({
+    ...allowance,
+    spec: { ...allowance.spec, sessionTagKeys: ["${pod.labels['x']}-*", "a b", "ok?", "", 7] },
+  });
+  assert.match(bad.errors.join("\n"), /sessionTagKeys\[0\]: only the variable \$\{namespace\}/);
+  assert.doesNotMatch(bad.errors.join("\n"), /sessionTagKeys\[[12]\]/);
+  assert.match(bad.errors.join("\n"), /sessionTagKeys\[3\]: must be a tag key or glob/);
+  assert.match(bad.errors.join("\n"), /sessionTagKeys\[4\]: must be a string/);
+  const any = validateRoleAllowance({ ...allowance, spec: { ...allowance.spec, sessionTagKeys: ["*"] } });
+  assert.deepEqual(any.errors, []);
+  assert.match(any.warnings.join("\n"), /lets tenants set any tag key/);
 });
 
 test("policy Version: only 2012-10-17 is accepted, and it is what every session policy is sent with", () => {

@@ -83,3 +83,58 @@ test("keycutter policy validate: valid files pass, each kind of mistake is repor
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test("keycutter policy validate: session tag keys against the allowances given, and the policy Version", () => {
+  const dir = mkdtempSync(join(tmpdir(), "kc-validate-"));
+  try {
+    const tagged = (
+      name: string,
+      tags: string,
+      version = '"2012-10-17"',
+    ) => `apiVersion: keycutter.dev/v1alpha1
+kind: AccessPolicy
+metadata: {name: ${name}, namespace: tenant-a}
+spec:
+  podSelector: {}
+  roleArn: arn:aws:iam::123456789012:role/tenant-a
+  sessionTags: ${tags}
+  sessionPolicy:
+    Version: ${version}
+    Statement: [{Effect: Allow, Action: s3:GetObject, Resource: "arn:aws:s3:::b/*"}]
+`;
+    const policies = [
+      tagged("claims-team", "{team: team-b}"),
+      tagged("own-prefix", "{tenant-a-cost: '7'}"),
+      tagged("old-version", "{}", '"2008-10-17"'),
+    ].join("---\n");
+    const withAllowance = join(dir, "with.yaml");
+    writeFileSync(withAllowance, `${ALLOWANCE}  sessionTagKeys: ["\${namespace}-*"]\n---\n${policies}`);
+    const r = spawnSync(NODE, [KEYCUTTER_MAIN, "policy", "validate", "-o", "json", withAllowance], {
+      encoding: "utf8",
+    });
+    assert.equal(r.status, 1, r.stderr);
+    const res = JSON.parse(r.stdout) as {
+      findings: { name: string; errors: string[]; warnings: string[]; ready?: { reason: string } }[];
+    };
+    const finding = (n: string) => res.findings.find((f) => f.name === n);
+    assert.match(
+      finding("claims-team")?.errors.join(" | ") ?? "",
+      /TagKeyNotAllowed: .*"team" \(RoleAllowance tenants\)/,
+    );
+    assert.equal(finding("claims-team")?.ready?.reason, "TagKeyNotAllowed");
+    assert.deepEqual(finding("own-prefix")?.errors, []);
+    assert.match(finding("old-version")?.errors.join(" | ") ?? "", /Version: must be "2012-10-17"/);
+
+    // no allowance among the files: the keys cannot be judged, and it says so rather than failing
+    const alone = join(dir, "alone.yaml");
+    writeFileSync(alone, tagged("claims-team", "{team: team-b}"));
+    const a = spawnSync(NODE, [KEYCUTTER_MAIN, "policy", "validate", "-o", "json", alone], {
+      encoding: "utf8",
+    });
+    assert.equal(a.status, 0, a.stdout);
+    const only = (JSON.parse(a.stdout) as typeof res).findings[0];
+    assert.match(only?.warnings.join(" | ") ?? "", /session tag keys cannot be checked offline/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

@@ -289,6 +289,104 @@ describe("keycutter server (real apiserver, moto, redis)", { timeout: 600_000 },
     assert.equal(ra.status?.conditions?.[0]?.status, "True");
   });
 
+  it("a session tag key no allowance permits: 403 RoleNotAllowed (TagKeyNotAllowed) in the answer, the status and explain; a permitted key reaches STS", async () => {
+    const created = await w.kubelet.createPod({
+      namespace: "tagged",
+      name: "web-1",
+      nodeName: "node-1",
+      serviceAccountName: "app",
+      labels: { team: "blue" },
+      podIP: "10.244.1.200",
+    });
+    const podRef = { namespace: "tagged", name: "web-1", uid: created.metadata!.uid! };
+    const askTagged = () =>
+      post(srv.running.apiPort, w.cert.caFile, { token: w.agentToken["node-1"], body: { pod: podRef } });
+    // the platform gives the namespace keys of its own, nothing else
+    await createAllowance(w, {
+      metadata: { name: "tagged" },
+      spec: { namespaces: ["tagged"], roleArns: [roleArn("tenant-a")], sessionTagKeys: ["${namespace}-*"] },
+    });
+    // the tenant claims the team tag other tenants' ABAC rules key on
+    await createPolicy(
+      w,
+      tenantPolicy("tagged", "claims-team", "app", "tenant-a", "bucket-a", {
+        sessionTags: { team: "team-b" },
+      }),
+    );
+    const stsBefore = srv.stsCalls.length;
+    const refused = await waitFor(
+      "the tag key refused",
+      async () => {
+        const r = await askTagged();
+        return /session tag keys not permitted/.test(String(r.body.message)) ? r : undefined;
+      },
+      { timeoutMs: 30_000, intervalMs: 300 },
+    );
+    assert.equal(refused.status, 403);
+    assert.equal(refused.body.code, "RoleNotAllowed");
+    assert.match(String(refused.body.message), /"team" \(RoleAllowance tagged\)/);
+    assert.equal(srv.stsCalls.length, stsBefore, "nothing was sent to STS");
+
+    const readPolicy = async () =>
+      (await w.custom.getNamespacedCustomObject({
+        group: "keycutter.dev",
+        version: "v1alpha1",
+        namespace: "tagged",
+        plural: "accesspolicies",
+        name: "claims-team",
+      })) as AccessPolicy;
+    const ready = await waitFor(
+      "TagKeyNotAllowed in the status",
+      async () => {
+        const c = (await readPolicy()).status?.conditions?.find((x) => x.type === "Ready");
+        return c?.reason === "TagKeyNotAllowed" ? c : undefined;
+      },
+      { timeoutMs: 30_000 },
+    );
+    assert.equal(ready.status, "False");
+    assert.match(ready.message, /"team" \(RoleAllowance tagged\)/);
+
+    const explained = spawnSync(
+      NODE,
+      [KEYCUTTER_MAIN, "explain", "tagged/web-1", "--kubeconfig", w.cluster.kubeconfigPath, "-o", "json"],
+      { encoding: "utf8" },
+    );
+    assert.equal(explained.status, 2, explained.stderr);
+    const e = JSON.parse(explained.stdout);
+    assert.equal(e.decision.reason, "TagKeyNotAllowed");
+    const tagged = e.allowances.find((a: { name: string }) => a.name === "tagged");
+    assert.deepEqual(tagged.refusedTagKeys, ["team"]);
+    assert.match(
+      tagged.reason,
+      /does not permit session tag key\(s\) "team" \(spec.sessionTagKeys: \$\{namespace\}-\*\)/,
+    );
+
+    // a key of the namespace's own: issued, and the tag is in the AssumeRole call
+    const current = await readPolicy();
+    current.spec.sessionTags = { "tagged-team": "${pod.labels['team']}" };
+    await w.custom.replaceNamespacedCustomObject({
+      group: "keycutter.dev",
+      version: "v1alpha1",
+      namespace: "tagged",
+      plural: "accesspolicies",
+      name: "claims-team",
+      body: current,
+    });
+    const issued = await waitFor(
+      "issued with the namespace's own key",
+      async () => {
+        const r = await askTagged();
+        return r.status === 200 ? r : undefined;
+      },
+      { timeoutMs: 30_000, intervalMs: 300 },
+    );
+    assert.equal(issued.body.roleArn, roleArn("tenant-a"));
+    const call = srv.stsCalls.at(-1);
+    const tags = Object.fromEntries((call?.Tags ?? []).map((t) => [t.Key, t.Value]));
+    assert.equal(tags["tagged-team"], "blue");
+    assert.equal(tags.team, undefined);
+  });
+
   it("the leader finds a template a pod cannot fill without any request being made", async () => {
     await w.kubelet.createServiceAccount("tenant-a", "unlabelled");
     await createPolicy(w, tenantPolicy("tenant-a", "needs-team", "unlabelled", "tenant-a", "bucket-a"));
@@ -793,7 +891,7 @@ describe("keycutter server (real apiserver, moto, redis)", { timeout: 600_000 },
       await w.cluster.restartApiserver();
       await createAllowance(w, {
         metadata: { name: "nopol" },
-        spec: { namespaces: ["nopol"], roleArns: [roleArn("tenant-a")] },
+        spec: { namespaces: ["nopol"], roleArns: [roleArn("tenant-a")], sessionTagKeys: ["team"] },
       });
       const after = await waitFor(
         "the new allowance in force",

@@ -348,18 +348,20 @@ export async function createWorld(): Promise<World> {
         namespaces: ["tenant-a"],
         roleArns: [roleArn("tenant-a")],
         maxDurationSeconds: 3600,
+        sessionTagKeys: ["team"],
         denyStatements: [{ Effect: "Deny", Action: "s3:DeleteObject", Resource: "*" }],
       },
     });
     await createAllowance(w, {
       metadata: { name: "tenant-b" },
-      spec: { namespaces: ["tenant-b"], roleArns: [roleArn("tenant-b")] },
+      spec: { namespaces: ["tenant-b"], roleArns: [roleArn("tenant-b")], sessionTagKeys: ["team"] },
     });
     await createAllowance(w, {
       metadata: { name: "amb" },
       spec: {
         namespaceSelector: { matchLabels: { "kubernetes.io/metadata.name": "amb" } },
         roleArns: [roleArn("tenant-*")],
+        sessionTagKeys: ["team"],
       },
     });
     await createPolicy(w, tenantPolicy("tenant-a", "a", "app", "tenant-a", "bucket-a"));
