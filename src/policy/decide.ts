@@ -12,7 +12,8 @@
 //     Every applicable allowance's denyStatements are appended; the duration cap is the smallest
 //     maxDurationSeconds among them and the server's own cap (role chaining: 3600).
 //     Every key of spec.sessionTags must be permitted by every applicable allowance's
-//     sessionTagKeys → else RoleNotAllowed (reason TagKeyNotAllowed).
+//     sessionTagKeys → else RoleNotAllowed (reason TagKeyNotAllowed). An invalid allowance that
+//     covers the namespace and role refuses (reason AllowanceInvalid) rather than being skipped.
 //  5. Templates are rendered for the pod (template.ts); a failure → PolicyInvalid.
 //  6. The minified session policy plus managed policy ARNs must fit STS's 2048 characters →
 //     else PolicyInvalid (reason PolicyTooLarge).
@@ -87,7 +88,8 @@ export type ReasonCode =
   | "TemplateInvalid"
   | "PolicyTooLarge"
   | "RoleNotAllowed"
-  | "TagKeyNotAllowed";
+  | "TagKeyNotAllowed"
+  | "AllowanceInvalid";
 
 export type Decision =
   | { ok: true; plan: IssuePlan; evaluations: PolicyEvaluation[] }
@@ -215,10 +217,26 @@ export function decide(input: DecideInput, opts: DecideOptions): Decision {
   const roleArn = policy.spec.roleArn;
 
   // Allowances
-  const applicable = input.allowances
-    .filter((a) => validateRoleAllowance({ ...a, kind: "RoleAllowance" }).errors.length === 0)
-    .filter((a) => allowanceCoversNamespace(a, input.namespace) && allowanceCoversRole(a, roleArn))
+  const covers = (a: RoleAllowance) =>
+    allowanceCoversNamespace(a, input.namespace) && allowanceCoversRole(a, roleArn);
+  const valid = (a: RoleAllowance) =>
+    validateRoleAllowance({ ...a, kind: "RoleAllowance" }).errors.length === 0;
+  // An invalid allowance that still covers this namespace and role may be the one carrying the
+  // deny statements or limits: skipping it would let the others apply without them (fail open).
+  const brokenCovering = input.allowances
+    .filter((a) => !valid(a) && coversIfReadable(covers, a))
     .sort(byName);
+  if (brokenCovering.length > 0) {
+    return {
+      ok: false,
+      code: "RoleNotAllowed",
+      reason: "AllowanceInvalid",
+      message: `RoleAllowance ${brokenCovering.map((a) => a.metadata.name).join(", ")} covers namespace ${pod.namespace} and role ${roleArn} but is invalid; nothing is issued under it until it is fixed`,
+      evaluations,
+      policy: pref,
+    };
+  }
+  const applicable = input.allowances.filter((a) => valid(a) && covers(a)).sort(byName);
   if (applicable.length === 0) {
     return {
       ok: false,
@@ -335,6 +353,15 @@ export function decide(input: DecideInput, opts: DecideOptions): Decision {
       policySha256: sessionPolicy ? createHash("sha256").update(sessionPolicy).digest("hex") : "",
     },
   };
+}
+
+/** Whether a (possibly malformed) allowance covers; one too malformed to read covers nothing. */
+function coversIfReadable(covers: (a: RoleAllowance) => boolean, a: RoleAllowance): boolean {
+  try {
+    return covers(a);
+  } catch {
+    return false;
+  }
 }
 
 /** The policy's session tag keys that some applicable allowance does not permit, with those allowances. */

@@ -38,6 +38,7 @@ export function accessPolicyReadiness(
     if (
       d.reason === "RoleNotAllowed" ||
       d.reason === "TagKeyNotAllowed" ||
+      d.reason === "AllowanceInvalid" ||
       d.reason === "PolicyTooLarge" ||
       d.reason === "TemplateInvalid" ||
       d.reason === "PolicyInvalid"

@@ -363,3 +363,38 @@ test("a role pattern does not cross '/': role/tenant-* does not allow role/tenan
   assert.equal(d.ok, false);
   if (!d.ok) assert.equal(d.reason, "RoleNotAllowed");
 });
+
+test("an invalid RoleAllowance that covers the namespace and role refuses, instead of being skipped", () => {
+  // The broad allowance alone would issue; the narrow one carrying a deny is broken (an Allow
+  // among its mandatory statements). Skipping it would issue without its deny: fail open.
+  const broad: RoleAllowance = {
+    metadata: { name: "broad", uid: "ra-broad", generation: 1 },
+    spec: { namespaces: ["tenant-*"], roleArns: ["arn:aws:iam::123456789012:role/tenant-*"] },
+  };
+  const broken: RoleAllowance = {
+    metadata: { name: "deny-deletes", uid: "ra-broken", generation: 4 },
+    spec: {
+      namespaces: ["tenant-a"],
+      roleArns: ["arn:aws:iam::123456789012:role/tenant-a"],
+      denyStatements: [{ Effect: "Allow", Action: "s3:DeleteObject", Resource: "*" }],
+    },
+  };
+  const d = decide({ pod, namespace: ns, policies: [policy("p1")], allowances: [broad, broken] }, opts);
+  assert.ok(!d.ok);
+  assert.equal(d.code, "RoleNotAllowed");
+  assert.equal(d.reason, "AllowanceInvalid");
+  assert.match(d.message, /deny-deletes/);
+  assert.equal(
+    accessPolicyReadiness(policy("p1"), [broad, broken], {}, "test", 3600).reason,
+    "AllowanceInvalid",
+  );
+
+  // One that covers another namespace, or too malformed to read, does not get in the way.
+  const elsewhere = { ...broken, spec: { ...broken.spec, namespaces: ["tenant-z"] } };
+  const unreadable = { metadata: { name: "junk" }, spec: { namespaces: 7 } } as unknown as RoleAllowance;
+  const ok = decide(
+    { pod, namespace: ns, policies: [policy("p1")], allowances: [broad, elsewhere, unreadable] },
+    opts,
+  );
+  assert.ok(ok.ok);
+});
