@@ -66,6 +66,7 @@ const cfg = {
   unknownPodWaitMs: 800,
   credentialWaitMs: 900,
   maxWaiting: 1024,
+  maxWaitingPerSource: 4,
   region: "us-east-1",
   availabilityZone: "us-east-1a",
   accountId: "123456789012",
@@ -80,6 +81,8 @@ const handler = createImdsHandler({
   metrics,
   limiter: new RateLimiter(1e9, 1e9),
   passthrough: undefined,
+  // the pod is known: nothing here ever waits for the watch
+  waits: { acquire: () => "total", size: 0 },
   log,
 });
 let body: unknown;

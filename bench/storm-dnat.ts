@@ -261,7 +261,10 @@ export async function benchStormDnat(p: StormDnatParams): Promise<StormDnatResul
         )
       ).reduce((x, y) => x + y, 0);
     const agentFetches = async () => {
-      const r = await sys.net.exec(node.netns, "curl", ["-sf", `http://127.0.0.1:${agent.opsPort}/metrics`]);
+      const r = await sys.net.exec(node.netns, "curl", [
+        "-sf",
+        `http://${agent.node.ip}:${agent.opsPort}/metrics`,
+      ]);
       if (r.code !== 0) throw new Error(`agent metrics: curl exit ${r.code}`);
       return sumMetric(r.stdout, "keycutter_agent_credential_fetches_total");
     };

@@ -21,7 +21,9 @@ import {
   type HandlerConfig,
 } from "./handlers.ts";
 import { ImdsFastPath } from "./imds-fast-path.ts";
-import { podFacingServer } from "./pod-facing-server.ts";
+import { POD_FACING_LIMITS, podFacingServer, timeoutOptions } from "./pod-facing-server.ts";
+import { limitConnectionsPerSource } from "./connection-limit.ts";
+import { WaitSlots } from "./wait-slots.ts";
 import { Hook, type HookOptions } from "./hook/iptables.ts";
 import { removeNodeTaint } from "./ready-taint.ts";
 
@@ -41,6 +43,10 @@ export interface AgentConfig extends HandlerConfig {
   upstreamImdsUrl: string;
   rateLimitRps: number;
   rateLimitBurst: number;
+  /** Connections open at once on each pod-facing listener, all sources together. */
+  maxConnections: number;
+  /** Connections one source IP may hold open on each pod-facing listener. */
+  maxConnectionsPerSource: number;
   /** File with the IMDS token HMAC key (kept across restarts); undefined: random per process. */
   imdsTokenKeyFile: string | undefined;
   /** undefined: do not touch iptables. */
@@ -55,6 +61,10 @@ export interface AgentConfig extends HandlerConfig {
   /** Answer cached IMDS requests without node:http (imds-fast-path.ts); false: node:http only. */
   imdsFastPath: boolean;
 }
+
+/** The ops listener's connection caps: probes and a scraper need a handful. */
+const OPS_MAX_CONNECTIONS = 256;
+const OPS_MAX_CONNECTIONS_PER_SOURCE = 16;
 
 export interface HostPort {
   host: string;
@@ -150,14 +160,22 @@ export async function startAgent(
     metrics,
     limiter: new RateLimiter(cfg.rateLimitRps, cfg.rateLimitBurst),
     passthrough,
+    waits: new WaitSlots(cfg.maxWaiting, cfg.maxWaitingPerSource),
     log,
   };
-  const imdsServer = podFacingServer(createImdsHandler(deps), log);
+  const limits = { ...POD_FACING_LIMITS, maxConnections: cfg.maxConnections };
+  const imdsServer = podFacingServer(createImdsHandler(deps), log, limits);
   const fastPath = cfg.imdsFastPath ? new ImdsFastPath(imdsServer, createImdsFastResponder(deps)) : undefined;
   late.fastPath = fastPath;
+  // after the fast path, so that a connection is counted once, whoever ends up serving it
+  limitConnectionsPerSource(imdsServer, cfg.maxConnectionsPerSource, () => metrics.connectionRefused("imds"));
   const containerServer = cfg.containerListen
-    ? podFacingServer(createContainerHandler(deps), log)
+    ? podFacingServer(createContainerHandler(deps), log, limits)
     : undefined;
+  if (containerServer)
+    limitConnectionsPerSource(containerServer, cfg.maxConnectionsPerSource, () =>
+      metrics.connectionRefused("container"),
+    );
 
   const watch = new PodWatch({
     api: kube,
@@ -175,7 +193,9 @@ export async function startAgent(
   // (startup taint) or counted as served while their metadata traffic is not yet ours.
   let hookInPlace = !cfg.hook;
   const ready = (): boolean => hookInPlace && watch.synced && !watch.isStale() && client.reachable;
-  const opsServer = createServer((req, res) => {
+  // Reachable by anything that reaches the node IP (probes, Prometheus): the same timeouts as the
+  // pod-facing servers, and few connections, so that nobody can hold it open against the probes.
+  const opsServer = createServer(timeoutOptions(POD_FACING_LIMITS), (req, res) => {
     const path = (req.url ?? "").split("?")[0];
     if (path === "/healthz") {
       const ok = !(watch.synced && watch.isStale());
@@ -206,6 +226,9 @@ export async function startAgent(
       res.end("Not Found\n");
     }
   });
+
+  opsServer.maxConnections = OPS_MAX_CONNECTIONS;
+  limitConnectionsPerSource(opsServer, OPS_MAX_CONNECTIONS_PER_SOURCE, () => undefined);
 
   const servers: Server[] = [];
   // the IMDS server does not know the idle keep-alive sockets its fast path holds

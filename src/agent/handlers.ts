@@ -15,6 +15,7 @@ import type { AgentMetrics } from "./metrics.ts";
 import type { RateLimiter } from "./rate-limit.ts";
 import type { Passthrough } from "./passthrough.ts";
 import type { FastReply, FastRequest, FastResponder } from "./imds-fast-path.ts";
+import type { WaitSlots } from "./wait-slots.ts";
 
 export interface HandlerConfig {
   requireImdsV2: boolean;
@@ -25,6 +26,8 @@ export interface HandlerConfig {
   credentialWaitMs: number;
   /** Requests waiting for an unknown pod, all IPs together; beyond it: immediate 404. */
   maxWaiting: number;
+  /** Requests waiting for an unknown pod from one source IP; beyond it: immediate 404. */
+  maxWaitingPerSource: number;
   region: string;
   availabilityZone: string;
   accountId: string;
@@ -40,6 +43,8 @@ export interface HandlerDeps {
   metrics: AgentMetrics;
   limiter: Pick<RateLimiter, "take">;
   passthrough: Passthrough | undefined;
+  /** The bounded waits for unknown pods, shared by both listeners (cfg.maxWaiting*). */
+  waits: WaitSlots;
   log: Logger;
 }
 
@@ -110,6 +115,24 @@ function refusalFor(l: Lookup, ip: string, allowHostNetwork: boolean): Refusal |
 
 function isRefusal(x: Refusal | PodInfo): x is Refusal {
   return (x as Refusal).status !== undefined;
+}
+
+/**
+ * Looks `ip` up, waiting a bounded time for the pod watch when it is unknown and a wait slot is
+ * free for it; otherwise the current lookup at once (an unknown IP: 404).
+ */
+function lookupOrWait(d: HandlerDeps, ip: string, then: (l: Lookup) => void): void {
+  const l = d.index.lookup(ip);
+  if (l.kind !== "none") return then(l);
+  const release = d.waits.acquire(ip);
+  if (typeof release !== "function") {
+    d.metrics.waitRefused(release);
+    return then(l);
+  }
+  d.index.waitFor(ip, d.cfg.unknownPodWaitMs).then((l2) => {
+    release();
+    then(l2);
+  });
 }
 
 /** Common request screening. Returns false when an answer was already sent. */
@@ -260,7 +283,7 @@ export function createImdsFastResponder(d: HandlerDeps): FastResponder {
 }
 
 export function createImdsHandler(d: HandlerDeps): (req: IncomingMessage, res: ServerResponse) => void {
-  const { cfg, index, cache, tokens, metrics } = d;
+  const { cfg, cache, tokens, metrics } = d;
   const regionBody = Buffer.from(cfg.region);
   const azBody = Buffer.from(cfg.availabilityZone);
   const identityBody = Buffer.from(
@@ -478,11 +501,8 @@ export function createImdsHandler(d: HandlerDeps): (req: IncomingMessage, res: S
         return done(start, route, 404);
       }
     }
-    const l = index.lookup(ip);
-    if (l.kind !== "none") return afterLookup(req, res, l, ip, route, path, start);
-    if (index.waiting >= cfg.maxWaiting) return afterLookup(req, res, l, ip, route, path, start);
-    index.waitFor(ip, cfg.unknownPodWaitMs).then((l2) => {
-      if (!res.destroyed) afterLookup(req, res, l2, ip, route, path, start);
+    lookupOrWait(d, ip, (l) => {
+      if (!res.destroyed) afterLookup(req, res, l, ip, route, path, start);
     });
   };
 }
@@ -574,8 +594,7 @@ export function createContainerHandler(d: HandlerDeps): (req: IncomingMessage, r
         return done(start, 200);
       }
     }
-    if (l.kind !== "none" || index.waiting >= cfg.maxWaiting) return afterLookup(res, l, ip, tok, start);
-    index.waitFor(ip, cfg.unknownPodWaitMs).then((l2) => {
+    lookupOrWait(d, ip, (l2) => {
       if (!res.destroyed) afterLookup(res, l2, ip, tok, start);
     });
   };

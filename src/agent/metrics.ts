@@ -9,6 +9,7 @@ import { createRegistry } from "../common/metrics.ts";
 import type { ErrorCode } from "../api/contract.ts";
 import type { CacheMetrics } from "./cred-cache.ts";
 import type { FastPathStats } from "./imds-fast-path.ts";
+import type { WaitRefusal } from "./wait-slots.ts";
 
 export type Listener = "imds" | "container";
 
@@ -45,6 +46,8 @@ export class AgentMetrics implements CacheMetrics {
   private readonly refreshFailures: Counter<"code">;
   private readonly stale: Counter;
   private readonly rateLimited: Counter<"listener">;
+  private readonly waitsRefused: Counter<"limit">;
+  private readonly connectionsRefusedTotal: Counter<"listener">;
   readonly watchRestarts: Counter<"reason">;
   readonly hookRepairs: Counter;
   private readonly routeStats: Record<Listener, Map<string, RouteStats>> = {
@@ -183,6 +186,18 @@ export class AgentMetrics implements CacheMetrics {
       labelNames: ["listener"],
       registers: [r],
     });
+    this.waitsRefused = new Counter({
+      name: "keycutter_agent_waits_refused_total",
+      help: "Requests from an unknown IP answered at once, without waiting for the pod watch, because a wait limit was reached (per_source, total)",
+      labelNames: ["limit"],
+      registers: [r],
+    });
+    this.connectionsRefusedTotal = new Counter({
+      name: "keycutter_agent_connections_refused_total",
+      help: "Pod-facing connections reset at once because their source held the most it may",
+      labelNames: ["listener"],
+      registers: [r],
+    });
     this.watchRestarts = new Counter({
       name: "keycutter_agent_watch_restarts_total",
       help: "Pod watch restarts by reason (closed, error, gone = 410 relist)",
@@ -283,6 +298,14 @@ export class AgentMetrics implements CacheMetrics {
 
   limited(listener: Listener): void {
     this.rateLimited.labels(listener).inc();
+  }
+
+  waitRefused(limit: WaitRefusal): void {
+    this.waitsRefused.labels(limit).inc();
+  }
+
+  connectionRefused(listener: Listener): void {
+    this.connectionsRefusedTotal.labels(listener).inc();
   }
 
   fetch(result: "ok" | ErrorCode, kind: "prefetch" | "demand" | "refresh" | "token"): void {

@@ -1,9 +1,25 @@
 // Allowlisted metadata paths forwarded to the node's real IMDS (IMDSv2 session kept by the
-// agent). Credential paths are never forwarded, whatever the allowlist says.
+// agent). What would let a pod act as the node is never forwarded, whatever the allowlist says:
+// credential paths, user-data (bootstrap secrets) and the signed identity documents (pkcs7,
+// signature, rsa2048: proof of being this instance, e.g. to Vault's EC2 auth).
 import { request, Agent, type IncomingMessage } from "node:http";
 
 const MAX_BODY = 64 * 1024;
-const FORBIDDEN = /(^|\/)(iam|identity-credentials|security-credentials[^/]*)(\/|$)|\/api\/token/;
+/**
+ * Never forwarded, matched on the lower-cased path so that a case-insensitive upstream cannot be
+ * reached by spelling: any `iam`, `identity-credentials` or `security-credentials*` segment, the
+ * token, user-data, and under dynamic/instance-identity everything but the unsigned document.
+ */
+const FORBIDDEN =
+  /(^|\/)(iam|identity-credentials|security-credentials[^/]*|user-data)(\/|$)|\/api\/token|\/dynamic\/instance-identity\/(?!document$)./;
+/** Plain, unencoded paths only: no `%`, backslash, `//`, `.`/`..` segment can alias a forbidden one. */
+const CANONICAL = /^\/[A-Za-z0-9._\-/]*$/;
+const ALIASING = /\/\/|(^|\/)\.\.?(\/|$)/;
+
+/** True for a path that may never be passed through (also for any path not in canonical form). */
+export function isNeverPassedThrough(path: string): boolean {
+  return !CANONICAL.test(path) || ALIASING.test(path) || FORBIDDEN.test(path.toLowerCase());
+}
 
 export interface UpstreamAnswer {
   status: number;
@@ -27,8 +43,10 @@ export class Passthrough {
       const p = raw.trim();
       if (!p) continue;
       if (!p.startsWith("/latest/")) throw new Error(`passthrough path must start with /latest/: ${p}`);
-      if (FORBIDDEN.test(p)) throw new Error(`credential paths cannot be passed through: ${p}`);
-      if (p.endsWith("*")) this.prefixes.push(p.slice(0, -1));
+      const bare = p.endsWith("*") ? p.slice(0, -1) : p;
+      if (isNeverPassedThrough(bare))
+        throw new Error(`credential, user-data and signed identity paths cannot be passed through: ${p}`);
+      if (p.endsWith("*")) this.prefixes.push(bare);
       else this.exact.add(p);
     }
   }
@@ -38,7 +56,7 @@ export class Passthrough {
   }
 
   allows(path: string): boolean {
-    if (FORBIDDEN.test(path)) return false;
+    if (isNeverPassedThrough(path)) return false;
     if (this.exact.has(path)) return true;
     for (const p of this.prefixes) if (path.startsWith(p)) return true;
     return false;

@@ -1,18 +1,50 @@
 // The pod-facing node:http servers (IMDS and container credentials): limits on what a pod may
-// send, and a plain answer to requests node:http cannot parse.
-import { createServer, type Server, type IncomingMessage, type ServerResponse } from "node:http";
+// send and hold, and a plain answer to requests node:http cannot parse.
+import {
+  createServer,
+  type IncomingMessage,
+  type Server,
+  type ServerOptions,
+  type ServerResponse,
+} from "node:http";
 import type { Logger } from "../common/logger.ts";
+
+export interface ConnectionLimits {
+  /** Connections open at once on one server, all sources together (server.maxConnections). */
+  maxConnections: number;
+  /** Time to receive a request's head; also how long a new connection may stay silent. */
+  headersTimeoutMs: number;
+  /** Time to receive a whole request. */
+  requestTimeoutMs: number;
+  /** Idle time of a kept-alive connection (also the IMDS fast path's socket idle timeout). */
+  keepAliveTimeoutMs: number;
+}
+
+export const POD_FACING_LIMITS: ConnectionLimits = {
+  maxConnections: 4096,
+  headersTimeoutMs: 5_000,
+  requestTimeoutMs: 10_000,
+  keepAliveTimeoutMs: 5_000,
+};
+
+/** node:http server options for the limits' timeouts; maxConnections is set on the server. */
+export function timeoutOptions(limits: ConnectionLimits): ServerOptions {
+  return {
+    headersTimeout: limits.headersTimeoutMs,
+    requestTimeout: limits.requestTimeoutMs,
+    keepAliveTimeout: limits.keepAliveTimeoutMs,
+  };
+}
 
 export function podFacingServer(
   handler: (req: IncomingMessage, res: ServerResponse) => void,
   log: Logger,
+  limits: ConnectionLimits = POD_FACING_LIMITS,
 ): Server {
   const s = createServer(
     {
+      ...timeoutOptions(limits),
       maxHeaderSize: 8192,
-      requestTimeout: 10_000,
-      headersTimeout: 5_000,
-      keepAliveTimeout: 5_000,
       noDelay: true,
       // `Host` is not required: SDKs send it, but nothing here depends on it.
       requireHostHeader: false,
@@ -29,6 +61,7 @@ export function podFacingServer(
       }
     },
   );
+  s.maxConnections = limits.maxConnections;
   s.maxHeadersCount = 64;
   s.on("clientError", (err: NodeJS.ErrnoException, socket) => {
     if (socket.writable && !socket.destroyed) {

@@ -25,6 +25,7 @@ import {
 } from "../harness/index.ts";
 import { startFakeImds, NODE_ACCESS_KEY, type FakeImds } from "../harness/fake-imds.ts";
 import { TestServer } from "./test-server.ts";
+import { Passthrough } from "../../src/agent/passthrough.ts";
 
 const FIX = new URL("./fixtures/", import.meta.url).pathname;
 const PY = join(VENV_BIN, "python");
@@ -580,6 +581,205 @@ test("IPv6: a dual-stack pod cannot reach the node's IMDS at fd00:ec2::254 or fd
   await refused();
 });
 
+async function agentReady(what: string): Promise<void> {
+  await waitFor(
+    what,
+    async () => (await fetch(`http://${node.ip}:8182/readyz`).catch(() => undefined))?.status === 200,
+  );
+}
+
+/** Runs `body` against an agent restarted with `extra` flags, then restores the default agent. */
+async function withAgentFlags(extra: string[], body: () => Promise<void>): Promise<void> {
+  await agent!.stop();
+  agent = await startAgent(extra);
+  try {
+    await agentReady(`agent with ${extra.join(" ")} ready`);
+    await body();
+  } finally {
+    await agent.stop();
+    agent = await startAgent();
+    await agentReady("default agent ready again");
+  }
+}
+
+async function agentMetric(name: string): Promise<number> {
+  const text = await (await fetch(`http://${node.ip}:8182/metrics`)).text();
+  const line = text.split("\n").find((l) => l.startsWith(name + " "));
+  return Number(line?.slice(name.length + 1) ?? 0);
+}
+
+test("passthrough: user-data, the signed identity documents and credential paths never reach the real IMDS, whatever the allowlist", async () => {
+  await withAgentFlags(["--passthrough=/latest/*,/latest/dynamic/instance-identity/*"], async () => {
+    // control: the broad allowlist does pass ordinary paths (and the unsigned document) through
+    for (const path of ["/latest/meta-data/hostname", "/latest/dynamic/instance-identity/document"]) {
+      const r = await probe("a", "GET", `http://169.254.169.254${path}`);
+      assert.equal(r.body, `NODE-IMDS ${path}`, JSON.stringify(r));
+    }
+    const never = [
+      "/latest/user-data",
+      "/latest/user-data/",
+      "/latest/USER-DATA",
+      "/latest/User-Data",
+      "/latest/dynamic/instance-identity/pkcs7",
+      "/latest/dynamic/instance-identity/signature",
+      "/latest/dynamic/instance-identity/rsa2048",
+      "/latest/dynamic/instance-identity/PKCS7",
+      "/latest/dynamic/instance-identity/document/signature",
+      "/latest/meta-data/identity-credentials/ec2/security-credentials/ec2-instance",
+      "/latest/meta-data/IAM/security-credentials/",
+      "/latest/meta-data/Iam/info",
+      "/latest//user-data",
+      "/latest/meta-data/../user-data",
+      "/latest/./user-data",
+      "/latest/%75ser-data",
+      "/latest/dynamic/instance-identity%2fpkcs7",
+      "/latest/user-data%2f",
+    ];
+    for (const path of never) {
+      const r = await probe("a", "GET", `http://169.254.169.254${path}`);
+      assert.ok(
+        !/NODE-IMDS|node-role|ASIANODE/.test(r.body ?? ""),
+        `${path} reached the real IMDS: ${r.body}`,
+      );
+      assert.ok(r.status === 404 || r.status === 400, `${path}: ${JSON.stringify(r)}`);
+    }
+  });
+  assert.throws(
+    () => new Passthrough("http://127.0.0.1:1", ["/latest/user-data"]),
+    /cannot be passed through/,
+  );
+  assert.throws(
+    () => new Passthrough("http://127.0.0.1:1", ["/latest/dynamic/instance-identity/pkcs7"]),
+    /cannot be passed through/,
+  );
+});
+
+test("the agent's ports take only traffic through the hook: a remote host connecting to the node IP directly is refused, pods through the DNAT are served", async () => {
+  // a host on the cluster network (another node, its pods, the VPC): it reaches the node IP
+  const remote = net.nodes.get("remote") ?? (await net.addNode("remote"));
+  const health = await net.exec(
+    remote.netns,
+    PY,
+    [join(FIX, "probe.py"), "GET", `http://${node.ip}:8182/healthz`],
+    {
+      env: clientEnv(),
+    },
+  );
+  assert.equal(
+    (JSON.parse(health.stdout) as ProbeResult).status,
+    200,
+    "control: the remote host reaches the node",
+  );
+  for (const url of [
+    `http://${node.ip}:8180/latest/meta-data/iam/security-credentials/`,
+    `http://${node.ip}:8181/v1/credentials`,
+  ]) {
+    const r = await net.exec(remote.netns, PY, [join(FIX, "probe.py"), "GET", url], { env: clientEnv() });
+    const res = JSON.parse(r.stdout) as ProbeResult;
+    assert.equal(res.status, -1, `${url} from a remote host: ${r.stdout}`);
+    assert.match(res.error!, /ConnectionRefused|ConnectionReset/);
+    // a pod of this node going to the node IP directly, not through the metadata address: refused too
+    const direct = await probe("a", "GET", url);
+    assert.equal(direct.status, -1, `${url} from pod a, not through the DNAT: ${JSON.stringify(direct)}`);
+  }
+  const a = await probe("a", "GET", "http://169.254.169.254/latest/meta-data/iam/security-credentials/");
+  assert.equal(a.status, 200, JSON.stringify(a));
+  const check = await net.exec(node.netns, NODE, [
+    KEYCUTTER_MAIN,
+    "hook",
+    "check",
+    `--hook-chain=${CHAIN}`,
+    "--hook-pod-interface=cbr0",
+    `--hook-agent-ip=${node.ip}`,
+  ]);
+  assert.equal(check.code, 0, check.stdout + check.stderr);
+});
+
+test("one source filling the waits for unknown pods cannot make another new pod's first request fail", async () => {
+  await withAgentFlags(["--unknown-pod-wait-ms=6000", "--max-waiting=8"], async () => {
+    const hog = await net.addPod("node1", "hog");
+    const url = "http://169.254.169.254/latest/meta-data/iam/security-credentials/";
+    const flood = net.exec(hog.netns, PY, [join(FIX, "many-requests.py"), "16", url], {
+      env: clientEnv(),
+      timeoutMs: 60_000,
+    });
+    // the hog holds its share of the waits (4), the rest of its requests are answered at once
+    await waitFor(
+      "the hog's requests wait",
+      async () => (await agentMetric("keycutter_agent_requests_waiting_for_pod")) >= 4,
+      {
+        timeoutMs: 10_000,
+      },
+    );
+    // a new pod whose first request comes before the watch has delivered it
+    const fresh = await net.addPod("node1", "newcomer");
+    pods.set("newcomer", { net: fresh, uid: "", tokenFile: "" });
+    const first = probe("newcomer", "GET", url);
+    await waitFor(
+      "the newcomer's request waits for the watch",
+      async () => (await agentMetric("keycutter_agent_requests_waiting_for_pod")) >= 5,
+      {
+        timeoutMs: 5000,
+      },
+    );
+    await kubelet.createPod({
+      namespace: NS,
+      name: "newcomer",
+      nodeName: "node1",
+      serviceAccountName: "app",
+      podIP: fresh.ip,
+      hostIP: node.ip,
+    });
+    const r = await first;
+    assert.equal(r.status, 200, `the newcomer's first request: ${JSON.stringify(r)}`);
+    const hogged = JSON.parse((await flood).stdout) as { statuses: number[] };
+    assert.equal(hogged.statuses.filter((x) => x === 404).length, 16, "the hog got nothing");
+    const text = await (await fetch(`http://${node.ip}:8182/metrics`)).text();
+    assert.match(text, /keycutter_agent_waits_refused_total\{limit="per_source"\} 12\n/);
+  });
+});
+
+test("a pod holding connections is capped per source; another pod is still served", async () => {
+  // the default cap (--max-connections-per-source=32)
+  const refusedBefore = await agentMetric('keycutter_agent_connections_refused_total{listener="imds"}');
+  const marker = join(tmp, "held-connections");
+  const run = net.exec(pods.get("a")!.net.netns, PY, [join(FIX, "hold-connections.py"), "40", marker], {
+    env: clientEnv(),
+    timeoutMs: 60_000,
+  });
+  await waitFor("connections measured", async () => existsSync(`${marker}.measured`), { timeoutMs: 20_000 });
+  const b = await probe("b", "GET", "http://169.254.169.254/latest/meta-data/iam/security-credentials/");
+  assert.equal(b.status, 200, `pod b while pod a holds its connections: ${JSON.stringify(b)}`);
+  writeFileSync(marker, "");
+  const out = JSON.parse((await run).stdout) as { held: number; closed: number; after: string };
+  assert.deepEqual([out.held, out.closed], [32, 8], JSON.stringify(out));
+  assert.equal(out.after, "HTTP/1.1 200 OK", "once it let go, pod a connects again");
+  const refused = await agentMetric('keycutter_agent_connections_refused_total{listener="imds"}');
+  assert.equal(refused - refusedBefore, 8);
+});
+
+test("fail closed whatever the interface: a pod behind one not in --hook-pod-interface (cali*, lxc*, net1) is refused, never served by the real IMDS", async () => {
+  for (const iface of ["cali0abc", "lxc1234", "net1"]) {
+    const pod = await net.addRoutedPod("node1", `routed-${iface}`, iface);
+    const inNs = async (url: string): Promise<ProbeResult> => {
+      const r = await net.exec(pod.netns, PY, [join(FIX, "probe.py"), "GET", url], { env: clientEnv() });
+      assert.equal(r.code, 0, r.stderr);
+      return JSON.parse(r.stdout) as ProbeResult;
+    };
+    // control: the pod reaches the node (and whatever listens on it)
+    assert.equal((await inNs(`http://${node.ip}:8182/healthz`)).status, 200, `${iface}: routed to the node`);
+    for (const url of [
+      "http://169.254.169.254/latest/meta-data/iam/security-credentials/",
+      "http://169.254.169.254/latest/api/token",
+      "http://169.254.170.23/v1/credentials",
+    ]) {
+      const r = await inNs(url);
+      assert.equal(r.status, -1, `${iface} ${url}: expected a refused connection, got ${JSON.stringify(r)}`);
+      assert.match(r.error!, /ConnectionRefused|ConnectionReset/);
+    }
+  }
+});
+
 test("require-IMDSv2 mode: a v1 client gets 401, IMDSv2 SDKs still work", async () => {
   // Restart the node's agent in require-v2 mode (the hook stays in place meanwhile: pods are
   // refused, never sent to the real IMDS), then restore the default mode.
@@ -599,10 +799,7 @@ test("require-IMDSv2 mode: a v1 client gets 401, IMDSv2 SDKs still work", async 
   } finally {
     await agent.stop();
     agent = await startAgent();
-    await waitFor(
-      "agent ready again",
-      async () => (await fetch(`http://${node.ip}:8182/readyz`).catch(() => undefined))?.status === 200,
-    );
+    await agentReady("agent ready again");
   }
 });
 

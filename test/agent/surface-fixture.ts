@@ -7,6 +7,7 @@ import { CredCache, type CredentialsSource } from "../../src/agent/cred-cache.ts
 import { ImdsTokens } from "../../src/agent/imds-token.ts";
 import { AgentMetrics } from "../../src/agent/metrics.ts";
 import { RateLimiter } from "../../src/agent/rate-limit.ts";
+import { WaitSlots } from "../../src/agent/wait-slots.ts";
 import { ServerError } from "../../src/agent/server-client.ts";
 import type { HandlerConfig, HandlerDeps } from "../../src/agent/handlers.ts";
 import type { CredentialsResponse, PodRef } from "../../src/api/contract.ts";
@@ -59,6 +60,7 @@ export const surfaceCfg: HandlerConfig = {
   unknownPodWaitMs: 300,
   credentialWaitMs: 900,
   maxWaiting: 100,
+  maxWaitingPerSource: 4,
   region: "eu-west-1",
   availabilityZone: "eu-west-1b",
   accountId: "123456789012",
@@ -92,6 +94,7 @@ export function surfaceDeps(cfg: HandlerConfig = surfaceCfg): HandlerDeps & { so
     metrics,
     limiter: floodLimiter(),
     passthrough: undefined,
+    waits: new WaitSlots(cfg.maxWaiting, cfg.maxWaitingPerSource),
     log,
     source,
   };

@@ -34,20 +34,35 @@ test("hook rules: DNAT both metadata addresses per selector; fail-closed REJECTs
   assert.equal(byCidr.length, 4);
   assert.ok(byCidr.every((r) => r.includes("-s")));
   const fc = filterRules(base).map((r) => r.join(" "));
-  assert.ok(fc.some((r) => r.includes("169.254.169.254/32") && r.includes("tcp-reset")));
-  assert.ok(fc.some((r) => r.includes("169.254.170.23/32") && r.includes("tcp-reset")));
+  assert.deepEqual(fc, [
+    "-d 169.254.169.254/32 ! -i lo -p tcp -m comment --comment keycutter -j REJECT --reject-with tcp-reset",
+    "-d 169.254.169.254/32 ! -i lo -m comment --comment keycutter -j REJECT --reject-with icmp-port-unreachable",
+    "-d 169.254.170.23/32 ! -i lo -p tcp -m comment --comment keycutter -j REJECT --reject-with tcp-reset",
+    "-d 169.254.170.23/32 ! -i lo -m comment --comment keycutter -j REJECT --reject-with icmp-port-unreachable",
+    "! -i lo -p tcp -m tcp --dport 8180 -m addrtype --dst-type LOCAL -m conntrack ! --ctstate DNAT -m comment --comment keycutter -j REJECT --reject-with tcp-reset",
+    "! -i lo -p tcp -m tcp --dport 8181 -m addrtype --dst-type LOCAL -m conntrack ! --ctstate DNAT -m comment --comment keycutter -j REJECT --reject-with tcp-reset",
+  ]);
 });
 
-test("IPv6: the metadata addresses are rejected from pod interfaces (or from anywhere but the node)", () => {
+test("fail-closed rules do not depend on the pod selection (interfaces or CIDRs)", () => {
+  const byCidr = { ...base, podInterfaces: [], podCidrs: ["10.1.0.0/24"] };
+  assert.deepEqual(filterRules(byCidr), filterRules(base));
+  assert.deepEqual(filterRules6(byCidr), filterRules6(base));
+  const noContainer = filterRules({ ...base, containerPort: undefined }).map((r) => r.join(" "));
+  assert.ok(noContainer.some((r) => r.includes("--dport 8180")));
+  assert.ok(!noContainer.some((r) => r.includes("--dport 8181")));
+});
+
+test("IPv6: the metadata addresses are rejected from anywhere but the node; no off-node connection to the agent", () => {
   const v6 = filterRules6(base).map((r) => r.join(" "));
   assert.deepEqual(v6, [
-    "-d fd00:ec2::254/128 -i cbr0 -p tcp -m comment --comment keycutter -j REJECT --reject-with tcp-reset",
-    "-d fd00:ec2::254/128 -i cbr0 -m comment --comment keycutter -j REJECT --reject-with icmp6-port-unreachable",
-    "-d fd00:ec2::23/128 -i cbr0 -p tcp -m comment --comment keycutter -j REJECT --reject-with tcp-reset",
-    "-d fd00:ec2::23/128 -i cbr0 -m comment --comment keycutter -j REJECT --reject-with icmp6-port-unreachable",
+    "-d fd00:ec2::254/128 ! -i lo -p tcp -m comment --comment keycutter -j REJECT --reject-with tcp-reset",
+    "-d fd00:ec2::254/128 ! -i lo -m comment --comment keycutter -j REJECT --reject-with icmp6-port-unreachable",
+    "-d fd00:ec2::23/128 ! -i lo -p tcp -m comment --comment keycutter -j REJECT --reject-with tcp-reset",
+    "-d fd00:ec2::23/128 ! -i lo -m comment --comment keycutter -j REJECT --reject-with icmp6-port-unreachable",
+    "! -i lo -p tcp -m tcp --dport 8180 -m addrtype --dst-type LOCAL -m comment --comment keycutter -j REJECT --reject-with tcp-reset",
+    "! -i lo -p tcp -m tcp --dport 8181 -m addrtype --dst-type LOCAL -m comment --comment keycutter -j REJECT --reject-with tcp-reset",
   ]);
-  const byCidr = filterRules6({ ...base, podInterfaces: [], podCidrs: ["10.1.0.0/24"] });
-  assert.ok(byCidr.every((r) => r.join(" ").includes("! -i lo")));
   assert.equal(ip6tablesFor("iptables"), "ip6tables");
   assert.equal(ip6tablesFor("iptables-nft"), "ip6tables-nft");
   assert.equal(ip6tablesFor("/usr/sbin/iptables-legacy"), "/usr/sbin/ip6tables-legacy");
@@ -152,4 +167,10 @@ test("agent config: flags win over env; env fallbacks; hook needs an agent IP", 
     "/sbin/ip6tables-legacy",
   );
   assert.throws(() => agentConfigFrom({ hookIpv6: "maybe" }, env), /--hook-ipv6/);
+  assert.deepEqual(
+    [c.maxWaiting, c.maxWaitingPerSource, c.maxConnections, c.maxConnectionsPerSource],
+    [1024, 4, 4096, 32],
+  );
+  assert.equal(agentConfigFrom({ maxConnectionsPerSource: "8" }, env).maxConnectionsPerSource, 8);
+  assert.throws(() => agentConfigFrom({ maxConnectionsPerSource: "0" }, env), /at least 1/);
 });

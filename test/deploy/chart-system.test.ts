@@ -245,7 +245,7 @@ describe("the chart's command lines run the real system", { timeout: 300_000 }, 
           "/dev/null",
           "-w",
           "%{http_code}",
-          `http://127.0.0.1:${opsPort}/readyz`,
+          `http://${node.ip}:${opsPort}/readyz`,
         ]);
         return r.stdout === "200";
       },
@@ -338,15 +338,28 @@ describe("the chart's command lines run the real system", { timeout: 300_000 }, 
       podIP: podNet.ip,
       hostIP: node.ip,
     });
-    const r = await net.exec(podNet.netns, "curl", [
+    // IMDSv2, which the chart requires by default
+    const token = await net.exec(podNet.netns, "curl", [
       "-s",
-      "-o",
-      "/dev/null",
-      "-w",
-      "%{http_code}",
-      "http://169.254.169.254/latest/meta-data/iam/security-credentials/",
+      "-X",
+      "PUT",
+      "-H",
+      "X-aws-ec2-metadata-token-ttl-seconds: 60",
+      "http://169.254.169.254/latest/api/token",
     ]);
-    assert.equal(r.stdout, "404");
+    assert.equal(token.code, 0, token.stderr);
+    const get = (headers: string[]) =>
+      net.exec(podNet.netns, "curl", [
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        ...headers,
+        "http://169.254.169.254/latest/meta-data/iam/security-credentials/",
+      ]);
+    assert.equal((await get(["-H", `X-aws-ec2-metadata-token: ${token.stdout}`])).stdout, "404");
+    assert.equal((await get([])).stdout, "401", "IMDSv1 refused");
   });
 
   it("the chart's CRDs, as applied, enforce their CEL rules", async () => {

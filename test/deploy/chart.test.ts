@@ -196,7 +196,15 @@ describe("helm chart: renders", () => {
     assert.equal(c.securityContext?.readOnlyRootFilesystem, true);
     assert.deepEqual(c.livenessProbe?.httpGet, { path: "/healthz", port: "ops" });
     assert.deepEqual(c.readinessProbe?.httpGet, { path: "/readyz", port: "ops" });
-    assert.equal(flag(c.args!, "--ops-listen"), "0.0.0.0:8182");
+    assert.equal(flag(c.args!, "--ops-listen"), "$(NODE_IP):8182", "every listener on the node IP only");
+    assert.equal(flag(c.args!, "--imds-listen"), "$(NODE_IP):8180");
+    assert.ok(c.args!.includes("--require-imdsv2"), "IMDSv2 required by default");
+    assert.ok(
+      renderChart({ agent: { requireImdsV2: false } })
+        .filter((o) => o.kind === "DaemonSet" && !isHook(o))
+        .every((o) => containerArgs(o, "agent").includes("--no-require-imdsv2")),
+      "IMDSv1 only as an explicit opt-in",
+    );
     assert.ok(c.args!.includes("--hook"));
     assert.equal(flag(c.args!, "--hook-agent-ip"), "$(NODE_IP)");
     assert.equal(flag(c.args!, "--hook-pod-interface"), "eni+,veth+");
@@ -683,6 +691,37 @@ describe("helm chart: the agent's startup taint, enforced by the real apiserver"
       patchAsAgent("node-1", [{ op: "add", path: "/spec/unschedulable", value: true }]),
       /may not change the node's labels, annotations or schedulability/,
     );
+    assert.deepEqual(await nodeTaints("node-1"), [KEY, "example.com/other"]);
+  });
+
+  it("its own node: owner references and finalizers cannot be touched", async () => {
+    const owner = {
+      apiVersion: "v1",
+      kind: "Namespace",
+      name: NS,
+      uid: "00000000-0000-0000-0000-000000000001",
+    };
+    await assert.rejects(
+      patchAsAgent("node-1", [{ op: "add", path: "/metadata/ownerReferences", value: [owner] }]),
+      /may not change the node's owner references or finalizers/,
+    );
+    await assert.rejects(
+      patchAsAgent("node-1", [{ op: "add", path: "/metadata/finalizers", value: ["example.com/hold"] }]),
+      /may not change the node's owner references or finalizers/,
+    );
+    // nor along with the one change it may make
+    const current = await cluster.kc.makeApiClient(CoreV1Api).readNode({ name: "node-1" });
+    const withoutStartupTaint = (current.spec?.taints ?? []).filter((t) => t.key !== KEY);
+    await assert.rejects(
+      patchAsAgent("node-1", [
+        { op: "replace", path: "/spec/taints", value: withoutStartupTaint },
+        { op: "add", path: "/metadata/finalizers", value: ["example.com/hold"] },
+      ]),
+      /may not change the node's owner references or finalizers/,
+    );
+    const n = await cluster.kc.makeApiClient(CoreV1Api).readNode({ name: "node-1" });
+    assert.equal(n.metadata?.ownerReferences, undefined);
+    assert.equal(n.metadata?.finalizers, undefined);
     assert.deepEqual(await nodeTaints("node-1"), [KEY, "example.com/other"]);
   });
 

@@ -76,8 +76,8 @@ describe("helm install, upgrade and uninstall against a real apiserver", { timeo
     );
   });
 
-  it("upgrade: changed values reach the workloads (require IMDSv2, a Redis store, 3 replicas)", async () => {
-    assert.ok((await agentArgs()).includes("--no-require-imdsv2"));
+  it("upgrade: changed values reach the workloads (IMDSv1 opted in, a Redis store, 3 replicas)", async () => {
+    assert.ok((await agentArgs()).includes("--require-imdsv2"), "IMDSv2 required by default");
     helm(
       "upgrade",
       "keycutter",
@@ -86,7 +86,7 @@ describe("helm install, upgrade and uninstall against a real apiserver", { timeo
       NS,
       "--reuse-values",
       "--set",
-      "agent.requireImdsV2=true",
+      "agent.requireImdsV2=false",
       "--set",
       "server.replicas=3",
       "--set",
@@ -94,7 +94,7 @@ describe("helm install, upgrade and uninstall against a real apiserver", { timeo
       "--set",
       "store.encryptionKeySecret=keycutter-cache-key",
     );
-    assert.ok((await agentArgs()).includes("--require-imdsv2"));
+    assert.ok((await agentArgs()).includes("--no-require-imdsv2"));
     const dep = await cluster.kc
       .makeApiClient(AppsV1Api)
       .readNamespacedDeployment({ namespace: NS, name: "keycutter-server" });

@@ -373,7 +373,7 @@ describe("e2e: security invariants (DESIGN.md §3)", () => {
           port: 80,
           name: "agent container credentials via the hook",
         },
-        { netns: agent.node.netns, host: "127.0.0.1", port: agent.opsPort, name: "agent ops" },
+        { netns: agent.node.netns, host: agent.node.ip, port: agent.opsPort, name: "agent ops" },
         {
           netns: agent.node.netns,
           host: sys.net.gatewayIP,
@@ -425,7 +425,10 @@ describe("e2e: security invariants (DESIGN.md §3)", () => {
       }
       for (const a of sys.agents.values()) {
         texts.push([`agent ${a.node.name} logs`, a.process.logs()]);
-        const m = await sys.net.exec(a.node.netns, "curl", ["-s", `http://127.0.0.1:${a.opsPort}/metrics`]);
+        const m = await sys.net.exec(a.node.netns, "curl", [
+          "-s",
+          `http://${a.node.ip}:${a.opsPort}/metrics`,
+        ]);
         assert.ok(m.stdout.length > 100, "agent metrics scraped");
         texts.push([`agent ${a.node.name} metrics`, m.stdout]);
       }

@@ -344,7 +344,8 @@ export class System {
           "/dev/null",
           "-w",
           "%{http_code}",
-          `http://127.0.0.1:${inst.opsPort}/readyz`,
+          // the chart binds the ops listener to the node IP
+          `http://${inst.node.ip}:${inst.opsPort}/readyz`,
         ]);
         return r.stdout === "200";
       },

@@ -53,6 +53,7 @@ export class PodNetwork {
   readonly nodes = new Map<string, NodeNet>();
   readonly pods = new Map<string, PodNet>();
   private podCounter = 0;
+  private routedPods = 0;
   private podsPerNode = new Map<string, number>();
   private processes: ManagedProcess[] = [];
 
@@ -145,6 +146,35 @@ export class PodNetwork {
     await this.ipIn(netns, ["addr", "add", `${podIP}/24`, "dev", "eth0"]);
     await this.ipIn(netns, ["link", "set", "eth0", "up"]);
     await this.ipIn(netns, ["route", "add", "default", "via", node.podGateway]);
+    return pod;
+  }
+
+  /**
+   * A pod namespace routed, not bridged: a veth whose node side is named `hostIface` (as Calico's
+   * `cali…`, Cilium's `lxc…` or a secondary network's interface would be) with a /30 of its own
+   * from 10.x.250.0/24, off the node's pod bridge and pod CIDR.
+   */
+  async addRoutedPod(nodeName: string, podName: string, hostIface: string): Promise<PodNet> {
+    const node = this.nodes.get(nodeName);
+    if (!node) throw new Error(`unknown node ${nodeName}`);
+    const k = this.podCounter++;
+    const block = 4 * (this.routedPods++ % 60);
+    const nodeSide = `10.${this.octet}.250.${block + 1}`;
+    const podIP = `10.${this.octet}.250.${block + 2}`;
+    const netns = `${this.prefix}-${nodeName}-${podName}`.slice(0, 200);
+    const peer = `${this.prefix}r${k}`;
+    const pod: PodNet = { name: podName, node: nodeName, netns, ip: podIP };
+    this.pods.set(netns, pod);
+    await run("ip", ["netns", "add", netns]);
+    await run("ip", ["-n", node.netns, "link", "add", hostIface, "type", "veth", "peer", "name", peer]);
+    await this.ipIn(node.netns, ["addr", "add", `${nodeSide}/30`, "dev", hostIface]);
+    await this.ipIn(node.netns, ["link", "set", hostIface, "up"]);
+    await this.ipIn(node.netns, ["link", "set", peer, "netns", netns]);
+    await this.ipIn(netns, ["link", "set", "lo", "up"]);
+    await this.ipIn(netns, ["link", "set", peer, "name", "eth0"]);
+    await this.ipIn(netns, ["addr", "add", `${podIP}/30`, "dev", "eth0"]);
+    await this.ipIn(netns, ["link", "set", "eth0", "up"]);
+    await this.ipIn(netns, ["route", "add", "default", "via", nodeSide]);
     return pod;
   }
 

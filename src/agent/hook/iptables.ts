@@ -1,6 +1,7 @@
 // The node hook: our own iptables chains that DNAT pod traffic for the metadata addresses to the
 // agent, plus a fail-closed chain that rejects whatever is not DNATed (so with the agent down or
-// the DNAT missing, pods get a refused connection, never the real IMDS). Idempotent: install
+// the DNAT missing, pods get a refused connection, never the real IMDS), and any connection to
+// the agent's pod-facing ports that did not come through the DNAT. Idempotent: install
 // rewrites our chains only when they differ and adds each jump once; uninstall removes exactly
 // the jumps and chains install added.
 //
@@ -108,60 +109,70 @@ export function natRules(o: HookOptions): string[][] {
   return rules;
 }
 
-/** The fail-closed filter chain: anything from pods still addressed to a metadata IP is rejected. */
+const REJECT_TAIL = ["-m", "comment", "--comment", COMMENT, "-j", "REJECT", "--reject-with"];
+
+/** The agent's pod-facing ports: the only ports the hook guards on INPUT. */
+function agentPorts(o: HookOptions): number[] {
+  return o.containerPort === undefined ? [o.imdsPort] : [o.imdsPort, o.containerPort];
+}
+
+/**
+ * Rejects TCP to the agent's pod-facing ports on this node unless the hook DNATed it (or it is
+ * the node's own, `lo`): a host that reaches the node IP directly is not a pod of this node, and
+ * must not hold the agent's connections or waits. `addrtype LOCAL` keeps the rule to INPUT,
+ * since the chain also sees FORWARD, where a pod's own service may use the same port.
+ */
+function agentPortRules(o: HookOptions, notDnated: string[]): string[][] {
+  return agentPorts(o).map((port) => [
+    "!",
+    "-i",
+    "lo",
+    "-p",
+    "tcp",
+    "-m",
+    "tcp",
+    "--dport",
+    String(port),
+    "-m",
+    "addrtype",
+    "--dst-type",
+    "LOCAL",
+    ...notDnated,
+    ...REJECT_TAIL,
+    "tcp-reset",
+  ]);
+}
+
+/**
+ * The fail-closed filter chain (jumped to from INPUT and FORWARD). Everything still addressed to
+ * a metadata IP was not DNATed to the agent, and is rejected whatever interface it came from: a
+ * pod behind an interface nobody listed (`cali*`, `lxc*`, a Multus `net1`) is refused, never
+ * forwarded to the real IMDS. Only the node itself (`lo`; its own processes leave through
+ * OUTPUT, which the hook does not touch) is exempt. Then the agent's ports, DNATed traffic only.
+ */
 export function filterRules(o: HookOptions): string[][] {
   const rules: string[][] = [];
-  for (const sel of selectors(o)) {
-    for (const ip of [IMDS_IP, CONTAINER_IP]) {
-      rules.push([
-        "-d",
-        `${ip}/32`,
-        ...sel,
-        "-p",
-        "tcp",
-        "-m",
-        "comment",
-        "--comment",
-        COMMENT,
-        "-j",
-        "REJECT",
-        "--reject-with",
-        "tcp-reset",
-      ]);
-      rules.push([
-        "-d",
-        `${ip}/32`,
-        ...sel,
-        "-m",
-        "comment",
-        "--comment",
-        COMMENT,
-        "-j",
-        "REJECT",
-        "--reject-with",
-        "icmp-port-unreachable",
-      ]);
-    }
+  for (const ip of [IMDS_IP, CONTAINER_IP]) {
+    const match = ["-d", `${ip}/32`, "!", "-i", "lo"];
+    rules.push([...match, "-p", "tcp", ...REJECT_TAIL, "tcp-reset"]);
+    rules.push([...match, ...REJECT_TAIL, "icmp-port-unreachable"]);
   }
+  rules.push(...agentPortRules(o, ["-m", "conntrack", "!", "--ctstate", "DNAT"]));
   return rules;
 }
 
 /**
- * The IPv6 fail-closed chain. Pod CIDRs are IPv4 here, so without pod interfaces it rejects all
- * traffic to the IPv6 metadata addresses arriving from anywhere but the node itself (`! -i lo`):
- * nothing legitimate reaches them through INPUT or FORWARD.
+ * The IPv6 fail-closed chain: the same rejects for the IPv6 metadata addresses. Nothing is
+ * DNATed over IPv6, so no connection from off the node may reach the agent's ports either.
  */
 export function filterRules6(o: HookOptions): string[][] {
-  const sels = o.podInterfaces.length > 0 ? o.podInterfaces.map((i) => ["-i", i]) : [["!", "-i", "lo"]];
   const rules: string[][] = [];
-  for (const sel of sels) {
-    for (const ip of [IMDS_IP6, CONTAINER_IP6]) {
-      const match = ["-d", `${ip}/128`, ...sel];
-      const tail = ["-m", "comment", "--comment", COMMENT, "-j", "REJECT", "--reject-with"];
-      rules.push([...match, "-p", "tcp", ...tail, "tcp-reset"]);
-      rules.push([...match, ...tail, "icmp6-port-unreachable"]);
-    }
+  for (const ip of [IMDS_IP6, CONTAINER_IP6]) {
+    const match = ["-d", `${ip}/128`, "!", "-i", "lo"];
+    rules.push([...match, "-p", "tcp", ...REJECT_TAIL, "tcp-reset"]);
+    rules.push([...match, ...REJECT_TAIL, "icmp6-port-unreachable"]);
   }
+  rules.push(...agentPortRules(o, []));
   return rules;
 }
 

@@ -42,6 +42,12 @@ class Resolver {
     if (!/^-?\d+$/.test(v)) throw new Error(`${flag}: expected an integer, got "${v}"`);
     return Number(v);
   }
+  /** An integer of at least 1: a cap of 0 would refuse every pod. */
+  positive(flag: string, def: number): number {
+    const v = this.int(flag, def);
+    if (v < 1) throw new Error(`${flag}: expected at least 1, got ${v}`);
+    return v;
+  }
   bool(flag: string, def: boolean): boolean {
     const v = this.opts[camel(flag)];
     if (typeof v === "boolean") return v;
@@ -112,6 +118,9 @@ export function agentConfigFrom(opts: Opts, env: Env = process.env): AgentConfig
     unknownPodWaitMs: r.int("--unknown-pod-wait-ms", 800),
     credentialWaitMs: r.int("--credential-wait-ms", 900),
     maxWaiting: r.int("--max-waiting", 1024),
+    maxWaitingPerSource: r.int("--max-waiting-per-source", 4),
+    maxConnections: r.positive("--max-connections", 4096),
+    maxConnectionsPerSource: r.positive("--max-connections-per-source", 32),
     region,
     availabilityZone: r.str("--availability-zone") ?? `${region}a`,
     accountId: r.str("--account-id") ?? "000000000000",
@@ -180,7 +189,16 @@ export function registerAgentCommands(program: Command): void {
       "--credential-wait-ms <ms>",
       "how long a request waits for the credential service on a cache miss",
     )
-    .option("--max-waiting <n>", "requests waiting for unknown pods, at most")
+    .option("--max-waiting <n>", "requests waiting for unknown pods, at most (default 1024)")
+    .option(
+      "--max-waiting-per-source <n>",
+      "requests waiting for an unknown pod from one IP, at most (default 4)",
+    )
+    .option("--max-connections <n>", "connections open on each pod-facing listener, at most (default 4096)")
+    .option(
+      "--max-connections-per-source <n>",
+      "connections one IP may hold open on each pod-facing listener (default 32)",
+    )
     .option(
       "--passthrough <paths>",
       "metadata paths passed to the real IMDS, comma-separated (trailing * = prefix)",
