@@ -138,3 +138,37 @@ test("toPodInfo keeps only the needed fields and derives containersDone", async 
   assert.equal(running.containersDone, false);
   assert.equal(toPodInfo({ metadata: { name: "x" } }), undefined);
 });
+
+test("toPodInfo: a terminating pod with nothing running is done, whatever its containers' other states", async () => {
+  const { toPodInfo } = await import("../../src/k8s/pod-watch.ts");
+  const base = {
+    metadata: { uid: "u", name: "p", namespace: "n", deletionTimestamp: "2026-01-01T00:00:00Z" },
+    spec: { nodeName: "n1", containers: [{ name: "a" }, { name: "b" }] },
+  };
+  const status = (extra: object) => ({ phase: "Running", podIP: "10.0.0.5", ...extra });
+  const done = (p: object) => toPodInfo(p)!.containersDone;
+  // one container stopped, the other never started (image pull): nothing can run any more
+  const mixed = {
+    containerStatuses: [
+      { state: { terminated: { exitCode: 0 } } },
+      { state: { waiting: { reason: "ImagePullBackOff" } } },
+    ],
+  };
+  assert.equal(done({ ...base, status: status(mixed) }), true);
+  assert.equal(done({ ...base, status: status({}) }), true, "terminating, no container status at all");
+  assert.equal(
+    done({ ...base, status: status({ ...mixed, initContainerStatuses: [{ state: { running: {} } }] }) }),
+    false,
+    "an init (or sidecar) container still runs",
+  );
+  assert.equal(
+    done({ ...base, status: status({ ...mixed, ephemeralContainerStatuses: [{ state: { running: {} } }] }) }),
+    false,
+    "an ephemeral container still runs",
+  );
+  // not terminating: a waiting container will start (or restart) — the pod keeps its IP
+  assert.equal(
+    done({ ...base, metadata: { ...base.metadata, deletionTimestamp: undefined }, status: status(mixed) }),
+    false,
+  );
+});
