@@ -127,6 +127,8 @@ export class PodNetwork {
       cniStateDir: opts.cniStateDir,
     };
     this.nodes.set(name, node);
+    // as on a node whose runtime has run pods before (libcni creates it with its first record)
+    if (opts.cniStateDir) mkdirSync(opts.cniStateDir, { recursive: true, mode: 0o700 });
     await run("ip", ["netns", "add", netns]);
     await run("ip", ["link", "add", hostSide, "type", "veth", "peer", "name", `${hostSide}x`]);
     await run("ip", ["link", "set", hostSide, "master", this.bridge, "up"]);
@@ -185,7 +187,8 @@ export class PodNetwork {
     const node = this.nodes.get(pod.node);
     if (!node?.cniStateDir) return;
     mkdirSync(node.cniStateDir, { recursive: true, mode: 0o700 });
-    const containerId = pod.containerId ?? randomBytes(32).toString("hex");
+    // every sandbox has its own ID, also one that reuses a namespace (and IP) here
+    const containerId = randomBytes(32).toString("hex");
     const args: [string, string][] = [
       ["IgnoreUnknown", "1"],
       ["K8S_POD_NAMESPACE", cni.namespace],
