@@ -7,7 +7,8 @@ import { createLogger, type Logger } from "../common/logger.ts";
 import { PodWatch } from "../k8s/pod-watch.ts";
 import { ApiClient } from "../k8s/api-client.ts";
 import { inClusterConfig, kubeconfigFromFile } from "../k8s/rest-config.ts";
-import { PodIndex } from "./pod-index.ts";
+import { PodIndex, podFinished } from "./pod-index.ts";
+import { CniState } from "./cni-state.ts";
 import { CredCache } from "./cred-cache.ts";
 import { ImdsTokens } from "./imds-token.ts";
 import { AgentMetrics } from "./metrics.ts";
@@ -60,6 +61,13 @@ export interface AgentConfig extends HandlerConfig {
   hookResyncMs: number;
   /** Answer cached IMDS requests without node:http (imds-fast-path.ts); false: node:http only. */
   imdsFastPath: boolean;
+  /**
+   * The node's CNI result cache (cni-state.ts), which says which pod holds an IP before the pod
+   * watch does; undefined: not used (the watch alone attributes IPs).
+   */
+  cniStateDir: string | undefined;
+  /** Full rescan of cniStateDir this often (fs.watch reports changes in between); 0: never. */
+  cniRescanMs: number;
 }
 
 /** The ops listener's connection caps: probes and a scraper need a handful. */
@@ -119,7 +127,15 @@ export async function startAgent(
     tokenFile: cfg.tokenFile,
     timeoutMs: cfg.serverTimeoutMs,
   });
-  const index = new PodIndex();
+  const cni = cfg.cniStateDir
+    ? new CniState({
+        dir: cfg.cniStateDir,
+        log,
+        rescanMs: cfg.cniRescanMs,
+        onChange: (ips) => index.attachmentsChanged(ips),
+      })
+    : undefined;
+  const index = new PodIndex({ attachments: cni, log });
   const late: { watch?: PodWatch; cache?: CredCache; fastPath?: ImdsFastPath } = {};
   const metrics = new AgentMetrics({
     podsKnown: () => index.size,
@@ -128,6 +144,15 @@ export async function startAgent(
     watchStale: () => late.watch?.isStale() ?? true,
     serverReachable: () => client.reachable,
     fastPath: () => late.fastPath?.stats,
+    cniState: () => {
+      const s = cni?.status();
+      return {
+        active: s?.state === "active",
+        attachments: s?.state === "active" ? s.attachments : 0,
+        ignoredFiles: s?.state === "active" ? s.ignored : 0,
+        unconfirmedIps: index.unconfirmedIps,
+      };
+    },
   });
   const cache = new CredCache({ source: client, log, metrics, requestTimeoutMs: cfg.serverTimeoutMs });
   late.cache = cache;
@@ -138,10 +163,9 @@ export async function startAgent(
       // IP is not a change: credentials are bound to the pod UID, fetched from the moment the pod
       // is bound to this node, so they are ready by the time the CNI has given it an address.
       if (prev && prev.ip !== "" && prev.ip !== pod.ip) cache.drop(pod.uid);
-      if (!pod.hostNetwork && !pod.terminating && pod.phase !== "Succeeded" && pod.phase !== "Failed") {
-        cache.prefetch(pod);
-      }
-      if (pod.phase === "Succeeded" || pod.phase === "Failed") cache.drop(pod.uid);
+      // a pod in which nothing runs any more can make no request: nothing is kept or renewed for it
+      if (podFinished(pod)) cache.drop(pod.uid);
+      else if (!pod.hostNetwork && !pod.terminating) cache.prefetch(pod);
     },
     podGone(pod) {
       cache.drop(pod.uid);
@@ -192,6 +216,15 @@ export async function startAgent(
   // With the hook on, not ready until it is in place: pods must not be scheduled onto a node
   // (startup taint) or counted as served while their metadata traffic is not yet ours.
   let hookInPlace = !cfg.hook;
+  // Not a readiness condition: without the CNI state the agent works as it did before it (the
+  // pod watch alone attributes IPs); /readyz and the metrics say which way it runs.
+  const cniStateLine = (): string => {
+    if (!cni) return "cni-state: off (--cni-state-dir empty): IPs attributed from the pod watch alone";
+    const s = cni.status();
+    return s.state === "active"
+      ? `cni-state: active (${s.attachments} attachments, ${s.ignored} ignored)`
+      : `cni-state: ${s.state} (${s.detail}): IPs attributed from the pod watch alone`;
+  };
   const ready = (): boolean => hookInPlace && watch.synced && !watch.isStale() && client.reachable;
   // Reachable by anything that reaches the node IP (probes, Prometheus): the same timeouts as the
   // pod-facing servers, and few connections, so that nobody can hold it open against the probes.
@@ -209,7 +242,7 @@ export async function startAgent(
           ? "pod watch stale"
           : "credential service unreachable";
       res.writeHead(ok ? 200 : 503, { "content-type": "text/plain" });
-      res.end(ok ? "ok\n" : `${why}\n`);
+      res.end(`${ok ? "ok" : why}\n${cniStateLine()}\n`);
     } else if (path === "/metrics") {
       metrics.registry.metrics().then(
         (text) => {
@@ -248,6 +281,13 @@ export async function startAgent(
     }
     const ops = await listen(opsServer, cfg.opsListen);
     servers.push(opsServer);
+    // the node's CNI state is read before the first pod is known, so no request is ever
+    // answered from the watch alone where that state exists
+    if (cni) await cni.start();
+    else
+      log.warn(
+        "--cni-state-dir is empty: IPs are attributed from the pod watch alone (a reused IP can be served as its previous pod until the watch shows that pod gone)",
+      );
     watch.start();
     const probe = (): void => {
       void client.probe();
@@ -321,6 +361,7 @@ export async function startAgent(
         if (taintTimer) clearTimeout(taintTimer);
         if (hookTimer) clearInterval(hookTimer);
         await watch.stop();
+        await cni?.stop();
         await closeServers();
         cache.dropAll();
         client.close();
@@ -333,6 +374,7 @@ export async function startAgent(
     if (probeTimer) clearInterval(probeTimer);
     if (hookTimer) clearInterval(hookTimer);
     await watch.stop();
+    await cni?.stop();
     await closeServers();
     client.close();
     kube.close();

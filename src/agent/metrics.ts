@@ -13,6 +13,13 @@ import type { WaitRefusal } from "./wait-slots.ts";
 
 export type Listener = "imds" | "container";
 
+export interface CniStateGauges {
+  active: boolean;
+  attachments: number;
+  ignoredFiles: number;
+  unconfirmedIps: number;
+}
+
 /** Upper bounds of keycutter_agent_request_duration_seconds (seconds). */
 const DURATION_BUCKETS: readonly number[] = [
   0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
@@ -65,6 +72,8 @@ export class AgentMetrics implements CacheMetrics {
     serverReachable: () => boolean;
     /** The IMDS fast path's counts, when it is on. */
     fastPath?: () => FastPathStats | undefined;
+    /** The node's CNI state as the pod index uses it (cni-state.ts). */
+    cniState?: () => CniStateGauges;
   }) {
     const r = createRegistry("keycutter_agent");
     this.registry = r;
@@ -255,6 +264,41 @@ export class AgentMetrics implements CacheMetrics {
         this.set(gauges.watchStale() ? 1 : 0);
       },
     });
+    const cni = gauges.cniState;
+    if (cni) {
+      new Gauge({
+        name: "keycutter_agent_cni_state_active",
+        help: "1 when the node's CNI result cache is read and a pod is served at an IP only while it attaches that IP to the pod; 0: the pod watch alone attributes IPs",
+        registers: [r],
+        collect() {
+          this.set(cni().active ? 1 : 0);
+        },
+      });
+      new Gauge({
+        name: "keycutter_agent_cni_attachments",
+        help: "Network attachments read from the node's CNI result cache",
+        registers: [r],
+        collect() {
+          this.set(cni().attachments);
+        },
+      });
+      new Gauge({
+        name: "keycutter_agent_cni_ignored_files",
+        help: "CNI result cache files ignored (malformed, too large, unreadable, over the bound): their IPs attach to no pod",
+        registers: [r],
+        collect() {
+          this.set(cni().ignoredFiles);
+        },
+      });
+      new Gauge({
+        name: "keycutter_agent_pod_ips_unconfirmed",
+        help: "IPs the pod watch gives a pod that the node's CNI state does not (not served as that pod)",
+        registers: [r],
+        collect() {
+          this.set(cni().unconfirmedIps);
+        },
+      });
+    }
     new Gauge({
       name: "keycutter_agent_server_reachable",
       help: "1 when the last contact with the credential service got an HTTP answer",

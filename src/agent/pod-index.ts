@@ -1,5 +1,12 @@
 // The agent's view of its node's pods, indexed by UID and by IP. Lookups by IP are synchronous
 // (hot path); a caller whose IP is not known yet can wait a bounded time for the watch.
+//
+// The pod watch lags the node: when a pod's sandbox goes, the CNI can hand its IP to a new pod
+// before the old pod's terminal status reaches the agent. So where the node's own record of who
+// holds an IP is available (NodeAttachments, e.g. the CNI result cache, cni-state.ts), a pod
+// answers for an IP only while that record says the IP is attached to it; otherwise the IP is
+// unknown, which means the bounded wait for the new pod, never the old pod's credentials.
+import type { Logger } from "../common/logger.ts";
 import type { PodInfo, PodWatchHandler } from "../k8s/pod-watch.ts";
 
 export type { PodInfo };
@@ -19,12 +26,46 @@ export interface PodIndexListener {
   podGone(pod: PodInfo): void;
 }
 
+/** The pod a node-local network attachment belongs to, as the container runtime recorded it. */
+export interface IpHolder {
+  /** K8S_POD_UID, when the runtime passes it. */
+  podUid: string | undefined;
+  namespace: string | undefined;
+  name: string | undefined;
+  /** The sandbox's container ID (diagnostics). */
+  containerId: string;
+}
+
+/** The node's own record of which attachment holds each IP, independent of the apiserver. */
+export interface NodeAttachments {
+  /** false: no such record (absent, unreadable, disabled): the pod watch alone decides. */
+  readonly active: boolean;
+  /** The attachment holding `ip` now, undefined when none does (only asked while active). */
+  holderOf(ip: string): IpHolder | undefined;
+}
+
+export interface PodIndexOptions {
+  attachments?: NodeAttachments;
+  log?: Logger;
+}
+
+/** The pod has finished, or nothing in it runs any more: it can make no request. */
+export function podFinished(p: PodInfo): boolean {
+  return p.phase === "Succeeded" || p.phase === "Failed" || p.containersDone;
+}
+
 /**
  * Pods that have finished (or whose containers have all stopped) keep status.podIP, but their IP
  * may already be reused: they are not reachable by IP any more.
  */
 function holdsIp(p: PodInfo): boolean {
-  return p.ip !== "" && p.phase !== "Succeeded" && p.phase !== "Failed" && !p.containersDone;
+  return p.ip !== "" && !podFinished(p);
+}
+
+/** The attachment is this pod's: by UID where the runtime recorded it, else by namespace/name. */
+export function attachedTo(h: IpHolder, p: PodInfo): boolean {
+  if (h.podUid !== undefined) return h.podUid === p.uid;
+  return h.namespace === p.namespace && h.name === p.name && h.name !== undefined;
 }
 
 const NONE: Lookup = { kind: "none" };
@@ -32,12 +73,21 @@ const AMBIGUOUS: Lookup = { kind: "ambiguous" };
 const HOST_NETWORK: Lookup = { kind: "hostNetwork" };
 
 export class PodIndex implements PodWatchHandler {
+  private readonly attachments: NodeAttachments | undefined;
+  private readonly log: Logger | undefined;
   private readonly byUid = new Map<string, PodInfo>();
   private readonly byIp = new Map<string, PodInfo[]>();
   /** Resolved lookups, rebuilt per IP on change so that a hit allocates nothing. */
   private readonly resolved = new Map<string, Lookup>();
   private readonly waiters = new Map<string, Set<() => void>>();
   private readonly listeners: PodIndexListener[] = [];
+  /** IPs the watch gives a pod that the node's attachments do not: refused. */
+  private readonly unconfirmed = new Set<string>();
+
+  constructor(opts: PodIndexOptions = {}) {
+    this.attachments = opts.attachments;
+    this.log = opts.log;
+  }
 
   addListener(l: PodIndexListener): void {
     this.listeners.push(l);
@@ -79,6 +129,19 @@ export class PodIndex implements PodWatchHandler {
       const timer = setTimeout(wake, ms);
       s.add(wake);
     });
+  }
+
+  /** IPs the pod watch gives a pod but the node's attachments do not (refused until they agree). */
+  get unconfirmedIps(): number {
+    return this.unconfirmed.size;
+  }
+
+  /**
+   * The node's attachments changed for these IPs (all IPs when undefined, e.g. the record became
+   * available or went away): resolve them again.
+   */
+  attachmentsChanged(ips?: Iterable<string>): void {
+    for (const ip of ips ?? [...this.byIp.keys()]) if (this.byIp.has(ip)) this.resolve(ip);
   }
 
   get waiting(): number {
@@ -132,8 +195,41 @@ export class PodIndex implements PodWatchHandler {
     if (list.length === 0) this.byIp.delete(ip);
   }
 
+  /**
+   * The pods of `list` the node's attachments allow at `ip`: all of them without that record;
+   * with it, only the one the attachment holding `ip` belongs to. hostNetwork pods have no
+   * attachment of their own (they use the node's address) and are left to the watch.
+   */
+  private confirmed(ip: string, list: PodInfo[] | undefined): PodInfo[] | undefined {
+    const a = this.attachments;
+    if (!list || list.length === 0 || a === undefined || !a.active) {
+      this.unconfirmed.delete(ip);
+      return list;
+    }
+    const holder = a.holderOf(ip);
+    const kept = list.filter((p) => p.hostNetwork || (holder !== undefined && attachedTo(holder, p)));
+    if (kept.length === list.length) {
+      this.unconfirmed.delete(ip);
+      return list;
+    }
+    if (!this.unconfirmed.has(ip)) {
+      this.unconfirmed.add(ip);
+      this.log?.info(
+        {
+          ip,
+          watch: list.filter((p) => !kept.includes(p)).map((p) => `${p.namespace}/${p.name}`),
+          attachedTo: holder
+            ? { pod: `${holder.namespace ?? "?"}/${holder.name ?? "?"}`, container: holder.containerId }
+            : null,
+        },
+        "the node's network attachments do not give this IP to the pod the watch names: not served as that pod",
+      );
+    }
+    return kept;
+  }
+
   private resolve(ip: string): void {
-    const list = this.byIp.get(ip);
+    const list = this.confirmed(ip, this.byIp.get(ip));
     let r: Lookup;
     if (!list || list.length === 0) r = NONE;
     else if (list.length === 1) r = { kind: "pod", pod: list[0]! };

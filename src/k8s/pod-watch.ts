@@ -19,8 +19,9 @@ export interface PodInfo {
   /** metadata.deletionTimestamp is set: the pod is terminating. */
   terminating: boolean;
   /**
-   * Every container (init containers aside) has terminated: nothing in the pod can make a request
-   * any more, and its sandbox — and IP — may be released and reused before the API object goes.
+   * Nothing in the pod can make a request any more: every container (init containers aside) has
+   * terminated, or the pod is terminating and none of its containers (init, app or ephemeral) is
+   * running. Its sandbox — and IP — may then be released and reused before the API object goes.
    */
   containersDone: boolean;
   serviceAccountName: string;
@@ -75,7 +76,12 @@ export function toPodInfo(p: V1Pod | RawPod): PodInfo | undefined {
     hostNetwork: p.spec?.hostNetwork === true,
     phase: typeof status.phase === "string" ? status.phase : "",
     terminating: md.deletionTimestamp != null,
-    containersDone: allTerminated(status.containerStatuses),
+    containersDone:
+      allTerminated(status.containerStatuses) ||
+      (md.deletionTimestamp != null &&
+        !anyRunning(status.initContainerStatuses) &&
+        !anyRunning(status.containerStatuses) &&
+        !anyRunning(status.ephemeralContainerStatuses)),
     serviceAccountName: String(p.spec?.serviceAccountName ?? "default"),
     nodeName: String(p.spec?.nodeName ?? ""),
   };
@@ -84,6 +90,15 @@ export function toPodInfo(p: V1Pod | RawPod): PodInfo | undefined {
 function allTerminated(cs: unknown): boolean {
   if (!Array.isArray(cs) || cs.length === 0) return false;
   return cs.every((c) => c?.state?.terminated != null);
+}
+
+/**
+ * Some container is running. A terminating pod's container that is waiting (never started, or
+ * between restarts) will not start again, so only running ones can still make requests; a
+ * terminating pod with no status yet has nothing running either.
+ */
+function anyRunning(cs: unknown): boolean {
+  return Array.isArray(cs) && cs.some((c) => c?.state?.running != null);
 }
 
 type WatchEnd = { kind: "gone" } | { kind: "closed" } | { kind: "error"; err: unknown } | { kind: "stopped" };

@@ -46,6 +46,8 @@ let agentArgs: string[];
 let iptablesBefore: string;
 let agentsMap: Map<string, string>;
 let agentTokenFile: string;
+/** The node's libcni result cache, which the harness writes as the container runtime would. */
+let cniStateDir: string;
 const pods = new Map<string, { net: PodNet; uid: string; tokenFile: string }>();
 
 function clientEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
@@ -79,7 +81,9 @@ async function iptablesRules(): Promise<string> {
 
 async function startAgent(extra: string[] = [], args = agentArgs): Promise<ManagedProcess> {
   const p = net.spawn(node.netns, NODE, [KEYCUTTER_MAIN, "agent", ...args, ...extra], {
-    env: { ...process.env, KEYCUTTER_LOG_LEVEL: "info" },
+    // the CNI state directory through the environment (same as --cni-state-dir), which an agent
+    // that predates the flag ignores: the IP reuse test then shows what such an agent serves
+    env: { ...process.env, KEYCUTTER_LOG_LEVEL: "info", KEYCUTTER_CNI_STATE_DIR: cniStateDir },
     name: "agent",
   });
   await p.waitForLine(/agent listening/, 30_000).catch((e: unknown) => {
@@ -88,28 +92,35 @@ async function startAgent(extra: string[] = [], args = agentArgs): Promise<Manag
   return p;
 }
 
+/**
+ * A pod as a node brings it up: bound to the node (Pending), its sandbox's network set up with
+ * the runtime's CNI ADD recorded in the node's result cache, then the kubelet's status update
+ * with the IP. `k8s: false`: a network namespace only, no pod and no CNI record.
+ */
 async function addPod(
   name: string,
   opts: { labels?: Record<string, string>; ip?: string; k8s?: boolean } = {},
 ) {
-  const pnet = await net.addPod("node1", name, opts.ip);
   let uid = "";
   const tokenFile = join(tmp, `${name}.token`);
+  let pnet: PodNet;
   if (opts.k8s !== false) {
-    const pod = await kubelet.createPod({
+    const bound = await kubelet.createPod({
       namespace: NS,
       name,
       nodeName: "node1",
       serviceAccountName: "app",
       labels: opts.labels,
-      podIP: pnet.ip,
-      hostIP: node.ip,
     });
-    uid = pod.metadata!.uid!;
+    uid = bound.metadata!.uid!;
+    pnet = await net.addPod("node1", name, opts.ip, { namespace: NS, name, uid });
+    await kubelet.setPodIP(NS, name, pnet.ip, node.ip);
     writeFileSync(
       tokenFile,
       await kubelet.requestToken(NS, "app", { podName: name, podUID: uid, audiences: ["keycutter-pod"] }),
     );
+  } else {
+    pnet = await net.addPod("node1", name, opts.ip);
   }
   const entry = { net: pnet, uid, tokenFile };
   pods.set(name, entry);
@@ -164,7 +175,8 @@ before(async () => {
   cluster = await startCluster();
   kubelet = new Kubelet(cluster.kc);
   net = await PodNetwork.create();
-  node = await net.addNode("node1");
+  cniStateDir = join(tmp, "cni", "results");
+  node = await net.addNode("node1", { cniStateDir });
   await kubelet.createNode("node1", node.ip, node.podCIDR);
   // the node registers with a startup taint that the agent removes once it is ready
   const n1 = await kubelet.core.readNode({ name: "node1" });
@@ -440,6 +452,55 @@ test("terminating pod keeps its credentials; deleted pod gets none; a new pod re
     server.calls.slice(callsBefore).every((x) => x.pod.name !== "c"),
     "nothing fetched for the dead pod",
   );
+});
+
+test("IP handed to a new pod before the old pod's status reaches the agent: never the old pod's credentials", async () => {
+  const CREDS = "http://169.254.169.254/latest/meta-data/iam/security-credentials/";
+  // pod A is known at IP X with prefetched credentials
+  const a = await addPod("reuse-a");
+  const fromA = await boto("reuse-a");
+  assert.ok(fromA.ak && issuedTo("reuse-a").includes(fromA.ak), "A is served its own");
+  const ip = a.net.ip;
+  // A's sandbox goes: the runtime's CNI DEL frees X and removes A's result cache file. The
+  // kubelet's status update for A is held back: the apiserver, and the agent's watch, still
+  // show A Running at X (nothing below touches A's API object until the end).
+  await net.removePod(a.net);
+  // B is bound to the node and its sandbox gets X: the interface is up before the runtime has
+  // recorded the attachment (CNI ADD still running), and the kubelet has not reported B's IP
+  const bound = await kubelet.createPod({
+    namespace: NS,
+    name: "reuse-b",
+    nodeName: "node1",
+    serviceAccountName: "app",
+  });
+  const uidB = bound.metadata!.uid!;
+  const bnet = await net.addPod("node1", "reuse-b", ip);
+  pods.set("reuse-b", { net: bnet, uid: uidB, tokenFile: "" });
+  const neverA = (what: string, r: ProbeResult): void => {
+    assert.equal(r.status, 404, `${what}: ${JSON.stringify(r)}`);
+  };
+  neverA("X attached to no pod", await probe("reuse-b", "GET", CREDS));
+  // CNI ADD done: the node says X is B's, the watch still says A
+  net.cniAttach(bnet, { namespace: NS, name: "reuse-b", uid: uidB });
+  const t0 = Date.now();
+  neverA("X attached to B, B unknown to the watch", await probe("reuse-b", "GET", CREDS));
+  assert.ok(Date.now() - t0 >= 450, "waited for the watch (the bounded wait for an unknown pod)");
+  const early = await boto("reuse-b");
+  assert.ok(!early.ak || !issuedTo("reuse-a").includes(early.ak), `B got A's credentials: ${early.ak}`);
+  // the kubelet reports B: served B's own, while A is still Running at X in the API
+  await kubelet.setPodIP(NS, "reuse-b", ip, node.ip);
+  await waitFor("B served", async () => (await probe("reuse-b", "GET", CREDS)).status === 200);
+  const fromB = await boto("reuse-b");
+  assert.ok(fromB.ak && issuedTo("reuse-b").includes(fromB.ak), `B got ${fromB.ak}`);
+  assert.ok(!issuedTo("reuse-a").includes(fromB.ak));
+  const stillA = await kubelet.core.readNamespacedPod({ namespace: NS, name: "reuse-a" });
+  assert.equal(stillA.status?.phase, "Running", "A's status was held back throughout");
+  const m = await (await fetch(`http://${node.ip}:8182/metrics`)).text();
+  assert.match(m, /keycutter_agent_cni_state_active 1\n/);
+  assert.match(m, /keycutter_agent_pod_ips_unconfirmed [1-9]/, "A at X is counted as unconfirmed");
+  assert.match(await (await fetch(`http://${node.ip}:8182/readyz`)).text(), /cni-state: active/);
+  // A's terminal status arrives at last
+  await kubelet.deletePod(NS, "reuse-a");
 });
 
 test("hostNetwork pod (the node's IP) is refused", async () => {

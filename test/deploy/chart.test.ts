@@ -59,7 +59,7 @@ type Container = {
   resources?: { requests?: Record<string, string>; limits?: Record<string, string> };
   livenessProbe?: { httpGet?: { path: string; port: string | number } };
   readinessProbe?: { httpGet?: { path: string; port: string | number } };
-  volumeMounts?: { name: string; mountPath: string }[];
+  volumeMounts?: { name: string; mountPath: string; readOnly?: boolean }[];
 };
 type PodSpec = {
   hostNetwork?: boolean;
@@ -74,6 +74,7 @@ type PodSpec = {
   volumes?: {
     name: string;
     projected?: { sources: { serviceAccountToken?: { audience?: string; path: string } }[] };
+    hostPath?: { path: string; type?: string };
   }[];
 };
 const podSpec = (o: K8sObject): PodSpec =>
@@ -291,6 +292,26 @@ describe("helm chart: renders", () => {
     assert.equal(objs.filter(isHook).length, 0);
   });
 
+  it("the agent reads the node's CNI result cache from a read-only mount of its parent; empty: neither", () => {
+    const spec = podSpec(findObject(renderChart(), "DaemonSet", "keycutter-agent"));
+    const c = spec.containers[0]!;
+    assert.equal(flag(c.args!, "--cni-state-dir"), "/var/lib/cni/results");
+    assert.deepEqual(
+      c.volumeMounts!.find((m) => m.name === "cni-state"),
+      { name: "cni-state", mountPath: "/var/lib/cni", readOnly: true },
+    );
+    assert.deepEqual(spec.volumes!.find((v) => v.name === "cni-state")?.hostPath, {
+      path: "/var/lib/cni",
+      type: "DirectoryOrCreate",
+    });
+    const off = podSpec(
+      findObject(renderChart({ agent: { cniStateDir: "" } }), "DaemonSet", "keycutter-agent"),
+    );
+    assert.equal(flag(off.containers[0]!.args!, "--cni-state-dir"), "");
+    assert.ok(!off.volumes!.some((v) => v.name === "cni-state"));
+    assert.ok(!off.containers[0]!.volumeMounts!.some((m) => m.name === "cni-state"));
+  });
+
   it("uninstall: post-delete hooks remove the hook on every node with `keycutter hook uninstall`", () => {
     const objs = renderChart();
     const hooks = objs.filter(isHook);
@@ -326,6 +347,10 @@ describe("helm chart: renders", () => {
       [{ agent: { hookk: {} } }, /additional properties 'hookk' not allowed/],
       [{ store: { url: "http://redis:6379" } }, /store\/url': .* does not match pattern/],
       [{ server: { replicas: 0 } }, /replicas': minimum: got 0, want 1/],
+      // its parent is mounted from the host: never "/" (or a path that cleans to it)
+      [{ agent: { cniStateDir: "/results" } }, /cniStateDir': .* does not match pattern/],
+      [{ agent: { cniStateDir: "/var/../results" } }, /cniStateDir': .* does not match pattern/],
+      [{ agent: { cniStateDir: "relative/results" } }, /cniStateDir': .* does not match pattern/],
     ];
     for (const [values, re] of bad) {
       assert.throws(

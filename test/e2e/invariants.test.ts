@@ -207,6 +207,7 @@ describe("e2e: security invariants (DESIGN.md §3)", () => {
         serviceAccountName: "reader",
         podIP: old.net.ip,
       });
+      sys.net.cniAttach(old.net, { namespace: "tenant-b", name: "newcomer", uid: kubeletPod.metadata!.uid! });
       const newcomer: TestPod = {
         ...old,
         namespace: "tenant-b",
@@ -233,6 +234,11 @@ describe("e2e: security invariants (DESIGN.md §3)", () => {
         nodeName: "node-a",
         serviceAccountName: "nobody",
         podIP: old.net.ip,
+      });
+      sys.net.cniAttach(old.net, {
+        namespace: "tenant-a",
+        name: "no-policy-newcomer",
+        uid: p.metadata!.uid!,
       });
       const newcomer: TestPod = {
         ...old,

@@ -276,7 +276,8 @@ export class System {
   }
 
   async addNode(name: string): Promise<AgentInstance> {
-    const node = await this.net.addNode(name);
+    // the node's container runtime records its pods' attachments here (libcni's result cache)
+    const node = await this.net.addNode(name, { cniStateDir: join(this.dir, "cni", name, "results") });
     await this.kubelet.createNode(name, node.ip, node.podCIDR);
     // The agent runs as a hostNetwork DaemonSet pod on its node: its tokens are bound to that pod.
     const agentPod = await this.kubelet.createPod({
@@ -320,6 +321,8 @@ export class System {
     args = setFlag(args, "--server-url", this.serverUrl);
     args = setFlag(args, "--server-ca-file", this.pki.caFile);
     args = setFlag(args, "--token-file", tokenFile);
+    // the host path the chart mounts, here this node's own directory
+    args = setFlag(args, "--cni-state-dir", node.cniStateDir!);
     return [KEYCUTTER_MAIN, ...args, `--kubeconfig=${kubeconfig}`, ...(this.opts.agentArgs ?? [])];
   }
 
@@ -376,18 +379,22 @@ export class System {
       annotations?: Record<string, string>;
     } = {},
   ): Promise<TestPod> {
-    const podNet = await this.net.addPod(node, `${namespace}-${name}`, opts.ip);
     const sa = opts.serviceAccount ?? "default";
-    const pod: V1Pod = await this.kubelet.createPod({
+    // a node's order: bound, the sandbox's CNI ADD recorded, then the kubelet reports the IP
+    const bound: V1Pod = await this.kubelet.createPod({
       namespace,
       name,
       nodeName: node,
       serviceAccountName: sa,
       labels: opts.labels,
       annotations: opts.annotations,
-      podIP: podNet.ip,
-      hostIP: this.agents.get(node)?.node.ip,
     });
+    const podNet = await this.net.addPod(node, `${namespace}-${name}`, opts.ip, {
+      namespace,
+      name,
+      uid: bound.metadata!.uid!,
+    });
+    const pod = await this.kubelet.setPodIP(namespace, name, podNet.ip, this.agents.get(node)?.node.ip);
     const p: TestPod = { namespace, name, uid: pod.metadata!.uid!, node, serviceAccount: sa, net: podNet };
     this.pods.set(`${namespace}/${name}`, p);
     return p;
@@ -397,6 +404,8 @@ export class System {
     await this.kubelet.deletePod(p.namespace, p.name);
     this.pods.delete(`${p.namespace}/${p.name}`);
     if (!opts.keepNetwork) await this.net.removePod(p.net);
+    // the namespace kept for reuse by another pod; its sandbox and CNI attachment are gone
+    else this.net.cniDetach(p.net);
   }
 
   /** The pod's own projected token for the container-credentials endpoint. */

@@ -1,6 +1,13 @@
 export { startCluster, kubeconfigYaml, type Cluster } from "./cluster.ts";
 export { Kubelet, type PodSpecInput } from "./kubelet.ts";
-export { PodNetwork, type NodeNet, type PodNet, type ExecResult } from "./netns.ts";
+export {
+  PodNetwork,
+  CNI_NETWORK,
+  type NodeNet,
+  type PodNet,
+  type CniPodArgs,
+  type ExecResult,
+} from "./netns.ts";
 export {
   startMoto,
   defaultTrustPolicy,

@@ -102,10 +102,14 @@ export class Kubelet {
     return this.setPodIP(input.namespace, input.name, input.podIP, input.hostIP);
   }
 
-  /** What the kubelet does once the CNI has given the pod an address. */
+  /**
+   * What the kubelet does once the CNI has given the pod an address and its containers have
+   * started: one status update with the IP, phase Running and every container running.
+   */
   async setPodIP(namespace: string, name: string, podIP: string, hostIP?: string): Promise<V1Pod> {
     for (let attempt = 0; ; attempt++) {
       const pod = await this.core.readNamespacedPod({ namespace, name });
+      const startedAt = new Date();
       pod.status = {
         ...pod.status,
         phase: "Running",
@@ -115,6 +119,15 @@ export class Kubelet {
         hostIPs: hostIP ? [{ ip: hostIP }] : pod.status?.hostIPs,
         startTime: pod.status?.startTime ?? new Date(),
         conditions: [{ type: "Ready", status: "True", lastTransitionTime: new Date() }],
+        containerStatuses: (pod.spec?.containers ?? []).map((c) => ({
+          name: c.name,
+          image: c.image ?? "",
+          imageID: "",
+          ready: true,
+          restartCount: 0,
+          started: true,
+          state: { running: { startedAt } },
+        })),
       };
       try {
         return await this.core.replaceNamespacedPodStatus({ namespace, name, body: pod });

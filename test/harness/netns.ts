@@ -1,5 +1,7 @@
 import { execFile } from "node:child_process";
 import { randomBytes, randomInt } from "node:crypto";
+import { mkdirSync, rmSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
 import { promisify } from "node:util";
 import { ManagedProcess } from "./process.ts";
 
@@ -19,6 +21,11 @@ export interface NodeNet {
   podCIDR: string;
   /** The node's own address on the pod bridge: pods' default gateway. */
   podGateway: string;
+  /**
+   * Where this node's "container runtime" keeps libcni's result cache (as /var/lib/cni/results
+   * on a real node); undefined: it keeps none.
+   */
+  cniStateDir?: string;
 }
 
 export interface PodNet {
@@ -26,7 +33,22 @@ export interface PodNet {
   node: string;
   netns: string;
   ip: string;
+  /** The sandbox's container ID, as the runtime passes it to CNI. */
+  containerId?: string;
+  /** The result cache file of its attachment, while attached. */
+  cniFile?: string;
 }
+
+/** The pod an attachment is for, as the runtime passes it in CNI_ARGS. */
+export interface CniPodArgs {
+  namespace: string;
+  name: string;
+  /** K8S_POD_UID (containerd ≥ 1.6, CRI-O); omitted as older runtimes do. */
+  uid?: string;
+}
+
+/** The network name of the test "CNI" (the bridge cbr0 of each node). */
+export const CNI_NETWORK = "kc-test-bridge";
 
 async function run(cmd: string, args: string[]): Promise<string> {
   try {
@@ -91,7 +113,7 @@ export class PodNetwork {
     return run("ip", ["-n", netns, ...args]);
   }
 
-  async addNode(name: string): Promise<NodeNet> {
+  async addNode(name: string, opts: { cniStateDir?: string } = {}): Promise<NodeNet> {
     const n = this.nodes.size;
     if (n > 200) throw new Error("too many nodes");
     const netns = `${this.prefix}-${name}`;
@@ -103,8 +125,11 @@ export class PodNetwork {
       ip,
       podCIDR: `10.${this.octet}.${n}.0/24`,
       podGateway: `10.${this.octet}.${n}.1`,
+      cniStateDir: opts.cniStateDir,
     };
     this.nodes.set(name, node);
+    // as on a node whose runtime has run pods before (libcni creates it with its first record)
+    if (opts.cniStateDir) mkdirSync(opts.cniStateDir, { recursive: true, mode: 0o700 });
     await run("ip", ["netns", "add", netns]);
     await run("ip", ["link", "add", hostSide, "type", "veth", "peer", "name", `${hostSide}x`]);
     await run("ip", ["link", "set", hostSide, "master", this.bridge, "up"]);
@@ -123,8 +148,12 @@ export class PodNetwork {
     return node;
   }
 
-  /** A pod namespace with eth0 on the node's cbr0. `ip` defaults to the next free address. */
-  async addPod(nodeName: string, podName: string, ip?: string): Promise<PodNet> {
+  /**
+   * A pod namespace with eth0 on the node's cbr0. `ip` defaults to the next free address. With
+   * `cni` (and a node with a cniStateDir), the attachment is recorded as the runtime's libcni
+   * does after a successful CNI ADD (cniAttach).
+   */
+  async addPod(nodeName: string, podName: string, ip?: string, cni?: CniPodArgs): Promise<PodNet> {
     const node = this.nodes.get(nodeName);
     if (!node) throw new Error(`unknown node ${nodeName}`);
     const k = this.podCounter++;
@@ -146,6 +175,7 @@ export class PodNetwork {
     await this.ipIn(netns, ["addr", "add", `${podIP}/24`, "dev", "eth0"]);
     await this.ipIn(netns, ["link", "set", "eth0", "up"]);
     await this.ipIn(netns, ["route", "add", "default", "via", node.podGateway]);
+    if (cni) this.cniAttach(pod, cni);
     return pod;
   }
 
@@ -178,9 +208,64 @@ export class PodNetwork {
     return pod;
   }
 
-  /** Removes a pod's namespace (and with it its veth pair), freeing its IP for reuse. */
+  /**
+   * What libcni's cacheAdd writes once CNI ADD has succeeded (containernetworking/cni
+   * libcni/api.go): <cacheDir>/results/<network>-<containerID>-<ifname>, a cniCacheV1 record with
+   * the runtime's CNI_ARGS and the plugin's result, mode 0600 in a 0700 directory.
+   */
+  cniAttach(pod: PodNet, cni: CniPodArgs): void {
+    const node = this.nodes.get(pod.node);
+    if (!node?.cniStateDir) return;
+    mkdirSync(node.cniStateDir, { recursive: true, mode: 0o700 });
+    // every sandbox has its own ID, also one that reuses a namespace (and IP) here
+    const containerId = randomBytes(32).toString("hex");
+    const args: [string, string][] = [
+      ["IgnoreUnknown", "1"],
+      ["K8S_POD_NAMESPACE", cni.namespace],
+      ["K8S_POD_NAME", cni.name],
+      ["K8S_POD_INFRA_CONTAINER_ID", containerId],
+    ];
+    if (cni.uid !== undefined) args.push(["K8S_POD_UID", cni.uid]);
+    const config = {
+      cniVersion: "1.0.0",
+      name: CNI_NETWORK,
+      plugins: [{ type: "bridge", bridge: "cbr0", ipam: { type: "host-local", subnet: node.podCIDR } }],
+    };
+    const record = {
+      kind: "cniCacheV1",
+      containerId,
+      config: Buffer.from(JSON.stringify(config)).toString("base64"),
+      ifName: "eth0",
+      networkName: CNI_NETWORK,
+      netns: `/var/run/netns/${pod.netns}`,
+      cniArgs: args,
+      result: {
+        cniVersion: "1.0.0",
+        interfaces: [{ name: "eth0", sandbox: `/var/run/netns/${pod.netns}` }],
+        ips: [{ interface: 0, address: `${pod.ip}/24`, gateway: node.podGateway }],
+        routes: [{ dst: "0.0.0.0/0", gw: node.podGateway }],
+        dns: {},
+      },
+    };
+    const file = join(node.cniStateDir, `${CNI_NETWORK}-${containerId}-eth0`);
+    writeFileSync(file, JSON.stringify(record), { mode: 0o600 });
+    pod.containerId = containerId;
+    pod.cniFile = file;
+  }
+
+  /** What libcni's cacheDel does once CNI DEL has succeeded (the IP is free for reuse). */
+  cniDetach(pod: PodNet): void {
+    if (pod.cniFile) rmSync(pod.cniFile, { force: true });
+    pod.cniFile = undefined;
+  }
+
+  /**
+   * Removes a pod's namespace (and with it its veth pair), freeing its IP for reuse: the sandbox
+   * going, with its CNI DEL.
+   */
   async removePod(pod: PodNet): Promise<void> {
     await run("ip", ["netns", "del", pod.netns]).catch(() => undefined);
+    this.cniDetach(pod);
     this.pods.delete(pod.netns);
   }
 

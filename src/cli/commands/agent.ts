@@ -4,6 +4,9 @@ import { startAgent, parseHostPort, type AgentConfig } from "../../agent/agent.t
 import { Hook, type HookOptions } from "../../agent/hook/iptables.ts";
 
 type Opts = Record<string, string | boolean | undefined>;
+
+/** Where libcni (containerd, CRI-O) caches each attachment's result. */
+export const DEFAULT_CNI_STATE_DIR = "/var/lib/cni/results";
 type Env = Record<string, string | undefined>;
 
 /** Flag → environment variable: --server-url → KEYCUTTER_SERVER_URL. */
@@ -137,6 +140,9 @@ export function agentConfigFrom(opts: Opts, env: Env = process.env): AgentConfig
     readyTaintKey: r.str("--ready-taint"),
     hookResyncMs: r.int("--hook-resync-ms", 30_000),
     imdsFastPath: r.bool("--imds-fast-path", true),
+    // empty disables it (the pod watch alone then attributes IPs)
+    cniStateDir: (r.str("--cni-state-dir") ?? DEFAULT_CNI_STATE_DIR) || undefined,
+    cniRescanMs: 10_000,
   };
 }
 
@@ -222,7 +228,11 @@ export function registerAgentCommands(program: Command): void {
       "--hook-resync-ms <ms>",
       "re-check and repair the hook this often (0 = only at start; default 30000)",
     )
-    .option("--ready-taint <key>", "remove this taint from the node once ready (needs get/patch on nodes)");
+    .option("--ready-taint <key>", "remove this taint from the node once ready (needs get/patch on nodes)")
+    .option(
+      "--cni-state-dir <dir>",
+      `the node's CNI result cache, which tells which pod holds an IP before the pod watch does (default ${DEFAULT_CNI_STATE_DIR}; empty: off)`,
+    );
   addHookOptions(agent);
   agent.action(async (opts: Opts) => {
     const log = createLogger("agent");
