@@ -5,7 +5,7 @@
 // one is made a token must get past, in order:
 //   1. local screening (src/k8s/token-claims.ts): shape, audience, expiry, subject, pod binding;
 //   2. the caches, by sha256(audience, token), never the token itself: accepted tokens for a few
-//      seconds (as the apiserver itself caches), rejected ones longer; each a bounded LRU, kept
+//      seconds (as the apiserver itself caches), rejected ones for 5 s; each a bounded LRU, kept
 //      apart so that rejected junk can never evict an accepted token;
 //   3. the source's own bucket (per client address for agent tokens, per node for pod tokens);
 //   4. the budget of its kind: agent-token and pod-token reviews each have their own limiter, and
@@ -122,7 +122,8 @@ export class TokenReviewer {
     const perf = { now: this.now };
     const maxEntries = opts.maxEntries ?? 10_000;
     this.accepted = new LRUCache({ max: maxEntries, ttl: opts.positiveTtlMs ?? 10_000, perf });
-    this.rejected = new LRUCache({ max: maxEntries, ttl: opts.negativeTtlMs ?? 30_000, perf });
+    // short: a TokenReview can fail transiently (the apiserver under load) for a valid token
+    this.rejected = new LRUCache({ max: maxEntries, ttl: opts.negativeTtlMs ?? 5_000, perf });
     this.trustedSources = new LRUCache({ max: maxEntries, ttl: TRUSTED_SOURCE_TTL_MS, perf });
     const maxWaitMs = opts.maxWaitMs ?? 2000;
     const kindState = (budget: ReviewBudget): KindState => ({
