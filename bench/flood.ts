@@ -78,7 +78,8 @@ export async function benchFlood(p: FloodParams): Promise<FloodResult> {
           hostIP: address,
         });
         const tokens = await pool(
-          Array.from({ length: Math.ceil((2 * tokensPerPhase) / p.agents) + 1 }, () => 0),
+          // round-robin: the first agents take one more than the average in each phase; one to warm up
+          Array.from({ length: 2 * Math.ceil(tokensPerPhase / p.agents) + 1 }, () => 0),
           4,
           () =>
             sys.kubelet.requestToken(SYSTEM_NS, AGENT_SA, {
