@@ -1,8 +1,8 @@
 // One command for every benchmark figure: `npm run bench` (full) or `npm run bench:smoke`.
 // Prints a table and writes JSON to bench/results/ (latest.json and a timestamped copy).
-//   node bench/run.ts [--smoke] [--only=hotpath,dnat,storm,storm-contract,storm-dnat,memory,scale] [--out=FILE]
+//   node bench/run.ts [--smoke] [--only=hotpath,dnat,storm,storm-contract,storm-dnat,memory,scale,flood] [--out=FILE]
 //     [--no-kube2iam] [--no-fix] [--rounds=N] [--duration-ms=N] [--storm-pods=N] [--memory-ms=N]
-//     [--storm-dnat-pods=N]
+//     [--storm-dnat-pods=N] [--flood-phase-ms=N] [--flood-junk-rate=N]
 //     [--scale-steps=10000,50000,100000] [--scale-budget-ms=N] [--keep-from=EARLIER.json]
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { cpus, loadavg, totalmem } from "node:os";
@@ -16,6 +16,7 @@ import { patchedAgentMain } from "./lib/patched.ts";
 import { benchScale, type ScaleParams, type ScaleResult } from "./scale.ts";
 import { benchStormDnat, type StormDnatParams, type StormDnatResult } from "./storm-dnat.ts";
 import { installAbortHandlers } from "./lib/abort.ts";
+import { benchFlood, type FloodParams, type FloodResult } from "./flood.ts";
 
 installAbortHandlers();
 
@@ -27,7 +28,7 @@ const flag = (name: string): string | undefined => {
 };
 const smoke = flag("smoke") !== undefined;
 const only = new Set(
-  (flag("only") ?? "hotpath,dnat,storm,storm-contract,storm-fix,storm-dnat,memory,scale").split(","),
+  (flag("only") ?? "hotpath,dnat,storm,storm-contract,storm-fix,storm-dnat,memory,scale,flood").split(","),
 );
 const num = (name: string, def: number): number => Number(flag(name) ?? def);
 
@@ -91,6 +92,16 @@ const scaleParams: ScaleParams = smoke
       issue: 200,
       budgetMs: num("scale-budget-ms", 25 * 60_000),
     };
+// agent authentication with and without a hostile client flooding junk tokens, in the same run
+const floodParams: FloodParams = smoke
+  ? { agents: 2, legitPerSecond: 10, phaseMs: 1500, junkPerSecond: 200, junkConnections: 16 }
+  : {
+      agents: 8,
+      legitPerSecond: 20,
+      phaseMs: num("flood-phase-ms", 15_000),
+      junkPerSecond: num("flood-junk-rate", 1000),
+      junkConnections: 512,
+    };
 
 interface Report {
   startedAt: string;
@@ -113,6 +124,7 @@ interface Report {
   stormDnat?: StormDnatResult;
   dnat?: DnatResult;
   scale?: ScaleResult;
+  flood?: FloodResult;
   errors: string[];
 }
 
@@ -202,6 +214,7 @@ report.stormFix =
     : undefined;
 report.stormDnat = await withEnv("storm-dnat", () => benchStormDnat(stormDnatParams), false);
 report.scale = await withEnv("scale", () => benchScale(scaleParams), false);
+report.flood = await withEnv("flood", () => benchFlood(floodParams), false);
 report.finishedAt = new Date().toISOString();
 // sections not run this time can be carried over from an earlier report (said so in the JSON)
 const keepFrom = flag("keep-from");
@@ -211,7 +224,7 @@ if (keepFrom) {
   const o = old as unknown as Record<string, unknown>;
   const carried: string[] = [];
   // a patched-agent storm means nothing once its patches have landed (none apply any more)
-  const sections = ["hotpath", "dnat", "storm", "stormContract", "stormDnat", "scale"];
+  const sections = ["hotpath", "dnat", "storm", "stormContract", "stormDnat", "scale", "flood"];
   if (patchedAgentMain().main !== undefined) sections.push("stormFix");
   for (const k of sections)
     if (r[k] === undefined && o[k] !== undefined) {
@@ -302,6 +315,30 @@ if (report.scale) {
   out.push("\nServer at scale: pods in the apiserver, server RSS and issuance rate");
   out.push(table(report.scale.steps as unknown as Array<Record<string, string | number>>));
   for (const n of report.scale.notes) out.push(`  note: ${n}`);
+}
+if (report.flood) {
+  const f = report.flood;
+  out.push(
+    `\nAgent authentication (fresh token, real TokenReview) without and with a junk-token flood (${f.params.junkPerSecond}/s target)`,
+  );
+  out.push(
+    table(
+      f.phases.map((ph) => ({
+        phase: ph.phase,
+        requests: ph.requests,
+        "p50 ms": ph.p50Ms,
+        "p99 ms": ph.p99Ms,
+        "max ms": ph.maxMs,
+        errors: ph.errors,
+        TokenReviews: ph.tokenReviews,
+      })),
+    ),
+  );
+  out.push(`  flood / quiet: p50 ×${f.ratio.p50}, p99 ×${f.ratio.p99}`);
+  out.push(
+    `  junk: ${f.junk.sent} sent, ${f.junk.achievedPerSecond}/s achieved, answers ${JSON.stringify(f.junk.statuses)}`,
+  );
+  for (const n of f.notes) out.push(`  note: ${n}`);
 }
 if (report.errors.length) out.push(`\nERRORS:\n${report.errors.join("\n")}`);
 console.log(out.join("\n"));

@@ -10,6 +10,7 @@ import {
   type PodRef,
 } from "../api/contract.ts";
 import type { Logger } from "../common/logger.ts";
+import { LRUCache } from "../common/lru-cache.ts";
 import { ServerError } from "./server-client.ts";
 
 export interface CredentialsSource {
@@ -60,7 +61,11 @@ export interface CredCacheOptions {
   requestTimeoutMs?: number;
   /** A pod token validated by the server is trusted again for at most this long. */
   podTokenTtlMs?: number;
+  /** Pod tokens remembered per pod, accepted and refused each (least recently used go first). */
+  maxTokensPerPod?: number;
 }
+
+type Refusal = { code: ErrorCode; message: string; status: number; untilMs: number };
 
 interface Entry {
   pod: PodRef;
@@ -71,10 +76,11 @@ interface Entry {
   timer: NodeJS.Timeout | undefined;
   failures: number;
   retryAtMs: number;
-  tokens: Map<string, number> | undefined;
+  /** sha256 of tokens the server accepted for this pod → until when they are trusted. */
+  tokens: LRUCache<string, number> | undefined;
   tokenFlights: Map<string, Promise<Outcome>> | undefined;
   /** Tokens the server refused for this pod, with the refusal, remembered briefly. */
-  badTokens: Map<string, { code: ErrorCode; message: string; status: number; untilMs: number }> | undefined;
+  badTokens: LRUCache<string, Refusal> | undefined;
   gone: boolean;
 }
 
@@ -164,6 +170,7 @@ export class CredCache {
       retryMaxMs: 60_000,
       requestTimeoutMs: 5_000,
       podTokenTtlMs: 5 * 60_000,
+      maxTokensPerPod: 64,
       ...opts,
       metrics: opts.metrics,
     };
@@ -270,17 +277,16 @@ export class CredCache {
       this.o.metrics?.fetch("ok", "token");
       if (e.gone) return { ok: false, code: "PodNotFound", message: "the pod is gone", status: 404 };
       const creds = this.apply(e, res);
-      e.tokens ??= new Map();
-      if (e.tokens.size >= 16) e.tokens.clear();
+      e.tokens ??= new LRUCache({ max: this.o.maxTokensPerPod });
       e.tokens.set(h, Math.min(Date.now() + this.o.podTokenTtlMs, creds.expirationMs));
       return { ok: true, creds, stale: false };
     } catch (err) {
       const x = toError(err);
       this.o.metrics?.fetch(x.code, "token");
       if (x.code === "PodTokenMismatch" || x.code === "Unauthenticated") {
-        // A pod replaying a bad token must not turn into a TokenReview per request.
-        e.badTokens ??= new Map();
-        if (e.badTokens.size >= 16) e.badTokens.clear();
+        // A pod replaying a bad token must not turn into a TokenReview per request; a new bad
+        // token evicts only the least recently used one, never all the others.
+        e.badTokens ??= new LRUCache({ max: this.o.maxTokensPerPod });
         e.badTokens.set(h, { ...x, untilMs: Date.now() + this.o.denialTtlMs });
       }
       return { ok: false, ...x };

@@ -20,12 +20,10 @@ import {
   type ErrorResponse,
 } from "../api/contract.ts";
 import type { Logger } from "../common/logger.ts";
-import type { ReviewedIdentity } from "../k8s/token-review.ts";
+import { ReviewThrottled, type ReviewedIdentity } from "../k8s/token-review.ts";
 import type { Registry } from "prom-client";
 import type { AgentIdentity, CredentialService } from "./service.ts";
 import type { ServerMetrics } from "./metrics.ts";
-
-const JWT = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$/;
 
 export interface ApiOptions {
   tlsCertFile?: string;
@@ -33,7 +31,8 @@ export interface ApiOptions {
   /** Serve plain HTTP on the API port (tests/dev only). */
   insecure?: boolean;
   agentServiceAccounts: string[];
-  reviewAgentToken: (token: string) => Promise<ReviewedIdentity>;
+  /** `source` is the client's address: each source has its own review budget. */
+  reviewAgentToken: (token: string, source: string) => Promise<ReviewedIdentity>;
   service: CredentialService;
   log: Logger;
   metrics: ServerMetrics;
@@ -105,6 +104,12 @@ function readBody(req: IncomingMessage): Promise<Buffer> {
   });
 }
 
+/** The client's address, IPv4-mapped IPv6 written as IPv4, so one host is one source. */
+function clientAddress(req: IncomingMessage): string {
+  const address = req.socket.remoteAddress ?? "unknown";
+  return address.startsWith("::ffff:") ? address.slice(7) : address;
+}
+
 export function createApiHandler(opts: ApiOptions): (req: IncomingMessage, res: ServerResponse) => void {
   const allowed = new Set(opts.agentServiceAccounts);
   const authenticate = async (req: IncomingMessage): Promise<AgentIdentity> => {
@@ -112,18 +117,23 @@ export function createApiHandler(opts: ApiOptions): (req: IncomingMessage, res: 
     const m = typeof h === "string" ? /^Bearer ([^\s]+)$/.exec(h) : null;
     if (!m) throw new HttpError("Unauthenticated", "a Bearer token is required");
     const token = m[1] as string;
-    if (token.length > 16384 || !JWT.test(token))
-      throw new HttpError("Unauthenticated", "malformed bearer token");
     let id: ReviewedIdentity;
     try {
-      id = await opts.reviewAgentToken(token);
+      id = await opts.reviewAgentToken(token, clientAddress(req));
     } catch (e) {
+      if (e instanceof ReviewThrottled) {
+        opts.metrics.tokenReviews.inc({ result: "throttled" });
+        throw new HttpError("Throttled", e.message);
+      }
       opts.log.warn({ err: (e as Error).message }, "TokenReview failed");
       throw new HttpError("Unavailable", "cannot review the token with the Kubernetes API");
     }
     if (!id.authenticated) {
-      opts.metrics.tokenReviews.inc({ result: "unauthenticated" });
-      throw new HttpError("Unauthenticated", `token rejected: ${id.error ?? "not authenticated"}`);
+      opts.metrics.tokenReviews.inc({ result: id.forbidden ? "forbidden" : "unauthenticated" });
+      throw new HttpError(
+        id.forbidden ? "Forbidden" : "Unauthenticated",
+        `token rejected: ${id.error ?? "not authenticated"}`,
+      );
     }
     const sa = id.serviceAccount ? `${id.serviceAccount.namespace}/${id.serviceAccount.name}` : id.username;
     if (!id.serviceAccount || !allowed.has(sa)) {

@@ -6,7 +6,13 @@ import { createLogger, type Logger } from "../common/logger.ts";
 import { StsIssuer, type StsIssuerOptions } from "../aws/sts.ts";
 import { PodLookup } from "../k8s/pod-lookup.ts";
 import { PolicyInformers } from "../k8s/policy-informers.ts";
-import { TokenReviewer } from "../k8s/token-review.ts";
+import { ContractError } from "../api/contract.ts";
+import {
+  ReviewThrottled,
+  TokenReviewer,
+  type ReviewBudget,
+  type ReviewedIdentity,
+} from "../k8s/token-review.ts";
 import { LeaderElector } from "../k8s/leader-election.ts";
 import { PolicyStatusWriter } from "../k8s/policy-status.ts";
 import { createAuditLogger, type AuditSink } from "./audit.ts";
@@ -29,6 +35,11 @@ export interface ServerConfig {
   agentServiceAccounts: string[];
   agentAudience: string;
   podTokenAudience: string;
+  /** TokenReview budgets: agent tokens (per client address) and pod tokens (per node), apart. */
+  agentReviewBudget?: Partial<ReviewBudget>;
+  podReviewBudget?: Partial<ReviewBudget>;
+  /** Bound of each token cache (accepted, rejected) and of the per-source maps (default 10000). */
+  reviewCacheEntries?: number;
   clusterName: string;
   region: string;
   stsEndpoint?: string;
@@ -82,6 +93,7 @@ export interface RunningServer {
   metrics: ServerMetrics;
   service: CredentialService;
   informers: PolicyInformers;
+  reviewer: TokenReviewer;
   shared?: SharedStore;
   elector?: LeaderElector;
   ready(): boolean;
@@ -101,7 +113,26 @@ export async function startServer(cfg: ServerConfig): Promise<RunningServer> {
   const kc = loadKubeConfig(cfg.kubeconfig);
   const metrics = createServerMetrics();
   const audit = cfg.audit ?? createAuditLogger(cfg.auditLog).sink;
-  const reviewer = new TokenReviewer(kc);
+  const reviewer = new TokenReviewer(kc, {
+    ...(cfg.agentReviewBudget ? { agent: cfg.agentReviewBudget } : {}),
+    ...(cfg.podReviewBudget ? { pod: cfg.podReviewBudget } : {}),
+    ...(cfg.reviewCacheEntries ? { maxEntries: cfg.reviewCacheEntries } : {}),
+    onOutcome: (kind, outcome) => metrics.tokenChecks.inc({ kind, outcome }),
+  });
+  const agentServiceAccounts = new Set(cfg.agentServiceAccounts);
+  const reviewPodToken = async (token: string, nodeName: string): Promise<ReviewedIdentity> => {
+    try {
+      return await reviewer.review(token, {
+        kind: "pod",
+        audience: cfg.podTokenAudience,
+        source: nodeName,
+        requireNode: false,
+      });
+    } catch (e) {
+      if (e instanceof ReviewThrottled) throw new ContractError("Throttled", e.message);
+      throw e;
+    }
+  };
   const pods = new PodLookup(kc);
   const informers = new PolicyInformers(kc, log);
 
@@ -148,7 +179,7 @@ export async function startServer(cfg: ServerConfig): Promise<RunningServer> {
     {
       pods,
       policies: informers,
-      reviewPodToken: (t) => reviewer.review(t, cfg.podTokenAudience),
+      reviewPodToken: (token, agent) => reviewPodToken(token, agent.nodeName),
       sts,
       ...(shared ? { shared } : {}),
       audit,
@@ -186,7 +217,14 @@ export async function startServer(cfg: ServerConfig): Promise<RunningServer> {
       ...(cfg.tlsKeyFile ? { tlsKeyFile: cfg.tlsKeyFile } : {}),
       insecure: cfg.insecureHttp === true,
       agentServiceAccounts: cfg.agentServiceAccounts,
-      reviewAgentToken: (t) => reviewer.review(t, cfg.agentAudience),
+      reviewAgentToken: (token, source) =>
+        reviewer.review(token, {
+          kind: "agent",
+          audience: cfg.agentAudience,
+          source,
+          serviceAccounts: agentServiceAccounts,
+          requireNode: true,
+        }),
       service,
       log,
       metrics,
@@ -217,6 +255,7 @@ export async function startServer(cfg: ServerConfig): Promise<RunningServer> {
     metrics,
     service,
     informers,
+    reviewer,
     ready,
     async stop() {
       if (stopped) return stopped;

@@ -9,6 +9,7 @@ export interface ServerMetrics {
   cacheLookups: Counter<"result">;
   sharedStoreErrors: Counter<"op">;
   tokenReviews: Counter<"result">;
+  tokenChecks: Counter<"kind" | "outcome">;
   leader: Gauge;
 }
 
@@ -49,8 +50,14 @@ export function createServerMetrics(): ServerMetrics {
     }),
     tokenReviews: new Counter({
       name: "keycutter_server_token_reviews_total",
-      help: "Agent/pod token authentication results",
+      help: "Agent token authentication results (ok, unauthenticated, forbidden, throttled)",
       labelNames: ["result"],
+      registers: [registry],
+    }),
+    tokenChecks: new Counter({
+      name: "keycutter_server_token_checks_total",
+      help: "Tokens to review by kind (agent, pod) and outcome: refused_locally, cached_accepted, cached_rejected, throttled_source, throttled_budget, reviewed (a TokenReview was sent)",
+      labelNames: ["kind", "outcome"],
       registers: [registry],
     }),
     leader: new Gauge({

@@ -26,7 +26,8 @@ export interface Deps {
     namespace(name: string): Promise<NamespaceFacts | undefined>;
   };
   policies: { accessPolicies(ns?: string): AccessPolicy[]; roleAllowances(): RoleAllowance[] };
-  reviewPodToken: (token: string) => Promise<ReviewedIdentity>;
+  /** The agent's node is the pod token's source: each node has its own review budget. */
+  reviewPodToken: (token: string, agent: AgentIdentity) => Promise<ReviewedIdentity>;
   sts: { assumeRole(req: AssumeRoleRequest): Promise<AssumedCredentials> };
   shared?: SharedStore;
   audit: AuditSink;
@@ -167,8 +168,9 @@ export class CredentialService {
     if (req.podToken !== undefined) {
       let id: ReviewedIdentity;
       try {
-        id = await this.deps.reviewPodToken(req.podToken);
+        id = await this.deps.reviewPodToken(req.podToken, agent);
       } catch (e) {
+        if (e instanceof ContractError) throw e;
         this.deps.log.warn({ err: (e as Error).message }, "pod token review failed");
         throw new ContractError("Unavailable", "cannot review the pod token");
       }

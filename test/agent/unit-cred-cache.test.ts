@@ -18,7 +18,7 @@ class FakeSource implements CredentialsSource {
     const n = this.calls.length;
     await new Promise((r) => setTimeout(r, this.delayMs));
     if (this.fail) throw this.fail;
-    if (req.podToken === "bad") throw new ServerError("PodTokenMismatch", "token names another pod");
+    if (req.podToken?.startsWith("bad")) throw new ServerError("PodTokenMismatch", "token names another pod");
     return {
       credentials: {
         accessKeyId: `AKIA${req.pod.uid}${n}`,
@@ -124,5 +124,27 @@ test("pod tokens: validated once by the server, mismatches passed through", asyn
   assert.ok(!r4.ok && r4.code === "PodTokenMismatch");
   assert.equal(src.calls.length, before, "a replayed bad token is refused without asking the server again");
   assert.ok(!c.tokenValid("uid-a", "bad"));
+  c.dropAll();
+});
+
+test("bad pod tokens: an LRU per pod, so a 17th bad token does not make the first 16 forgotten; bounded", async () => {
+  const src = new FakeSource();
+  src.delayMs = 0;
+  const c = new CredCache({ source: src, log, maxTokensPerPod: 64 });
+  const present = async (token: string) => {
+    const r = await c.obtainWithToken(podA, token, 1000);
+    assert.ok(!r.ok && r.code === "PodTokenMismatch", token);
+  };
+  for (let i = 0; i < 17; i++) await present(`bad-${i}`);
+  assert.equal(src.calls.length, 17, "each new bad token is asked once");
+  for (let i = 0; i < 17; i++) await present(`bad-${i}`);
+  assert.equal(src.calls.length, 17, "replaying any of the 17 asks the server again for none of them");
+  // the bound: 100 distinct bad tokens keep the 64 most recent; the oldest are the ones forgotten
+  for (let i = 17; i < 100; i++) await present(`bad-${i}`);
+  assert.equal(src.calls.length, 100);
+  for (let i = 36; i < 100; i++) await present(`bad-${i}`);
+  assert.equal(src.calls.length, 100, "the 64 most recent are remembered");
+  await present("bad-0");
+  assert.equal(src.calls.length, 101, "the least recently used was evicted: memory stays bounded");
   c.dropAll();
 });

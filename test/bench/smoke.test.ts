@@ -56,6 +56,20 @@ describe("bench:smoke", () => {
       assert.equal(rep.scale.steps.length, 1);
       assert.ok(rep.scale.steps[0].reached);
       assert.ok(rep.scale.steps[0].issued > 0, "the server issued nothing");
+
+      // agent authentication without and with a junk-token flood, in the same run
+      const fl = rep.flood;
+      assert.ok(fl, "flood section missing");
+      assert.deepEqual(
+        fl.phases.map((ph: { phase: string }) => ph.phase),
+        ["quiet", "flood"],
+      );
+      for (const ph of fl.phases) {
+        assert.ok(ph.requests > 0, `flood/${ph.phase}: no authentication measured`);
+        assert.equal(ph.errors, 0, `flood/${ph.phase}: agents refused: ${JSON.stringify(ph.statuses)}`);
+      }
+      assert.ok(fl.junk.sent > 0, "the hostile client sent nothing");
+      assert.match(r.stdout, /junk-token flood/);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

@@ -337,6 +337,42 @@ describe("helm chart: renders", () => {
     );
   });
 
+  it("the NetworkPolicy limits the API port to the node CIDRs by default; without them the chart says how to find them", () => {
+    const policy = (values: object) =>
+      findObject(renderChart(values), "NetworkPolicy", "keycutter-server") as unknown as {
+        spec: { ingress: { ports: { port: string }[]; from?: { ipBlock?: { cidr: string } }[] }[] };
+      };
+    const api = (values: object) => policy(values).spec.ingress.find((r) => r.ports[0]?.port === "api");
+    assert.deepEqual(api({ networkPolicy: { nodeCidrs: ["10.1.0.0/16", "10.2.0.0/16"] } })?.from, [
+      { ipBlock: { cidr: "10.1.0.0/16" } },
+      { ipBlock: { cidr: "10.2.0.0/16" } },
+    ]);
+    assert.throws(
+      () => renderChart({}, { withoutRequiredValues: true }),
+      (err: Error & { stderr?: string }) =>
+        /networkPolicy\.nodeCidrs is required/.test(String(err.stderr)) &&
+        /kubectl get nodes -o jsonpath=.*InternalIP/.test(String(err.stderr)) &&
+        /allowApiFromAnyAddress/.test(String(err.stderr)),
+    );
+    // the explicit opt-out admits any address to the API port, and the notes say so
+    const open = renderChartText(
+      { networkPolicy: { nodeCidrs: [], allowApiFromAnyAddress: true } },
+      { withoutRequiredValues: true },
+    );
+    const openApi = (
+      findObject(parseObjects(open), "NetworkPolicy", "keycutter-server") as unknown as {
+        spec: { ingress: { ports: { port: string }[]; from?: unknown[] }[] };
+      }
+    ).spec.ingress.find((r) => r.ports[0]?.port === "api");
+    assert.equal(openApi?.from, undefined);
+    // the ops port keeps its own rule (metricsNamespaces), as before
+    const ops = policy({ networkPolicy: { metricsNamespaces: ["monitoring"] } }).spec.ingress.find(
+      (r) => r.ports[0]?.port === "ops",
+    );
+    assert.ok(ops);
+    assert.ok(renderChart({ networkPolicy: { enabled: false } }, { withoutRequiredValues: true }).length > 0);
+  });
+
   it("refuses inconsistent values", () => {
     const bad: [object, RegExp][] = [
       [{ store: { url: "redis://r:6379" } }, /encryptionKeySecret is required/],
@@ -351,6 +387,7 @@ describe("helm chart: renders", () => {
       [{ agent: { cniStateDir: "/results" } }, /cniStateDir': .* does not match pattern/],
       [{ agent: { cniStateDir: "/var/../results" } }, /cniStateDir': .* does not match pattern/],
       [{ agent: { cniStateDir: "relative/results" } }, /cniStateDir': .* does not match pattern/],
+      [{ networkPolicy: { nodeCidrs: ["nodes"] } }, /nodeCidrs\/0': .* does not match pattern/],
     ];
     for (const [values, re] of bad) {
       assert.throws(

@@ -38,7 +38,15 @@ export interface RenderOptions {
   includeCrds?: boolean;
   /** Extra values files, applied before `values`. */
   valuesFiles?: string[];
+  /** Leave out TEST_REQUIRED_VALUES (to see what the chart says without them). */
+  withoutRequiredValues?: boolean;
 }
+
+/**
+ * The values the chart cannot default and every render here supplies first (a profile or the
+ * caller's values override them): the node CIDRs the server's NetworkPolicy admits.
+ */
+export const TEST_REQUIRED_VALUES = { networkPolicy: { nodeCidrs: ["10.0.0.0/8"] } };
 
 export function helmBinary(): string {
   const v = versions().HELM_VERSION;
@@ -55,6 +63,8 @@ export function renderChartText(values: object = {}, opts: RenderOptions = {}): 
   try {
     const valuesFile = join(dir, "values.json");
     writeFileSync(valuesFile, JSON.stringify(values));
+    const requiredFile = join(dir, "required.json");
+    writeFileSync(requiredFile, JSON.stringify(TEST_REQUIRED_VALUES));
     const args = [
       "template",
       opts.releaseName ?? "keycutter",
@@ -64,6 +74,7 @@ export function renderChartText(values: object = {}, opts: RenderOptions = {}): 
       "--kube-version",
       KUBE_VERSION,
       ...(opts.includeCrds ? ["--include-crds"] : []),
+      ...(opts.withoutRequiredValues ? [] : ["--values", requiredFile]),
       ...(opts.valuesFiles ?? []).flatMap((f) => ["--values", f]),
       "--values",
       valuesFile,

@@ -12,6 +12,7 @@ import { copyFileSync, rmSync } from "node:fs";
 import { connect as tlsConnect } from "node:tls";
 import { cacheKeyFile, selfSignedCert } from "../harness/keycutter-server.ts";
 import { startThrottleProxy } from "../aws/throttle-proxy.ts";
+import { ApiClientFrom, apiserverTokenReviews, forgedToken, junkTokens } from "./flood.ts";
 import {
   createAllowance,
   createPolicy,
@@ -559,6 +560,153 @@ describe("keycutter server (real apiserver, moto, redis)", { timeout: 600_000 },
     assert.match(m, /keycutter_server_decisions_total\{outcome="issued"\} \d+/);
     assert.match(m, /keycutter_server_decisions_total\{outcome="Unauthenticated"\} \d+/);
     assert.match(m, /keycutter_server_sts_latency_seconds_count\{outcome="ok"\} \d+/);
+  });
+
+  it("TokenReview flood: junk tokens are refused without a TokenReview (counted at the apiserver)", async () => {
+    const t = await startTestServer(w, { leaderElection: false });
+    const junk = new ApiClientFrom(t.running.apiPort, w.cert.caFile, "127.0.0.2");
+    try {
+      await waitFor("ready", async () => t.running.ready(), { timeoutMs: 30_000 });
+      const before = await apiserverTokenReviews(w.cluster);
+      for (const j of junkTokens()) {
+        for (let i = 0; i < 3; i++) {
+          const r = await junk.post(j.token, { pod: w.pods.a1 });
+          assert.equal(r.status, j.status, `${j.name}: ${r.status} ${r.code}`);
+        }
+      }
+      assert.equal(await apiserverTokenReviews(w.cluster), before, "no junk token reached TokenReview");
+      // a forged token that passes every local check costs one review; its replays none
+      const forged = forgedToken();
+      for (let i = 0; i < 5; i++) assert.equal((await junk.post(forged, { pod: w.pods.a1 })).status, 401);
+      assert.equal(await apiserverTokenReviews(w.cluster), before + 1, "rejected tokens are cached");
+      // and a real agent token still gets in
+      const ok = await post(t.running.apiPort, w.cert.caFile, {
+        token: w.agentToken["node-1"],
+        body: { pod: w.pods.a1 },
+      });
+      assert.equal(ok.status, 200, ok.raw);
+      const m = await (await fetch(`http://127.0.0.1:${t.running.opsPort}/metrics`)).text();
+      assert.match(m, /keycutter_server_token_checks_total\{kind="agent",outcome="refused_locally"\} 33/);
+    } finally {
+      junk.close();
+      await t.running.stop();
+    }
+  });
+
+  it("TokenReview flood: agents (and pod tokens) keep authenticating while other sources flood forged tokens", async () => {
+    const t = await startTestServer(w, {
+      leaderElection: false,
+      agentReviewBudget: { ratePerSecond: 20, burst: 20, perSourceRatePerSecond: 5, perSourceBurst: 10 },
+    });
+    const legit = new ApiClientFrom(t.running.apiPort, w.cert.caFile, "127.0.0.1", 4);
+    const attackers = Array.from(
+      { length: 20 },
+      (_, i) => new ApiClientFrom(t.running.apiPort, w.cert.caFile, `127.0.1.${i + 1}`, 8),
+    );
+    try {
+      await waitFor("ready", async () => t.running.ready(), { timeoutMs: 30_000 });
+      const agentPod = await w.kubelet.createPod({
+        namespace: "keycutter-system",
+        name: "agent-flood",
+        nodeName: "node-1",
+        serviceAccountName: "keycutter-agent",
+        podIP: "10.99.0.1",
+        hostNetwork: true,
+      });
+      // fresh tokens: every legitimate request below needs a TokenReview of its own
+      const freshAgentTokens = await Promise.all(
+        Array.from({ length: 8 }, () =>
+          w.kubelet.requestToken("keycutter-system", "keycutter-agent", {
+            podName: "agent-flood",
+            podUID: agentPod.metadata!.uid!,
+            audiences: ["keycutter"],
+          }),
+        ),
+      );
+      const freshPodTokens = await Promise.all(
+        Array.from({ length: 4 }, () =>
+          w.kubelet.requestToken("tenant-a", "app", {
+            podName: "web-2",
+            podUID: w.pods.a2!.uid,
+            audiences: ["keycutter-pod"],
+          }),
+        ),
+      );
+      const warm = await legit.post(w.agentToken["node-1"]!, { pod: w.pods.a2 });
+      assert.equal(warm.status, 200, "the agent authenticates before the flood");
+      const reviewsBefore = await apiserverTokenReviews(w.cluster);
+      let stop = false;
+      const floodStatuses = new Map<number, number>();
+      const flood = attackers.map(async (a) => {
+        for (let i = 0; i < 60 && !stop; i++) {
+          const burst = await Promise.all(
+            Array.from({ length: 8 }, () => a.post(forgedToken(), { pod: w.pods.a1 })),
+          );
+          for (const r of burst) floodStatuses.set(r.status, (floodStatuses.get(r.status) ?? 0) + 1);
+        }
+      });
+      await new Promise((r) => setTimeout(r, 300));
+      const t0 = performance.now();
+      const results = [];
+      for (const token of freshAgentTokens) results.push(await legit.post(token, { pod: w.pods.a2 }));
+      for (const podToken of freshPodTokens)
+        results.push(await legit.post(w.agentToken["node-1"]!, { pod: w.pods.a2, podToken }));
+      const legitSeconds = (performance.now() - t0) / 1000;
+      stop = true;
+      await Promise.all(flood);
+      const floodSeconds = legitSeconds + 0.3;
+      assert.deepEqual(
+        results.map((r) => r.status),
+        results.map(() => 200),
+        `legitimate requests under the flood: ${JSON.stringify(results)}`,
+      );
+      for (const r of results) assert.ok(r.ms < 1500, `a legitimate request took ${Math.round(r.ms)} ms`);
+      const floodTotal = [...floodStatuses.values()].reduce((x, y) => x + y, 0);
+      assert.ok(floodTotal >= 200, `the flood sent ${floodTotal} requests`);
+      assert.deepEqual(
+        [...floodStatuses.keys()].filter((s) => s !== 401 && s !== 429),
+        [],
+        `flood answers: ${JSON.stringify([...floodStatuses])}`,
+      );
+      // reviews spent: within the agent budget (burst + rate × time) plus the legitimate ones
+      const reviews = (await apiserverTokenReviews(w.cluster)) - reviewsBefore;
+      const budget = 20 + 20 * (floodSeconds + 2) + results.length;
+      assert.ok(
+        reviews <= budget,
+        `${reviews} TokenReviews for ${floodTotal} forged tokens (budget ${budget})`,
+      );
+    } finally {
+      legit.close();
+      for (const a of attackers) a.close();
+      await t.running.stop();
+    }
+  });
+
+  it("TokenReview flood: the rejected-token cache is a bounded LRU", async () => {
+    const t = await startTestServer(w, {
+      leaderElection: false,
+      reviewCacheEntries: 8,
+      agentReviewBudget: { perSourceRatePerSecond: 100, perSourceBurst: 100 },
+    });
+    const junk = new ApiClientFrom(t.running.apiPort, w.cert.caFile, "127.0.0.3");
+    try {
+      await waitFor("ready", async () => t.running.ready(), { timeoutMs: 30_000 });
+      const tokens = Array.from({ length: 20 }, () => forgedToken());
+      const before = await apiserverTokenReviews(w.cluster);
+      for (const tok of tokens) assert.equal((await junk.post(tok, { pod: w.pods.a1 })).status, 401);
+      assert.equal(await apiserverTokenReviews(w.cluster), before + 20);
+      assert.ok(t.running.reviewer.rejectedCached <= 8, `${t.running.reviewer.rejectedCached} cached`);
+      // the 8 most recent are remembered (no review), the oldest was evicted (one review)
+      for (const tok of tokens.slice(12))
+        assert.equal((await junk.post(tok, { pod: w.pods.a1 })).status, 401);
+      assert.equal(await apiserverTokenReviews(w.cluster), before + 20);
+      assert.equal((await junk.post(tokens[0]!, { pod: w.pods.a1 })).status, 401);
+      assert.equal(await apiserverTokenReviews(w.cluster), before + 21);
+      assert.ok(t.running.reviewer.rejectedCached <= 8);
+    } finally {
+      junk.close();
+      await t.running.stop();
+    }
   });
 
   it("container-credentials path: the pod's own token must name the same pod", async () => {

@@ -98,6 +98,26 @@ export function registerServerCommands(program: Command): void {
       env("KEYCUTTER_STS_MAX_ATTEMPTS") ?? "5",
     )
     .option(
+      "--agent-review-rate <per-second>",
+      "TokenReviews per second for agent tokens, all sources together (burst: twice this) [env KEYCUTTER_AGENT_REVIEW_RATE]",
+      env("KEYCUTTER_AGENT_REVIEW_RATE") ?? "100",
+    )
+    .option(
+      "--agent-review-rate-per-source <per-second>",
+      "TokenReviews per second for agent tokens from one client address (burst: four times this) [env KEYCUTTER_AGENT_REVIEW_RATE_PER_SOURCE]",
+      env("KEYCUTTER_AGENT_REVIEW_RATE_PER_SOURCE") ?? "5",
+    )
+    .option(
+      "--pod-review-rate <per-second>",
+      "TokenReviews per second for pod tokens (container-credentials path), all nodes together (burst: twice this) [env KEYCUTTER_POD_REVIEW_RATE]",
+      env("KEYCUTTER_POD_REVIEW_RATE") ?? "200",
+    )
+    .option(
+      "--pod-review-rate-per-node <per-second>",
+      "TokenReviews per second for pod tokens from one node's agent (burst: six times this) [env KEYCUTTER_POD_REVIEW_RATE_PER_NODE]",
+      env("KEYCUTTER_POD_REVIEW_RATE_PER_NODE") ?? "50",
+    )
+    .option(
       "--redis-url <url>",
       "shared cache (Redis/Valkey/Dragonfly), e.g. redis://redis:6379 or rediss://... [env KEYCUTTER_REDIS_URL]",
       env("KEYCUTTER_REDIS_URL"),
@@ -160,6 +180,18 @@ export function registerServerCommands(program: Command): void {
         stsRatePerSecond: num("stsRate"),
         stsBurst: num("stsBurst"),
         stsMaxAttempts: num("stsMaxAttempts"),
+        agentReviewBudget: {
+          ratePerSecond: num("agentReviewRate"),
+          burst: 2 * num("agentReviewRate"),
+          perSourceRatePerSecond: num("agentReviewRatePerSource"),
+          perSourceBurst: 4 * num("agentReviewRatePerSource"),
+        },
+        podReviewBudget: {
+          ratePerSecond: num("podReviewRate"),
+          burst: 2 * num("podReviewRate"),
+          perSourceRatePerSecond: num("podReviewRatePerNode"),
+          perSourceBurst: 6 * num("podReviewRatePerNode"),
+        },
         ...(o.redisUrl ? { redisUrl: String(o.redisUrl) } : {}),
         ...(o.cacheKeyFile ? { cacheKeyFile: String(o.cacheKeyFile) } : {}),
         auditLog: String(o.auditLog),

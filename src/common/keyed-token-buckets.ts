@@ -1,0 +1,55 @@
+// One token bucket per key (a client address, a node), so that one source spending its budget
+// leaves every other source's untouched. Buckets live in a bounded LRU: a flood of new keys evicts
+// the longest-idle bucket, which then starts full again — a fresh key gets at most `burst`, and
+// holding many keys costs the holder, not the other sources.
+
+import { LRUCache } from "./lru-cache.ts";
+
+export interface KeyedTokenBucketsOptions {
+  /** Sustained tokens per second, per key. */
+  ratePerSecond: number;
+  /** Bucket size, per key. */
+  burst: number;
+  /** Most keys remembered. */
+  maxKeys: number;
+  /** Milliseconds clock (tests inject one). */
+  now?: () => number;
+}
+
+interface Bucket {
+  tokens: number;
+  updatedAt: number;
+}
+
+export class KeyedTokenBuckets {
+  private readonly opts: Required<Omit<KeyedTokenBucketsOptions, "now">>;
+  private readonly now: () => number;
+  private readonly buckets: LRUCache<string, Bucket>;
+
+  constructor(opts: KeyedTokenBucketsOptions) {
+    if (!(opts.ratePerSecond > 0) || !(opts.burst >= 1))
+      throw new Error("KeyedTokenBuckets: ratePerSecond must be > 0 and burst ≥ 1");
+    this.opts = { ratePerSecond: opts.ratePerSecond, burst: opts.burst, maxKeys: opts.maxKeys };
+    this.now = opts.now ?? (() => performance.now());
+    this.buckets = new LRUCache({ max: opts.maxKeys });
+  }
+
+  get keys(): number {
+    return this.buckets.size;
+  }
+
+  /** Takes one token from `key`'s bucket; false when it is empty (the caller refuses). */
+  take(key: string): boolean {
+    const now = this.now();
+    const bucket = this.buckets.get(key) ?? { tokens: this.opts.burst, updatedAt: now };
+    bucket.tokens = Math.min(
+      this.opts.burst,
+      bucket.tokens + (Math.max(0, now - bucket.updatedAt) / 1000) * this.opts.ratePerSecond,
+    );
+    bucket.updatedAt = now;
+    const allowed = bucket.tokens >= 1;
+    if (allowed) bucket.tokens -= 1;
+    this.buckets.set(key, bucket);
+    return allowed;
+  }
+}
