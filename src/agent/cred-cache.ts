@@ -10,7 +10,7 @@ import {
   type PodRef,
 } from "../api/contract.ts";
 import type { Logger } from "../common/logger.ts";
-import { LRUCache } from "../common/lru-cache.ts";
+import { LRUCache } from "lru-cache";
 import { ServerError } from "./server-client.ts";
 
 export interface CredentialsSource {

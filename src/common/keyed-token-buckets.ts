@@ -3,7 +3,7 @@
 // the longest-idle bucket, which then starts full again — a fresh key gets at most `burst`, and
 // holding many keys costs the holder, not the other sources.
 
-import { LRUCache } from "./lru-cache.ts";
+import { LRUCache } from "lru-cache";
 
 export interface KeyedTokenBucketsOptions {
   /** Sustained tokens per second, per key. */

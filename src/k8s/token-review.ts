@@ -16,7 +16,7 @@ import type { KubeConfig, V1TokenReview } from "@kubernetes/client-node";
 import { ApiClient, kubeConfigConnection } from "./api-client.ts";
 import { RateLimiter, RateLimitTimeout } from "../aws/rate-limit.ts";
 import { KeyedTokenBuckets } from "../common/keyed-token-buckets.ts";
-import { LRUCache } from "../common/lru-cache.ts";
+import { LRUCache } from "lru-cache";
 import { screenToken } from "./token-claims.ts";
 
 export interface ReviewedIdentity {

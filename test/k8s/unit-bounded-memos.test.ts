@@ -1,13 +1,18 @@
-// The bounded memos hostile input can reach: the LRU (src/common/lru-cache.ts) and the per-source
+// The bounded memos hostile input can reach: the LRU (the lru-cache package, as configured here) and the per-source
 // token buckets (src/common/keyed-token-buckets.ts), with an injected clock.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { LRUCache } from "../../src/common/lru-cache.ts";
+import { LRUCache } from "lru-cache";
 import { KeyedTokenBuckets } from "../../src/common/keyed-token-buckets.ts";
 
 test("LRU: bounded, evicts the least recently used one (never all), entries expire", () => {
-  let clock = 0;
-  const lru = new LRUCache<string, number>({ max: 3, ttl: 1000, perf: { now: () => clock } });
+  let clock = 5000; // lru-cache treats a start time of 0 as "no TTL"
+  const lru = new LRUCache<string, number>({
+    max: 3,
+    ttl: 1000,
+    ttlResolution: 0,
+    perf: { now: () => clock },
+  });
   lru.set("a", 1).set("b", 2).set("c", 3);
   assert.equal(lru.get("a"), 1); // a is now the most recent
   lru.set("d", 4);
@@ -17,12 +22,12 @@ test("LRU: bounded, evicts the least recently used one (never all), entries expi
     ["a", "c", "d"].map((k) => lru.get(k)),
     [1, 3, 4],
   );
-  clock = 999;
+  clock = 5999;
   assert.equal(lru.get("a"), 1);
-  clock = 1000;
+  clock = 6001;
   assert.equal(lru.get("a"), undefined, "expired");
   lru.set("e", 5, { ttl: 10 });
-  clock = 1011;
+  clock = 6012;
   assert.equal(lru.has("e"), false, "per-entry ttl");
   assert.throws(() => new LRUCache({ max: 0 }));
 });
