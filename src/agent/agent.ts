@@ -128,7 +128,13 @@ export async function startAgent(
       // IP is not a change: credentials are bound to the pod UID, fetched from the moment the pod
       // is bound to this node, so they are ready by the time the CNI has given it an address.
       if (prev && prev.ip !== "" && prev.ip !== pod.ip) cache.drop(pod.uid);
-      if (!pod.hostNetwork && !pod.terminating && pod.phase !== "Succeeded" && pod.phase !== "Failed") {
+      if (
+        !pod.hostNetwork &&
+        !pod.mirror &&
+        !pod.terminating &&
+        pod.phase !== "Succeeded" &&
+        pod.phase !== "Failed"
+      ) {
         cache.prefetch(pod);
       }
       if (pod.phase === "Succeeded" || pod.phase === "Failed") cache.drop(pod.uid);

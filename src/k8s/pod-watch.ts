@@ -5,6 +5,7 @@
 import type { V1Pod } from "@kubernetes/client-node";
 import type { Logger } from "../common/logger.ts";
 import { ApiError, type ApiClient } from "./api-client.ts";
+import { isMirrorPod } from "./mirror-pod.ts";
 
 export interface PodInfo {
   uid: string;
@@ -25,6 +26,11 @@ export interface PodInfo {
   containersDone: boolean;
   serviceAccountName: string;
   nodeName: string;
+  /**
+   * A static pod's mirror (annotation kubernetes.io/config.mirror or a Node owner): the server
+   * refuses it, so the agent does not prefetch for it.
+   */
+  mirror?: boolean;
 }
 
 export interface PodWatchHandler {
@@ -78,6 +84,7 @@ export function toPodInfo(p: V1Pod | RawPod): PodInfo | undefined {
     containersDone: allTerminated(status.containerStatuses),
     serviceAccountName: String(p.spec?.serviceAccountName ?? "default"),
     nodeName: String(p.spec?.nodeName ?? ""),
+    ...(isMirrorPod(md) ? { mirror: true } : {}),
   };
 }
 

@@ -7,7 +7,7 @@ import type { Logger } from "../common/logger.ts";
 import { RateLimiter, RateLimitTimeout, type Priority } from "../aws/rate-limit.ts";
 import { StsError, type AssumeRoleRequest, type AssumedCredentials } from "../aws/sts.ts";
 import type { ReviewedIdentity } from "../k8s/token-review.ts";
-import type { PodRecord } from "../k8s/pod-lookup.ts";
+import { ineligibility, type PodRecord } from "../k8s/pod-lookup.ts";
 import { decide, type Decision, type IssuePlan, type PolicyRef } from "../policy/decide.ts";
 import type { AccessPolicy, NamespaceFacts, RoleAllowance } from "../policy/types.ts";
 import type { AuditRecord, AuditSink } from "./audit.ts";
@@ -158,6 +158,9 @@ export class CredentialService {
         `pod ${namespace}/${name} is not bound to node ${agent.nodeName}`,
       );
     }
+    const ineligible = ineligibility(pod);
+    if (ineligible)
+      throw new ContractError("PodNotEligible", `pod ${namespace}/${name} is not served: ${ineligible}`);
     if (pod.phase === "Succeeded" || pod.phase === "Failed") {
       throw new ContractError("PodNotFound", `pod ${namespace}/${name} has finished (${pod.phase})`);
     }
