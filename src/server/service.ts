@@ -120,8 +120,7 @@ export class CredentialService {
       return res;
     } catch (e) {
       const ce = e instanceof ContractError ? e : new ContractError("Unavailable", "internal error");
-      if (!(e instanceof ContractError))
-        this.deps.log.error({ err: (e as Error).message }, "credentials request failed");
+      if (!(e instanceof ContractError)) this.deps.log.error({ err: e }, "credentials request failed");
       rec.code = ce.code;
       rec.reason = ce.message;
       this.deps.metrics.decisions.inc({ outcome: ce.code });
@@ -353,7 +352,7 @@ export class CredentialService {
           if (
             e instanceof StsError &&
             e.awsCode === "ValidationError" &&
-            /DurationSeconds|MaxSessionDuration/i.test(e.message) &&
+            /DurationSeconds|MaxSessionDuration/i.test(e.detail) &&
             req.durationSeconds > 3600
           ) {
             this.deps.log.warn(
@@ -365,6 +364,12 @@ export class CredentialService {
         }
       } catch (e) {
         if (e instanceof StsError) {
+          // STS's text names the server's own identity: it goes to this log only; agents, pods
+          // and status conditions get e.message (the code and the request id).
+          this.deps.log.warn(
+            { err: e, requestId: e.requestId, role: plan.roleArn, pod: `${plan.policy.namespace}/${podUID}` },
+            "STS AssumeRole failed",
+          );
           if (e.code === "StsDenied" || e.code === "PolicyInvalid")
             this.deps.observe?.(
               plan.policy,
