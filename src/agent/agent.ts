@@ -165,7 +165,7 @@ export async function startAgent(
       if (prev && prev.ip !== "" && prev.ip !== pod.ip) cache.drop(pod.uid);
       // a pod in which nothing runs any more can make no request: nothing is kept or renewed for it
       if (podFinished(pod)) cache.drop(pod.uid);
-      else if (!pod.hostNetwork && !pod.terminating) cache.prefetch(pod);
+      else if (!pod.hostNetwork && !pod.mirror && !pod.terminating) cache.prefetch(pod);
     },
     podGone(pod) {
       cache.drop(pod.uid);

@@ -49,6 +49,8 @@ export type ErrorCode =
   | "Forbidden"
   | "PodNotFound"
   | "PodNotOnNode"
+  /** A pod the server never serves: a mirror (static) pod, or one without a service account. */
+  | "PodNotEligible"
   | "PodTokenMismatch"
   | "NoPolicy"
   | "AmbiguousPolicy"
@@ -71,6 +73,7 @@ export const ERROR_STATUS: Record<ErrorCode, number> = {
   Forbidden: 403,
   PodNotFound: 404,
   PodNotOnNode: 403,
+  PodNotEligible: 403,
   PodTokenMismatch: 403,
   NoPolicy: 404,
   AmbiguousPolicy: 409,
@@ -83,6 +86,7 @@ export const ERROR_STATUS: Record<ErrorCode, number> = {
 
 /** Errors that say something definite about the pod; the agent may cache them briefly. */
 export const DEFINITE_DENIALS: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
+  "PodNotEligible",
   "NoPolicy",
   "AmbiguousPolicy",
   "RoleNotAllowed",

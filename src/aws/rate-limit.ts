@@ -1,11 +1,19 @@
-// A token-bucket limiter for STS calls with two priorities: first issuance (a pod that has no
-// credentials yet, e.g. a job burst) goes before refreshes (a pod that still holds valid
-// credentials and can wait). Waiters are bounded: past maxWaitMs a call is refused (Throttled)
-// rather than queued forever.
+// The token bucket in front of STS, shared fairly between tenants (namespaces).
+//
+// STS throttles per account, so one bucket holds the whole budget. Waiters queue per tenant and
+// are served round-robin, so a tenant with a thousand pods asking at once (a job burst, or a
+// policy STS keeps refusing) gets one turn per round like a tenant with one pod, and cannot hold
+// the others back. Two priorities: first issuance (a pod with no credentials yet) before refresh
+// (a pod that still holds valid credentials and can wait), with every `refreshEvery`-th grant
+// reserved for refreshes while both wait, so that a stream of first issuances cannot starve the
+// refreshes either. Waiting is bounded three ways: past maxWaitMs a call is refused (Throttled),
+// and a tenant, or everyone together, with too many waiters is refused at once.
 
 export type Priority = "first" | "refresh";
 
 interface Waiter {
+  tenant: string;
+  priority: Priority;
   resolve: () => void;
   reject: (e: Error) => void;
   timer: NodeJS.Timeout;
@@ -18,6 +26,14 @@ export class RateLimitTimeout extends Error {
   }
 }
 
+/** Refused without waiting: the tenant (or the server) already has as many waiters as allowed. */
+export class RateLimitQueueFull extends Error {
+  constructor(scope: "tenant" | "total") {
+    super(`STS rate limit: too many requests waiting (${scope})`);
+    this.name = "RateLimitQueueFull";
+  }
+}
+
 export interface RateLimiterOptions {
   /** Sustained calls per second. */
   ratePerSecond: number;
@@ -25,27 +41,98 @@ export interface RateLimiterOptions {
   burst: number;
   /** Longest a call waits for a token. */
   maxWaitMs: number;
+  /**
+   * Waiters of one tenant, at most. Default: what the bucket can serve within maxWaitMs; a
+   * waiter beyond that would time out even with the whole budget to itself.
+   */
+  maxWaitersPerTenant?: number;
+  /** Waiters of all tenants together, at most (bounds the per-tenant map too). Default 10000. */
+  maxWaiters?: number;
+  /** While first issuances and refreshes both wait, every n-th grant goes to a refresh. Default 4. */
+  refreshEvery?: number;
+  /** Monotonic milliseconds; injectable for tests. */
+  now?: () => number;
+}
+
+/** Per-tenant FIFO queues visited round-robin; a tenant is present only while it has waiters. */
+class TenantRing {
+  // Map order is the ring: the tenant served goes to the back if it still has waiters.
+  private readonly queues = new Map<string, Set<Waiter>>();
+  private count = 0;
+
+  get size(): number {
+    return this.count;
+  }
+
+  waitersOf(tenant: string): number {
+    return this.queues.get(tenant)?.size ?? 0;
+  }
+
+  push(w: Waiter): void {
+    let queue = this.queues.get(w.tenant);
+    if (!queue) {
+      queue = new Set();
+      this.queues.set(w.tenant, queue);
+    }
+    queue.add(w);
+    this.count++;
+  }
+
+  remove(w: Waiter): boolean {
+    const queue = this.queues.get(w.tenant);
+    if (!queue?.delete(w)) return false;
+    this.count--;
+    if (queue.size === 0) this.queues.delete(w.tenant);
+    return true;
+  }
+
+  /** The oldest waiter of the tenant whose turn it is. */
+  shift(): Waiter | undefined {
+    const next = this.queues.entries().next();
+    if (next.done) return undefined;
+    const [tenant, queue] = next.value;
+    const w = queue.values().next().value as Waiter;
+    queue.delete(w);
+    this.count--;
+    this.queues.delete(tenant);
+    if (queue.size > 0) this.queues.set(tenant, queue);
+    return w;
+  }
 }
 
 export class RateLimiter {
   private tokens: number;
   private last: number;
-  private readonly queues: Record<Priority, Waiter[]> = { first: [], refresh: [] };
+  private readonly rings: Record<Priority, TenantRing> = {
+    first: new TenantRing(),
+    refresh: new TenantRing(),
+  };
+  private firstStreak = 0;
   private timer: NodeJS.Timeout | undefined;
-  private readonly opts: RateLimiterOptions;
+  private readonly opts: Required<RateLimiterOptions>;
 
   constructor(opts: RateLimiterOptions) {
-    this.opts = opts;
+    this.opts = {
+      maxWaitersPerTenant: Math.max(1, Math.ceil((opts.ratePerSecond * opts.maxWaitMs) / 1000)),
+      maxWaiters: 10_000,
+      refreshEvery: 4,
+      now: () => performance.now(),
+      ...opts,
+    };
     this.tokens = opts.burst;
-    this.last = performance.now();
+    this.last = this.opts.now();
   }
 
   get queued(): number {
-    return this.queues.first.length + this.queues.refresh.length;
+    return this.rings.first.size + this.rings.refresh.size;
+  }
+
+  waitersOf(tenant: string): number {
+    return this.rings.first.waitersOf(tenant) + this.rings.refresh.waitersOf(tenant);
   }
 
   private refill(): void {
-    const now = performance.now();
+    const now = this.opts.now();
     this.tokens = Math.min(
       this.opts.burst,
       this.tokens + ((now - this.last) / 1000) * this.opts.ratePerSecond,
@@ -53,24 +140,27 @@ export class RateLimiter {
     this.last = now;
   }
 
-  acquire(priority: Priority): Promise<void> {
+  /** Resolves when the call may proceed; `tenant` is whom it is for (STS: the namespace). */
+  acquire(priority: Priority, tenant = ""): Promise<void> {
     this.refill();
     if (this.queued === 0 && this.tokens >= 1) {
       this.tokens -= 1;
       return Promise.resolve();
     }
+    if (this.queued >= this.opts.maxWaiters) return Promise.reject(new RateLimitQueueFull("total"));
+    if (this.waitersOf(tenant) >= this.opts.maxWaitersPerTenant)
+      return Promise.reject(new RateLimitQueueFull("tenant"));
     return new Promise<void>((resolve, reject) => {
       const w: Waiter = {
+        tenant,
+        priority,
         resolve,
         reject,
         timer: setTimeout(() => {
-          const q = this.queues[priority];
-          const i = q.indexOf(w);
-          if (i >= 0) q.splice(i, 1);
-          reject(new RateLimitTimeout());
+          if (this.rings[priority].remove(w)) reject(new RateLimitTimeout());
         }, this.opts.maxWaitMs),
       };
-      this.queues[priority].push(w);
+      this.rings[priority].push(w);
       this.schedule();
     });
   }
@@ -86,10 +176,21 @@ export class RateLimiter {
     this.timer.unref?.();
   }
 
-  private drain(): void {
+  private next(): Waiter | undefined {
+    const { first, refresh } = this.rings;
+    if (first.size > 0 && (refresh.size === 0 || this.firstStreak < this.opts.refreshEvery - 1)) {
+      this.firstStreak++;
+      return first.shift();
+    }
+    this.firstStreak = 0;
+    return refresh.shift() ?? first.shift();
+  }
+
+  /** Grants tokens to waiters in turn; called by the timer, public so tests can drive a fake clock. */
+  drain(): void {
     this.refill();
     while (this.tokens >= 1) {
-      const w = this.queues.first.shift() ?? this.queues.refresh.shift();
+      const w = this.next();
       if (!w) break;
       this.tokens -= 1;
       clearTimeout(w.timer);

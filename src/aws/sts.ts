@@ -1,10 +1,12 @@
 // STS AssumeRole for the server: configurable endpoint/region, the server's own credentials from
 // the default provider chain (or static, for tests), our own retry with exponential backoff and
 // jitter on throttling and transient errors (the SDK's retries are off so the policy is ours and
-// observable), and errors mapped to the contract's codes. Messages never contain a secret.
+// observable), and errors mapped to the contract's codes. Messages never contain a secret, nor
+// STS's own text (see StsError).
 
 import { AssumeRoleCommand, STSClient, type AssumeRoleCommandInput } from "@aws-sdk/client-sts";
 import type { AwsCredentialIdentity, AwsCredentialIdentityProvider } from "@aws-sdk/types";
+import { randomUUID } from "node:crypto";
 import type { ErrorCode } from "../api/contract.ts";
 
 export interface AssumeRoleRequest {
@@ -26,15 +28,38 @@ export interface AssumedCredentials {
   assumedRoleArn?: string;
 }
 
+/**
+ * An AssumeRole failure. `message` is what may leave the server (to agents, pods, policy status):
+ * the contract code and a reference, never STS's own text, which names the server's identity
+ * (its role or user ARN, its account) and the role's trust configuration. `detail` keeps that
+ * text for the server log only.
+ */
 export class StsError extends Error {
   readonly code: Extract<ErrorCode, "StsDenied" | "PolicyInvalid" | "Throttled" | "Unavailable">;
   readonly awsCode: string;
-  constructor(code: StsError["code"], awsCode: string, message: string) {
-    super(message);
+  /** STS's own error text: for the server log only. */
+  readonly detail: string;
+  /** STS's request id when it answered, else one made here; both the log and `message` carry it. */
+  readonly requestId: string;
+  constructor(code: StsError["code"], awsCode: string, detail: string, requestId: string = randomUUID()) {
+    super(publicMessage(code, requestId));
     this.name = "StsError";
     this.code = code;
     this.awsCode = awsCode;
+    this.detail = detail;
+    this.requestId = requestId;
   }
+}
+
+const PUBLIC_TEXT: Record<StsError["code"], string> = {
+  StsDenied: "STS refused the AssumeRole request",
+  PolicyInvalid: "STS rejected the session policy or parameters",
+  Throttled: "STS throttled the AssumeRole request",
+  Unavailable: "STS could not be reached or failed",
+};
+
+function publicMessage(code: StsError["code"], requestId: string): string {
+  return `${PUBLIC_TEXT[code]} (${code}); see the server log, request id ${requestId}`;
 }
 
 export interface StsIssuerOptions {
@@ -77,7 +102,7 @@ interface AwsLikeError {
   Code?: string;
   code?: string;
   message?: string;
-  $metadata?: { httpStatusCode?: number };
+  $metadata?: { httpStatusCode?: number; requestId?: string };
   $fault?: string;
 }
 
@@ -85,33 +110,20 @@ export function classify(e: unknown): {
   code: StsError["code"];
   awsCode: string;
   retry: boolean;
-  message: string;
+  /** STS's text, for the server log only (it names the server's identity). */
+  detail: string;
+  requestId: string | undefined;
 } {
   const err = (e ?? {}) as AwsLikeError;
   const awsCode = err.name && err.name !== "Error" ? err.name : (err.Code ?? err.code ?? "Unknown");
   const status = err.$metadata?.httpStatusCode ?? 0;
-  // AWS messages name the role and the problem, never a secret; cap the length anyway.
-  const msg = String(err.message ?? awsCode).slice(0, 300);
-  if (THROTTLE.has(awsCode) || status === 429)
-    return { code: "Throttled", awsCode, retry: true, message: `STS throttled the request (${awsCode})` };
-  if (DENIED.has(awsCode))
-    return {
-      code: "StsDenied",
-      awsCode,
-      retry: false,
-      message: `STS refused AssumeRole: ${awsCode}: ${msg}`,
-    };
-  if (POLICY.has(awsCode))
-    return {
-      code: "PolicyInvalid",
-      awsCode,
-      retry: false,
-      message: `STS rejected the session policy or parameters: ${awsCode}: ${msg}`,
-    };
-  if (status >= 500 || err.$fault === "server" || status === 0) {
-    return { code: "Unavailable", awsCode, retry: true, message: `STS unavailable: ${awsCode}` };
-  }
-  return { code: "Unavailable", awsCode, retry: false, message: `STS error ${awsCode}: ${msg}` };
+  const requestId = err.$metadata?.requestId || undefined;
+  const detail = `${awsCode}: ${String(err.message ?? awsCode).slice(0, 1000)}`;
+  const out = (code: StsError["code"], retry: boolean) => ({ code, awsCode, retry, detail, requestId });
+  if (THROTTLE.has(awsCode) || status === 429) return out("Throttled", true);
+  if (DENIED.has(awsCode)) return out("StsDenied", false);
+  if (POLICY.has(awsCode)) return out("PolicyInvalid", false);
+  return out("Unavailable", status >= 500 || err.$fault === "server" || status === 0);
 }
 
 export class StsIssuer {
@@ -154,7 +166,12 @@ export class StsIssuer {
         this.opts.onAttempt?.("ok", (performance.now() - t0) / 1000);
         const c = out.Credentials;
         if (!c?.AccessKeyId || !c.SecretAccessKey || !c.SessionToken || !c.Expiration) {
-          throw new StsError("Unavailable", "IncompleteResponse", "STS returned no credentials");
+          throw new StsError(
+            "Unavailable",
+            "IncompleteResponse",
+            "STS returned no credentials",
+            out.$metadata.requestId,
+          );
         }
         const arn = out.AssumedRoleUser?.Arn;
         const account = arn?.split(":")[4];
@@ -177,7 +194,7 @@ export class StsIssuer {
       }
     }
     const l = last as ReturnType<typeof classify>;
-    throw new StsError(l.code, l.awsCode, l.message);
+    throw new StsError(l.code, l.awsCode, l.detail, l.requestId);
   }
 
   destroy(): void {

@@ -1,8 +1,14 @@
 // Lease-based leader election (coordination.k8s.io/v1), the client-go algorithm in small:
-// acquire when the Lease is absent, ours, or its holder has not renewed within
-// leaseDurationSeconds; renew every retryPeriod; give up leadership when renewals fail for
-// renewDeadline. Optimistic concurrency (resourceVersion) makes concurrent takeovers safe: the
-// loser gets 409 Conflict. Used only for the status-writing loop: serving never waits for it.
+// acquire when the Lease is absent, ours, or has not changed for leaseDurationSeconds; renew
+// every retryPeriod; give up leadership when renewals fail for renewDeadline. Optimistic
+// concurrency (resourceVersion) makes concurrent takeovers safe: the loser gets 409 Conflict.
+// Used only for the status-writing loop: serving never waits for it.
+//
+// Expiry is judged on this process's own clock, as client-go does: renewTime was written with the
+// holder's clock, and comparing it with ours lets skew decide (a holder whose clock runs behind
+// looks dead and is deposed while it renews; one whose clock runs ahead is never replaced after
+// it dies). So we remember when we last saw the Lease record change, locally, and call the lease
+// expired only once leaseDurationSeconds have passed on our clock since then.
 
 import { CoordinationV1Api, V1MicroTime, type KubeConfig, type V1Lease } from "@kubernetes/client-node";
 import type { Logger } from "../common/logger.ts";
@@ -16,6 +22,18 @@ export interface LeaderElectorOptions {
   retryPeriodMs?: number;
   onStartedLeading: () => void;
   onStoppedLeading: () => void;
+  /** Milliseconds; injectable so tests can step time. Default Date.now. */
+  now?: () => number;
+}
+
+/** What identifies one version of the Lease record: any change of it is a sign of life. */
+function recordOf(lease: V1Lease): string {
+  const spec = lease.spec ?? {};
+  return JSON.stringify([
+    lease.metadata?.resourceVersion ?? "",
+    spec.holderIdentity ?? "",
+    spec.renewTime ? new Date(spec.renewTime).toISOString() : "",
+  ]);
 }
 
 export class LeaderElector {
@@ -25,13 +43,22 @@ export class LeaderElector {
   private timer: NodeJS.Timeout | undefined;
   private leading = false;
   private lastRenew = 0;
+  /** The Lease record last seen, and when (our clock) it was first seen. */
+  private observedRecord = "";
+  private observedAt = 0;
   private stopped = false;
   private running: Promise<void> | undefined;
 
   constructor(kc: KubeConfig, log: Logger, opts: LeaderElectorOptions) {
     this.api = kc.makeApiClient(CoordinationV1Api);
     this.log = log;
-    this.o = { leaseDurationSeconds: 15, renewDeadlineMs: 10_000, retryPeriodMs: 2_000, ...opts };
+    this.o = {
+      leaseDurationSeconds: 15,
+      renewDeadlineMs: 10_000,
+      retryPeriodMs: 2_000,
+      now: Date.now,
+      ...opts,
+    };
   }
 
   get isLeader(): boolean {
@@ -65,18 +92,25 @@ export class LeaderElector {
     try {
       const ok = await this.tryAcquireOrRenew();
       if (ok) {
-        this.lastRenew = Date.now();
+        this.lastRenew = this.o.now();
         this.setLeading(true);
       } else this.setLeading(false);
     } catch (e) {
       this.log.debug({ err: (e as Error).message }, "lease update failed");
-      if (this.leading && Date.now() - this.lastRenew > this.o.renewDeadlineMs) this.setLeading(false);
+      if (this.leading && this.o.now() - this.lastRenew > this.o.renewDeadlineMs) this.setLeading(false);
     }
+  }
+
+  private observe(lease: V1Lease): void {
+    const record = recordOf(lease);
+    if (record === this.observedRecord) return;
+    this.observedRecord = record;
+    this.observedAt = this.o.now();
   }
 
   private async tryAcquireOrRenew(): Promise<boolean> {
     const { namespace, name, identity, leaseDurationSeconds } = this.o;
-    const now = new V1MicroTime();
+    const now = new V1MicroTime(this.o.now());
     let lease: V1Lease | undefined;
     try {
       lease = await this.api.readNamespacedLease({ namespace, name });
@@ -85,7 +119,7 @@ export class LeaderElector {
     }
     if (!lease) {
       try {
-        await this.api.createNamespacedLease({
+        const created = await this.api.createNamespacedLease({
           namespace,
           body: {
             metadata: { name, namespace },
@@ -98,6 +132,7 @@ export class LeaderElector {
             },
           },
         });
+        this.observe(created);
         return true;
       } catch (e) {
         if ((e as { code?: number }).code === 409) return false;
@@ -106,8 +141,9 @@ export class LeaderElector {
     }
     const spec = lease.spec ?? {};
     const holder = spec.holderIdentity ?? "";
-    const renewed = spec.renewTime ? new Date(spec.renewTime).getTime() : 0;
-    const expired = renewed + (spec.leaseDurationSeconds ?? leaseDurationSeconds) * 1000 < Date.now();
+    this.observe(lease);
+    const expired =
+      this.observedAt + (spec.leaseDurationSeconds ?? leaseDurationSeconds) * 1000 <= this.o.now();
     if (holder !== identity && holder !== "" && !expired) return false;
     const body: V1Lease = {
       ...lease,
@@ -122,7 +158,7 @@ export class LeaderElector {
       },
     };
     try {
-      await this.api.replaceNamespacedLease({ namespace, name, body });
+      this.observe(await this.api.replaceNamespacedLease({ namespace, name, body }));
       return true;
     } catch (e) {
       if ((e as { code?: number }).code === 409) return false;

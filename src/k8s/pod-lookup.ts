@@ -6,6 +6,7 @@
 import type { KubeConfig, V1Pod } from "@kubernetes/client-node";
 import { ApiClient, kubeConfigConnection } from "./api-client.ts";
 import type { NamespaceFacts, PodFacts } from "../policy/types.ts";
+import { isMirrorPod } from "./mirror-pod.ts";
 
 export function isNotFound(err: unknown): boolean {
   return (err as { code?: number })?.code === 404;
@@ -15,6 +16,8 @@ export interface PodRecord {
   facts: PodFacts;
   phase: string;
   terminating: boolean;
+  /** A mirror of a static pod: written by a node's kubelet from a local manifest, not through the API. */
+  mirror: boolean;
 }
 
 export function podFacts(pod: V1Pod): PodRecord {
@@ -23,14 +26,24 @@ export function podFacts(pod: V1Pod): PodRecord {
       namespace: pod.metadata?.namespace ?? "",
       name: pod.metadata?.name ?? "",
       uid: pod.metadata?.uid ?? "",
-      serviceAccountName: pod.spec?.serviceAccountName ?? "default",
+      // No defaulting: the apiserver's ServiceAccount admission sets "default" on every pod it
+      // admits, so a pod without one (a mirror pod) was not admitted that way and matches nothing.
+      serviceAccountName: pod.spec?.serviceAccountName ?? "",
       nodeName: pod.spec?.nodeName ?? "",
       labels: { ...(pod.metadata?.labels ?? {}) },
       annotations: { ...(pod.metadata?.annotations ?? {}) },
     },
     phase: pod.status?.phase ?? "",
     terminating: pod.metadata?.deletionTimestamp != null,
+    mirror: isMirrorPod(pod.metadata),
   };
+}
+
+/** Why no credentials are ever issued to this pod, whatever the policies say; undefined if none. */
+export function ineligibility(pod: PodRecord): string | undefined {
+  if (pod.mirror) return "it is a mirror (static) pod, created by a node rather than through the API";
+  if (pod.facts.serviceAccountName === "") return "it has no service account";
+  return undefined;
 }
 
 export class PodLookup {

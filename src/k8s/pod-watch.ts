@@ -5,6 +5,7 @@
 import type { V1Pod } from "@kubernetes/client-node";
 import type { Logger } from "../common/logger.ts";
 import { ApiError, type ApiClient } from "./api-client.ts";
+import { isMirrorPod } from "./mirror-pod.ts";
 
 export interface PodInfo {
   uid: string;
@@ -26,6 +27,11 @@ export interface PodInfo {
   containersDone: boolean;
   serviceAccountName: string;
   nodeName: string;
+  /**
+   * A static pod's mirror (annotation kubernetes.io/config.mirror or a Node owner): the server
+   * refuses it, so the agent does not prefetch for it.
+   */
+  mirror?: boolean;
 }
 
 export interface PodWatchHandler {
@@ -84,6 +90,7 @@ export function toPodInfo(p: V1Pod | RawPod): PodInfo | undefined {
         !anyRunning(status.ephemeralContainerStatuses)),
     serviceAccountName: String(p.spec?.serviceAccountName ?? "default"),
     nodeName: String(p.spec?.nodeName ?? ""),
+    ...(isMirrorPod(md) ? { mirror: true } : {}),
   };
 }
 

@@ -25,7 +25,7 @@ import {
   type RoleAllowance,
 } from "../policy/types.ts";
 import { decide } from "../policy/decide.ts";
-import type { PodLookup } from "./pod-lookup.ts";
+import { ineligibility, type PodLookup } from "./pod-lookup.ts";
 import type { PolicyInformers } from "./policy-informers.ts";
 
 export interface StatusOptions {
@@ -124,7 +124,11 @@ export class PolicyStatusWriter {
       let pods: PodFacts[];
       let nsFacts: NamespaceFacts;
       try {
-        pods = (await this.pods.listPods(ns, 5000)).map((r) => r.facts);
+        // Pods the server never serves (mirror pods, no service account) are no evidence about a
+        // policy: they are refused before any policy is consulted.
+        pods = (await this.pods.listPods(ns, 5000))
+          .filter((r) => ineligibility(r) === undefined)
+          .map((r) => r.facts);
         nsFacts = (await this.pods.namespace(ns)) ?? { name: ns, labels: {} };
       } catch {
         continue;

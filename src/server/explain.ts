@@ -3,7 +3,7 @@
 // evaluates an action with the IAM simulator over the role's policies ∩ the session policy.
 
 import { CoreV1Api, CustomObjectsApi } from "@kubernetes/client-node";
-import { podFacts } from "../k8s/pod-lookup.ts";
+import { ineligibility, podFacts } from "../k8s/pod-lookup.ts";
 import { decide, refusedTagKeys, type Decision } from "../policy/decide.ts";
 import { allowanceCoversNamespace, allowanceCoversRole } from "../policy/match.ts";
 import { simulate, type SimulationOutcome } from "../policy/simulate.ts";
@@ -172,6 +172,16 @@ export async function explain(input: ExplainInput): Promise<Explanation> {
         }
       : { ok: false, code: d.code, reason: d.reason, message: d.message },
   };
+  // The server refuses such a pod before any policy is consulted; the evaluations above still
+  // show what the policies would have done.
+  const ineligible = ineligibility(rec);
+  if (ineligible)
+    res.decision = {
+      ok: false,
+      code: "PodNotEligible",
+      reason: "PodNotEligible",
+      message: `not served: ${ineligible}`,
+    };
   const winner = d.ok
     ? policies.find((p) => p.metadata.name === d.plan.policy.name)
     : d.policy

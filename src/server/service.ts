@@ -4,14 +4,15 @@
 import { createHash } from "node:crypto";
 import { ContractError, type CredentialsRequest, type CredentialsResponse } from "../api/contract.ts";
 import type { Logger } from "../common/logger.ts";
-import { RateLimiter, RateLimitTimeout, type Priority } from "../aws/rate-limit.ts";
+import { RateLimiter, RateLimitQueueFull, RateLimitTimeout, type Priority } from "../aws/rate-limit.ts";
 import { StsError, type AssumeRoleRequest, type AssumedCredentials } from "../aws/sts.ts";
 import type { ReviewedIdentity } from "../k8s/token-review.ts";
-import type { PodRecord } from "../k8s/pod-lookup.ts";
+import { ineligibility, type PodRecord } from "../k8s/pod-lookup.ts";
 import { decide, type Decision, type IssuePlan, type PolicyRef } from "../policy/decide.ts";
 import type { AccessPolicy, NamespaceFacts, RoleAllowance } from "../policy/types.ts";
 import type { AuditRecord, AuditSink } from "./audit.ts";
 import { MemoryCache, type CachedCredentials, type SharedStore } from "./cache.ts";
+import { FailureCache } from "./failure-cache.ts";
 import type { ServerMetrics } from "./metrics.ts";
 
 export interface AgentIdentity {
@@ -35,6 +36,8 @@ export interface Deps {
   log: Logger;
   /** Called with every refusal tied to a policy (the status writer shows the latest). */
   observe?: (policy: PolicyRef, reason: string, message: string) => void;
+  /** Wall-clock milliseconds for the STS failure cache; injectable for tests. */
+  now?: () => number;
 }
 
 export interface ServiceOptions {
@@ -48,6 +51,11 @@ export interface ServiceOptions {
   stsMaxWaitMs: number;
   /** How long a replica waits for another replica holding the shared lock. */
   lockWaitMs: number;
+  /** STS waiters of one namespace, at most (default: what the budget serves within stsMaxWaitMs). */
+  stsMaxWaitersPerNamespace?: number;
+  /** A definite STS refusal (StsDenied, PolicyInvalid) is answered from memory for this long. */
+  stsFailureTtlMs: number;
+  stsFailureCacheEntries: number;
 }
 
 export const DEFAULT_SERVICE_OPTIONS: ServiceOptions = {
@@ -59,6 +67,8 @@ export const DEFAULT_SERVICE_OPTIONS: ServiceOptions = {
   stsBurst: 200,
   stsMaxWaitMs: 5000,
   lockWaitMs: 3000,
+  stsFailureTtlMs: 30_000,
+  stsFailureCacheEntries: 10_000,
 };
 
 function rfc3339(d: Date): string {
@@ -78,6 +88,7 @@ export class CredentialService {
   /** pod UID → expiry (ms) of the last credentials issued: tells refreshes from first issuance. */
   private readonly lastIssued = new Map<string, number>();
   private readonly limiter: RateLimiter;
+  private readonly failures: FailureCache;
   private readonly sweeper: NodeJS.Timeout;
 
   constructor(deps: Deps, opts: Partial<ServiceOptions> = {}) {
@@ -87,10 +98,19 @@ export class CredentialService {
       ratePerSecond: this.opts.stsRatePerSecond,
       burst: this.opts.stsBurst,
       maxWaitMs: this.opts.stsMaxWaitMs,
+      ...(this.opts.stsMaxWaitersPerNamespace !== undefined
+        ? { maxWaitersPerTenant: this.opts.stsMaxWaitersPerNamespace }
+        : {}),
+    });
+    this.failures = new FailureCache({
+      ttlMs: this.opts.stsFailureTtlMs,
+      maxEntries: this.opts.stsFailureCacheEntries,
+      ...(deps.now ? { now: deps.now } : {}),
     });
     this.sweeper = setInterval(() => {
       const now = Date.now();
       this.memory.sweep(now);
+      this.failures.sweep();
       for (const [k, v] of this.lastIssued) if (v <= now) this.lastIssued.delete(k);
     }, 60_000);
     this.sweeper.unref();
@@ -121,8 +141,7 @@ export class CredentialService {
       return res;
     } catch (e) {
       const ce = e instanceof ContractError ? e : new ContractError("Unavailable", "internal error");
-      if (!(e instanceof ContractError))
-        this.deps.log.error({ err: (e as Error).message }, "credentials request failed");
+      if (!(e instanceof ContractError)) this.deps.log.error({ err: e }, "credentials request failed");
       rec.code = ce.code;
       rec.reason = ce.message;
       this.deps.metrics.decisions.inc({ outcome: ce.code });
@@ -159,6 +178,9 @@ export class CredentialService {
         `pod ${namespace}/${name} is not bound to node ${agent.nodeName}`,
       );
     }
+    const ineligible = ineligibility(pod);
+    if (ineligible)
+      throw new ContractError("PodNotEligible", `pod ${namespace}/${name} is not served: ${ineligible}`);
     if (pod.phase === "Succeeded" || pod.phase === "Failed") {
       throw new ContractError("PodNotFound", `pod ${namespace}/${name} has finished (${pod.phase})`);
     }
@@ -285,6 +307,11 @@ export class CredentialService {
       this.deps.metrics.cacheLookups.inc({ result: "hit_memory" });
       return { creds: m, source: "memory" };
     }
+    const failed = this.failures.get(key);
+    if (failed) {
+      this.deps.metrics.cacheLookups.inc({ result: "hit_failure" });
+      throw new ContractError(failed.code, failed.message);
+    }
     const running = this.inflight.get(key);
     if (running) return running;
     const p = this.fill(key, plan, podUID).finally(() => this.inflight.delete(key));
@@ -327,9 +354,9 @@ export class CredentialService {
     try {
       const priority: Priority = (this.lastIssued.get(podUID) ?? 0) > Date.now() ? "refresh" : "first";
       try {
-        await this.limiter.acquire(priority);
+        await this.limiter.acquire(priority, plan.policy.namespace);
       } catch (e) {
-        if (e instanceof RateLimitTimeout)
+        if (e instanceof RateLimitTimeout || e instanceof RateLimitQueueFull)
           throw new ContractError("Throttled", "too many credential requests; retry shortly");
         throw e;
       }
@@ -352,7 +379,7 @@ export class CredentialService {
           if (
             e instanceof StsError &&
             e.awsCode === "ValidationError" &&
-            /DurationSeconds|MaxSessionDuration/i.test(e.message) &&
+            /DurationSeconds|MaxSessionDuration/i.test(e.detail) &&
             req.durationSeconds > 3600
           ) {
             this.deps.log.warn(
@@ -364,12 +391,20 @@ export class CredentialService {
         }
       } catch (e) {
         if (e instanceof StsError) {
-          if (e.code === "StsDenied" || e.code === "PolicyInvalid")
+          // STS's text names the server's own identity: it goes to this log only; agents, pods
+          // and status conditions get e.message (the code and the request id).
+          this.deps.log.warn(
+            { err: e, requestId: e.requestId, role: plan.roleArn, pod: `${plan.policy.namespace}/${podUID}` },
+            "STS AssumeRole failed",
+          );
+          if (e.code === "StsDenied" || e.code === "PolicyInvalid") {
+            this.failures.set(key, { code: e.code, message: e.message });
             this.deps.observe?.(
               plan.policy,
               e.code === "StsDenied" ? "StsDenied" : "StsRejectedPolicy",
               e.message,
             );
+          }
           throw new ContractError(e.code, e.message);
         }
         throw e;

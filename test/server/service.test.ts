@@ -20,20 +20,39 @@ const allowance: RoleAllowance = {
   spec: { namespaces: ["t"], roleArns: ["arn:aws:iam::123456789012:role/*"] },
 };
 
-function make(sts: (r: AssumeRoleRequest) => Promise<{ expiresInS: number }>, maxDurationSeconds = 43200) {
+interface MakeOptions {
+  policies?: () => AccessPolicy[];
+  now?: () => number;
+  serviceAccountName?: string;
+  mirror?: boolean;
+}
+
+function make(
+  sts: (r: AssumeRoleRequest) => Promise<{ expiresInS: number }>,
+  maxDurationSeconds = 43200,
+  o: MakeOptions = {},
+) {
   const calls: AssumeRoleRequest[] = [];
   const audit: AuditRecord[] = [];
+  const logLines: string[] = [];
   let n = 0;
   const deps: Deps = {
     pods: {
       pod: async () => ({
-        facts: { ...pod, serviceAccountName: "default", nodeName: "n1", labels: {}, annotations: {} },
+        facts: {
+          ...pod,
+          serviceAccountName: o.serviceAccountName ?? "default",
+          nodeName: "n1",
+          labels: {},
+          annotations: {},
+        },
         phase: "Running",
         terminating: false,
+        mirror: o.mirror ?? false,
       }),
       namespace: async (name) => ({ name, labels: {} }),
     },
-    policies: { accessPolicies: () => [policy], roleAllowances: () => [allowance] },
+    policies: { accessPolicies: o.policies ?? (() => [policy]), roleAllowances: () => [allowance] },
     reviewPodToken: async () => ({ authenticated: false, username: "", audiences: [] }),
     sts: {
       assumeRole: async (r) => {
@@ -50,9 +69,18 @@ function make(sts: (r: AssumeRoleRequest) => Promise<{ expiresInS: number }>, ma
     },
     audit: (r) => audit.push(r),
     metrics: createServerMetrics(),
-    log: createLogger("t", { level: "silent" }),
+    log: createLogger("t", {
+      level: "warn",
+      hooks: {
+        streamWrite: (line) => {
+          logLines.push(line);
+          return "";
+        },
+      },
+    }),
+    ...(o.now ? { now: o.now } : {}),
   };
-  return { svc: new CredentialService(deps, { maxDurationSeconds }), calls, audit };
+  return { svc: new CredentialService(deps, { maxDurationSeconds }), calls, audit, logLines };
 }
 
 test("concurrent requests for one pod make one STS call (single flight)", async () => {
@@ -116,4 +144,83 @@ test("refusals never reach STS: wrong node, wrong UID", async () => {
     ["PodNotOnNode", "PodNotFound"],
   );
   svc.close();
+});
+
+const agent = { serviceAccount: "s/a", nodeName: "n1" };
+const SERVER_ARN = "arn:aws:iam::123456789012:user/keycutter-server";
+const denied = () =>
+  new StsError(
+    "StsDenied",
+    "AccessDenied",
+    `AccessDenied: User: ${SERVER_ARN} is not authorized to perform: sts:AssumeRole on resource: arn:aws:iam::123456789012:role/r`,
+    "req-0001",
+  );
+
+test("STS's text stays in the server log: the caller gets the code and the request id", async () => {
+  const { svc, audit, logLines } = make(async () => {
+    throw denied();
+  });
+  await assert.rejects(svc.issue(agent, { pod }), (e: unknown) => {
+    assert.ok(e instanceof ContractError);
+    assert.equal(e.code, "StsDenied");
+    assert.match(e.message, /\(StsDenied\).*request id req-0001/);
+    assert.ok(!e.message.includes("arn:aws:") && !/not authorized/.test(e.message), e.message);
+    return true;
+  });
+  assert.ok(!JSON.stringify(audit).includes(SERVER_ARN), "nor in the audit record");
+  const logged = logLines.join("");
+  assert.ok(logged.includes(SERVER_ARN) && logged.includes("req-0001"), logged);
+  svc.close();
+});
+
+test("a definite STS refusal is answered from memory until its TTL or a new policy generation", async () => {
+  let now = Date.now();
+  let current: AccessPolicy = policy;
+  const { svc, calls } = make(
+    async () => {
+      throw denied();
+    },
+    43200,
+    { now: () => now, policies: () => [current] },
+  );
+  const refused = (e: unknown) => e instanceof ContractError && e.code === "StsDenied";
+  for (let i = 0; i < 5; i++) await assert.rejects(svc.issue(agent, { pod }), refused);
+  assert.equal(calls.length, 1, "retries of a refused plan cost no STS call");
+  now += 29_000;
+  await assert.rejects(svc.issue(agent, { pod }), refused);
+  assert.equal(calls.length, 1, "still within the TTL");
+  now += 2_000;
+  await assert.rejects(svc.issue(agent, { pod }), refused);
+  assert.equal(calls.length, 2, "TTL passed: STS asked again");
+  current = { ...policy, metadata: { ...policy.metadata, generation: 2 } };
+  await assert.rejects(svc.issue(agent, { pod }), refused);
+  assert.equal(calls.length, 3, "a new policy generation is a new plan: asked at once");
+  svc.close();
+});
+
+test("throttling and outages are not remembered: the next request asks STS again", async () => {
+  const { svc, calls } = make(async () => {
+    throw new StsError("Unavailable", "InternalFailure", "InternalFailure: boom");
+  });
+  await assert.rejects(svc.issue(agent, { pod }));
+  await assert.rejects(svc.issue(agent, { pod }));
+  assert.equal(calls.length, 2);
+  svc.close();
+});
+
+test("mirror pods and pods without a service account are refused before any policy or STS", async () => {
+  const policyAll: AccessPolicy = { ...policy, spec: { ...policy.spec, podSelector: {} } };
+  for (const o of [{ mirror: true }, { serviceAccountName: "" }]) {
+    const { svc, calls } = make(async () => ({ expiresInS: 3600 }), 43200, {
+      ...o,
+      policies: () => [policyAll],
+    });
+    await assert.rejects(
+      svc.issue(agent, { pod }),
+      (e: unknown) => e instanceof ContractError && e.code === "PodNotEligible",
+      JSON.stringify(o),
+    );
+    assert.equal(calls.length, 0);
+    svc.close();
+  }
 });

@@ -301,6 +301,15 @@ export async function createWorld(): Promise<World> {
     };
     await moto.createRole("tenant-a", bucketPolicy("bucket-a"), trust);
     await moto.createRole("tenant-b", bucketPolicy("bucket-b"), trust);
+    // A role whose trust policy names someone else: STS refuses every AssumeRole into it, with a
+    // message naming the server's own user.
+    await moto.createRole("tenant-locked", bucketPolicy("bucket-a"), {
+      ...trust,
+      Statement: trust.Statement.map((st) => ({
+        ...st,
+        Principal: { AWS: `arn:aws:iam::${ACCOUNT}:user/somebody-else` },
+      })),
+    });
     const serverCreds = await moto.createUser("keycutter-server", {
       Version: "2012-10-17",
       Statement: [
