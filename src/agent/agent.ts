@@ -14,6 +14,7 @@ import { AgentMetrics } from "./metrics.ts";
 import { RateLimiter } from "./rate-limit.ts";
 import { Passthrough } from "./passthrough.ts";
 import { ServerClient } from "./server-client.ts";
+import { PolicyEpochWatch } from "./policy-epoch-watch.ts";
 import {
   createContainerHandler,
   createImdsFastResponder,
@@ -54,6 +55,11 @@ export interface AgentConfig extends HandlerConfig {
   hookResyncMs: number;
   /** Answer cached IMDS requests without node:http (imds-fast-path.ts); false: node:http only. */
   imdsFastPath: boolean;
+  /**
+   * Credentials neither fetched nor confirmed by the policy-epoch channel for this long are
+   * revalidated with the server on next use (default 60 s).
+   */
+  policyEpochMaxAgeMs?: number;
 }
 
 export interface HostPort {
@@ -119,7 +125,20 @@ export async function startAgent(
     serverReachable: () => client.reachable,
     fastPath: () => late.fastPath?.stats,
   });
-  const cache = new CredCache({ source: client, log, metrics, requestTimeoutMs: cfg.serverTimeoutMs });
+  const epochWatch: PolicyEpochWatch = new PolicyEpochWatch({
+    source: client,
+    namespaces: (): Set<string> => cache.namespaces(),
+    onEpochs: (epochs) => cache.confirmEpochs(epochs),
+    log,
+  });
+  const cache: CredCache = new CredCache({
+    source: client,
+    log,
+    metrics,
+    requestTimeoutMs: cfg.serverTimeoutMs,
+    epochs: epochWatch,
+    ...(cfg.policyEpochMaxAgeMs !== undefined ? { epochMaxAgeMs: cfg.policyEpochMaxAgeMs } : {}),
+  });
   late.cache = cache;
 
   index.addListener({
@@ -130,6 +149,7 @@ export async function startAgent(
       if (prev && prev.ip !== "" && prev.ip !== pod.ip) cache.drop(pod.uid);
       if (!pod.hostNetwork && !pod.terminating && pod.phase !== "Succeeded" && pod.phase !== "Failed") {
         cache.prefetch(pod);
+        epochWatch.cover(pod.namespace);
       }
       if (pod.phase === "Succeeded" || pod.phase === "Failed") cache.drop(pod.uid);
     },
@@ -226,6 +246,7 @@ export async function startAgent(
     const ops = await listen(opsServer, cfg.opsListen);
     servers.push(opsServer);
     watch.start();
+    epochWatch.start();
     const probe = (): void => {
       void client.probe();
     };
@@ -298,6 +319,7 @@ export async function startAgent(
         if (taintTimer) clearTimeout(taintTimer);
         if (hookTimer) clearInterval(hookTimer);
         await watch.stop();
+        await epochWatch.stop();
         await closeServers();
         cache.dropAll();
         client.close();
@@ -310,6 +332,7 @@ export async function startAgent(
     if (probeTimer) clearInterval(probeTimer);
     if (hookTimer) clearInterval(hookTimer);
     await watch.stop();
+    await epochWatch.stop();
     await closeServers();
     client.close();
     kube.close();

@@ -13,6 +13,7 @@ import { createAuditLogger, type AuditSink } from "./audit.ts";
 import { loadKey, SharedStore } from "./cache.ts";
 import { startApiServer, startOpsServer, type Listening } from "./http.ts";
 import { createServerMetrics, type ServerMetrics } from "./metrics.ts";
+import { PolicyEpochs } from "./policy-epochs.ts";
 import { CredentialService, DEFAULT_SERVICE_OPTIONS, type ServiceOptions } from "./service.ts";
 import type { AssumeRoleCommandInput } from "@aws-sdk/client-sts";
 
@@ -48,6 +49,8 @@ export interface ServerConfig {
   leaseName: string;
   identity: string;
   statusIntervalMs?: number;
+  /** How long an agent's epoch poll is held with nothing changed (tests shorten it). */
+  epochHoldMs?: number;
   /** Test hook: every AssumeRole input. */
   onStsCall?: (input: AssumeRoleCommandInput) => void;
   audit?: AuditSink;
@@ -82,6 +85,7 @@ export interface RunningServer {
   metrics: ServerMetrics;
   service: CredentialService;
   informers: PolicyInformers;
+  epochs: PolicyEpochs;
   shared?: SharedStore;
   elector?: LeaderElector;
   ready(): boolean;
@@ -136,6 +140,11 @@ export async function startServer(cfg: ServerConfig): Promise<RunningServer> {
     intervalMs: cfg.statusIntervalMs ?? 30_000,
   });
 
+  const epochs = new PolicyEpochs(
+    informers,
+    cfg.epochHoldMs !== undefined ? { holdMs: cfg.epochHoldMs } : {},
+  );
+
   const svcOpts: Partial<ServiceOptions> = {
     clusterName: cfg.clusterName,
     maxDurationSeconds: cfg.maxDurationSeconds,
@@ -151,6 +160,7 @@ export async function startServer(cfg: ServerConfig): Promise<RunningServer> {
       reviewPodToken: (t) => reviewer.review(t, cfg.podTokenAudience),
       sts,
       ...(shared ? { shared } : {}),
+      epochs,
       audit,
       metrics,
       log,
@@ -161,6 +171,7 @@ export async function startServer(cfg: ServerConfig): Promise<RunningServer> {
 
   await informers.start();
   informers.onChange(() => status.kick());
+  informers.onChange(() => epochs.changed());
 
   let elector: LeaderElector | undefined;
   if (cfg.leaderElection) {
@@ -188,6 +199,7 @@ export async function startServer(cfg: ServerConfig): Promise<RunningServer> {
       agentServiceAccounts: cfg.agentServiceAccounts,
       reviewAgentToken: (t) => reviewer.review(t, cfg.agentAudience),
       service,
+      epochs,
       log,
       metrics,
       auditAuthFailure: (code, reason) => {
@@ -217,6 +229,7 @@ export async function startServer(cfg: ServerConfig): Promise<RunningServer> {
     metrics,
     service,
     informers,
+    epochs,
     ready,
     async stop() {
       if (stopped) return stopped;
@@ -226,6 +239,7 @@ export async function startServer(cfg: ServerConfig): Promise<RunningServer> {
   };
   let stopped: Promise<void> | undefined;
   const doStop = async () => {
+    epochs.close();
     await api.close();
     await ops.close();
     status.stop();

@@ -128,6 +128,7 @@ export function agentConfigFrom(opts: Opts, env: Env = process.env): AgentConfig
     readyTaintKey: r.str("--ready-taint"),
     hookResyncMs: r.int("--hook-resync-ms", 30_000),
     imdsFastPath: r.bool("--imds-fast-path", true),
+    policyEpochMaxAgeMs: r.int("--policy-epoch-max-age-ms", 60_000),
   };
 }
 
@@ -200,6 +201,10 @@ export function registerAgentCommands(program: Command): void {
     .option("--no-hook", "do not touch iptables")
     .option("--uninstall-hook-on-exit", "remove the hook on shutdown (default: keep it, fail closed)")
     .option("--watch-stale-after-ms <ms>", "pod watch without life for this long: not ready")
+    .option(
+      "--policy-epoch-max-age-ms <ms>",
+      "credentials not confirmed by the policy-epoch channel for this long are revalidated on next use (default 60000)",
+    )
     .option(
       "--hook-resync-ms <ms>",
       "re-check and repair the hook this often (0 = only at start; default 30000)",
