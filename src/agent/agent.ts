@@ -14,7 +14,7 @@ import { AgentMetrics } from "./metrics.ts";
 import { RateLimiter } from "./rate-limit.ts";
 import { Passthrough } from "./passthrough.ts";
 import { ServerClient } from "./server-client.ts";
-import { PolicyEpochWatch } from "./policy-epoch-watch.ts";
+import { PolicyEpochWatch } from "./epoch-watch.ts";
 import {
   createContainerHandler,
   createImdsFastResponder,

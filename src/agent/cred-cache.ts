@@ -2,7 +2,7 @@
 // per pod, keep serving still-valid credentials while the server fails, drop at once when the pod
 // goes. Responses are serialised once per issuance so that a cache hit only writes a Buffer.
 // Credentials are served only under the policy epoch the agent knows for the pod's namespace
-// (policy-epoch-watch.ts): after a policy change they are re-fetched, never served again.
+// (epoch-watch.ts): after a policy change they are re-fetched, never served again.
 import { createHash } from "node:crypto";
 import {
   DEFINITE_DENIALS,
@@ -13,7 +13,7 @@ import {
 } from "../api/contract.ts";
 import type { Logger } from "../common/logger.ts";
 import { ServerError } from "./server-client.ts";
-import type { EpochView } from "./policy-epoch-watch.ts";
+import type { EpochView } from "./epoch-watch.ts";
 
 export interface CredentialsSource {
   credentials(req: { pod: PodRef; podToken?: string }, timeoutMs?: number): Promise<CredentialsResponse>;

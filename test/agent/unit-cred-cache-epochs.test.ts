@@ -5,7 +5,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { pino } from "pino";
 import { CredCache, type CredentialsSource } from "../../src/agent/cred-cache.ts";
-import type { EpochView } from "../../src/agent/policy-epoch-watch.ts";
+import type { EpochView } from "../../src/agent/epoch-watch.ts";
 import { ServerError } from "../../src/agent/server-client.ts";
 import type { CredentialsResponse, PodRef } from "../../src/api/contract.ts";
 

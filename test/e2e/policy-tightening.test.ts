@@ -45,14 +45,20 @@ describe("e2e: policy tightening reaches running pods", () => {
   const figures: string[] = [];
   let custom: CustomObjectsApi;
 
-  const audits = (): Audit[] =>
-    sys.servers
-      .flatMap((s) => s.process.logs().split("\n"))
-      .filter((l) => l.includes('"kind":"audit"'))
-      .map((l) => JSON.parse(l) as Audit);
-  const auditsOf = (p: TestPod, from: number) =>
-    audits()
-      .slice(from)
+  /** Each replica's audit records, in its own order. */
+  const auditLines = (): Audit[][] =>
+    sys.servers.map((s) =>
+      s.process
+        .logs()
+        .split("\n")
+        .filter((l) => l.includes('"kind":"audit"'))
+        .map((l) => JSON.parse(l) as Audit),
+    );
+  /** A mark in every replica's audit trail, to read what came after. */
+  const auditMark = (): number[] => auditLines().map((lines) => lines.length);
+  const auditsOf = (p: TestPod, mark: number[]): Audit[] =>
+    auditLines()
+      .flatMap((lines, i) => lines.slice(mark[i] ?? 0))
       .filter((a) => a.pod?.uid === p.uid);
 
   const keyOf = async (p: TestPod): Promise<{ status: number; key?: string; expiration?: string }> => {
@@ -123,7 +129,7 @@ describe("e2e: policy tightening reaches running pods", () => {
         Resource: [`arn:aws:s3:::${BUCKET_A}/tenant-a/reports/*`],
       },
     ];
-    const mark = audits().length;
+    const mark = auditMark();
     const t0 = Date.now();
     await patchPolicy("tenant-a", "readers", {
       sessionPolicy: { Version: "2012-10-17", Statement: tightened },
@@ -149,7 +155,7 @@ describe("e2e: policy tightening reaches running pods", () => {
     const before1 = (await keyOf(a1)).key;
     const before2 = (await keyOf(a2)).key;
     const bBefore = (await keyOf(b1)).key;
-    let mark = audits().length;
+    let mark = auditMark();
     let t0 = Date.now();
     await patchPolicy("tenant-b", "readers", { durationSeconds: 1800 });
     // tenant-b's own pod gets its new decision (its duration changed) ...
@@ -163,7 +169,7 @@ describe("e2e: policy tightening reaches running pods", () => {
 
     // A new AccessPolicy in tenant-a for another service account moves tenant-a's epoch: the agent
     // asks again for its tenant-a pods, and the servers answer from their caches, no AssumeRole.
-    mark = audits().length;
+    mark = auditMark();
     t0 = Date.now();
     await sys.apply(accessPolicy("tenant-a", "batch", ROLE_A, BUCKET_A, "batch"));
     await waitFor(
@@ -186,7 +192,7 @@ describe("e2e: policy tightening reaches running pods", () => {
     const first = await keyOf(a1);
     assert.equal(first.status, 200);
     const extraDeny = { Effect: "Deny", Action: ["s3:ListBucket"], Resource: "*" };
-    const mark = audits().length;
+    const mark = auditMark();
     let t0 = Date.now();
     await patchAllowance("tenants", { denyStatements: [ADMIN_DENY, extraDeny] });
     const { ms, seen } = await until(a1, t0, (r) => r.status === 200 && r.key !== first.key);
