@@ -116,13 +116,19 @@ export async function startAgent(
     timeoutMs: cfg.serverTimeoutMs,
   });
   const index = new PodIndex();
-  const late: { watch?: PodWatch; cache?: CredCache; fastPath?: ImdsFastPath } = {};
+  const late: {
+    watch?: PodWatch;
+    cache?: CredCache;
+    fastPath?: ImdsFastPath;
+    epochWatch?: PolicyEpochWatch;
+  } = {};
   const metrics = new AgentMetrics({
     podsKnown: () => index.size,
     podsWaiting: () => index.waiting,
     cacheEntries: () => late.cache?.size ?? 0,
     watchStale: () => late.watch?.isStale() ?? true,
     serverReachable: () => client.reachable,
+    policyEpochAgeSeconds: () => (late.epochWatch?.ageMs() ?? 0) / 1000,
     fastPath: () => late.fastPath?.stats,
   });
   const epochWatch: PolicyEpochWatch = new PolicyEpochWatch({
@@ -131,6 +137,7 @@ export async function startAgent(
     onEpochs: (epochs) => cache.confirmEpochs(epochs),
     log,
   });
+  late.epochWatch = epochWatch;
   const cache: CredCache = new CredCache({
     source: client,
     log,

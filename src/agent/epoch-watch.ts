@@ -77,7 +77,7 @@ export class PolicyEpochWatch implements EpochView {
     return this.epochs.has(namespace) ? this.answeredAtMs : 0;
   }
 
-  /** Wall-clock age of the last answer, for metrics and readiness (Infinity: none yet). */
+  /** Age of the last answer, for the metric (Infinity: none yet). */
   ageMs(): number {
     return this.answeredAtMs === 0 ? Number.POSITIVE_INFINITY : this.o.now() - this.answeredAtMs;
   }
@@ -106,6 +106,8 @@ export class PolicyEpochWatch implements EpochView {
       if (namespaces.length === 0) {
         this.polling = new Set();
         this.epochs = new Map();
+        // nothing to confirm: the channel is not behind on anything
+        this.answeredAtMs = this.o.now();
         await this.pause(1000);
         continue;
       }
