@@ -61,7 +61,9 @@ describe("e2e: policy tightening reaches running pods", () => {
       .flatMap((lines, i) => lines.slice(mark[i] ?? 0))
       .filter((a) => a.pod?.uid === p.uid);
 
+  /** The IMDSv2 sequence an SDK runs, paced to stay under the agent's per-pod rate limit (50/s). */
   const keyOf = async (p: TestPod): Promise<{ status: number; key?: string; expiration?: string }> => {
+    await new Promise((r) => setTimeout(r, 50));
     const r = await sys.imdsCredentials(p);
     return { status: r.status, key: r.creds?.AccessKeyId, expiration: r.creds?.Expiration };
   };
