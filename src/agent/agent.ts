@@ -15,6 +15,7 @@ import { AgentMetrics } from "./metrics.ts";
 import { RateLimiter } from "./rate-limit.ts";
 import { Passthrough } from "./passthrough.ts";
 import { ServerClient } from "./server-client.ts";
+import { PolicyEpochWatch } from "./epoch-watch.ts";
 import {
   createContainerHandler,
   createImdsFastResponder,
@@ -68,6 +69,11 @@ export interface AgentConfig extends HandlerConfig {
   cniStateDir: string | undefined;
   /** Full rescan of cniStateDir this often (fs.watch reports changes in between); 0: never. */
   cniRescanMs: number;
+  /**
+   * Credentials neither fetched nor confirmed by the policy-epoch channel for this long are
+   * revalidated with the server on next use (default 60 s).
+   */
+  policyEpochMaxAgeMs?: number;
 }
 
 /** The ops listener's connection caps: probes and a scraper need a handful. */
@@ -136,13 +142,19 @@ export async function startAgent(
       })
     : undefined;
   const index = new PodIndex({ attachments: cni, log });
-  const late: { watch?: PodWatch; cache?: CredCache; fastPath?: ImdsFastPath } = {};
+  const late: {
+    watch?: PodWatch;
+    cache?: CredCache;
+    fastPath?: ImdsFastPath;
+    epochWatch?: PolicyEpochWatch;
+  } = {};
   const metrics = new AgentMetrics({
     podsKnown: () => index.size,
     podsWaiting: () => index.waiting,
     cacheEntries: () => late.cache?.size ?? 0,
     watchStale: () => late.watch?.isStale() ?? true,
     serverReachable: () => client.reachable,
+    policyEpochAgeSeconds: () => (late.epochWatch?.ageMs() ?? 0) / 1000,
     fastPath: () => late.fastPath?.stats,
     cniState: () => {
       const s = cni?.status();
@@ -154,7 +166,21 @@ export async function startAgent(
       };
     },
   });
-  const cache = new CredCache({ source: client, log, metrics, requestTimeoutMs: cfg.serverTimeoutMs });
+  const epochWatch: PolicyEpochWatch = new PolicyEpochWatch({
+    source: client,
+    namespaces: (): Set<string> => cache.namespaces(),
+    onEpochs: (epochs) => cache.confirmEpochs(epochs),
+    log,
+  });
+  late.epochWatch = epochWatch;
+  const cache: CredCache = new CredCache({
+    source: client,
+    log,
+    metrics,
+    requestTimeoutMs: cfg.serverTimeoutMs,
+    epochs: epochWatch,
+    ...(cfg.policyEpochMaxAgeMs !== undefined ? { epochMaxAgeMs: cfg.policyEpochMaxAgeMs } : {}),
+  });
   late.cache = cache;
 
   index.addListener({
@@ -165,7 +191,10 @@ export async function startAgent(
       if (prev && prev.ip !== "" && prev.ip !== pod.ip) cache.drop(pod.uid);
       // a pod in which nothing runs any more can make no request: nothing is kept or renewed for it
       if (podFinished(pod)) cache.drop(pod.uid);
-      else if (!pod.hostNetwork && !pod.mirror && !pod.terminating) cache.prefetch(pod);
+      else if (!pod.hostNetwork && !pod.mirror && !pod.terminating) {
+        cache.prefetch(pod);
+        epochWatch.cover(pod.namespace);
+      }
     },
     podGone(pod) {
       cache.drop(pod.uid);
@@ -289,6 +318,7 @@ export async function startAgent(
         "--cni-state-dir is empty: IPs are attributed from the pod watch alone (a reused IP can be served as its previous pod until the watch shows that pod gone)",
       );
     watch.start();
+    epochWatch.start();
     const probe = (): void => {
       void client.probe();
     };
@@ -362,6 +392,7 @@ export async function startAgent(
         if (hookTimer) clearInterval(hookTimer);
         await watch.stop();
         await cni?.stop();
+        await epochWatch.stop();
         await closeServers();
         cache.dropAll();
         client.close();
@@ -375,6 +406,7 @@ export async function startAgent(
     if (hookTimer) clearInterval(hookTimer);
     await watch.stop();
     await cni?.stop();
+    await epochWatch.stop();
     await closeServers();
     client.close();
     kube.close();

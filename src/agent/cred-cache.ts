@@ -1,6 +1,8 @@
 // Per-pod credential cache: prefetch, refresh ahead of expiry with jitter, one request in flight
 // per pod, keep serving still-valid credentials while the server fails, drop at once when the pod
 // goes. Responses are serialised once per issuance so that a cache hit only writes a Buffer.
+// Credentials are served only under the policy epoch the agent knows for the pod's namespace
+// (epoch-watch.ts): after a policy change they are re-fetched, never served again.
 import { createHash } from "node:crypto";
 import {
   DEFINITE_DENIALS,
@@ -12,6 +14,7 @@ import {
 import type { Logger } from "../common/logger.ts";
 import { LRUCache } from "lru-cache";
 import { ServerError } from "./server-client.ts";
+import type { EpochView } from "./epoch-watch.ts";
 
 export interface CredentialsSource {
   credentials(req: { pod: PodRef; podToken?: string }, timeoutMs?: number): Promise<CredentialsResponse>;
@@ -32,6 +35,10 @@ export interface CachedCreds {
   /** iam/info document. */
   infoBody: Buffer;
   roleNameBody: Buffer;
+  /** The namespace's policy epoch the server decided under (undefined: an older server). */
+  policyEpoch: string | undefined;
+  /** When the request that brought these credentials was sent. */
+  requestedAtMs: number;
 }
 
 export type Outcome =
@@ -63,6 +70,19 @@ export interface CredCacheOptions {
   podTokenTtlMs?: number;
   /** Pod tokens remembered per pod, accepted and refused each (least recently used go first). */
   maxTokensPerPod?: number;
+  /** The policy-epoch channel; undefined: credentials are never checked against epochs. */
+  epochs?: EpochView;
+  /**
+   * Credentials neither fetched nor confirmed by the epoch channel for this long are revalidated
+   * with the server on next use (the channel's fail-closed bound).
+   */
+  epochMaxAgeMs?: number;
+  /** After an epoch change, the affected pods are re-fetched spread over at most this long. */
+  epochRefetchSpreadMs?: number;
+  /** An answer under another epoch than the agent knows is asked again this often, this many times. */
+  epochRetryMs?: number;
+  epochRetries?: number;
+  now?: () => number;
 }
 
 type Refusal = { code: ErrorCode; message: string; status: number; untilMs: number };
@@ -88,7 +108,7 @@ export function formatTime(ms: number): string {
   return new Date(ms).toISOString().replace(/\.\d{3}Z$/, "Z");
 }
 
-function serialise(res: CredentialsResponse, nowMs: number): CachedCreds {
+function serialise(res: CredentialsResponse, nowMs: number, requestedAtMs: number): CachedCreds {
   const c = res.credentials;
   const expirationMs = Date.parse(c.expiration);
   const exp = formatTime(expirationMs);
@@ -129,6 +149,8 @@ function serialise(res: CredentialsResponse, nowMs: number): CachedCreds {
     containerBody: Buffer.from(JSON.stringify(container)),
     infoBody: Buffer.from(JSON.stringify(info, null, 2)),
     roleNameBody: Buffer.from(res.roleName),
+    policyEpoch: res.policyEpoch,
+    requestedAtMs,
   };
 }
 
@@ -156,7 +178,10 @@ export function hashToken(token: string): string {
 }
 
 export class CredCache {
-  private readonly o: Required<Omit<CredCacheOptions, "metrics">> & { metrics: CacheMetrics | undefined };
+  private readonly o: Required<Omit<CredCacheOptions, "metrics" | "epochs">> & {
+    metrics: CacheMetrics | undefined;
+    epochs: EpochView | undefined;
+  };
   private readonly entries = new Map<string, Entry>();
 
   constructor(opts: CredCacheOptions) {
@@ -171,8 +196,14 @@ export class CredCache {
       requestTimeoutMs: 5_000,
       podTokenTtlMs: 5 * 60_000,
       maxTokensPerPod: 64,
+      epochMaxAgeMs: 60_000,
+      epochRefetchSpreadMs: 2_000,
+      epochRetryMs: 250,
+      epochRetries: 4,
+      now: Date.now,
       ...opts,
       metrics: opts.metrics,
+      epochs: opts.epochs,
     };
   }
 
@@ -180,13 +211,26 @@ export class CredCache {
     return this.entries.size;
   }
 
+  /** Namespaces of the pods held (what the epoch channel has to cover). */
+  namespaces(): Set<string> {
+    const out = new Set<string>();
+    for (const e of this.entries.values()) out.add(e.pod.namespace);
+    return out;
+  }
+
   /** Hot path: credentials that can be served without asking anyone, or undefined. */
-  fresh(uid: string, nowMs = Date.now()): CachedCreds | undefined {
-    const c = this.entries.get(uid)?.creds;
+  fresh(uid: string, nowMs = this.o.now()): CachedCreds | undefined {
+    const e = this.entries.get(uid);
+    const c = e?.creds;
     if (c === undefined) return undefined;
-    const remaining = c.expirationMs - nowMs;
+    if (!this.underKnownEpoch(e!.pod.namespace, c) || !this.confirmed(e!.pod.namespace, c, nowMs))
+      return undefined;
+    return this.longLived(c, nowMs) ? c : undefined;
+  }
+
+  private longLived(c: CachedCreds, nowMs: number): boolean {
     const need = Math.min(this.o.minRemainingMs, (c.expirationMs - c.fetchedAtMs) / 2);
-    return remaining >= need ? c : undefined;
+    return c.expirationMs - nowMs >= need;
   }
 
   /** Start fetching for a pod that just got an IP (no-op when something is cached or in flight). */
@@ -211,15 +255,50 @@ export class CredCache {
     for (const uid of [...this.entries.keys()]) this.drop(uid);
   }
 
+  /**
+   * The epoch channel answered. Credentials under another epoch are already unservable (fresh()
+   * compares); re-fetch them now rather than on the pod's next request, spread out so that a
+   * RoleAllowance change does not send every pod of the node to the server in the same instant.
+   */
+  confirmEpochs(epochs: ReadonlyMap<string, string>): void {
+    const behind: Entry[] = [];
+    for (const e of this.entries.values()) {
+      const epoch = epochs.get(e.pod.namespace);
+      if (e.creds && !e.gone && epoch !== undefined && e.creds.policyEpoch !== epoch) behind.push(e);
+    }
+    const spread = Math.min(this.o.epochRefetchSpreadMs, behind.length * 10);
+    for (const e of behind) if (!e.inflight) this.schedule(e, Math.random() * spread);
+  }
+
+  /** The credentials were issued under the epoch the agent knows for the namespace (or it knows none). */
+  private underKnownEpoch(namespace: string, c: CachedCreds): boolean {
+    const known = this.o.epochs?.known(namespace);
+    return known === undefined || known === c.policyEpoch;
+  }
+
+  /** Fetched, or confirmed by the epoch channel, within epochMaxAgeMs. */
+  private confirmed(namespace: string, c: CachedCreds, nowMs: number): boolean {
+    if (!this.o.epochs) return true;
+    return Math.max(this.o.epochs.confirmedAtMs(namespace), c.requestedAtMs) + this.o.epochMaxAgeMs > nowMs;
+  }
+
   /** Slow path: wait (bounded) for credentials for `pod`. */
   async obtain(pod: PodRef, waitMs: number): Promise<Outcome> {
     const e = this.ensure(pod);
-    const now = Date.now();
+    const now = this.o.now();
     const fresh = this.fresh(pod.uid, now);
     if (fresh) return { ok: true, creds: fresh, stale: false };
     if (e.denial && e.denial.untilMs > now) return { ok: false, ...e.denial };
     if (!e.inflight && now >= e.retryAtMs) this.startFetch(e, e.creds ? "refresh" : "demand");
-    if (e.inflight) await withTimeout(e.inflight, waitMs);
+    // Unconfirmed only because the epoch channel is down, and the server already failed to
+    // revalidate: no change is known, so serve what is still valid (as while the server fails)
+    // instead of making every request wait for a server that is not answering.
+    const unconfirmedOnly =
+      e.creds !== undefined &&
+      e.failures > 0 &&
+      this.underKnownEpoch(pod.namespace, e.creds) &&
+      this.longLived(e.creds, now);
+    if (e.inflight && !unconfirmedOnly) await withTimeout(e.inflight, waitMs);
     return this.settle(e);
   }
 
@@ -273,10 +352,12 @@ export class CredCache {
 
   private async fetchWithToken(e: Entry, podToken: string, h: string): Promise<Outcome> {
     try {
+      const requestedAtMs = this.o.now();
       const res = await this.o.source.credentials({ pod: e.pod, podToken }, this.o.requestTimeoutMs);
       this.o.metrics?.fetch("ok", "token");
       if (e.gone) return { ok: false, code: "PodNotFound", message: "the pod is gone", status: 404 };
-      const creds = this.apply(e, res);
+      if (!this.matchesKnownEpoch(e, res)) return { ok: false, ...POLICY_CHANGE_PROPAGATING };
+      const creds = this.apply(e, res, requestedAtMs);
       e.tokens ??= new LRUCache({ max: this.o.maxTokensPerPod });
       e.tokens.set(h, Math.min(Date.now() + this.o.podTokenTtlMs, creds.expirationMs));
       return { ok: true, creds, stale: false };
@@ -294,11 +375,16 @@ export class CredCache {
   }
 
   private settle(e: Entry): Outcome {
-    const now = Date.now();
+    const now = this.o.now();
     const fresh = this.fresh(e.pod.uid, now);
     if (fresh) return { ok: true, creds: fresh, stale: false };
     if (e.denial && e.denial.untilMs > now) return { ok: false, ...e.denial };
-    if (e.creds && e.creds.expirationMs - now > this.o.staleFloorMs) {
+    // Credentials under a superseded epoch are never served, not even while the server fails.
+    if (
+      e.creds &&
+      this.underKnownEpoch(e.pod.namespace, e.creds) &&
+      e.creds.expirationMs - now > this.o.staleFloorMs
+    ) {
       this.o.metrics?.staleServed();
       return { ok: true, creds: e.creds, stale: true };
     }
@@ -333,9 +419,15 @@ export class CredCache {
     return e;
   }
 
-  private apply(e: Entry, res: CredentialsResponse): CachedCreds {
-    const now = Date.now();
-    const creds = serialise(res, now);
+  /** The answer was decided under the epoch the agent knows for the pod's namespace (or it knows none). */
+  private matchesKnownEpoch(e: Entry, res: CredentialsResponse): boolean {
+    const known = this.o.epochs?.known(e.pod.namespace);
+    return known === undefined || known === res.policyEpoch;
+  }
+
+  private apply(e: Entry, res: CredentialsResponse, requestedAtMs: number): CachedCreds {
+    const now = this.o.now();
+    const creds = serialise(res, now, requestedAtMs);
     if (!Number.isFinite(creds.expirationMs) || creds.expirationMs <= now) {
       throw new ServerError("Unavailable", "the credential service returned expired credentials", 502);
     }
@@ -369,10 +461,24 @@ export class CredCache {
   private startFetch(e: Entry, kind: "prefetch" | "demand" | "refresh"): void {
     const p = (async () => {
       try {
-        const res = await this.o.source.credentials({ pod: e.pod }, this.o.requestTimeoutMs);
-        if (e.gone) return;
-        this.apply(e, res);
-        this.o.metrics?.fetch("ok", kind);
+        for (let attempt = 0; ; attempt++) {
+          const requestedAtMs = this.o.now();
+          const res = await this.o.source.credentials({ pod: e.pod }, this.o.requestTimeoutMs);
+          if (e.gone) return;
+          if (this.matchesKnownEpoch(e, res)) {
+            this.apply(e, res, requestedAtMs);
+            this.o.metrics?.fetch("ok", kind);
+            return;
+          }
+          // The replica that answered, or this agent, is behind a policy change: the answer may
+          // be the old decision. Ask again (any replica) while the informers converge.
+          if (attempt >= this.o.epochRetries) {
+            const x = POLICY_CHANGE_PROPAGATING;
+            throw new ServerError(x.code, x.message, x.status);
+          }
+          await sleep(this.o.epochRetryMs);
+          if (e.gone) return;
+        }
       } catch (err) {
         if (e.gone) return;
         const x = toError(err);
@@ -414,6 +520,16 @@ export class CredCache {
 }
 
 const TIMEOUT = Symbol("timeout");
+
+const POLICY_CHANGE_PROPAGATING = {
+  code: "Unavailable" as const,
+  message: "a policy change is still reaching the credential service; retry shortly",
+  status: ERROR_STATUS.Unavailable,
+};
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms).unref());
+}
 
 function withTimeout<T>(p: Promise<T>, ms: number): Promise<T | typeof TIMEOUT> {
   return new Promise((resolve) => {

@@ -70,6 +70,8 @@ export class AgentMetrics implements CacheMetrics {
     cacheEntries: () => number;
     watchStale: () => boolean;
     serverReachable: () => boolean;
+    /** Seconds since the policy-epoch long poll last answered. */
+    policyEpochAgeSeconds?: () => number;
     /** The IMDS fast path's counts, when it is on. */
     fastPath?: () => FastPathStats | undefined;
     /** The node's CNI state as the pod index uses it (cni-state.ts). */
@@ -305,6 +307,14 @@ export class AgentMetrics implements CacheMetrics {
       registers: [r],
       collect() {
         this.set(gauges.serverReachable() ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: "keycutter_agent_policy_epoch_age_seconds",
+      help: "Seconds since the policy-epoch long poll last answered (0 with no pods to cover)",
+      registers: [r],
+      collect() {
+        this.set(gauges.policyEpochAgeSeconds?.() ?? 0);
       },
     });
   }

@@ -6,10 +6,14 @@ import { readFileSync, statSync } from "node:fs";
 import {
   CREDENTIALS_PATH,
   ERROR_STATUS,
+  POLICY_EPOCHS_PATH,
   isCredentialsResponse,
+  isPolicyEpochsResponse,
   type CredentialsRequest,
   type CredentialsResponse,
   type ErrorCode,
+  type PolicyEpochsRequest,
+  type PolicyEpochsResponse,
 } from "../api/contract.ts";
 
 const MAX_RESPONSE_BYTES = 64 * 1024;
@@ -59,6 +63,27 @@ export class TokenFile {
 
 const CODES = new Set<string>(Object.keys(ERROR_STATUS));
 
+function parseJson(text: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+}
+
+/** A non-2xx answer as a ServerError: the server's own code when it sent one. */
+function errorFrom(status: number, parsed: unknown): ServerError {
+  const p = parsed as { code?: unknown; message?: unknown } | undefined;
+  if (p && typeof p.code === "string" && CODES.has(p.code)) {
+    const msg = typeof p.message === "string" ? p.message.slice(0, 500) : p.code;
+    return new ServerError(p.code as ErrorCode, msg, status);
+  }
+  if (status === 401)
+    return new ServerError("Unauthenticated", "the credential service rejected the agent", status);
+  if (status === 429) return new ServerError("Throttled", "the credential service is throttling", status);
+  return new ServerError("Unavailable", `credential service answered HTTP ${status}`, 502);
+}
+
 export class ServerClient {
   private readonly url: URL;
   private readonly agent: HttpsAgent | HttpAgent;
@@ -94,37 +119,54 @@ export class ServerClient {
   }
 
   async credentials(req: CredentialsRequest, timeoutMs = this.timeoutMs): Promise<CredentialsResponse> {
-    let token: string;
+    const { status, text } = await this.send(
+      "POST",
+      CREDENTIALS_PATH,
+      JSON.stringify(req),
+      this.bearer(),
+      timeoutMs,
+    );
+    const parsed = parseJson(text);
+    if (status >= 200 && status < 300) {
+      if (!isCredentialsResponse(parsed))
+        throw new ServerError("Unavailable", "malformed answer from the credential service", 502);
+      return parsed;
+    }
+    throw errorFrom(status, parsed);
+  }
+
+  /** The epochs long poll (held by the server up to POLICY_EPOCH_HOLD_MS); `cancel` ends it. */
+  async policyEpochs(
+    req: PolicyEpochsRequest,
+    timeoutMs: number,
+    cancel?: AbortSignal,
+  ): Promise<PolicyEpochsResponse> {
+    const { status, text } = await this.send(
+      "POST",
+      POLICY_EPOCHS_PATH,
+      JSON.stringify(req),
+      this.bearer(),
+      timeoutMs,
+      cancel,
+    );
+    const parsed = parseJson(text);
+    if (status >= 200 && status < 300) {
+      if (!isPolicyEpochsResponse(parsed))
+        throw new ServerError("Unavailable", "malformed epochs answer from the credential service", 502);
+      return parsed;
+    }
+    throw errorFrom(status, parsed);
+  }
+
+  private bearer(): string {
     try {
-      token = this.token.read();
+      return this.token.read();
     } catch (err) {
       throw new ServerError(
         "Unavailable",
         `cannot read the agent token file: ${(err as NodeJS.ErrnoException).code ?? "error"}`,
       );
     }
-    const body = JSON.stringify(req);
-    const { status, text } = await this.send("POST", CREDENTIALS_PATH, body, token, timeoutMs);
-    let parsed: unknown;
-    try {
-      parsed = JSON.parse(text);
-    } catch {
-      parsed = undefined;
-    }
-    if (status >= 200 && status < 300) {
-      if (!isCredentialsResponse(parsed))
-        throw new ServerError("Unavailable", "malformed answer from the credential service", 502);
-      return parsed;
-    }
-    const p = parsed as { code?: unknown; message?: unknown } | undefined;
-    if (p && typeof p.code === "string" && CODES.has(p.code)) {
-      const msg = typeof p.message === "string" ? p.message.slice(0, 500) : p.code;
-      throw new ServerError(p.code as ErrorCode, msg, status);
-    }
-    if (status === 401)
-      throw new ServerError("Unauthenticated", "the credential service rejected the agent", status);
-    if (status === 429) throw new ServerError("Throttled", "the credential service is throttling", status);
-    throw new ServerError("Unavailable", `credential service answered HTTP ${status}`, 502);
   }
 
   /** Any HTTP answer (even 404) means reachable; a connection or TLS failure does not. */
@@ -143,6 +185,7 @@ export class ServerClient {
     body: string | undefined,
     token: string | undefined,
     timeoutMs: number,
+    cancel?: AbortSignal,
   ): Promise<{ status: number; text: string }> {
     const doRequest = this.url.protocol === "https:" ? httpsRequest : httpRequest;
     const base = this.url.pathname.replace(/\/$/, "");
@@ -178,6 +221,7 @@ export class ServerClient {
           });
           res.on("end", () => {
             clearTimeout(timer);
+            cancel?.removeEventListener("abort", onCancel);
             this.lastAnswerMs = Date.now();
             resolve({ status: res.statusCode ?? 0, text: Buffer.concat(chunks).toString("utf8") });
           });
@@ -186,7 +230,9 @@ export class ServerClient {
       );
       const fail = (err: unknown): void => {
         clearTimeout(timer);
-        this.lastFailureMs = Date.now();
+        cancel?.removeEventListener("abort", onCancel);
+        // Ending our own long poll says nothing about the server's reachability.
+        if ((err as NodeJS.ErrnoException).code !== "ECANCELLED") this.lastFailureMs = Date.now();
         req.destroy();
         if (err instanceof ServerError) reject(err);
         else {
@@ -201,6 +247,9 @@ export class ServerClient {
       );
       req.on("timeout", () => fail(Object.assign(new Error("timeout"), { code: "ETIMEDOUT" })));
       req.on("error", fail);
+      const onCancel = (): void => fail(Object.assign(new Error("cancelled"), { code: "ECANCELLED" }));
+      if (cancel?.aborted) onCancel();
+      else cancel?.addEventListener("abort", onCancel, { once: true });
       req.end(body);
     });
   }

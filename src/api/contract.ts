@@ -7,6 +7,20 @@ export const CREDENTIALS_PATH = "/v1/credentials";
 /** Bodies larger than this are refused with 413 before parsing. */
 export const MAX_REQUEST_BYTES = 16 * 1024;
 
+/**
+ * POST /v1/policy-epochs: a long poll. The agent names the namespaces of its pods with the epoch
+ * it knows for each ("" when none); the server answers as soon as one differs from its own, or
+ * after about POLICY_EPOCH_HOLD_MS with the same epochs. Same authentication as the credentials
+ * call.
+ */
+export const POLICY_EPOCHS_PATH = "/v1/policy-epochs";
+/** How long the server holds a long poll with nothing changed. */
+export const POLICY_EPOCH_HOLD_MS = 25_000;
+/** At most this many namespaces per poll (a node's pods are never in more). */
+export const MAX_EPOCH_NAMESPACES = 512;
+/** The epochs body: MAX_EPOCH_NAMESPACES names of 63 characters with an epoch each. */
+export const MAX_EPOCH_REQUEST_BYTES = 64 * 1024;
+
 export interface PodRef {
   namespace: string;
   name: string;
@@ -40,6 +54,22 @@ export interface CredentialsResponse {
   roleName: string;
   sessionName: string;
   policy: { namespace: string; name: string; generation: number };
+  /**
+   * The pod namespace's policy epoch the decision was made under. An agent that knows a different
+   * epoch for the namespace does not serve these credentials (the replica or the agent is behind a
+   * policy change) and asks again. Absent from servers older than the epoch channel.
+   */
+  policyEpoch?: string;
+}
+
+/** POST /v1/policy-epochs body: namespace → the epoch the agent knows ("" for none yet). */
+export interface PolicyEpochsRequest {
+  namespaces: Record<string, string>;
+}
+
+/** The server's epoch for every namespace of the request. */
+export interface PolicyEpochsResponse {
+  epochs: Record<string, string>;
 }
 
 export type ErrorCode =
@@ -95,6 +125,9 @@ export const DEFINITE_DENIALS: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
 ]);
 
 const K8S_NAME = /^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$/;
+const NAMESPACE_NAME = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
+/** Epochs are base64url digests (policy-epoch computation: src/server/policy-epochs.ts). */
+const EPOCH = /^[A-Za-z0-9_-]{0,64}$/;
 const UID = /^[0-9a-fA-F-]{1,64}$/;
 
 export class ContractError extends Error {
@@ -143,6 +176,44 @@ export function parseCredentialsRequest(body: unknown): CredentialsRequest {
   return req;
 }
 
+/** Validates an untrusted epochs poll; throws ContractError("BadRequest") naming the first problem. */
+export function parsePolicyEpochsRequest(body: unknown): PolicyEpochsRequest {
+  if (typeof body !== "object" || body === null || Array.isArray(body)) {
+    throw new ContractError("BadRequest", "body must be a JSON object");
+  }
+  for (const k of Object.keys(body)) {
+    if (k !== "namespaces") throw new ContractError("BadRequest", `unknown field "${k}"`);
+  }
+  const namespaces = (body as Record<string, unknown>).namespaces;
+  if (typeof namespaces !== "object" || namespaces === null || Array.isArray(namespaces)) {
+    throw new ContractError("BadRequest", "namespaces must be an object of namespace → epoch");
+  }
+  const entries = Object.entries(namespaces);
+  if (entries.length > MAX_EPOCH_NAMESPACES) {
+    throw new ContractError("BadRequest", `at most ${MAX_EPOCH_NAMESPACES} namespaces per poll`);
+  }
+  // A null-prototype object: names are checked below, but nothing here should ever reach a prototype.
+  const out: Record<string, string> = Object.create(null) as Record<string, string>;
+  for (const [ns, epoch] of entries) {
+    if (!NAMESPACE_NAME.test(ns))
+      throw new ContractError("BadRequest", "namespaces has an invalid namespace name");
+    if (typeof epoch !== "string" || !EPOCH.test(epoch)) {
+      throw new ContractError("BadRequest", `namespaces.${ns} is not a valid epoch`);
+    }
+    out[ns] = epoch;
+  }
+  return { namespaces: out };
+}
+
+export function isPolicyEpochsResponse(v: unknown): v is PolicyEpochsResponse {
+  if (typeof v !== "object" || v === null) return false;
+  const epochs = (v as Record<string, unknown>).epochs;
+  if (typeof epochs !== "object" || epochs === null || Array.isArray(epochs)) return false;
+  return Object.entries(epochs).every(
+    ([ns, epoch]) => NAMESPACE_NAME.test(ns) && typeof epoch === "string" && EPOCH.test(epoch),
+  );
+}
+
 export function isCredentialsResponse(v: unknown): v is CredentialsResponse {
   if (typeof v !== "object" || v === null) return false;
   const r = v as Record<string, unknown>;
@@ -157,6 +228,7 @@ export function isCredentialsResponse(v: unknown): v is CredentialsResponse {
     !Number.isNaN(Date.parse(c.expiration)) &&
     typeof r.roleArn === "string" &&
     typeof r.roleName === "string" &&
-    typeof r.sessionName === "string"
+    typeof r.sessionName === "string" &&
+    (r.policyEpoch === undefined || (typeof r.policyEpoch === "string" && EPOCH.test(r.policyEpoch)))
   );
 }

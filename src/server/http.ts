@@ -14,8 +14,12 @@ import {
   CREDENTIALS_PATH,
   ContractError,
   ERROR_STATUS,
+  MAX_EPOCH_REQUEST_BYTES,
   MAX_REQUEST_BYTES,
+  POLICY_EPOCHS_PATH,
   parseCredentialsRequest,
+  parsePolicyEpochsRequest,
+  type PolicyEpochsResponse,
   type ErrorCode,
   type ErrorResponse,
 } from "../api/contract.ts";
@@ -24,6 +28,7 @@ import { ReviewThrottled, type ReviewedIdentity } from "../k8s/token-review.ts";
 import type { Registry } from "prom-client";
 import type { AgentIdentity, CredentialService } from "./service.ts";
 import type { ServerMetrics } from "./metrics.ts";
+import type { PolicyEpochs } from "./policy-epochs.ts";
 
 export interface ApiOptions {
   tlsCertFile?: string;
@@ -34,6 +39,8 @@ export interface ApiOptions {
   /** `source` is the client's address: each source has its own review budget. */
   reviewAgentToken: (token: string, source: string) => Promise<ReviewedIdentity>;
   service: CredentialService;
+  /** Serves the agents' epoch long polls (POST /v1/policy-epochs); undefined: 404. */
+  epochs?: PolicyEpochs;
   log: Logger;
   metrics: ServerMetrics;
   /** Audit records for requests refused before the service (authentication). */
@@ -68,11 +75,11 @@ function sendError(res: ServerResponse, e: ContractError): void {
   send(res, status, body, extra);
 }
 
-function readBody(req: IncomingMessage): Promise<Buffer> {
+function readBody(req: IncomingMessage, maxBytes = MAX_REQUEST_BYTES): Promise<Buffer> {
   return new Promise((resolve, reject) => {
     const len = req.headers["content-length"];
-    if (len !== undefined && Number(len) > MAX_REQUEST_BYTES) {
-      reject(new HttpError("PayloadTooLarge", `body larger than ${MAX_REQUEST_BYTES} bytes`));
+    if (len !== undefined && Number(len) > maxBytes) {
+      reject(new HttpError("PayloadTooLarge", `body larger than ${maxBytes} bytes`));
       return;
     }
     const chunks: Buffer[] = [];
@@ -81,9 +88,9 @@ function readBody(req: IncomingMessage): Promise<Buffer> {
     req.on("data", (c: Buffer) => {
       if (done) return;
       size += c.length;
-      if (size > MAX_REQUEST_BYTES) {
+      if (size > maxBytes) {
         done = true;
-        reject(new HttpError("PayloadTooLarge", `body larger than ${MAX_REQUEST_BYTES} bytes`));
+        reject(new HttpError("PayloadTooLarge", `body larger than ${maxBytes} bytes`));
         req.resume();
         return;
       }
@@ -155,6 +162,7 @@ export function createApiHandler(opts: ApiOptions): (req: IncomingMessage, res: 
     const handle = async () => {
       const url = req.url ?? "/";
       const path = url.split("?")[0];
+      if (path === POLICY_EPOCHS_PATH && opts.epochs) return handleEpochs(opts.epochs);
       if (path !== CREDENTIALS_PATH) throw new HttpError("BadRequest", "no such path", 404);
       if (req.method !== "POST") throw new HttpError("BadRequest", "method not allowed; use POST", 405);
       let agent: AgentIdentity;
@@ -177,6 +185,33 @@ export function createApiHandler(opts: ApiOptions): (req: IncomingMessage, res: 
       const creq = parseCredentialsRequest(body);
       const out = await opts.service.issue(agent, creq);
       send(res, 200, out);
+    };
+    const handleEpochs = async (epochs: PolicyEpochs) => {
+      if (req.method !== "POST") throw new HttpError("BadRequest", "method not allowed; use POST", 405);
+      let agent: AgentIdentity;
+      try {
+        agent = await authenticate(req);
+      } catch (e) {
+        if (e instanceof ContractError) opts.auditAuthFailure?.(e.code, e.message);
+        throw e;
+      }
+      const ct = String(req.headers["content-type"] ?? "");
+      if (!/^application\/json\s*(;.*)?$/i.test(ct))
+        throw new HttpError("BadRequest", "content-type must be application/json", 415);
+      const raw = await readBody(req, MAX_EPOCH_REQUEST_BYTES);
+      let body: unknown;
+      try {
+        body = JSON.parse(raw.toString("utf8"));
+      } catch {
+        throw new HttpError("BadRequest", "body is not valid JSON");
+      }
+      const poll = parsePolicyEpochsRequest(body);
+      const gone = new AbortController();
+      res.once("close", () => gone.abort());
+      const out: PolicyEpochsResponse = {
+        epochs: await epochs.wait(agent.nodeName, poll.namespaces, gone.signal),
+      };
+      if (!gone.signal.aborted) send(res, 200, out);
     };
     handle().catch((e: unknown) => {
       if (res.headersSent) return;

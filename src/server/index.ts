@@ -19,6 +19,7 @@ import { createAuditLogger, type AuditSink } from "./audit.ts";
 import { loadKey, SharedStore } from "./cache.ts";
 import { startApiServer, startOpsServer, type Listening } from "./http.ts";
 import { createServerMetrics, type ServerMetrics } from "./metrics.ts";
+import { PolicyEpochs } from "./policy-epochs.ts";
 import { CredentialService, DEFAULT_SERVICE_OPTIONS, type ServiceOptions } from "./service.ts";
 import type { AssumeRoleCommandInput } from "@aws-sdk/client-sts";
 
@@ -59,6 +60,8 @@ export interface ServerConfig {
   leaseName: string;
   identity: string;
   statusIntervalMs?: number;
+  /** How long an agent's epoch poll is held with nothing changed (tests shorten it). */
+  epochHoldMs?: number;
   /** Test hook: every AssumeRole input. */
   onStsCall?: (input: AssumeRoleCommandInput) => void;
   audit?: AuditSink;
@@ -94,6 +97,7 @@ export interface RunningServer {
   service: CredentialService;
   informers: PolicyInformers;
   reviewer: TokenReviewer;
+  epochs: PolicyEpochs;
   shared?: SharedStore;
   elector?: LeaderElector;
   ready(): boolean;
@@ -167,6 +171,11 @@ export async function startServer(cfg: ServerConfig): Promise<RunningServer> {
     intervalMs: cfg.statusIntervalMs ?? 30_000,
   });
 
+  const epochs = new PolicyEpochs(
+    informers,
+    cfg.epochHoldMs !== undefined ? { holdMs: cfg.epochHoldMs } : {},
+  );
+
   const svcOpts: Partial<ServiceOptions> = {
     clusterName: cfg.clusterName,
     maxDurationSeconds: cfg.maxDurationSeconds,
@@ -182,6 +191,7 @@ export async function startServer(cfg: ServerConfig): Promise<RunningServer> {
       reviewPodToken: (token, agent) => reviewPodToken(token, agent.nodeName),
       sts,
       ...(shared ? { shared } : {}),
+      epochs,
       audit,
       metrics,
       log,
@@ -192,6 +202,7 @@ export async function startServer(cfg: ServerConfig): Promise<RunningServer> {
 
   await informers.start();
   informers.onChange(() => status.kick());
+  informers.onChange(() => epochs.changed());
 
   let elector: LeaderElector | undefined;
   if (cfg.leaderElection) {
@@ -226,6 +237,7 @@ export async function startServer(cfg: ServerConfig): Promise<RunningServer> {
           requireNode: true,
         }),
       service,
+      epochs,
       log,
       metrics,
       auditAuthFailure: (code, reason) => {
@@ -256,6 +268,7 @@ export async function startServer(cfg: ServerConfig): Promise<RunningServer> {
     service,
     informers,
     reviewer,
+    epochs,
     ready,
     async stop() {
       if (stopped) return stopped;
@@ -265,6 +278,7 @@ export async function startServer(cfg: ServerConfig): Promise<RunningServer> {
   };
   let stopped: Promise<void> | undefined;
   const doStop = async () => {
+    epochs.close();
     await api.close();
     await ops.close();
     status.stop();

@@ -34,6 +34,8 @@ export interface Deps {
   audit: AuditSink;
   metrics: ServerMetrics;
   log: Logger;
+  /** The namespace's policy epoch (policy-epochs.ts), sent with the credentials. */
+  epochs?: { epochOf(namespace: string): string };
   /** Called with every refusal tied to a policy (the status writer shows the latest). */
   observe?: (policy: PolicyRef, reason: string, message: string) => void;
   /** Wall-clock milliseconds for the STS failure cache; injectable for tests. */
@@ -212,6 +214,8 @@ export class CredentialService {
     } catch {
       throw new ContractError("Unavailable", "cannot read the namespace from the Kubernetes API");
     }
+    // Read in the same turn as the decision's policies: the epoch names exactly what was decided on.
+    const policyEpoch = this.deps.epochs?.epochOf(namespace);
     const d: Decision = decide(
       {
         pod: pod.facts,
@@ -264,11 +268,18 @@ export class CredentialService {
         generation: plan.policy.generation,
       },
     };
+    if (policyEpoch !== undefined) out.policyEpoch = policyEpoch;
     if (creds.accountId) out.credentials.accountId = creds.accountId;
     return out;
   }
 
-  /** The cache key covers the pod UID, the policy and allowance generations and the exact inputs. */
+  /**
+   * The cache key is the pod UID and what the decision says, the exact AssumeRole inputs (role,
+   * rendered session policy with the allowances' denies, managed policies, tags, duration capped
+   * by the allowances, names), never which objects or generations led there: a policy edit that
+   * leaves a pod's decision as it was finds the credentials already issued, and one that changes
+   * anything the credentials carry misses and forces a new AssumeRole.
+   */
   static cacheKey(plan: IssuePlan, podUID: string): string {
     const inputs = createHash("sha256")
       .update(
@@ -283,8 +294,7 @@ export class CredentialService {
         ]),
       )
       .digest("hex");
-    const allow = plan.allowances.map((a) => `${a.uid}:${a.generation}`).join(",");
-    return `${podUID}|${plan.policy.uid}:${plan.policy.generation}|${allow}|${inputs}`;
+    return `${podUID}|${inputs}`;
   }
 
   private fresh(

@@ -238,6 +238,8 @@ before(async () => {
     keyFile: pki.keyFile,
     agents: (agentsMap = new Map([[agentToken, "node1"]])),
     noPolicyLabel: "test/no-policy",
+    // a healthy epoch channel answers every second, so a short --policy-epoch-max-age-ms can be tested
+    epochHoldMs: 1000,
   });
   await server.start();
 
@@ -861,6 +863,53 @@ test("require-IMDSv2 mode: a v1 client gets 401, IMDSv2 SDKs still work", async 
     await agent.stop();
     agent = await startAgent();
     await agentReady("agent ready again");
+  }
+});
+
+test("policy epochs: a moved epoch replaces a pod's credentials within seconds, never served again; with the epoch channel down they revalidate after --policy-epoch-max-age-ms", async () => {
+  await agent!.stop();
+  agent = await startAgent(["--policy-epoch-max-age-ms=3000"]);
+  try {
+    await waitFor(
+      "agent ready",
+      async () => (await fetch(`http://${node.ip}:8182/readyz`).catch(() => undefined))?.status === 200,
+    );
+    const first = (await boto("a")).ak!;
+    assert.ok(issuedTo("a").includes(first));
+    assert.equal((await boto("a")).ak, first, "cached");
+
+    // the service says pod a's namespace changed policy: new credentials, and never the old again
+    const t0 = Date.now();
+    server.setEpoch(NS, `moved-${t0}`);
+    const moved = await waitFor("new credentials after the epoch moved", async () => {
+      const ak = (await boto("a")).ak;
+      return ak !== first ? ak : undefined;
+    });
+    console.log(`# epoch moved → pod served new credentials after ${Date.now() - t0} ms`);
+    assert.ok(moved && issuedTo("a").includes(moved));
+    for (let i = 0; i < 3; i++) assert.notEqual((await boto("a")).ak, first);
+
+    // the channel goes down (the credentials call still works): served from cache within the
+    // bound, then revalidated with the service on the next request
+    const calls = server.callsFor("a").length;
+    server.pollsDown = true;
+    assert.equal((await boto("a")).ak, moved, "within the bound: cached");
+    await new Promise((r) => setTimeout(r, 3500));
+    const revalidated = (await boto("a")).ak;
+    assert.ok(server.callsFor("a").length > calls, "asked the service again");
+    assert.notEqual(
+      revalidated,
+      moved,
+      "the stand-in issues anew on every call: the revalidated answer is served",
+    );
+  } finally {
+    server.pollsDown = false;
+    await agent.stop();
+    agent = await startAgent();
+    await waitFor(
+      "agent ready again",
+      async () => (await fetch(`http://${node.ip}:8182/readyz`).catch(() => undefined))?.status === 200,
+    );
   }
 });
 

@@ -1,7 +1,8 @@
 // A stand-in for the central service that follows src/api/contract.ts over TLS: it checks the
 // agent's bearer token, validates the body with the contract's own parser, checks the pod against
 // the real apiserver (exists, UID, node), validates pod tokens with a real TokenReview, and issues
-// distinct credentials per pod (and per issuance). It records every call.
+// distinct credentials per pod (and per issuance). It records every call. It also serves the
+// policy-epoch long poll, with an epoch per namespace that a test can move (setEpoch).
 import { createServer, type Server } from "node:https";
 import { readFileSync } from "node:fs";
 import type { AddressInfo } from "node:net";
@@ -11,8 +12,12 @@ import {
   CREDENTIALS_PATH,
   ContractError,
   ERROR_STATUS,
+  MAX_EPOCH_REQUEST_BYTES,
   MAX_REQUEST_BYTES,
+  POLICY_EPOCHS_PATH,
+  POLICY_EPOCH_HOLD_MS,
   parseCredentialsRequest,
+  parsePolicyEpochsRequest,
   type CredentialsRequest,
   type CredentialsResponse,
   type ErrorCode,
@@ -37,12 +42,16 @@ export interface TestServerOptions {
   noPolicyLabel?: string;
   /** Audience pod tokens must carry (default "keycutter-pod", as the real server). */
   audience?: string;
+  /** How long an epoch poll with nothing changed is held (default: the contract's). */
+  epochHoldMs?: number;
 }
 
 export class TestServer {
   readonly calls: RecordedCall[] = [];
   /** While true every request gets 503 Unavailable. */
   down = false;
+  /** While true only the epoch polls get 503 (the channel is down, credentials still work). */
+  pollsDown = false;
   /** Added to every answer (ms). */
   delayMs = 0;
   port = 0;
@@ -51,6 +60,9 @@ export class TestServer {
   private readonly authn: AuthenticationV1Api;
   private readonly o: TestServerOptions;
   private counter = 0;
+  private readonly epochs = new Map<string, string>();
+  /** Held polls; called with `force` at the hold time and on stop, without it on a change. */
+  private readonly heldPolls = new Set<(force: boolean) => void>();
 
   constructor(o: TestServerOptions) {
     this.o = o;
@@ -68,6 +80,12 @@ export class TestServer {
           res.end(text);
         };
         const fail = (code: ErrorCode, message: string): void => reply(ERROR_STATUS[code], { code, message });
+        if (req.url === POLICY_EPOCHS_PATH && req.method === "POST") {
+          const body: Buffer[] = [];
+          req.on("data", (c: Buffer) => body.push(c));
+          req.on("end", () => this.poll(req.headers.authorization, Buffer.concat(body), reply, fail));
+          return;
+        }
         if (req.url !== CREDENTIALS_PATH || req.method !== "POST") return fail("BadRequest", "no such route");
         const chunks: Buffer[] = [];
         let size = 0;
@@ -97,8 +115,48 @@ export class TestServer {
   }
 
   async stop(): Promise<void> {
+    for (const answer of [...this.heldPolls]) answer(true);
     this.server.closeAllConnections();
     await new Promise((r) => this.server.close(r));
+  }
+
+  epochOf(namespace: string): string {
+    return this.epochs.get(namespace) ?? "epoch-0";
+  }
+
+  /** A policy change in `namespace`: held polls naming it are answered. */
+  setEpoch(namespace: string, epoch: string): void {
+    this.epochs.set(namespace, epoch);
+    for (const answer of [...this.heldPolls]) answer(false);
+  }
+
+  private poll(
+    auth: string | undefined,
+    raw: Buffer,
+    reply: (status: number, body: unknown) => void,
+    fail: (code: ErrorCode, message: string) => void,
+  ): void {
+    if (this.down || this.pollsDown) return fail("Unavailable", "test server is down");
+    const bearer = auth?.startsWith("Bearer ") ? auth.slice(7) : undefined;
+    if (!bearer || !this.o.agents.has(bearer)) return fail("Unauthenticated", "unknown agent");
+    if (raw.length > MAX_EPOCH_REQUEST_BYTES) return fail("PayloadTooLarge", "too large");
+    let known: Record<string, string>;
+    try {
+      known = parsePolicyEpochsRequest(JSON.parse(raw.toString("utf8"))).namespaces;
+    } catch (e) {
+      return fail("BadRequest", e instanceof ContractError ? e.message : "body is not JSON");
+    }
+    const current = () => Object.fromEntries(Object.keys(known).map((ns) => [ns, this.epochOf(ns)]));
+    const moved = () => Object.keys(known).some((ns) => known[ns] !== this.epochOf(ns));
+    if (moved()) return reply(200, { epochs: current() });
+    const answer = (force: boolean): void => {
+      if (!force && !moved()) return;
+      clearTimeout(timer);
+      this.heldPolls.delete(answer);
+      reply(200, { epochs: current() });
+    };
+    const timer = setTimeout(() => answer(true), this.o.epochHoldMs ?? POLICY_EPOCH_HOLD_MS);
+    this.heldPolls.add(answer);
   }
 
   callsFor(podName: string): RecordedCall[] {
@@ -176,6 +234,7 @@ export class TestServer {
       roleName: `kc-${req.pod.namespace}-${req.pod.name}`,
       sessionName: `${req.pod.namespace}.${req.pod.name}`.slice(0, 64),
       policy: { namespace: req.pod.namespace, name: "test", generation: 1 },
+      policyEpoch: this.epochOf(req.pod.namespace),
     };
     record("ok", accessKeyId);
     return [200, res];

@@ -143,6 +143,7 @@ export function agentConfigFrom(opts: Opts, env: Env = process.env): AgentConfig
     // empty disables it (the pod watch alone then attributes IPs)
     cniStateDir: (r.str("--cni-state-dir") ?? DEFAULT_CNI_STATE_DIR) || undefined,
     cniRescanMs: 10_000,
+    policyEpochMaxAgeMs: r.int("--policy-epoch-max-age-ms", 60_000),
   };
 }
 
@@ -224,6 +225,10 @@ export function registerAgentCommands(program: Command): void {
     .option("--no-hook", "do not touch iptables")
     .option("--uninstall-hook-on-exit", "remove the hook on shutdown (default: keep it, fail closed)")
     .option("--watch-stale-after-ms <ms>", "pod watch without life for this long: not ready")
+    .option(
+      "--policy-epoch-max-age-ms <ms>",
+      "credentials not confirmed by the policy-epoch channel for this long are revalidated on next use (default 60000)",
+    )
     .option(
       "--hook-resync-ms <ms>",
       "re-check and repair the hook this often (0 = only at start; default 30000)",
