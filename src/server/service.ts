@@ -297,6 +297,16 @@ export class CredentialService {
     return `${podUID}|${inputs}`;
   }
 
+  /**
+   * Refusals are remembered per decision *and* per object generation: any edit of the policy or an
+   * allowance (also one that leaves the decision as it was, after the role's trust policy was fixed
+   * outside the cluster) asks STS again at once, while credentials are shared across such edits.
+   */
+  static failureKey(cacheKey: string, plan: IssuePlan): string {
+    const allow = plan.allowances.map((a) => `${a.uid}:${a.generation}`).join(",");
+    return `${cacheKey}|${plan.policy.uid}:${plan.policy.generation}|${allow}`;
+  }
+
   private fresh(
     c: CachedCredentials | undefined,
     durationSeconds: number,
@@ -317,7 +327,7 @@ export class CredentialService {
       this.deps.metrics.cacheLookups.inc({ result: "hit_memory" });
       return { creds: m, source: "memory" };
     }
-    const failed = this.failures.get(key);
+    const failed = this.failures.get(CredentialService.failureKey(key, plan));
     if (failed) {
       this.deps.metrics.cacheLookups.inc({ result: "hit_failure" });
       throw new ContractError(failed.code, failed.message);
@@ -408,7 +418,7 @@ export class CredentialService {
             "STS AssumeRole failed",
           );
           if (e.code === "StsDenied" || e.code === "PolicyInvalid") {
-            this.failures.set(key, { code: e.code, message: e.message });
+            this.failures.set(CredentialService.failureKey(key, plan), { code: e.code, message: e.message });
             this.deps.observe?.(
               plan.policy,
               e.code === "StsDenied" ? "StsDenied" : "StsRejectedPolicy",
