@@ -5,6 +5,7 @@
 // policy and allowance generations and the exact inputs, so an edited policy or allowance misses
 // at once; a fix outside the cluster (the role's trust policy) shows after at most the TTL.
 
+import { LRUCache } from "lru-cache";
 import type { ErrorCode } from "../api/contract.ts";
 
 export interface CachedFailure {
@@ -21,17 +22,19 @@ export interface FailureCacheOptions {
 }
 
 export class FailureCache {
-  // Insertion order is expiry order (one TTL for all), so the first entry is both the oldest
-  // and the next to expire: evicting it when full needs no LRU bookkeeping.
-  private readonly entries = new Map<string, { failure: CachedFailure; expiresAt: number }>();
-  private readonly ttlMs: number;
-  private readonly maxEntries: number;
-  private readonly now: () => number;
+  private readonly entries: LRUCache<string, CachedFailure>;
+  private readonly enabled: boolean;
 
   constructor(opts: FailureCacheOptions) {
-    this.ttlMs = opts.ttlMs;
-    this.maxEntries = Math.max(1, opts.maxEntries);
-    this.now = opts.now ?? Date.now;
+    const now = opts.now ?? Date.now;
+    this.entries = new LRUCache({
+      max: Math.max(1, opts.maxEntries),
+      // a TTL of 0 means "remember nothing"; lru-cache would read it as "forever"
+      ttl: Math.max(1, opts.ttlMs),
+      ttlResolution: 0,
+      perf: { now },
+    });
+    this.enabled = opts.ttlMs > 0;
   }
 
   get size(): number {
@@ -39,36 +42,19 @@ export class FailureCache {
   }
 
   get(key: string): CachedFailure | undefined {
-    const entry = this.entries.get(key);
-    if (!entry) return undefined;
-    if (entry.expiresAt <= this.now()) {
-      this.entries.delete(key);
-      return undefined;
-    }
-    return entry.failure;
+    return this.entries.get(key);
   }
 
   set(key: string, failure: CachedFailure): void {
-    if (this.ttlMs <= 0) return;
-    this.entries.delete(key);
-    while (this.entries.size >= this.maxEntries) {
-      const oldest = this.entries.keys().next();
-      if (oldest.done) break;
-      this.entries.delete(oldest.value);
-    }
-    this.entries.set(key, { failure, expiresAt: this.now() + this.ttlMs });
+    if (this.enabled) this.entries.set(key, failure);
   }
 
   delete(key: string): void {
     this.entries.delete(key);
   }
 
-  /** Drops expired entries (from the front: they expire in insertion order). */
+  /** Drops expired entries. */
   sweep(): void {
-    const now = this.now();
-    for (const [key, entry] of this.entries) {
-      if (entry.expiresAt > now) break;
-      this.entries.delete(key);
-    }
+    this.entries.purgeStale();
   }
 }
