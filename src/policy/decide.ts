@@ -14,8 +14,11 @@
 //     Every key of spec.sessionTags must be permitted by every applicable allowance's
 //     sessionTagKeys → else RoleNotAllowed (reason TagKeyNotAllowed).
 //  5. Templates are rendered for the pod (template.ts); a failure → PolicyInvalid.
+//     Every applicable allowance's session binding (binding.ts) is appended after the denies; a
+//     binding that cannot be resolved for the pod (no IP in its status) → PolicyInvalid (reason
+//     BindingUnresolved): never credentials without the binding.
 //  6. The minified session policy plus managed policy ARNs must fit STS's 2048 characters →
-//     else PolicyInvalid (reason PolicyTooLarge).
+//     else PolicyInvalid (reason PolicyTooLarge); a binding is never dropped to make room.
 
 import { createHash } from "node:crypto";
 import type { ErrorCode } from "../api/contract.ts";
@@ -25,6 +28,7 @@ import {
   allowancePermitsTagKey,
   podSelectorMismatch,
 } from "./match.ts";
+import { BindingError, bindingStatement, bindingValues } from "./binding.ts";
 import { renderDocument, renderString, TemplateError } from "./template.ts";
 import {
   DEFAULT_DURATION,
@@ -36,6 +40,7 @@ import {
   type NamespaceFacts,
   type PodFacts,
   type RoleAllowance,
+  type SessionBinding,
 } from "./types.ts";
 import { TAG_VALUE, validateAccessPolicy, validateRoleAllowance } from "./validate.ts";
 
@@ -57,6 +62,13 @@ export interface AllowanceRef {
   generation: number;
 }
 
+/** A session binding in force for one issuance: whose, what, and the values it compares with. */
+export interface BoundSession {
+  allowance: string;
+  binding: SessionBinding;
+  values: string[];
+}
+
 export interface IssuePlan {
   roleArn: string;
   roleName: string;
@@ -71,6 +83,8 @@ export interface IssuePlan {
   allowances: AllowanceRef[];
   /** sha256 of the session policy JSON sent (hex), "" when none. */
   policySha256: string;
+  /** The applicable allowances' session bindings, in the order their statements were appended. */
+  bindings: BoundSession[];
 }
 
 export interface PolicyEvaluation {
@@ -87,7 +101,8 @@ export type ReasonCode =
   | "TemplateInvalid"
   | "PolicyTooLarge"
   | "RoleNotAllowed"
-  | "TagKeyNotAllowed";
+  | "TagKeyNotAllowed"
+  | "BindingUnresolved";
 
 export type Decision =
   | { ok: true; plan: IssuePlan; evaluations: PolicyEvaluation[] }
@@ -247,6 +262,7 @@ export function decide(input: DecideInput, opts: DecideOptions): Decision {
   const ctx = { pod, clusterName: opts.clusterName };
   let statements: IamStatement[] = [];
   let tags: Tag[];
+  let bindings: BoundSession[];
   try {
     if (policy.spec.sessionPolicy) {
       const rendered = renderDocument(policy.spec.sessionPolicy, ctx, "spec.sessionPolicy");
@@ -261,11 +277,15 @@ export function decide(input: DecideInput, opts: DecideOptions): Decision {
       ))
         denies.push(s);
     }
-    if (denies.length > 0) {
+    // After the tenant's statements and the denies, so nothing in the tenant's document can
+    // precede or reshape them; an explicit Deny wins over any Allow whatever the order.
+    bindings = resolveBindings(applicable, pod);
+    const bindingStatements = bindings.map((b) => bindingStatement(b.binding, pod));
+    if (denies.length > 0 || bindingStatements.length > 0) {
       // A session policy with only Deny statements would allow nothing: without a tenant policy
       // the session keeps the role's permissions minus the denies.
       if (statements.length === 0) statements.push({ Effect: "Allow", Action: "*", Resource: "*" });
-      statements.push(...denies);
+      statements.push(...denies, ...bindingStatements);
     }
     tags = systemTags(pod, opts.clusterName);
     for (const [k, raw] of Object.entries(policy.spec.sessionTags ?? {})) {
@@ -275,6 +295,16 @@ export function decide(input: DecideInput, opts: DecideOptions): Decision {
       tags.push({ Key: k, Value: val });
     }
   } catch (e) {
+    if (e instanceof BindingError) {
+      return {
+        ok: false,
+        code: "PolicyInvalid",
+        reason: "BindingUnresolved",
+        message: `sessions under RoleAllowance ${bindingOwners(applicable)} are bound to their origin, and the binding cannot be made: ${e.message}; no credentials are issued without it`,
+        evaluations,
+        policy: pref,
+      };
+    }
     if (e instanceof TemplateError) {
       return {
         ok: false,
@@ -295,11 +325,12 @@ export function decide(input: DecideInput, opts: DecideOptions): Decision {
   const policyArns = policy.spec.managedPolicyArns ?? [];
   const size = (sessionPolicy?.length ?? 0) + policyArns.reduce((n, a) => n + a.length, 0);
   if (size > STS_MAX_POLICY_CHARS) {
+    const bindingChars = bindings.length > 0 ? bindingsSize(bindings, pod) : 0;
     const r: Decision = {
       ok: false,
       code: "PolicyInvalid",
       reason: "PolicyTooLarge",
-      message: `AccessPolicy ${pref.name}: rendered session policy is ${size} characters after minification; STS allows ${STS_MAX_POLICY_CHARS}`,
+      message: `AccessPolicy ${pref.name}: rendered session policy is ${size} characters after minification; STS allows ${STS_MAX_POLICY_CHARS}${bindingChars > 0 ? ` (about ${bindingChars} of them are the session bindings of RoleAllowance ${bindingOwners(applicable)}, which are never left out)` : ""}`,
       evaluations,
       policy: pref,
     };
@@ -333,8 +364,30 @@ export function decide(input: DecideInput, opts: DecideOptions): Decision {
         generation: a.metadata.generation ?? 0,
       })),
       policySha256: sessionPolicy ? createHash("sha256").update(sessionPolicy).digest("hex") : "",
+      bindings,
     },
   };
+}
+
+function resolveBindings(applicable: RoleAllowance[], pod: PodFacts): BoundSession[] {
+  const out: BoundSession[] = [];
+  for (const a of applicable) {
+    const binding = a.spec.bindSessions;
+    if (binding) out.push({ allowance: a.metadata.name ?? "", binding, values: bindingValues(binding, pod) });
+  }
+  return out;
+}
+
+function bindingOwners(applicable: RoleAllowance[]): string {
+  return applicable
+    .filter((a) => a.spec.bindSessions)
+    .map((a) => a.metadata.name ?? "")
+    .join(", ");
+}
+
+/** Characters the binding statements add to the minified policy (each plus its comma). */
+function bindingsSize(bindings: BoundSession[], pod: PodFacts): number {
+  return bindings.reduce((n, b) => n + canonicalJson(bindingStatement(b.binding, pod)).length + 1, 0);
 }
 
 /** The policy's session tag keys that some applicable allowance does not permit, with those allowances. */
