@@ -23,10 +23,25 @@ export class BindingError extends Error {
   }
 }
 
+/**
+ * The pod has no address (yet) that a binding or ${pod.ip} / ${node.ip} needs. Transient: the
+ * agent may ask for a pod bound to its node before the CNI has given it an address, and no
+ * request from the pod itself can arrive before it has one.
+ */
+export class PodAddressUnknownError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "PodAddressUnknownError";
+  }
+}
+
 /** VPC and VPC endpoint IDs as AWS issues them (8 or 17 hex digits). */
 export const VPC_ID = /^vpc-(?:[0-9a-f]{8}|[0-9a-f]{17})$/;
 export const VPCE_ID = /^vpce-(?:[0-9a-f]{8}|[0-9a-f]{17})$/;
 export const MAX_BINDING_IDS = 16;
+export const MAX_BINDING_ACTIONS = 32;
+/** An IAM action pattern: `*`, or `service:Action` with * and ? in the action part. */
+export const ACTION_PATTERN = /^(?:\*|[a-z0-9-]{1,64}:[A-Za-z0-9*?]{1,128})$/;
 
 // Only the characters of a plain address: no zone index ("%eth0"), no prefix length, no spaces.
 const ADDRESS_CHARS = /^[0-9A-Fa-f.:]{2,45}$/;
@@ -43,7 +58,9 @@ export function boundAddresses(binding: SessionBinding, pod: PodFacts): string[]
   const field = nodeSide ? "status.hostIP" : "status.podIP";
   const what = nodeSide ? "node IP" : "IP";
   if (addresses.length === 0)
-    throw new BindingError(`pod ${pod.namespace}/${pod.name} has no ${what} in its status yet (${field})`);
+    throw new PodAddressUnknownError(
+      `pod ${pod.namespace}/${pod.name} has no ${what} in its status yet (${field}), which its session binding to ${binding.to} needs`,
+    );
   for (const address of addresses)
     if (!isPlainAddress(address))
       throw new BindingError(
@@ -90,7 +107,8 @@ export function bindingStatement(binding: SessionBinding, pod: PodFacts): IamSta
   const { operator, key } = bindingCondition(binding);
   const condition: Record<string, Record<string, unknown>> = { [operator]: { [key]: values } };
   if (binding.exemptAwsServiceCalls !== false) condition.BoolIfExists = { "aws:ViaAWSService": "false" };
-  return { Effect: "Deny", Action: "*", Resource: "*", Condition: condition };
+  const actions = binding.actions && binding.actions.length > 0 ? [...binding.actions] : "*";
+  return { Effect: "Deny", Action: actions, Resource: "*", Condition: condition };
 }
 
 /** One line for explain and status messages: what a binding requires of a request. */
@@ -101,5 +119,6 @@ export function describeBinding(binding: SessionBinding, values: string[]): stri
     binding.exemptAwsServiceCalls !== false
       ? "; calls AWS services make on its behalf (aws:ViaAWSService) are exempt"
       : "; calls AWS services make on its behalf are bound too";
-  return `bound to ${binding.to}: every request is denied unless ${where} ${values.join(", ")}${exempt}`;
+  const which = binding.actions?.length ? `every request for ${binding.actions.join(", ")}` : "every request";
+  return `bound to ${binding.to}: ${which} is denied unless ${where} ${values.join(", ")}${exempt}`;
 }

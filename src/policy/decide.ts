@@ -15,8 +15,10 @@
 //     sessionTagKeys → else RoleNotAllowed (reason TagKeyNotAllowed).
 //  5. Templates are rendered for the pod (template.ts); a failure → PolicyInvalid.
 //     Every applicable allowance's session binding (binding.ts) is appended after the denies; a
-//     binding that cannot be resolved for the pod (no IP in its status) → PolicyInvalid (reason
-//     BindingUnresolved): never credentials without the binding.
+//     binding that cannot be made for the pod → no credentials, never credentials without it:
+//     no address in its status yet → Unavailable (reason PodAddressUnknown, transient: the agent
+//     may ask before the CNI has given the pod an address; ${pod.ip} / ${node.ip} likewise), an
+//     address that is not a plain IP → PolicyInvalid (reason BindingUnresolved).
 //  6. The minified session policy plus managed policy ARNs must fit STS's 2048 characters →
 //     else PolicyInvalid (reason PolicyTooLarge); a binding is never dropped to make room.
 
@@ -28,7 +30,7 @@ import {
   allowancePermitsTagKey,
   podSelectorMismatch,
 } from "./match.ts";
-import { BindingError, bindingStatement, bindingValues } from "./binding.ts";
+import { BindingError, bindingStatement, bindingValues, PodAddressUnknownError } from "./binding.ts";
 import { renderDocument, renderString, TemplateError } from "./template.ts";
 import {
   DEFAULT_DURATION,
@@ -102,13 +104,17 @@ export type ReasonCode =
   | "PolicyTooLarge"
   | "RoleNotAllowed"
   | "TagKeyNotAllowed"
-  | "BindingUnresolved";
+  | "BindingUnresolved"
+  | "PodAddressUnknown";
 
 export type Decision =
   | { ok: true; plan: IssuePlan; evaluations: PolicyEvaluation[] }
   | {
       ok: false;
-      code: Extract<ErrorCode, "NoPolicy" | "AmbiguousPolicy" | "PolicyInvalid" | "RoleNotAllowed">;
+      code: Extract<
+        ErrorCode,
+        "NoPolicy" | "AmbiguousPolicy" | "PolicyInvalid" | "RoleNotAllowed" | "Unavailable"
+      >;
       reason: ReasonCode;
       message: string;
       evaluations: PolicyEvaluation[];
@@ -295,6 +301,16 @@ export function decide(input: DecideInput, opts: DecideOptions): Decision {
       tags.push({ Key: k, Value: val });
     }
   } catch (e) {
+    if (e instanceof PodAddressUnknownError) {
+      return {
+        ok: false,
+        code: "Unavailable",
+        reason: "PodAddressUnknown",
+        message: `AccessPolicy ${pref.name}: ${e.message}; credentials are issued once it has one`,
+        evaluations,
+        policy: pref,
+      };
+    }
     if (e instanceof BindingError) {
       return {
         ok: false,

@@ -17,7 +17,7 @@
 // error too (an empty value could widen `prefix-${x}*`). ${pod.ip} and ${node.ip} must instead be
 // plain IPv4 or IPv6 addresses (an IPv6 address has ':'), and a pod without one is an error.
 
-import { isPlainAddress } from "./binding.ts";
+import { isPlainAddress, PodAddressUnknownError } from "./binding.ts";
 import type { PodFacts } from "./types.ts";
 
 export const SAFE_VALUE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
@@ -159,8 +159,8 @@ export function resolveVariable(ref: VariableRef, ctx: TemplateContext): string 
 
 function addressValue(name: string, v: string | undefined): string {
   if (v === undefined || v === "")
-    throw new TemplateError(
-      `variable \${${name}} is empty for this pod (no ${name === "pod.ip" ? "status.podIP" : "status.hostIP"} yet)`,
+    throw new PodAddressUnknownError(
+      `variable \${${name}} has no value yet: the pod has no ${name === "pod.ip" ? "status.podIP" : "status.hostIP"}`,
     );
   if (!isPlainAddress(v)) throw new TemplateError(`value of \${${name}} is not a plain IP address`);
   return v;
@@ -201,6 +201,7 @@ export function renderDocument<T>(doc: T, ctx: TemplateContext, path = "$"): T {
       try {
         return renderString(s, ctx);
       } catch (e) {
+        if (e instanceof PodAddressUnknownError) throw e;
         throw new TemplateError(`${p}: ${(e as Error).message}`);
       }
     },

@@ -126,6 +126,12 @@ export interface SessionBinding {
   /** SourceVpce only (required there): the VPC endpoints requests may come through. */
   vpceIds?: string[];
   /**
+   * The actions bound (IAM action patterns); every action ("*") when absent. Narrower lists are for
+   * bindings only some services can meet, e.g. VpcSourceIp where only S3 and DynamoDB have VPC
+   * endpoints; actions outside the list are then not bound.
+   */
+  actions?: string[];
+  /**
    * Whether calls an AWS service makes on the session's behalf (aws:ViaAWSService, e.g. S3 calling
    * KMS for SSE-KMS) are exempt from the binding. Default true. false binds those too, and leaves
    * out a condition key some S3-compatible stores (MinIO) refuse to parse.

@@ -1,7 +1,7 @@
 // Structural validation of AccessPolicy and RoleAllowance objects: the same checks the server
 // applies before using an object and `keycutter policy validate` applies offline.
 
-import { MAX_BINDING_IDS, VPC_ID, VPCE_ID } from "./binding.ts";
+import { ACTION_PATTERN, MAX_BINDING_ACTIONS, MAX_BINDING_IDS, VPC_ID, VPCE_ID } from "./binding.ts";
 import { checkTemplate, TemplateError } from "./template.ts";
 import {
   SESSION_BINDING_ADDRESS_KEYS,
@@ -86,7 +86,7 @@ const ROLE_ALLOWANCE_SPEC_FIELDS = new Set([
   "sessionTagKeys",
   "bindSessions",
 ]);
-const BINDING_FIELDS = new Set(["to", "via", "vpcIds", "vpceIds", "exemptAwsServiceCalls"]);
+const BINDING_FIELDS = new Set(["to", "via", "vpcIds", "vpceIds", "actions", "exemptAwsServiceCalls"]);
 const POD_SELECTOR_FIELDS = new Set(["serviceAccountName", "matchLabels", "matchExpressions"]);
 const LABEL_SELECTOR_FIELDS = new Set(["matchLabels", "matchExpressions"]);
 const OPERATORS = new Set(["In", "NotIn", "Exists", "DoesNotExist"]);
@@ -355,6 +355,18 @@ function checkBinding(binding: unknown, errors: string[]): void {
   } else if (binding.via !== undefined) errors.push(`${path}.via: only for PodIP and NodeIP`);
   checkIds(binding.vpcIds, to === "SourceVpc", `${path}.vpcIds`, VPC_ID, "vpc-", to, errors);
   checkIds(binding.vpceIds, to === "SourceVpce", `${path}.vpceIds`, VPCE_ID, "vpce-", to, errors);
+  if (binding.actions !== undefined) {
+    const actions = binding.actions;
+    if (!Array.isArray(actions) || actions.length === 0 || actions.length > MAX_BINDING_ACTIONS)
+      errors.push(
+        `${path}.actions: a list of 1 to ${MAX_BINDING_ACTIONS} action patterns (leave it out to bind every action)`,
+      );
+    else
+      actions.forEach((action: unknown, i) => {
+        if (typeof action !== "string" || !ACTION_PATTERN.test(action))
+          errors.push(`${path}.actions[${i}]: must be an IAM action pattern such as s3:* or s3:GetObject`);
+      });
+  }
   if (binding.exemptAwsServiceCalls !== undefined && typeof binding.exemptAwsServiceCalls !== "boolean")
     errors.push(`${path}.exemptAwsServiceCalls: must be true or false`);
 }

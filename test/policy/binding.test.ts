@@ -169,7 +169,8 @@ test("IAM's evaluation of the bound policy: allowed from the pod, denied elsewhe
   assert.equal(await simulateFrom(vpce, {}), "ExplicitlyDenied");
 });
 
-test("a pod without the address its binding needs gets nothing (BindingUnresolved), never an unbound session", () => {
+test("a pod without the address its binding needs gets nothing, never an unbound session", () => {
+  // no address yet: transient (Unavailable), the agent may ask before the CNI has given one
   for (const [binding, facts] of [
     [BIND_POD_SOURCE_IP, { ...pod, podIPs: [] }],
     [BIND_POD_SOURCE_IP, { ...pod, podIPs: undefined }],
@@ -177,19 +178,35 @@ test("a pod without the address its binding needs gets nothing (BindingUnresolve
       { to: "NodeIP", via: "SourceIp" },
       { ...pod, hostIPs: [] },
     ],
-    [BIND_POD_SOURCE_IP, { ...pod, podIPs: ["10.0.0.0/8"] }],
-    [BIND_POD_SOURCE_IP, { ...pod, podIPs: ["fe80::1%eth0"] }],
-    [BIND_POD_SOURCE_IP, { ...pod, podIPs: [POD_IP, "*"] }],
   ] as [SessionBinding, PodFacts][]) {
     const d = run([allowance("bound", binding)], policy(), facts);
-    assert.equal(d.ok, false, JSON.stringify(facts.podIPs));
+    assert.equal(d.ok, false, JSON.stringify(facts));
+    if (d.ok) continue;
+    assert.equal(d.code, "Unavailable");
+    assert.equal(d.reason, "PodAddressUnknown");
+    assert.match(d.message, /has no (node )?IP in its status yet .*session binding to (PodIP|NodeIP) needs/);
+  }
+  // an address that is not a plain IP: refused for good
+  for (const podIPs of [["10.0.0.0/8"], ["fe80::1%eth0"], [POD_IP, "*"], [""]]) {
+    const d = run([allowance("bound", BIND_POD_SOURCE_IP)], policy(), { ...pod, podIPs });
+    assert.equal(d.ok, false, JSON.stringify(podIPs));
     if (d.ok) continue;
     assert.equal(d.code, "PolicyInvalid");
     assert.equal(d.reason, "BindingUnresolved");
-    assert.match(d.message, /RoleAllowance bound .*no credentials are issued without it/);
+    assert.match(
+      d.message,
+      /RoleAllowance bound .*not a plain IP address; no credentials are issued without it/,
+    );
   }
   // an unbound allowance does not need the address
   assert.equal(run([allowance("free")], policy(), { ...pod, podIPs: [] }).ok, true);
+});
+
+test("actions: a binding can cover only the services that can meet it", () => {
+  const binding: SessionBinding = { to: "PodIP", via: "VpcSourceIp", actions: ["s3:*", "dynamodb:*"] };
+  const last = statementsOf(run([allowance("a", binding)])).at(-1);
+  assert.deepEqual(last?.Action, ["s3:*", "dynamodb:*"]);
+  assert.equal(last?.Resource, "*");
 });
 
 test("several allowances with bindings: every binding applies, in the allowances' name order", () => {
@@ -310,14 +327,20 @@ test("${pod.ip} and ${node.ip} in session policies: the live addresses, IPv6 too
   for (const facts of [
     { ...pod, podIPs: [] },
     { ...pod, hostIPs: undefined },
-    { ...pod, podIPs: ["10.0.0.1/0"] },
   ]) {
     const d = run([allowance("free")], p, facts);
     assert.equal(d.ok, false);
     if (!d.ok) {
-      assert.equal(d.reason, "TemplateInvalid");
-      assert.match(d.message, /pod\.ip|node\.ip/);
+      assert.equal(d.code, "Unavailable");
+      assert.equal(d.reason, "PodAddressUnknown");
+      assert.match(d.message, /\$\{(pod|node)\.ip\} has no value yet/);
     }
+  }
+  const bad = run([allowance("free")], p, { ...pod, podIPs: ["10.0.0.1/0"] });
+  assert.equal(bad.ok, false);
+  if (!bad.ok) {
+    assert.equal(bad.reason, "TemplateInvalid");
+    assert.match(bad.message, /\$\{pod\.ip\} is not a plain IP address/);
   }
 });
 
@@ -365,6 +388,11 @@ test("validation of bindSessions: each target takes exactly its own parameters",
       /exemptAwsServiceCalls: must be true or false/,
     ],
     [{ to: "PodIP", via: "SourceIp", cidrs: ["0.0.0.0/0"] }, /unknown field "cidrs"/],
+    [{ to: "PodIP", via: "SourceIp", actions: [] }, /\.actions: a list of 1 to 32/],
+    [
+      { to: "PodIP", via: "SourceIp", actions: ["s3 GetObject"] },
+      /\.actions\[0\]: must be an IAM action pattern/,
+    ],
   ];
   for (const [binding, error] of cases) {
     const errors = errorsOf(binding);
