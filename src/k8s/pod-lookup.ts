@@ -20,6 +20,13 @@ export interface PodRecord {
   mirror: boolean;
 }
 
+/** The plural status field's addresses, else the singular one's (older kubelets set only that). */
+function addresses(plural: { ip?: string }[] | undefined, singular: string | undefined): string[] {
+  const listed = (plural ?? []).map((entry) => entry.ip ?? "").filter((ip) => ip !== "");
+  if (listed.length > 0) return listed;
+  return singular ? [singular] : [];
+}
+
 export function podFacts(pod: V1Pod): PodRecord {
   return {
     facts: {
@@ -32,6 +39,8 @@ export function podFacts(pod: V1Pod): PodRecord {
       nodeName: pod.spec?.nodeName ?? "",
       labels: { ...(pod.metadata?.labels ?? {}) },
       annotations: { ...(pod.metadata?.annotations ?? {}) },
+      podIPs: addresses(pod.status?.podIPs, pod.status?.podIP),
+      hostIPs: addresses(pod.status?.hostIPs, pod.status?.hostIP),
     },
     phase: pod.status?.phase ?? "",
     terminating: pod.metadata?.deletionTimestamp != null,

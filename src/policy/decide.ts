@@ -15,8 +15,13 @@
 //     sessionTagKeys → else RoleNotAllowed (reason TagKeyNotAllowed). An invalid allowance that
 //     covers the namespace and role refuses (reason AllowanceInvalid) rather than being skipped.
 //  5. Templates are rendered for the pod (template.ts); a failure → PolicyInvalid.
+//     Every applicable allowance's session binding (binding.ts) is appended after the denies; a
+//     binding that cannot be made for the pod → no credentials, never credentials without it:
+//     no address in its status yet → Unavailable (reason PodAddressUnknown, transient: the agent
+//     may ask before the CNI has given the pod an address; ${pod.ip} / ${node.ip} likewise), an
+//     address that is not a plain IP → PolicyInvalid (reason BindingUnresolved).
 //  6. The minified session policy plus managed policy ARNs must fit STS's 2048 characters →
-//     else PolicyInvalid (reason PolicyTooLarge).
+//     else PolicyInvalid (reason PolicyTooLarge); a binding is never dropped to make room.
 
 import { createHash } from "node:crypto";
 import type { ErrorCode } from "../api/contract.ts";
@@ -26,6 +31,7 @@ import {
   allowancePermitsTagKey,
   podSelectorMismatch,
 } from "./match.ts";
+import { BindingError, bindingStatement, bindingValues, PodAddressUnknownError } from "./binding.ts";
 import { renderDocument, renderString, TemplateError } from "./template.ts";
 import {
   DEFAULT_DURATION,
@@ -37,6 +43,7 @@ import {
   type NamespaceFacts,
   type PodFacts,
   type RoleAllowance,
+  type SessionBinding,
 } from "./types.ts";
 import { TAG_VALUE, validateAccessPolicy, validateRoleAllowance } from "./validate.ts";
 
@@ -58,6 +65,13 @@ export interface AllowanceRef {
   generation: number;
 }
 
+/** A session binding in force for one issuance: whose, what, and the values it compares with. */
+export interface BoundSession {
+  allowance: string;
+  binding: SessionBinding;
+  values: string[];
+}
+
 export interface IssuePlan {
   roleArn: string;
   roleName: string;
@@ -72,6 +86,8 @@ export interface IssuePlan {
   allowances: AllowanceRef[];
   /** sha256 of the session policy JSON sent (hex), "" when none. */
   policySha256: string;
+  /** The applicable allowances' session bindings, in the order their statements were appended. */
+  bindings: BoundSession[];
 }
 
 export interface PolicyEvaluation {
@@ -89,13 +105,18 @@ export type ReasonCode =
   | "PolicyTooLarge"
   | "RoleNotAllowed"
   | "TagKeyNotAllowed"
-  | "AllowanceInvalid";
+  | "AllowanceInvalid"
+  | "BindingUnresolved"
+  | "PodAddressUnknown";
 
 export type Decision =
   | { ok: true; plan: IssuePlan; evaluations: PolicyEvaluation[] }
   | {
       ok: false;
-      code: Extract<ErrorCode, "NoPolicy" | "AmbiguousPolicy" | "PolicyInvalid" | "RoleNotAllowed">;
+      code: Extract<
+        ErrorCode,
+        "NoPolicy" | "AmbiguousPolicy" | "PolicyInvalid" | "RoleNotAllowed" | "Unavailable"
+      >;
       reason: ReasonCode;
       message: string;
       evaluations: PolicyEvaluation[];
@@ -265,6 +286,7 @@ export function decide(input: DecideInput, opts: DecideOptions): Decision {
   const ctx = { pod, clusterName: opts.clusterName };
   let statements: IamStatement[] = [];
   let tags: Tag[];
+  let bindings: BoundSession[];
   try {
     if (policy.spec.sessionPolicy) {
       const rendered = renderDocument(policy.spec.sessionPolicy, ctx, "spec.sessionPolicy");
@@ -279,11 +301,15 @@ export function decide(input: DecideInput, opts: DecideOptions): Decision {
       ))
         denies.push(s);
     }
-    if (denies.length > 0) {
+    // After the tenant's statements and the denies, so nothing in the tenant's document can
+    // precede or reshape them; an explicit Deny wins over any Allow whatever the order.
+    bindings = resolveBindings(applicable, pod);
+    const bindingStatements = bindings.map((b) => bindingStatement(b.binding, pod));
+    if (denies.length > 0 || bindingStatements.length > 0) {
       // A session policy with only Deny statements would allow nothing: without a tenant policy
       // the session keeps the role's permissions minus the denies.
       if (statements.length === 0) statements.push({ Effect: "Allow", Action: "*", Resource: "*" });
-      statements.push(...denies);
+      statements.push(...denies, ...bindingStatements);
     }
     tags = systemTags(pod, opts.clusterName);
     for (const [k, raw] of Object.entries(policy.spec.sessionTags ?? {})) {
@@ -293,6 +319,26 @@ export function decide(input: DecideInput, opts: DecideOptions): Decision {
       tags.push({ Key: k, Value: val });
     }
   } catch (e) {
+    if (e instanceof PodAddressUnknownError) {
+      return {
+        ok: false,
+        code: "Unavailable",
+        reason: "PodAddressUnknown",
+        message: `AccessPolicy ${pref.name}: ${e.message}; credentials are issued once it has one`,
+        evaluations,
+        policy: pref,
+      };
+    }
+    if (e instanceof BindingError) {
+      return {
+        ok: false,
+        code: "PolicyInvalid",
+        reason: "BindingUnresolved",
+        message: `sessions under RoleAllowance ${bindingOwners(applicable)} are bound to their origin, and the binding cannot be made: ${e.message}; no credentials are issued without it`,
+        evaluations,
+        policy: pref,
+      };
+    }
     if (e instanceof TemplateError) {
       return {
         ok: false,
@@ -313,11 +359,12 @@ export function decide(input: DecideInput, opts: DecideOptions): Decision {
   const policyArns = policy.spec.managedPolicyArns ?? [];
   const size = (sessionPolicy?.length ?? 0) + policyArns.reduce((n, a) => n + a.length, 0);
   if (size > STS_MAX_POLICY_CHARS) {
+    const bindingChars = bindings.length > 0 ? bindingsSize(bindings, pod) : 0;
     const r: Decision = {
       ok: false,
       code: "PolicyInvalid",
       reason: "PolicyTooLarge",
-      message: `AccessPolicy ${pref.name}: rendered session policy is ${size} characters after minification; STS allows ${STS_MAX_POLICY_CHARS}`,
+      message: `AccessPolicy ${pref.name}: rendered session policy is ${size} characters after minification; STS allows ${STS_MAX_POLICY_CHARS}${bindingChars > 0 ? ` (about ${bindingChars} of them are the session bindings of RoleAllowance ${bindingOwners(applicable)}, which are never left out)` : ""}`,
       evaluations,
       policy: pref,
     };
@@ -351,6 +398,7 @@ export function decide(input: DecideInput, opts: DecideOptions): Decision {
         generation: a.metadata.generation ?? 0,
       })),
       policySha256: sessionPolicy ? createHash("sha256").update(sessionPolicy).digest("hex") : "",
+      bindings,
     },
   };
 }
@@ -362,6 +410,27 @@ function coversIfReadable(covers: (a: RoleAllowance) => boolean, a: RoleAllowanc
   } catch {
     return false;
   }
+}
+
+function resolveBindings(applicable: RoleAllowance[], pod: PodFacts): BoundSession[] {
+  const out: BoundSession[] = [];
+  for (const a of applicable) {
+    const binding = a.spec.bindSessions;
+    if (binding) out.push({ allowance: a.metadata.name ?? "", binding, values: bindingValues(binding, pod) });
+  }
+  return out;
+}
+
+function bindingOwners(applicable: RoleAllowance[]): string {
+  return applicable
+    .filter((a) => a.spec.bindSessions)
+    .map((a) => a.metadata.name ?? "")
+    .join(", ");
+}
+
+/** Characters the binding statements add to the minified policy (each plus its comma). */
+function bindingsSize(bindings: BoundSession[], pod: PodFacts): number {
+  return bindings.reduce((n, b) => n + canonicalJson(bindingStatement(b.binding, pod)).length + 1, 0);
 }
 
 /** The policy's session tag keys that some applicable allowance does not permit, with those allowances. */

@@ -65,9 +65,17 @@ export function accessPolicyReadiness(
   return { status: "True", reason: "Valid", message: "in force" };
 }
 
-/** A pod the policy selects, with every referenced label/annotation set to an n-character value. */
+// Stand-in addresses: a short one, and for the size check the longest a dual-stack pod can have.
+const SHORT_ADDRESSES = ["10.0.0.1"];
+const LONGEST_ADDRESSES = ["255.255.255.255", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"];
+
+/**
+ * A pod the policy selects, with every referenced label/annotation set to an n-character value
+ * and, for n > 1, the longest addresses (a session binding lists every address of the pod).
+ */
 export function standInPod(p: AccessPolicy, n: number): PodFacts {
   const x = "x".repeat(n);
+  const addresses = n > 1 ? LONGEST_ADDRESSES : SHORT_ADDRESSES;
   const labels: Record<string, string> = { ...(p.spec.podSelector?.matchLabels ?? {}) };
   const annotations: Record<string, string> = {};
   for (const e of p.spec.podSelector?.matchExpressions ?? []) {
@@ -92,6 +100,8 @@ export function standInPod(p: AccessPolicy, n: number): PodFacts {
     nodeName: x,
     labels,
     annotations,
+    podIPs: [...addresses],
+    hostIPs: [...addresses],
   };
 }
 

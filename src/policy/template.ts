@@ -2,6 +2,7 @@
 //
 // Syntax: `${name}` inside a JSON *string value*. Known names:
 //   ${namespace} ${serviceAccount} ${podName} ${podUID} ${nodeName} ${clusterName}
+//   ${pod.ip} ${node.ip}   (the primary pod and node address from the live pod's status)
 //   ${pod.labels['key']} ${pod.annotations['key']}   (single or double quotes)
 // `${...}` whose content contains ':' or is exactly '*', '?' or '$' is an IAM policy variable
 // (e.g. ${aws:PrincipalTag/team}) and is passed through untouched for IAM to evaluate.
@@ -13,8 +14,10 @@
 // characters): no '*', '?', ':', '/', '$', '{', quotes, whitespace or control characters, so a
 // value can neither widen an ARN/wildcard pattern, nor add an ARN segment, nor introduce an IAM
 // policy variable. Values that fail are refused, not escaped. A missing label or annotation is an
-// error too (an empty value could widen `prefix-${x}*`).
+// error too (an empty value could widen `prefix-${x}*`). ${pod.ip} and ${node.ip} must instead be
+// plain IPv4 or IPv6 addresses (an IPv6 address has ':'), and a pod without one is an error.
 
+import { isPlainAddress, PodAddressUnknownError } from "./binding.ts";
 import type { PodFacts } from "./types.ts";
 
 export const SAFE_VALUE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
@@ -34,11 +37,29 @@ export interface TemplateContext {
 export type VariableRef =
   | {
       kind: "simple";
-      name: "namespace" | "serviceAccount" | "podName" | "podUID" | "nodeName" | "clusterName";
+      name:
+        | "namespace"
+        | "serviceAccount"
+        | "podName"
+        | "podUID"
+        | "nodeName"
+        | "clusterName"
+        | "pod.ip"
+        | "node.ip";
     }
   | { kind: "label" | "annotation"; key: string };
 
-const SIMPLE = new Set(["namespace", "serviceAccount", "podName", "podUID", "nodeName", "clusterName"]);
+const SIMPLE = new Set([
+  "namespace",
+  "serviceAccount",
+  "podName",
+  "podUID",
+  "nodeName",
+  "clusterName",
+  "pod.ip",
+  "node.ip",
+]);
+const ADDRESS_VARIABLES = new Set(["pod.ip", "node.ip"]);
 const MAP_REF = /^pod\.(labels|annotations)\[(?:'([^'\\]*)'|"([^"\\]*)")\]$/;
 
 /** Parses the inside of `${...}`; returns null for IAM policy variables (passed through). */
@@ -110,7 +131,14 @@ export function resolveVariable(ref: VariableRef, ctx: TemplateContext): string 
       case "clusterName":
         v = ctx.clusterName;
         break;
+      case "pod.ip":
+        v = ctx.pod.podIPs?.[0];
+        break;
+      case "node.ip":
+        v = ctx.pod.hostIPs?.[0];
+        break;
     }
+    if (ADDRESS_VARIABLES.has(ref.name)) return addressValue(ref.name, v);
   } else {
     const map = ref.kind === "label" ? ctx.pod.labels : ctx.pod.annotations;
     v = Object.hasOwn(map, ref.key) ? map[ref.key] : undefined;
@@ -126,6 +154,15 @@ export function resolveVariable(ref: VariableRef, ctx: TemplateContext): string 
       `value of \${${describeVariable(ref)}} (${v.length} chars) is not safe to insert: only letters, digits, '.', '_', '-' are allowed, starting with a letter or digit, at most 128 chars`,
     );
   }
+  return v;
+}
+
+function addressValue(name: string, v: string | undefined): string {
+  if (v === undefined || v === "")
+    throw new PodAddressUnknownError(
+      `variable \${${name}} has no value yet: the pod has no ${name === "pod.ip" ? "status.podIP" : "status.hostIP"}`,
+    );
+  if (!isPlainAddress(v)) throw new TemplateError(`value of \${${name}} is not a plain IP address`);
   return v;
 }
 
@@ -164,6 +201,7 @@ export function renderDocument<T>(doc: T, ctx: TemplateContext, path = "$"): T {
       try {
         return renderString(s, ctx);
       } catch (e) {
+        if (e instanceof PodAddressUnknownError) throw e;
         throw new TemplateError(`${p}: ${(e as Error).message}`);
       }
     },

@@ -98,6 +98,45 @@ export interface RoleAllowanceSpec {
   maxDurationSeconds?: number;
   /** Deny statements appended to every session policy issued under this allowance. */
   denyStatements?: IamStatement[];
+  /** Binds every session issued under this allowance to where it was issued (binding.ts). */
+  bindSessions?: SessionBinding;
+}
+
+/** Where a bound session's requests must come from. */
+export type SessionBindingTarget = "PodIP" | "NodeIP" | "SourceVpc" | "SourceVpce";
+/** The IAM condition key an address binding is checked against. */
+export type SessionBindingAddressKey = "SourceIp" | "VpcSourceIp";
+export const SESSION_BINDING_TARGETS: readonly SessionBindingTarget[] = [
+  "PodIP",
+  "NodeIP",
+  "SourceVpc",
+  "SourceVpce",
+];
+export const SESSION_BINDING_ADDRESS_KEYS: readonly SessionBindingAddressKey[] = ["SourceIp", "VpcSourceIp"];
+
+export interface SessionBinding {
+  to: SessionBindingTarget;
+  /**
+   * PodIP and NodeIP only (required there): `SourceIp` where the store sees the address directly,
+   * `VpcSourceIp` where requests reach AWS through VPC endpoints.
+   */
+  via?: SessionBindingAddressKey;
+  /** SourceVpc only (required there): the VPCs requests may come from. */
+  vpcIds?: string[];
+  /** SourceVpce only (required there): the VPC endpoints requests may come through. */
+  vpceIds?: string[];
+  /**
+   * The actions bound (IAM action patterns); every action ("*") when absent. Narrower lists are for
+   * bindings only some services can meet, e.g. VpcSourceIp where only S3 and DynamoDB have VPC
+   * endpoints; actions outside the list are then not bound.
+   */
+  actions?: string[];
+  /**
+   * Whether calls an AWS service makes on the session's behalf (aws:ViaAWSService, e.g. S3 calling
+   * KMS for SSE-KMS) are exempt from the binding. Default true. false binds those too, and leaves
+   * out a condition key some S3-compatible stores (MinIO) refuse to parse.
+   */
+  exemptAwsServiceCalls?: boolean;
 }
 
 export interface RoleAllowance {
@@ -117,6 +156,10 @@ export interface PodFacts {
   nodeName: string;
   labels: Record<string, string>;
   annotations: Record<string, string>;
+  /** The pod's addresses from its live status (status.podIPs, else status.podIP); primary first. */
+  podIPs?: string[];
+  /** The node's addresses from the pod's live status (status.hostIPs, else status.hostIP). */
+  hostIPs?: string[];
 }
 
 export interface NamespaceFacts {

@@ -1,8 +1,11 @@
 // Structural validation of AccessPolicy and RoleAllowance objects: the same checks the server
 // applies before using an object and `keycutter policy validate` applies offline.
 
+import { ACTION_PATTERN, MAX_BINDING_ACTIONS, MAX_BINDING_IDS, VPC_ID, VPCE_ID } from "./binding.ts";
 import { checkTemplate, TemplateError } from "./template.ts";
 import {
+  SESSION_BINDING_ADDRESS_KEYS,
+  SESSION_BINDING_TARGETS,
   IAM_MAX_ARN_CHARS,
   IAM_MAX_ROLE_NAME_CHARS,
   IAM_MAX_ROLE_PATH_CHARS,
@@ -81,7 +84,9 @@ const ROLE_ALLOWANCE_SPEC_FIELDS = new Set([
   "maxDurationSeconds",
   "denyStatements",
   "sessionTagKeys",
+  "bindSessions",
 ]);
+const BINDING_FIELDS = new Set(["to", "via", "vpcIds", "vpceIds", "actions", "exemptAwsServiceCalls"]);
 const POD_SELECTOR_FIELDS = new Set(["serviceAccountName", "matchLabels", "matchExpressions"]);
 const LABEL_SELECTOR_FIELDS = new Set(["matchLabels", "matchExpressions"]);
 const OPERATORS = new Set(["In", "NotIn", "Exists", "DoesNotExist"]);
@@ -326,7 +331,65 @@ export function validateRoleAllowance(obj: unknown): ValidationResult {
       checkTemplates(spec.denyStatements, "spec.denyStatements", errors);
     }
   }
+  if (spec.bindSessions !== undefined) checkBinding(spec.bindSessions, errors);
   return { errors, warnings };
+}
+
+/** Each target takes exactly its own parameter: a stray one is a mistake the admin should see. */
+function checkBinding(binding: unknown, errors: string[]): void {
+  const path = "spec.bindSessions";
+  if (!isObject(binding)) return void errors.push(`${path}: must be an object`);
+  unknownFields(binding, BINDING_FIELDS, path, errors);
+  const to = binding.to;
+  if (typeof to !== "string" || !(SESSION_BINDING_TARGETS as readonly string[]).includes(to))
+    return void errors.push(`${path}.to: must be one of ${SESSION_BINDING_TARGETS.join(", ")}`);
+  const byAddress = to === "PodIP" || to === "NodeIP";
+  if (byAddress) {
+    if (
+      typeof binding.via !== "string" ||
+      !(SESSION_BINDING_ADDRESS_KEYS as readonly string[]).includes(binding.via)
+    )
+      errors.push(
+        `${path}.via: required for ${to}, one of ${SESSION_BINDING_ADDRESS_KEYS.join(", ")} (SourceIp where the store sees the address, VpcSourceIp through VPC endpoints)`,
+      );
+  } else if (binding.via !== undefined) errors.push(`${path}.via: only for PodIP and NodeIP`);
+  checkIds(binding.vpcIds, to === "SourceVpc", `${path}.vpcIds`, VPC_ID, "vpc-", to, errors);
+  checkIds(binding.vpceIds, to === "SourceVpce", `${path}.vpceIds`, VPCE_ID, "vpce-", to, errors);
+  if (binding.actions !== undefined) {
+    const actions = binding.actions;
+    if (!Array.isArray(actions) || actions.length === 0 || actions.length > MAX_BINDING_ACTIONS)
+      errors.push(
+        `${path}.actions: a list of 1 to ${MAX_BINDING_ACTIONS} action patterns (leave it out to bind every action)`,
+      );
+    else
+      actions.forEach((action: unknown, i) => {
+        if (typeof action !== "string" || !ACTION_PATTERN.test(action))
+          errors.push(`${path}.actions[${i}]: must be an IAM action pattern such as s3:* or s3:GetObject`);
+      });
+  }
+  if (binding.exemptAwsServiceCalls !== undefined && typeof binding.exemptAwsServiceCalls !== "boolean")
+    errors.push(`${path}.exemptAwsServiceCalls: must be true or false`);
+}
+
+function checkIds(
+  ids: unknown,
+  wanted: boolean,
+  path: string,
+  pattern: RegExp,
+  prefix: string,
+  to: string,
+  errors: string[],
+): void {
+  if (!wanted) {
+    if (ids !== undefined) errors.push(`${path}: not used when binding to ${to}`);
+    return;
+  }
+  if (!Array.isArray(ids) || ids.length === 0 || ids.length > MAX_BINDING_IDS)
+    return void errors.push(`${path}: required for ${to}, 1 to ${MAX_BINDING_IDS} IDs`);
+  ids.forEach((id: unknown, i) => {
+    if (typeof id !== "string" || !pattern.test(id))
+      errors.push(`${path}[${i}]: must be an ID like ${prefix}0123456789abcdef0`);
+  });
 }
 
 function checkTagKeyPatterns(patterns: unknown, errors: string[], warnings: string[]): void {

@@ -4,7 +4,8 @@
 
 import { CoreV1Api, CustomObjectsApi } from "@kubernetes/client-node";
 import { ineligibility, podFacts } from "../k8s/pod-lookup.ts";
-import { decide, refusedTagKeys, type Decision } from "../policy/decide.ts";
+import { bindingCondition, describeBinding } from "../policy/binding.ts";
+import { decide, refusedTagKeys, type BoundSession, type Decision } from "../policy/decide.ts";
 import { allowanceCoversNamespace, allowanceCoversRole } from "../policy/match.ts";
 import { simulate, type SimulationOutcome } from "../policy/simulate.ts";
 import {
@@ -42,6 +43,8 @@ export interface Explanation {
     phase: string;
     terminating: boolean;
     labels: Record<string, string>;
+    podIPs: string[];
+    hostIPs: string[];
   };
   policies: { name: string; priority: number; selected: boolean; reason: string; ready?: Condition }[];
   allowances: {
@@ -52,6 +55,17 @@ export interface Explanation {
     denyStatements: number;
     /** The winning policy's session tag keys this allowance does not permit (it applies, so it refuses them). */
     refusedTagKeys?: string[];
+    /** The allowance's spec.bindSessions.to, when it binds sessions. */
+    bindsSessionsTo?: string;
+  }[];
+  /** The session bindings in the policy sent: appended Deny statements the AccessPolicy cannot change. */
+  bindings?: {
+    allowance: string;
+    to: string;
+    conditionKey: string;
+    values: string[];
+    exemptAwsServiceCalls: boolean;
+    summary: string;
   }[];
   decision:
     | {
@@ -152,6 +166,8 @@ export async function explain(input: ExplainInput): Promise<Explanation> {
       phase: rec.phase,
       terminating: rec.terminating,
       labels: pod.labels,
+      podIPs: pod.podIPs ?? [],
+      hostIPs: pod.hostIPs ?? [],
     },
     policies: d.evaluations.map((e) => {
       const ready = policies
@@ -208,6 +224,7 @@ export async function explain(input: ExplainInput): Promise<Explanation> {
       ...(refused.length > 0 ? { refusedTagKeys: refused } : {}),
       ...(a.spec.maxDurationSeconds ? { maxDurationSeconds: a.spec.maxDurationSeconds } : {}),
       denyStatements: a.spec.denyStatements?.length ?? 0,
+      ...(a.spec.bindSessions ? { bindsSessionsTo: a.spec.bindSessions.to } : {}),
     });
   }
   if (d.ok) {
@@ -216,6 +233,15 @@ export async function explain(input: ExplainInput): Promise<Explanation> {
       res.sessionPolicyChars = d.plan.sessionPolicy.length;
     }
     res.tags = Object.fromEntries(d.plan.tags.map((t) => [t.Key, t.Value]));
+    if (d.plan.bindings.length > 0)
+      res.bindings = d.plan.bindings.map((b) => ({
+        allowance: b.allowance,
+        to: b.binding.to,
+        conditionKey: bindingCondition(b.binding).key,
+        values: b.values,
+        exemptAwsServiceCalls: b.binding.exemptAwsServiceCalls !== false,
+        summary: describeBinding(b.binding, b.values),
+      }));
   } else if (d.sessionPolicy) {
     res.sessionPolicy = JSON.parse(d.sessionPolicy) as unknown;
     res.sessionPolicyChars = d.sessionPolicy.length;
@@ -239,8 +265,17 @@ export async function explain(input: ExplainInput): Promise<Explanation> {
       principalArn: `arn:aws:sts::${account}:assumed-role/${d.plan.roleName}/${d.plan.sessionName}`,
       ...(identity ? { identityPolicies: identity } : {}),
       ...(d.plan.sessionPolicy ? { sessionPolicy: d.plan.sessionPolicy } : {}),
-      contextVariables: Object.fromEntries(d.plan.tags.map((t) => [`aws:PrincipalTag/${t.Key}`, t.Value])),
+      contextVariables: {
+        ...Object.fromEntries(d.plan.tags.map((t) => [`aws:PrincipalTag/${t.Key}`, t.Value])),
+        ...originContext(d.plan.bindings),
+      },
     });
+    if (d.plan.bindings.length > 0)
+      note = `${note ? `${note}; ` : ""}evaluated as a request from the session's bound origin (${Object.entries(
+        originContext(d.plan.bindings),
+      )
+        .map(([k, v]) => `${k}=${v}`)
+        .join(", ")}); from anywhere else the binding denies it`;
     if (d.plan.policyArns.length > 0)
       note = `${note ? `${note}; ` : ""}managed session policies (${d.plan.policyArns.join(", ")}) are not evaluated`;
     res.simulation = {
@@ -262,6 +297,20 @@ export async function explain(input: ExplainInput): Promise<Explanation> {
   return res;
 }
 
+/**
+ * The request context of a call from where the bindings allow (the pod's first address, the first
+ * VPC or endpoint): without it the simulator would find every bound request denied, the key being
+ * absent.
+ */
+function originContext(bindings: BoundSession[]): Record<string, string> {
+  const context: Record<string, string> = {};
+  for (const b of bindings) {
+    const first = b.values[0];
+    if (first !== undefined) context[bindingCondition(b.binding).key] = first.replace(/\/\d+$/, "");
+  }
+  return context;
+}
+
 export function formatExplanation(e: Explanation): string {
   const L: string[] = [];
   const p = e.pod;
@@ -271,6 +320,7 @@ export function formatExplanation(e: Explanation): string {
   );
   const labels = Object.entries(p.labels).map(([k, v]) => `${k}=${v}`);
   if (labels.length) L.push(`  labels ${labels.join(", ")}`);
+  L.push(`  pod IP ${p.podIPs.join(", ") || "(none)"}, node IP ${p.hostIPs.join(", ") || "(none)"}`);
   L.push("", "AccessPolicies in the namespace:");
   if (e.policies.length === 0) L.push("  (none)");
   for (const x of e.policies) {
@@ -281,7 +331,7 @@ export function formatExplanation(e: Explanation): string {
   if (e.allowances.length === 0) L.push("  (none)");
   for (const a of e.allowances) {
     L.push(
-      `  ${a.applies ? "✔" : "✘"} ${a.name}: ${a.reason}${a.maxDurationSeconds ? `, max ${a.maxDurationSeconds}s` : ""}${a.denyStatements ? `, ${a.denyStatements} mandatory Deny statement(s)` : ""}`,
+      `  ${a.applies ? "✔" : "✘"} ${a.name}: ${a.reason}${a.maxDurationSeconds ? `, max ${a.maxDurationSeconds}s` : ""}${a.denyStatements ? `, ${a.denyStatements} mandatory Deny statement(s)` : ""}${a.bindsSessionsTo ? `, binds sessions to ${a.bindsSessionsTo}` : ""}`,
     );
   }
   L.push("");
@@ -296,6 +346,13 @@ export function formatExplanation(e: Explanation): string {
       `Decision: REFUSED (${e.decision.code}${e.decision.reason !== e.decision.code ? `/${e.decision.reason}` : ""})`,
     );
     L.push(`  ${e.decision.message}`);
+  }
+  if (e.bindings) {
+    L.push(
+      "",
+      "Session bindings (Deny statements appended to the session policy; the AccessPolicy cannot change them):",
+    );
+    for (const b of e.bindings) L.push(`  ${b.allowance}: ${b.summary}`);
   }
   if (e.sessionPolicy !== undefined) {
     L.push("", `Session policy (${e.sessionPolicyChars} of 2048 characters minified):`);

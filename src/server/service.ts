@@ -232,7 +232,9 @@ export class CredentialService {
     if (!d.ok) {
       if (d.policy) {
         rec.policy = { namespace: d.policy.namespace, name: d.policy.name, generation: d.policy.generation };
-        this.deps.observe?.(d.policy, d.reason, `for pod ${namespace}/${name}: ${d.message}`);
+        // A transient refusal (a pod without an address yet) says nothing about the policy.
+        if (d.code !== "Unavailable")
+          this.deps.observe?.(d.policy, d.reason, `for pod ${namespace}/${name}: ${d.message}`);
       }
       throw new ContractError(d.code, d.message);
     }
