@@ -307,8 +307,12 @@ export function decide(input: DecideInput, opts: DecideOptions): Decision {
     const bindingStatements = bindings.map((b) => bindingStatement(b.binding, pod));
     if (denies.length > 0 || bindingStatements.length > 0) {
       // A session policy with only Deny statements would allow nothing: without a tenant policy
-      // the session keeps the role's permissions minus the denies.
-      if (statements.length === 0) statements.push({ Effect: "Allow", Action: "*", Resource: "*" });
+      // the session keeps the role's permissions minus the denies. Not with managed session
+      // policies: IAM combines the session policies as one set (an Allow in any of them counts),
+      // so an inline Allow-all would undo the narrowing they exist for; the inline document then
+      // carries only the denies, which hold whatever the managed ones allow.
+      if (statements.length === 0 && (policy.spec.managedPolicyArns ?? []).length === 0)
+        statements.push({ Effect: "Allow", Action: "*", Resource: "*" });
       statements.push(...denies, ...bindingStatements);
     }
     tags = systemTags(pod, opts.clusterName);

@@ -398,3 +398,29 @@ test("an invalid RoleAllowance that covers the namespace and role refuses, inste
   );
   assert.ok(ok.ok);
 });
+
+test("managed session policies with allowance denies: no inline Allow-all that would undo their narrowing", () => {
+  const managedOnly = policy("managed", {
+    sessionPolicy: undefined,
+    managedPolicyArns: ["arn:aws:iam::123456789012:policy/read-only-reports"],
+  });
+  const d = decide({ pod, namespace: ns, policies: [managedOnly], allowances: [allowance] }, opts);
+  assert.ok(d.ok);
+  const doc = JSON.parse(d.plan.sessionPolicy as string) as { Statement: { Effect: string }[] };
+  assert.deepEqual(
+    doc.Statement.map((st) => st.Effect),
+    ["Deny"],
+    "the inline document holds the allowance's deny only; the managed policies grant",
+  );
+  assert.deepEqual(d.plan.policyArns, ["arn:aws:iam::123456789012:policy/read-only-reports"]);
+
+  // Without managed policies nor tenant statements the role's permissions minus the denies apply.
+  const bare = policy("bare", { sessionPolicy: undefined });
+  const b = decide({ pod, namespace: ns, policies: [bare], allowances: [allowance] }, opts);
+  assert.ok(b.ok);
+  const bareDoc = JSON.parse(b.plan.sessionPolicy as string) as { Statement: { Effect: string }[] };
+  assert.deepEqual(
+    bareDoc.Statement.map((st) => st.Effect),
+    ["Allow", "Deny"],
+  );
+});
