@@ -775,7 +775,7 @@ test("one source filling the waits for unknown pods cannot make another new pod'
       },
     );
     // a new pod whose first request comes before the watch has delivered it
-    const fresh = await net.addPod("node1", "newcomer");
+    const fresh = await net.addPod("node1", "newcomer", undefined, { namespace: NS, name: "newcomer" });
     pods.set("newcomer", { net: fresh, uid: "", tokenFile: "" });
     const first = probe("newcomer", "GET", url);
     await waitFor(
