@@ -3,7 +3,7 @@
 // and environment the chart renders (Kubernetes' $(VAR) expansion done as the kubelet does it),
 // under the chart's RBAC and service accounts, with the agent's token minted with the audience
 // the chart's projected volume asks for. Only what a real cluster provides and this machine does
-// not is substituted, each one named below: file paths of mounted Secrets and tokens, the
+// not is substituted, each one named below: file paths of mounted Secrets, tokens and the host's CNI result cache, the
 // in-cluster kubeconfig (--kubeconfig appended), the Service DNS name (the URL's host becomes the
 // address the server is reachable at), and the image's iptables PATH directory. Then a pod behind
 // the hook reads its tenant's S3 object with the unmodified AWS CLI, and the chart's uninstall
@@ -74,6 +74,7 @@ describe("the chart's command lines run the real system", { timeout: 300_000 }, 
   let kubelet: Kubelet;
   let pki: TestPki;
   let dir: string;
+  let cniStateDir: string;
   let objs: K8sObject[];
   let server: ManagedProcess;
   let agent: ManagedProcess;
@@ -173,7 +174,10 @@ describe("the chart's command lines run the real system", { timeout: 300_000 }, 
     );
 
     // ---- a node, and the agent as the DaemonSet runs it (hostNetwork = the node's namespace)
-    node = await net.addNode("node-a");
+    // the runtime's CNI result cache the chart mounts from the host (agent.cniStateDir), here one
+    // of this test's own that the harness writes as the runtime's libcni would
+    cniStateDir = join(dir, "cni-results");
+    node = await net.addNode("node-a", { cniStateDir });
     await kubelet.createNode("node-a", node.ip, node.podCIDR);
     const ds = findObject(objs, "DaemonSet", "keycutter-agent");
     const agentPod = await kubelet.createPod({
@@ -223,6 +227,7 @@ describe("the chart's command lines run the real system", { timeout: 300_000 }, 
       a
         .replace("/var/run/secrets/keycutter/token", tokenFile)
         .replace("/etc/keycutter/ca/ca.crt", pki.caFile)
+        .replace("/var/lib/cni/results", cniStateDir)
         .replace(`//${svcHost}:`, `//${net.gatewayIP}:`),
     );
     agent = net.spawn(
@@ -292,7 +297,10 @@ describe("the chart's command lines run the real system", { timeout: 300_000 }, 
   });
 
   it("a pod with a policy reads its tenant's object with the AWS CLI through 169.254.169.254", async () => {
-    const podNet = await net.addPod("node-a", "tenant-a-reader");
+    const podNet = await net.addPod("node-a", "tenant-a-reader", undefined, {
+      namespace: "tenant-a",
+      name: "reader",
+    });
     await kubelet.createPod({
       namespace: "tenant-a",
       name: "reader",
@@ -329,7 +337,10 @@ describe("the chart's command lines run the real system", { timeout: 300_000 }, 
   });
 
   it("a pod without a policy gets a 404, not credentials", async () => {
-    const podNet = await net.addPod("node-a", "tenant-a-nobody");
+    const podNet = await net.addPod("node-a", "tenant-a-nobody", undefined, {
+      namespace: "tenant-a",
+      name: "nobody",
+    });
     await kubelet.createPod({
       namespace: "tenant-a",
       name: "nobody",

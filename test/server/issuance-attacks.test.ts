@@ -64,7 +64,7 @@ describe("attacks on the server's API and issuance (real apiserver, moto)", { ti
     await w.kubelet.createServiceAccount("static", "default");
     await createAllowance(w, {
       metadata: { name: "static" },
-      spec: { namespaces: ["static"], roleArns: [roleArn("tenant-a")] },
+      spec: { namespaces: ["static"], roleArns: [roleArn("tenant-a")], sessionTagKeys: ["team"] },
     });
     // selects by labels only: any pod a node's root writes with these labels would match
     await createPolicy(
@@ -75,7 +75,7 @@ describe("attacks on the server's API and issuance (real apiserver, moto)", { ti
     );
     await createAllowance(w, {
       metadata: { name: "locked" },
-      spec: { namespaces: ["locked"], roleArns: [roleArn("tenant-locked")] },
+      spec: { namespaces: ["locked"], roleArns: [roleArn("tenant-locked")], sessionTagKeys: ["team"] },
     });
     await createPolicy(w, tenantPolicy("locked", "locked", "app", "tenant-locked", "bucket-a"));
     srv = await startTestServer(w, {
@@ -190,6 +190,8 @@ describe("attacks on the server's API and issuance (real apiserver, moto)", { ti
           containerListen: "127.0.0.1:0",
           opsListen: "127.0.0.1:0",
           hook: false,
+          // not on a real node: the pod's address is the test's own, no runtime records it
+          cniStateDir: "",
         },
         {},
       ),
