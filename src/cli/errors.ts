@@ -62,9 +62,13 @@ export function apiStatusMessage(err: unknown): string | undefined {
 
 /** One line: no stack, no response headers (they may echo a bearer token), bounded length. */
 export function errorLine(err: unknown): string {
-  const raw =
+  let raw =
     apiStatusMessage(err) ??
     (err instanceof Error ? err.message : typeof err === "string" ? err : String(err));
+  // fetch() says only "fetch failed"; the reason (ECONNREFUSED, a TLS error) is its cause
+  const cause = err instanceof Error ? (err.cause as { message?: unknown } | undefined) : undefined;
+  if (typeof cause?.message === "string" && cause.message && !raw.includes(cause.message))
+    raw = `${raw}: ${cause.message}`;
   const line = raw.replace(/\s*\n\s*/g, "; ").trim() || "unknown error";
   return line.length > MAX_MESSAGE ? `${line.slice(0, MAX_MESSAGE)}…` : line;
 }
