@@ -2,7 +2,7 @@
 // namespace and the RoleAllowances from the apiserver, runs the server's decision, and optionally
 // evaluates an action with the IAM simulator over the role's policies ∩ the session policy.
 
-import { CoreV1Api, CustomObjectsApi } from "@kubernetes/client-node";
+import { CoreV1Api, CustomObjectsApi, type KubeConfig } from "@kubernetes/client-node";
 import { ineligibility, podFacts } from "../k8s/pod-lookup.ts";
 import { bindingCondition, describeBinding } from "../policy/binding.ts";
 import { decide, refusedTagKeys, type BoundSession, type Decision } from "../policy/decide.ts";
@@ -18,14 +18,15 @@ import {
   type PodFacts,
   type RoleAllowance,
 } from "../policy/types.ts";
-import { loadKubeConfig } from "./index.ts";
 
 export interface ExplainInput {
   namespace: string;
   pod: string;
-  kubeconfig?: string;
+  kc: KubeConfig;
   clusterName: string;
   maxDurationSeconds: number;
+  /** Where the cluster name and duration cap came from (flags or the installed server's ConfigMap). */
+  settingsFrom?: string;
   action?: string;
   resource?: string;
   region: string;
@@ -34,6 +35,8 @@ export interface ExplainInput {
 }
 
 export interface Explanation {
+  /** The server settings the decision was made with. */
+  settings: { clusterName: string; maxDurationSeconds: number; from?: string };
   pod: {
     namespace: string;
     name: string;
@@ -129,7 +132,7 @@ async function rolePolicies(
 }
 
 export async function explain(input: ExplainInput): Promise<Explanation> {
-  const kc = loadKubeConfig(input.kubeconfig);
+  const kc = input.kc;
   const core = kc.makeApiClient(CoreV1Api);
   const custom = kc.makeApiClient(CustomObjectsApi);
   const rec = podFacts(await core.readNamespacedPod({ namespace: input.namespace, name: input.pod }));
@@ -157,6 +160,11 @@ export async function explain(input: ExplainInput): Promise<Explanation> {
   );
 
   const res: Explanation = {
+    settings: {
+      clusterName: input.clusterName,
+      maxDurationSeconds: input.maxDurationSeconds,
+      ...(input.settingsFrom ? { from: input.settingsFrom } : {}),
+    },
     pod: {
       namespace: pod.namespace,
       name: pod.name,
@@ -321,6 +329,10 @@ export function formatExplanation(e: Explanation): string {
   const labels = Object.entries(p.labels).map(([k, v]) => `${k}=${v}`);
   if (labels.length) L.push(`  labels ${labels.join(", ")}`);
   L.push(`  pod IP ${p.podIPs.join(", ") || "(none)"}, node IP ${p.hostIPs.join(", ") || "(none)"}`);
+  const st = e.settings;
+  L.push(
+    `  decided with cluster name "${st.clusterName}", duration cap ${st.maxDurationSeconds}s${st.from ? ` (from ${st.from})` : ""}`,
+  );
   L.push("", "AccessPolicies in the namespace:");
   if (e.policies.length === 0) L.push("  (none)");
   for (const x of e.policies) {

@@ -1,8 +1,8 @@
 // Assembles the central security service: TokenReview, pod lookup, policy informers, STS,
 // caches, audit, metrics, the API and ops listeners, and (leader only) the status writer.
 
-import { KubeConfig } from "@kubernetes/client-node";
 import { createLogger, type Logger } from "../common/logger.ts";
+import { loadKubeConfig } from "../k8s/kube-config.ts";
 import { StsIssuer, type StsIssuerOptions } from "../aws/sts.ts";
 import { PodLookup } from "../k8s/pod-lookup.ts";
 import { PolicyInformers } from "../k8s/policy-informers.ts";
@@ -102,14 +102,6 @@ export interface RunningServer {
   elector?: LeaderElector;
   ready(): boolean;
   stop(): Promise<void>;
-}
-
-export function loadKubeConfig(path?: string): KubeConfig {
-  const kc = new KubeConfig();
-  if (path) kc.loadFromFile(path);
-  else if (process.env.KUBERNETES_SERVICE_HOST) kc.loadFromCluster();
-  else kc.loadFromDefault();
-  return kc;
 }
 
 export async function startServer(cfg: ServerConfig): Promise<RunningServer> {

@@ -546,6 +546,8 @@ describe("helm chart: a real kube-apiserver validates every render", () => {
       "ClusterRoleBinding",
       "ClusterRoleBinding",
       "Role",
+      "Role",
+      "RoleBinding",
       "RoleBinding",
       "ServiceAccount",
       "ServiceAccount",
@@ -580,6 +582,13 @@ describe("helm chart: a real kube-apiserver validates every render", () => {
     };
     const agent = "keycutter-agent";
     const server = "keycutter-server";
+    // any authenticated user (a tenant running explain) reads the published server settings:
+    // that one ConfigMap, by name, and nothing else
+    const config = { resource: "configmaps", namespace: ns };
+    assert.equal(await can("a-tenant", { ...config, verb: "get", name: "keycutter-config" }), true);
+    assert.equal(await can("a-tenant", { ...config, verb: "get", name: "other" }), false);
+    assert.equal(await can("a-tenant", { ...config, verb: "list" }), false);
+    assert.equal(await can("a-tenant", { ...config, verb: "update", name: "keycutter-config" }), false);
     // agent: watch pods anywhere (its field selector is per node), nothing else
     assert.equal(await can(agent, { verb: "list", resource: "pods" }), true);
     assert.equal(await can(agent, { verb: "watch", resource: "pods", namespace: "tenant-a" }), true);

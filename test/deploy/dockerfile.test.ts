@@ -17,7 +17,7 @@ import {
   writeFileSync,
 } from "node:fs";
 import { tmpdir } from "node:os";
-import { join, relative } from "node:path";
+import { dirname, join, relative } from "node:path";
 import { CACHE, NODE, ROOT, buildImageApp } from "../harness/index.ts";
 import { containerArgs, findObject, renderChart, type K8sObject } from "./render.ts";
 
@@ -211,11 +211,30 @@ describe("the image's contents run what the chart runs", () => {
     assert.ok(existsSync(join(app, "dist", "cli", "main.js")));
   });
 
+  it("bin/kubectl-keycutter runs the compiled CLI as kubectl runs a plugin (from PATH, executable)", () => {
+    const r = spawnSync(join(app, "bin", "kubectl-keycutter"), ["--help"], {
+      encoding: "utf8",
+      env: { ...process.env, PATH: `${dirname(NODE)}:${process.env.PATH ?? ""}` },
+    });
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, /^Usage: kubectl keycutter /);
+    assert.match(r.stdout, /\bdoctor\b/);
+  });
+
   it("the compiled commands' lazy imports resolve in the build (server, explain, policy validate)", () => {
     for (const args of [
       ["server", "--kubeconfig", "/nonexistent/kubeconfig"],
       ["explain", "ns/pod", "--kubeconfig", "/nonexistent/kubeconfig"],
       ["policy", "validate", "/nonexistent/policy.yaml"],
+      ["policy", "validate", "--server", "--kubeconfig", "/nonexistent/kubeconfig", "x.yaml"],
+      [
+        "doctor",
+        "--no-hook",
+        "--kubeconfig",
+        "/nonexistent/kubeconfig",
+        "--agent-ops-url",
+        "http://127.0.0.1:9/nonexistent/",
+      ],
     ]) {
       const r = keycutter(args);
       const out = `${r.stdout}${r.stderr}`;

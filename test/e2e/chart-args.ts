@@ -21,6 +21,8 @@ export interface ChartCommandLines {
   agent: string[];
   /** The agent container's literal env values (e.g. NODE_OPTIONS), not the downward API ones. */
   agentEnv: Record<string, string>;
+  /** The ConfigMap publishing the server's settings (what `keycutter explain` reads). */
+  serverConfig: K8sObject;
 }
 
 interface EnvVar {
@@ -61,6 +63,7 @@ export function chartCommandLines(ns: string, v: ChartValuesInput): ChartCommand
     serverEnv,
     agent: containerArgs(agent, "agent"),
     agentEnv,
+    serverConfig: findObject(objs, "ConfigMap", "keycutter-config"),
   };
 }
 

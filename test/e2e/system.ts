@@ -153,6 +153,7 @@ export class System {
     await installCrds(this.cluster.kc);
     await this.kubelet.ensureNamespace(SYSTEM_NS);
     await applyObjects(this.cluster.kc, chartRbacObjects(SYSTEM_NS) as KubernetesObject[]);
+    await applyObjects(this.cluster.kc, [this.chart.serverConfig as KubernetesObject]);
   }
 
   private async setUpAws(): Promise<void> {

@@ -69,7 +69,7 @@ test("keycutter policy validate: valid files pass, each kind of mistake is repor
     const r = spawnSync(NODE, [KEYCUTTER_MAIN, "policy", "validate", "-o", "json", bad], {
       encoding: "utf8",
     });
-    assert.equal(r.status, 1, r.stderr);
+    assert.equal(r.status, 3, r.stderr);
     const res = JSON.parse(r.stdout) as { valid: boolean; findings: { name: string; errors: string[] }[] };
     assert.equal(res.valid, false);
     const errs = (n: string) => res.findings.find((f) => f.name === n)?.errors.join(" | ") ?? "";
@@ -112,7 +112,7 @@ spec:
     const r = spawnSync(NODE, [KEYCUTTER_MAIN, "policy", "validate", "-o", "json", withAllowance], {
       encoding: "utf8",
     });
-    assert.equal(r.status, 1, r.stderr);
+    assert.equal(r.status, 3, r.stderr);
     const res = JSON.parse(r.stdout) as {
       findings: { name: string; errors: string[]; warnings: string[]; ready?: { reason: string } }[];
     };

@@ -349,10 +349,23 @@ describe("keycutter server (real apiserver, moto, redis)", { timeout: 600_000 },
 
     const explained = spawnSync(
       NODE,
-      [KEYCUTTER_MAIN, "explain", "tagged/web-1", "--kubeconfig", w.cluster.kubeconfigPath, "-o", "json"],
+      [
+        KEYCUTTER_MAIN,
+        "explain",
+        "tagged/web-1",
+        "--kubeconfig",
+        w.cluster.kubeconfigPath,
+        // this world's server settings (no chart ConfigMap here)
+        "--cluster-name",
+        "test-cluster",
+        "--max-duration",
+        "3600",
+        "-o",
+        "json",
+      ],
       { encoding: "utf8" },
     );
-    assert.equal(explained.status, 2, explained.stderr);
+    assert.equal(explained.status, 3, explained.stderr);
     const e = JSON.parse(explained.stdout);
     assert.equal(e.decision.reason, "TagKeyNotAllowed");
     const tagged = e.allowances.find((a: { name: string }) => a.name === "tagged");
@@ -803,6 +816,8 @@ describe("keycutter server (real apiserver, moto, redis)", { timeout: 600_000 },
           w.cluster.kubeconfigPath,
           "--cluster-name",
           "test-cluster",
+          "--max-duration",
+          "3600",
         ],
         {
           encoding: "utf8",
@@ -885,7 +900,7 @@ describe("keycutter server (real apiserver, moto, redis)", { timeout: 600_000 },
     assert.match(ni.simulation.note, /could not be read/);
     // human-readable output for a refused pod
     const amb = run(["amb/x-1"]);
-    assert.equal(amb.status, 2);
+    assert.equal(amb.status, 3, "exit 3: refused");
     assert.match(amb.stdout, /REFUSED \(AmbiguousPolicy\)/);
     assert.match(amb.stdout, /✔ one \(priority 0\)/);
   });
