@@ -2,8 +2,8 @@
 // namespace, through the agent's real iptables DNAT hook (169.254.169.254:80 → agent), on the
 // whole real system (System from test/e2e: servers, Redis, moto, an agent in its node namespace).
 // Side by side from the same pod namespace: the bare baseline in the node namespace (routed, no
-// DNAT), the agent addressed directly at node-ip:8180 (routed, no DNAT), and the agent through the
-// hook. The load generator runs inside the pod namespace (`ip netns exec`).
+// DNAT) and the agent through the hook. (The agent addressed directly at node-ip:8180 is no longer
+// a target: the hook refuses connections to the pod-facing ports that did not come through its DNAT.) The load generator runs inside the pod namespace (`ip netns exec`).
 import { System } from "../test/e2e/system.ts";
 import type { ManagedProcess } from "../test/harness/index.ts";
 import { MOTO_ACCOUNT_ID, NODE, ROOT } from "../test/harness/index.ts";
@@ -93,7 +93,6 @@ export async function benchDnat(p: DnatParams): Promise<DnatResult> {
 
     const targets = [
       { name: "baseline (node netns, routed)", host: nodeIp, port: basePort, role: undefined },
-      { name: "keycutter direct (node-ip:8180)", host: nodeIp, port: 8180, role: "dnat-role" },
       { name: "keycutter via DNAT hook", host: "169.254.169.254", port: 80, role: "dnat-role" },
     ];
     const runs: DnatResult["runs"] = [];
