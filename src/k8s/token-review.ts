@@ -14,7 +14,7 @@
 import { createHash } from "node:crypto";
 import type { KubeConfig, V1TokenReview } from "@kubernetes/client-node";
 import { ApiClient, kubeConfigConnection } from "./api-client.ts";
-import { RateLimiter, RateLimitTimeout } from "../aws/rate-limit.ts";
+import { RateLimiter, RateLimitQueueFull, RateLimitTimeout } from "../aws/rate-limit.ts";
 import { KeyedTokenBuckets } from "../common/keyed-token-buckets.ts";
 import { LRUCache } from "lru-cache";
 import { screenToken } from "./token-claims.ts";
@@ -211,9 +211,11 @@ export class TokenReviewer {
       throw new ReviewThrottled(`the ${req.kind}-token review budget is spent`);
     }
     try {
-      await kind.budget.acquire(trusted ? "first" : "refresh");
+      // Trusted sources queue apart from the rest: the limiter caps the waiters of each queue and
+      // serves the queues in turn, so a flood of untrusted sources can fill only its own.
+      await kind.budget.acquire(trusted ? "first" : "refresh", trusted ? "trusted" : "untrusted");
     } catch (e) {
-      if (!(e instanceof RateLimitTimeout)) throw e;
+      if (!(e instanceof RateLimitTimeout || e instanceof RateLimitQueueFull)) throw e;
       this.onOutcome(req.kind, "throttled_budget");
       throw new ReviewThrottled(`the ${req.kind}-token review budget is spent`);
     }
