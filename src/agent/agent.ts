@@ -28,6 +28,7 @@ import { limitConnectionsPerSource } from "./connection-limit.ts";
 import { WaitSlots } from "./wait-slots.ts";
 import { Hook, type HookOptions } from "./hook/iptables.ts";
 import { removeNodeTaint } from "./ready-taint.ts";
+import { notReadyReasons } from "./readiness.ts";
 
 export interface AgentConfig extends HandlerConfig {
   nodeName: string;
@@ -254,7 +255,14 @@ export async function startAgent(
       ? `cni-state: active (${s.attachments} attachments, ${s.ignored} ignored)`
       : `cni-state: ${s.state} (${s.detail}): IPs attributed from the pod watch alone`;
   };
-  const ready = (): boolean => hookInPlace && watch.synced && !watch.isStale() && client.reachable;
+  const notReady = (): string[] =>
+    notReadyReasons({
+      hookInPlace,
+      watchSynced: watch.synced,
+      watchStale: watch.isStale(),
+      serverReachable: client.reachable,
+    });
+  const ready = (): boolean => notReady().length === 0;
   // Reachable by anything that reaches the node IP (probes, Prometheus): the same timeouts as the
   // pod-facing servers, and few connections, so that nobody can hold it open against the probes.
   const opsServer = createServer(timeoutOptions(POD_FACING_LIMITS), (req, res) => {
@@ -264,14 +272,10 @@ export async function startAgent(
       res.writeHead(ok ? 200 : 503, { "content-type": "text/plain" });
       res.end(ok ? "ok\n" : "pod watch stale\n");
     } else if (path === "/readyz") {
-      const ok = ready();
-      const why = !watch.synced
-        ? "pod watch not synced"
-        : watch.isStale()
-          ? "pod watch stale"
-          : "credential service unreachable";
+      const reasons = notReady();
+      const ok = reasons.length === 0;
       res.writeHead(ok ? 200 : 503, { "content-type": "text/plain" });
-      res.end(`${ok ? "ok" : why}\n${cniStateLine()}\n`);
+      res.end(`${ok ? "ok" : reasons.join("; ")}\n${cniStateLine()}\n`);
     } else if (path === "/metrics") {
       metrics.registry.metrics().then(
         (text) => {
