@@ -29,6 +29,7 @@ import { WaitSlots } from "./wait-slots.ts";
 import { Hook, type HookOptions } from "./hook/iptables.ts";
 import { removeNodeTaint } from "./ready-taint.ts";
 import { notReadyReasons } from "./readiness.ts";
+import { httpStatus } from "../api/errors.ts";
 
 export interface AgentConfig extends HandlerConfig {
   nodeName: string;
@@ -269,12 +270,12 @@ export async function startAgent(
     const path = (req.url ?? "").split("?")[0];
     if (path === "/healthz") {
       const ok = !(watch.synced && watch.isStale());
-      res.writeHead(ok ? 200 : 503, { "content-type": "text/plain" });
+      res.writeHead(ok ? 200 : httpStatus("Unavailable"), { "content-type": "text/plain" });
       res.end(ok ? "ok\n" : "pod watch stale\n");
     } else if (path === "/readyz") {
       const reasons = notReady();
       const ok = reasons.length === 0;
-      res.writeHead(ok ? 200 : 503, { "content-type": "text/plain" });
+      res.writeHead(ok ? 200 : httpStatus("Unavailable"), { "content-type": "text/plain" });
       res.end(`${ok ? "ok" : reasons.join("; ")}\n${cniStateLine()}\n`);
     } else if (path === "/metrics") {
       metrics.registry.metrics().then(
@@ -283,12 +284,12 @@ export async function startAgent(
           res.end(text);
         },
         () => {
-          res.writeHead(500);
+          res.writeHead(httpStatus("InternalError"));
           res.end();
         },
       );
     } else {
-      res.writeHead(404, { "content-type": "text/plain" });
+      res.writeHead(httpStatus("NotFound"), { "content-type": "text/plain" });
       res.end("Not Found\n");
     }
   });
@@ -351,7 +352,7 @@ export async function startAgent(
                   log.warn({ chain: cfg.hook?.chain }, "iptables hook was missing or altered: repaired");
                 }
               },
-              (err: unknown) => log.error({ err: (err as Error).message }, "iptables hook check failed"),
+              (err: unknown) => log.error({ err }, "iptables hook check failed"),
             )
             .finally(() => (busy = false));
         }, cfg.hookResyncMs);
@@ -371,10 +372,7 @@ export async function startAgent(
         removeNodeTaint(kube, cfg.nodeName, key).then(
           (removed) => log.info({ taint: key, removed }, "agent ready: startup taint handled"),
           (err: unknown) => {
-            log.warn(
-              { taint: key, err: (err as Error).message },
-              "cannot remove the startup taint, retrying",
-            );
+            log.warn({ taint: key, err }, "cannot remove the startup taint, retrying");
             taintTimer = setTimeout(tick, 5000);
           },
         );

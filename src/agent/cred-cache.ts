@@ -4,16 +4,10 @@
 // Credentials are served only under the policy epoch the agent knows for the pod's namespace
 // (epoch-watch.ts): after a policy change they are re-fetched, never served again.
 import { createHash } from "node:crypto";
-import {
-  DEFINITE_DENIALS,
-  ERROR_STATUS,
-  type CredentialsResponse,
-  type ErrorCode,
-  type PodRef,
-} from "../api/contract.ts";
+import type { CredentialsResponse, PodRef } from "../api/contract.ts";
+import { ERRORS, KeycutterError, type ErrorCode } from "../api/errors.ts";
 import type { Logger } from "../common/logger.ts";
 import { LRUCache } from "lru-cache";
-import { ServerError } from "./server-client.ts";
 import type { EpochView } from "./epoch-watch.ts";
 
 export interface CredentialsSource {
@@ -42,8 +36,7 @@ export interface CachedCreds {
 }
 
 export type Outcome =
-  | { ok: true; creds: CachedCreds; stale: boolean }
-  | { ok: false; code: ErrorCode; message: string; status: number };
+  { ok: true; creds: CachedCreds; stale: boolean } | { ok: false; code: ErrorCode; message: string };
 
 export interface CacheMetrics {
   fetch(result: "ok" | ErrorCode, kind: "prefetch" | "demand" | "refresh" | "token"): void;
@@ -85,13 +78,14 @@ export interface CredCacheOptions {
   now?: () => number;
 }
 
-type Refusal = { code: ErrorCode; message: string; status: number; untilMs: number };
+type Failure = { code: ErrorCode; message: string };
+type Refusal = Failure & { untilMs: number };
 
 interface Entry {
   pod: PodRef;
   creds: CachedCreds | undefined;
-  denial: { code: ErrorCode; message: string; status: number; untilMs: number } | undefined;
-  lastError: { code: ErrorCode; message: string; status: number } | undefined;
+  denial: Refusal | undefined;
+  lastError: Failure | undefined;
   inflight: Promise<void> | undefined;
   timer: NodeJS.Timeout | undefined;
   failures: number;
@@ -164,13 +158,9 @@ function instanceProfileArn(roleArn: string): string {
   return m ? `${m[1]}instance-profile/${m[2]!.split("/").pop()}` : roleArn;
 }
 
-function toError(err: unknown): { code: ErrorCode; message: string; status: number } {
-  if (err instanceof ServerError) return { code: err.code, message: err.message, status: err.status };
-  return {
-    code: "Unavailable",
-    message: "credential service request failed",
-    status: ERROR_STATUS.Unavailable,
-  };
+function toError(err: unknown): Failure {
+  if (err instanceof KeycutterError) return { code: err.code, message: err.message };
+  return { code: "Unavailable", message: "credential service request failed" };
 }
 
 export function hashToken(token: string): string {
@@ -326,7 +316,7 @@ export class CredCache {
     }
     const bad = e.badTokens?.get(h);
     if (bad !== undefined && bad.untilMs > now) {
-      return { ok: false, code: bad.code, message: bad.message, status: bad.status };
+      return { ok: false, code: bad.code, message: bad.message };
     }
     e.tokenFlights ??= new Map();
     let flight = e.tokenFlights.get(h);
@@ -340,12 +330,7 @@ export class CredCache {
     }
     const r = await withTimeout(flight, waitMs);
     if (r === TIMEOUT) {
-      return {
-        ok: false,
-        code: "Unavailable",
-        message: "timed out waiting for the credential service",
-        status: 503,
-      };
+      return { ok: false, ...TIMED_OUT };
     }
     return r;
   }
@@ -355,7 +340,7 @@ export class CredCache {
       const requestedAtMs = this.o.now();
       const res = await this.o.source.credentials({ pod: e.pod, podToken }, this.o.requestTimeoutMs);
       this.o.metrics?.fetch("ok", "token");
-      if (e.gone) return { ok: false, code: "PodNotFound", message: "the pod is gone", status: 404 };
+      if (e.gone) return { ok: false, code: "PodNotFound", message: "the pod is gone" };
       if (!this.matchesKnownEpoch(e, res)) return { ok: false, ...POLICY_CHANGE_PROPAGATING };
       const creds = this.apply(e, res, requestedAtMs);
       e.tokens ??= new LRUCache({ max: this.o.maxTokensPerPod });
@@ -389,12 +374,7 @@ export class CredCache {
       return { ok: true, creds: e.creds, stale: true };
     }
     if (e.lastError) return { ok: false, ...e.lastError };
-    return {
-      ok: false,
-      code: "Unavailable",
-      message: "timed out waiting for the credential service",
-      status: 503,
-    };
+    return { ok: false, ...TIMED_OUT };
   }
 
   private ensure(pod: PodRef): Entry {
@@ -429,7 +409,7 @@ export class CredCache {
     const now = this.o.now();
     const creds = serialise(res, now, requestedAtMs);
     if (!Number.isFinite(creds.expirationMs) || creds.expirationMs <= now) {
-      throw new ServerError("Unavailable", "the credential service returned expired credentials", 502);
+      throw new KeycutterError("ServerAnswerInvalid", "the credential service returned expired credentials");
     }
     e.creds = creds;
     e.denial = undefined;
@@ -474,7 +454,7 @@ export class CredCache {
           // be the old decision. Ask again (any replica) while the informers converge.
           if (attempt >= this.o.epochRetries) {
             const x = POLICY_CHANGE_PROPAGATING;
-            throw new ServerError(x.code, x.message, x.status);
+            throw new KeycutterError(x.code, x.message);
           }
           await sleep(this.o.epochRetryMs);
           if (e.gone) return;
@@ -483,7 +463,7 @@ export class CredCache {
         if (e.gone) return;
         const x = toError(err);
         this.o.metrics?.fetch(x.code, kind);
-        if (DEFINITE_DENIALS.has(x.code)) {
+        if (ERRORS[x.code].definite) {
           // The server says this pod must not have credentials (any more): stop serving them.
           e.creds = undefined;
           e.tokens = undefined;
@@ -521,11 +501,12 @@ export class CredCache {
 
 const TIMEOUT = Symbol("timeout");
 
-const POLICY_CHANGE_PROPAGATING = {
-  code: "Unavailable" as const,
+const POLICY_CHANGE_PROPAGATING: Failure = {
+  code: "PolicyChangePropagating",
   message: "a policy change is still reaching the credential service; retry shortly",
-  status: ERROR_STATUS.Unavailable,
 };
+
+const TIMED_OUT: Failure = { code: "Unavailable", message: "timed out waiting for the credential service" };
 
 function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms).unref());

@@ -6,7 +6,7 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { performance } from "node:perf_hooks";
 import type { Logger } from "../common/logger.ts";
-import type { ErrorCode } from "../api/contract.ts";
+import { httpStatus, imdsStatus, type ErrorCode } from "../api/errors.ts";
 import type { PodIndex, PodInfo, Lookup } from "./pod-index.ts";
 import type { CredCache, CachedCreds, Outcome } from "./cred-cache.ts";
 import type { ImdsTokens } from "./imds-token.ts";
@@ -80,41 +80,36 @@ export function sourceIp(req: IncomingMessage): string {
 }
 
 interface Refusal {
-  status: number;
+  refused: true;
   code: ErrorCode;
   message: string;
 }
 
+const HOST_NETWORK_REFUSED: Refusal = {
+  refused: true,
+  code: "HostNetworkRefused",
+  message: "hostNetwork pods are not served (they share the node's IP)",
+};
+
 function refusalFor(l: Lookup, ip: string, allowHostNetwork: boolean): Refusal | PodInfo {
   switch (l.kind) {
     case "pod":
-      if (l.pod.hostNetwork && !allowHostNetwork) {
-        return {
-          status: 403,
-          code: "Forbidden",
-          message: "hostNetwork pods are not served (they share the node's IP)",
-        };
-      }
-      return l.pod;
+      return l.pod.hostNetwork && !allowHostNetwork ? HOST_NETWORK_REFUSED : l.pod;
     case "hostNetwork":
-      return {
-        status: 403,
-        code: "Forbidden",
-        message: "hostNetwork pods are not served (they share the node's IP)",
-      };
+      return HOST_NETWORK_REFUSED;
     case "ambiguous":
       return {
-        status: 409,
-        code: "PodNotFound",
+        refused: true,
+        code: "PodIpAmbiguous",
         message: `more than one pod claims ${ip}; refusing to guess`,
       };
     case "none":
-      return { status: 404, code: "PodNotFound", message: `no pod on this node has IP ${ip}` };
+      return { refused: true, code: "PodNotFound", message: `no pod on this node has IP ${ip}` };
   }
 }
 
 function isRefusal(x: Refusal | PodInfo): x is Refusal {
-  return (x as Refusal).status !== undefined;
+  return (x as Refusal).refused === true;
 }
 
 /**
@@ -142,12 +137,12 @@ function screen(req: IncomingMessage, res: ServerResponse, json: boolean): boole
   const cl = req.headers["content-length"];
   if ((cl !== undefined && cl !== "0") || te !== undefined) {
     res.shouldKeepAlive = false;
-    const status = cl !== undefined && Number(cl) > 4096 ? 413 : 400;
-    sendError(res, status, "BadRequest", "request bodies are not accepted", json);
+    const code = cl !== undefined && Number(cl) > 4096 ? "PayloadTooLarge" : "BadRequest";
+    sendError(res, code, "request bodies are not accepted", json);
     return false;
   }
   if (url.length > MAX_URL) {
-    sendError(res, 414, "BadRequest", "URI too long", json);
+    sendError(res, "UriTooLong", "URI too long", json);
     return false;
   }
   return true;
@@ -178,34 +173,25 @@ function send(res: ServerResponse, status: number, body: Buffer | string, type: 
   res.end(body);
 }
 
-function sendError(
-  res: ServerResponse,
-  status: number,
-  code: ErrorCode,
-  message: string,
-  json: boolean,
-): void {
-  if (json) send(res, status, JSON.stringify({ code, message }), JSON_TYPE);
-  else send(res, status, message + "\n", TEXT);
+/** A refusal: `{code, message}` JSON on the container listener, the message as text on IMDS. */
+function sendError(res: ServerResponse, code: ErrorCode, message: string, json: boolean): void {
+  if (json) send(res, httpStatus(code), JSON.stringify({ code, message }), JSON_TYPE);
+  else send(res, httpStatus(code), message + "\n", TEXT);
 }
 
-/** IMDS answers for credential failures: 404 for "no credentials for you", 503 for "try again". */
-function imdsStatus(o: Extract<Outcome, { ok: false }>): number {
-  switch (o.code) {
-    case "Throttled":
-    case "Unavailable":
-    case "Unauthenticated":
-    case "BadRequest":
-    case "PayloadTooLarge":
-      return 503;
-    default:
-      return 404;
-  }
+/** An IMDS refusal whose body is the plain text IMDS itself answers with. */
+function sendImds(res: ServerResponse, code: ErrorCode, text: string): number {
+  const status = httpStatus(code);
+  send(res, status, text, TEXT);
+  return status;
 }
 
 const TOKEN_PATH = "/latest/api/token";
 const NOT_FOUND = "Not Found\n";
 const TOO_MANY = "Too Many Requests\n";
+const UNAUTHORIZED = "Unauthorized\n";
+const METHOD_NOT_ALLOWED = "Method Not Allowed\n";
+const BAD_GATEWAY = "Bad Gateway\n";
 
 /** The routes answered from cached credentials (and the token route); undefined for others. */
 function hotRouteOf(path: string): string | undefined {
@@ -229,7 +215,7 @@ function credsReply(route: string, path: string, c: CachedCreds): FastReply {
     case ROUTES.credExt: {
       const prefix = route === ROUTES.cred ? CRED_PREFIX : CRED_EXT_PREFIX;
       if (path.length - prefix.length !== c.roleName.length || !path.endsWith(c.roleName))
-        return { status: 404, body: NOT_FOUND };
+        return { status: httpStatus("NotFound"), body: NOT_FOUND };
       return { status: 200, body: route === ROUTES.cred ? c.imdsBody : c.imdsExtBody };
     }
     default:
@@ -268,8 +254,9 @@ export function createImdsFastResponder(d: HandlerDeps): FastResponder {
     }
     if (!d.limiter.take(r.ip)) {
       metrics.limited("imds");
-      recordImds(metrics, r.start, ROUTES.other, 429);
-      return { status: 429, body: TOO_MANY };
+      const status = httpStatus("Throttled");
+      recordImds(metrics, r.start, ROUTES.other, status);
+      return { status, body: TOO_MANY };
     }
     if (c === undefined) {
       recordImds(metrics, r.start, route, 200);
@@ -359,13 +346,9 @@ export function createImdsHandler(d: HandlerDeps): (req: IncomingMessage, res: S
       case ROUTES.token: {
         const ttl = parseTtl(req.headers["x-aws-ec2-metadata-token-ttl-seconds"]);
         if (ttl === undefined) {
-          send(
-            res,
-            400,
-            "Bad Request: X-aws-ec2-metadata-token-ttl-seconds must be an integer from 1 to 21600\n",
-            TEXT,
-          );
-          return done(start, route, 400);
+          const text =
+            "Bad Request: X-aws-ec2-metadata-token-ttl-seconds must be an integer from 1 to 21600\n";
+          return done(start, route, sendImds(res, "BadRequest", text));
         }
         const token = tokens.issue(pod.uid, ttl);
         res.writeHead(200, {
@@ -392,14 +375,12 @@ export function createImdsHandler(d: HandlerDeps): (req: IncomingMessage, res: S
       case ROUTES.passthrough: {
         d.passthrough!.get(path).then(
           (a) => {
-            const status = a.status === 200 || a.status === 404 ? a.status : 502;
-            send(res, status, status === 502 ? "Bad Gateway\n" : a.body, a.contentType);
-            done(start, route, status);
+            if (a.status !== 200 && a.status !== 404)
+              return done(start, route, sendImds(res, "MetadataUpstreamFailed", BAD_GATEWAY));
+            send(res, a.status, a.body, a.contentType);
+            done(start, route, a.status);
           },
-          () => {
-            send(res, 502, "Bad Gateway\n", TEXT);
-            done(start, route, 502);
-          },
+          () => done(start, route, sendImds(res, "MetadataUpstreamFailed", BAD_GATEWAY)),
         );
         return;
       }
@@ -418,20 +399,16 @@ export function createImdsHandler(d: HandlerDeps): (req: IncomingMessage, res: S
           (o) => {
             if (res.destroyed) return;
             if (o.ok) return done(start, route, answerCreds(res, route, path, o.creds));
-            const status = imdsStatus(o);
+            const status = imdsStatus(o.code);
             send(res, status, `${o.code}: ${o.message}\n`, TEXT);
             done(start, route, status);
           },
-          () => {
-            send(res, 503, "Service Unavailable\n", TEXT);
-            done(start, route, 503);
-          },
+          () => done(start, route, sendImds(res, "Unavailable", "Service Unavailable\n")),
         );
         return;
       }
       default:
-        send(res, 404, NOT_FOUND, TEXT);
-        return done(start, route, 404);
+        return done(start, route, sendImds(res, "NotFound", NOT_FOUND));
     }
   }
 
@@ -446,15 +423,13 @@ export function createImdsHandler(d: HandlerDeps): (req: IncomingMessage, res: S
   ): void {
     const r = refusalFor(l, ip, cfg.allowHostNetwork);
     if (isRefusal(r)) {
-      sendError(res, r.status, r.code, r.message, false);
-      return done(start, route, r.status);
+      sendError(res, r.code, r.message, false);
+      return done(start, route, httpStatus(r.code));
     }
     if (route !== ROUTES.token) {
       const tok = req.headers["x-aws-ec2-metadata-token"];
-      if (tok !== undefined && (typeof tok !== "string" || !tokens.verify(tok, r.uid))) {
-        send(res, 401, "Unauthorized\n", TEXT);
-        return done(start, route, 401);
-      }
+      if (tok !== undefined && (typeof tok !== "string" || !tokens.verify(tok, r.uid)))
+        return done(start, route, sendImds(res, "Unauthenticated", UNAUTHORIZED));
     }
     serve(req, res, r, route, path, start);
   }
@@ -464,42 +439,31 @@ export function createImdsHandler(d: HandlerDeps): (req: IncomingMessage, res: S
     const ip = sourceIp(req);
     if (!d.limiter.take(ip)) {
       metrics.limited("imds");
-      send(res, 429, TOO_MANY, TEXT);
-      return done(start, ROUTES.other, 429);
+      return done(start, ROUTES.other, sendImds(res, "Throttled", TOO_MANY));
     }
     if (!screen(req, res, false)) return done(start, ROUTES.bad, res.statusCode);
     const path = pathOf(req.url ?? "");
-    if (path === undefined) {
-      send(res, 400, "Bad Request\n", TEXT);
-      return done(start, ROUTES.bad, 400);
-    }
+    if (path === undefined) return done(start, ROUTES.bad, sendImds(res, "BadRequest", "Bad Request\n"));
     const route = routeOf(path);
     const method = req.method;
     if (route === ROUTES.token) {
       if (method !== "PUT") {
         res.setHeader("allow", "PUT");
-        send(res, 405, "Method Not Allowed\n", TEXT);
-        return done(start, route, 405);
+        return done(start, route, sendImds(res, "MethodNotAllowed", METHOD_NOT_ALLOWED));
       }
       if (req.headers["x-forwarded-for"] !== undefined) {
-        send(res, 403, "Forbidden: proxied token requests are refused\n", TEXT);
-        return done(start, route, 403);
+        const text = "Forbidden: proxied token requests are refused\n";
+        return done(start, route, sendImds(res, "Forbidden", text));
       }
     } else {
       if (method !== "GET" && method !== "HEAD") {
         res.setHeader("allow", "GET, HEAD");
-        send(res, 405, "Method Not Allowed\n", TEXT);
-        return done(start, route, 405);
+        return done(start, route, sendImds(res, "MethodNotAllowed", METHOD_NOT_ALLOWED));
       }
       const tok = req.headers["x-aws-ec2-metadata-token"];
-      if (tok === undefined && cfg.requireImdsV2) {
-        send(res, 401, "Unauthorized\n", TEXT);
-        return done(start, route, 401);
-      }
-      if (route === ROUTES.other) {
-        send(res, 404, NOT_FOUND, TEXT);
-        return done(start, route, 404);
-      }
+      if (tok === undefined && cfg.requireImdsV2)
+        return done(start, route, sendImds(res, "Unauthenticated", UNAUTHORIZED));
+      if (route === ROUTES.other) return done(start, route, sendImds(res, "NotFound", NOT_FOUND));
     }
     lookupOrWait(d, ip, (l) => {
       if (!res.destroyed) afterLookup(req, res, l, ip, route, path, start);
@@ -515,30 +479,26 @@ export function createContainerHandler(d: HandlerDeps): (req: IncomingMessage, r
     metrics.request("container", route, status, (performance.now() - start) / 1000);
   }
 
+  function refuse(res: ServerResponse, code: ErrorCode, message: string, start: number): void {
+    sendError(res, code, message, true);
+    done(start, httpStatus(code));
+  }
+
   function answer(res: ServerResponse, o: Outcome, start: number): void {
-    if (o.ok) {
-      send(res, 200, o.creds.containerBody, JSON_TYPE);
-      return done(start, 200);
-    }
-    sendError(res, o.status, o.code, o.message, true);
-    done(start, o.status);
+    if (!o.ok) return refuse(res, o.code, o.message, start);
+    send(res, 200, o.creds.containerBody, JSON_TYPE);
+    done(start, 200);
   }
 
   function afterLookup(res: ServerResponse, l: Lookup, ip: string, token: string, start: number): void {
     const r = refusalFor(l, ip, cfg.allowHostNetwork);
-    if (isRefusal(r)) {
-      sendError(res, r.status, r.code, r.message, true);
-      return done(start, r.status);
-    }
+    if (isRefusal(r)) return refuse(res, r.code, r.message, start);
     metrics.miss("container");
     cache.obtainWithToken(r, token, cfg.credentialWaitMs).then(
       (o) => {
         if (!res.destroyed) answer(res, o, start);
       },
-      () => {
-        sendError(res, 503, "Unavailable", "internal error", true);
-        done(start, 503);
-      },
+      () => refuse(res, "Unavailable", "internal error", start),
     );
   }
 
@@ -547,42 +507,24 @@ export function createContainerHandler(d: HandlerDeps): (req: IncomingMessage, r
     const ip = sourceIp(req);
     if (!d.limiter.take(ip)) {
       metrics.limited("container");
-      sendError(res, 429, "Throttled", "too many requests", true);
-      return done(start, 429);
+      return refuse(res, "Throttled", "too many requests", start);
     }
     if (!screen(req, res, true)) return done(start, res.statusCode);
     const path = pathOf(req.url ?? "");
-    if (path !== "/v1/credentials") {
-      sendError(
-        res,
-        path === undefined ? 400 : 404,
-        path === undefined ? "BadRequest" : "PodNotFound",
-        "no such path",
-        true,
-      );
-      return done(start, path === undefined ? 400 : 404);
-    }
+    if (path !== "/v1/credentials")
+      return refuse(res, path === undefined ? "BadRequest" : "NotFound", "no such path", start);
     if (req.method !== "GET" && req.method !== "HEAD") {
       res.setHeader("allow", "GET");
-      sendError(res, 405, "BadRequest", "method not allowed", true);
-      return done(start, 405);
+      return refuse(res, "MethodNotAllowed", "method not allowed", start);
     }
     let token = req.headers.authorization;
     if (typeof token !== "string" || token.length === 0) {
-      sendError(
-        res,
-        401,
-        "Unauthenticated",
-        "the Authorization header must carry the pod's service-account token",
-        true,
-      );
-      return done(start, 401);
+      const message = "the Authorization header must carry the pod's service-account token";
+      return refuse(res, "Unauthenticated", message, start);
     }
     if (token.startsWith("Bearer ")) token = token.slice(7);
-    if (token.length > 8192 || !/^[A-Za-z0-9._-]+$/.test(token)) {
-      sendError(res, 401, "Unauthenticated", "malformed token", true);
-      return done(start, 401);
-    }
+    if (token.length > 8192 || !/^[A-Za-z0-9._-]+$/.test(token))
+      return refuse(res, "Unauthenticated", "malformed token", start);
     const tok = token;
     // Fast path: a token this pod already proved, and cached credentials.
     const l = index.lookup(ip);

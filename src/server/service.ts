@@ -2,7 +2,8 @@
 // cache (in-process + shared), single flight, rate-limited STS, audit and metrics.
 
 import { createHash } from "node:crypto";
-import { ContractError, type CredentialsRequest, type CredentialsResponse } from "../api/contract.ts";
+import type { CredentialsRequest, CredentialsResponse } from "../api/contract.ts";
+import { KeycutterError } from "../api/errors.ts";
 import type { Logger } from "../common/logger.ts";
 import { RateLimiter, RateLimitQueueFull, RateLimitTimeout, type Priority } from "../aws/rate-limit.ts";
 import { StsError, type AssumeRoleRequest, type AssumedCredentials } from "../aws/sts.ts";
@@ -122,7 +123,7 @@ export class CredentialService {
     clearInterval(this.sweeper);
   }
 
-  /** Throws ContractError for every refusal; audits every outcome. */
+  /** Throws KeycutterError for every refusal; audits every outcome. */
   async issue(agent: AgentIdentity, req: CredentialsRequest): Promise<CredentialsResponse> {
     const t0 = performance.now();
     const rec: AuditRecord = {
@@ -142,8 +143,9 @@ export class CredentialService {
       this.deps.metrics.decisions.inc({ outcome: "issued" });
       return res;
     } catch (e) {
-      const ce = e instanceof ContractError ? e : new ContractError("Unavailable", "internal error");
-      if (!(e instanceof ContractError)) this.deps.log.error({ err: e }, "credentials request failed");
+      const ce =
+        e instanceof KeycutterError ? e : new KeycutterError("Unavailable", "internal error", { cause: e });
+      if (!(e instanceof KeycutterError)) this.deps.log.error({ err: e }, "credentials request failed");
       rec.code = ce.code;
       rec.reason = ce.message;
       this.deps.metrics.decisions.inc({ outcome: ce.code });
@@ -164,27 +166,27 @@ export class CredentialService {
     try {
       pod = await this.deps.pods.pod(namespace, name);
     } catch (e) {
-      this.deps.log.warn({ err: (e as Error).message }, "pod lookup failed");
-      throw new ContractError("Unavailable", "cannot read the pod from the Kubernetes API");
+      this.deps.log.warn({ err: e }, "pod lookup failed");
+      throw new KeycutterError("Unavailable", "cannot read the pod from the Kubernetes API", { cause: e });
     }
-    if (!pod) throw new ContractError("PodNotFound", `pod ${namespace}/${name} does not exist`);
+    if (!pod) throw new KeycutterError("PodNotFound", `pod ${namespace}/${name} does not exist`);
     if (pod.facts.uid !== uid)
-      throw new ContractError(
+      throw new KeycutterError(
         "PodNotFound",
         `pod ${namespace}/${name} has a different UID (the pod was replaced)`,
       );
     rec.serviceAccount = pod.facts.serviceAccountName;
     if (pod.facts.nodeName !== agent.nodeName) {
-      throw new ContractError(
+      throw new KeycutterError(
         "PodNotOnNode",
         `pod ${namespace}/${name} is not bound to node ${agent.nodeName}`,
       );
     }
     const ineligible = ineligibility(pod);
     if (ineligible)
-      throw new ContractError("PodNotEligible", `pod ${namespace}/${name} is not served: ${ineligible}`);
+      throw new KeycutterError("PodNotEligible", `pod ${namespace}/${name} is not served: ${ineligible}`);
     if (pod.phase === "Succeeded" || pod.phase === "Failed") {
-      throw new ContractError("PodNotFound", `pod ${namespace}/${name} has finished (${pod.phase})`);
+      throw new KeycutterError("PodNotFound", `pod ${namespace}/${name} has finished (${pod.phase})`);
     }
     // A terminating pod (deletionTimestamp set, still running) keeps getting credentials until
     // it is gone: its graceful shutdown may need them. Once deleted, the lookup above refuses.
@@ -194,25 +196,30 @@ export class CredentialService {
       try {
         id = await this.deps.reviewPodToken(req.podToken, agent);
       } catch (e) {
-        if (e instanceof ContractError) throw e;
-        this.deps.log.warn({ err: (e as Error).message }, "pod token review failed");
-        throw new ContractError("Unavailable", "cannot review the pod token");
+        if (e instanceof KeycutterError) throw e;
+        this.deps.log.warn({ err: e }, "pod token review failed");
+        throw new KeycutterError("Unavailable", "cannot review the pod token", { cause: e });
       }
       if (!id.authenticated)
-        throw new ContractError("PodTokenMismatch", `pod token rejected: ${id.error ?? "not authenticated"}`);
+        throw new KeycutterError(
+          "PodTokenMismatch",
+          `pod token rejected: ${id.error ?? "not authenticated"}`,
+        );
       if (id.podName !== name || id.podUID !== uid || id.serviceAccount?.namespace !== namespace) {
-        throw new ContractError("PodTokenMismatch", `pod token does not belong to pod ${namespace}/${name}`);
+        throw new KeycutterError("PodTokenMismatch", `pod token does not belong to pod ${namespace}/${name}`);
       }
       if (id.serviceAccount?.name !== pod.facts.serviceAccountName) {
-        throw new ContractError("PodTokenMismatch", "pod token is for another service account");
+        throw new KeycutterError("PodTokenMismatch", "pod token is for another service account");
       }
     }
 
     let ns: NamespaceFacts | undefined;
     try {
       ns = await this.deps.pods.namespace(namespace);
-    } catch {
-      throw new ContractError("Unavailable", "cannot read the namespace from the Kubernetes API");
+    } catch (e) {
+      throw new KeycutterError("Unavailable", "cannot read the namespace from the Kubernetes API", {
+        cause: e,
+      });
     }
     // Read in the same turn as the decision's policies: the epoch names exactly what was decided on.
     const policyEpoch = this.deps.epochs?.epochOf(namespace);
@@ -234,7 +241,7 @@ export class CredentialService {
         rec.policy = { namespace: d.policy.namespace, name: d.policy.name, generation: d.policy.generation };
         this.deps.observe?.(d.policy, d.reason, `for pod ${namespace}/${name}: ${d.message}`);
       }
-      throw new ContractError(d.code, d.message);
+      throw new KeycutterError(d.code, d.message);
     }
     const plan = d.plan;
     rec.policy = {
@@ -330,7 +337,7 @@ export class CredentialService {
     const failed = this.failures.get(CredentialService.failureKey(key, plan));
     if (failed) {
       this.deps.metrics.cacheLookups.inc({ result: "hit_failure" });
-      throw new ContractError(failed.code, failed.message);
+      throw new KeycutterError(failed.code, failed.message);
     }
     const running = this.inflight.get(key);
     if (running) return running;
@@ -377,7 +384,7 @@ export class CredentialService {
         await this.limiter.acquire(priority, plan.policy.namespace);
       } catch (e) {
         if (e instanceof RateLimitTimeout || e instanceof RateLimitQueueFull)
-          throw new ContractError("Throttled", "too many credential requests; retry shortly");
+          throw new KeycutterError("Throttled", "too many credential requests; retry shortly", { cause: e });
         throw e;
       }
       let a: AssumedCredentials;
@@ -425,7 +432,7 @@ export class CredentialService {
               e.message,
             );
           }
-          throw new ContractError(e.code, e.message);
+          throw new KeycutterError(e.code, e.message, { cause: e });
         }
         throw e;
       }
