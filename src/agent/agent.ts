@@ -16,12 +16,10 @@ import { RateLimiter } from "./rate-limit.ts";
 import { Passthrough } from "./passthrough.ts";
 import { ServerClient } from "./server-client.ts";
 import { PolicyEpochWatch } from "./epoch-watch.ts";
-import {
-  createContainerHandler,
-  createImdsFastResponder,
-  createImdsHandler,
-  type HandlerConfig,
-} from "./handlers.ts";
+import type { HandlerConfig } from "./handler-deps.ts";
+import { createImdsHandler } from "./imds-handler.ts";
+import { createImdsFastResponder } from "./imds-fast-answers.ts";
+import { createContainerHandler } from "./container-handler.ts";
 import { ImdsFastPath } from "./imds-fast-path.ts";
 import { POD_FACING_LIMITS, podFacingServer, timeoutOptions } from "./pod-facing-server.ts";
 import { limitConnectionsPerSource } from "./connection-limit.ts";

@@ -9,7 +9,7 @@ import { AgentMetrics } from "../../src/agent/metrics.ts";
 import { RateLimiter } from "../../src/agent/rate-limit.ts";
 import { WaitSlots } from "../../src/agent/wait-slots.ts";
 import { KeycutterError } from "../../src/api/errors.ts";
-import type { HandlerConfig, HandlerDeps } from "../../src/agent/handlers.ts";
+import type { HandlerConfig, HandlerDeps } from "../../src/agent/handler-deps.ts";
 import type { CredentialsResponse, PodRef } from "../../src/api/contract.ts";
 
 export const log = pino({ level: "silent" });
