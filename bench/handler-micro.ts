@@ -7,7 +7,8 @@ import { ROOT } from "../test/harness/index.ts";
 
 const srcDir = resolve(process.argv[2] ?? join(ROOT, "src"));
 const imp = (p: string) => import(join(srcDir, p));
-const { createImdsHandler } = await imp("agent/handlers.ts");
+// older checkouts had every pod-facing handler in agent/handlers.ts
+const { createImdsHandler } = await imp("agent/imds-handler.ts").catch(() => imp("agent/handlers.ts"));
 const { PodIndex } = await imp("agent/pod-index.ts");
 const { CredCache } = await imp("agent/cred-cache.ts");
 const { ImdsTokens } = await imp("agent/imds-token.ts");

@@ -16,18 +16,18 @@ import { RateLimiter } from "./rate-limit.ts";
 import { Passthrough } from "./passthrough.ts";
 import { ServerClient } from "./server-client.ts";
 import { PolicyEpochWatch } from "./epoch-watch.ts";
-import {
-  createContainerHandler,
-  createImdsFastResponder,
-  createImdsHandler,
-  type HandlerConfig,
-} from "./handlers.ts";
+import type { HandlerConfig } from "./handler-deps.ts";
+import { createImdsHandler } from "./imds-handler.ts";
+import { createImdsFastResponder } from "./imds-fast-answers.ts";
+import { createContainerHandler } from "./container-handler.ts";
 import { ImdsFastPath } from "./imds-fast-path.ts";
 import { POD_FACING_LIMITS, podFacingServer, timeoutOptions } from "./pod-facing-server.ts";
 import { limitConnectionsPerSource } from "./connection-limit.ts";
 import { WaitSlots } from "./wait-slots.ts";
 import { Hook, type HookOptions } from "./hook/iptables.ts";
 import { removeNodeTaint } from "./ready-taint.ts";
+import { notReadyReasons } from "./readiness.ts";
+import { httpStatus } from "../api/errors.ts";
 
 export interface AgentConfig extends HandlerConfig {
   nodeName: string;
@@ -254,24 +254,27 @@ export async function startAgent(
       ? `cni-state: active (${s.attachments} attachments, ${s.ignored} ignored)`
       : `cni-state: ${s.state} (${s.detail}): IPs attributed from the pod watch alone`;
   };
-  const ready = (): boolean => hookInPlace && watch.synced && !watch.isStale() && client.reachable;
+  const notReady = (): string[] =>
+    notReadyReasons({
+      hookInPlace,
+      watchSynced: watch.synced,
+      watchStale: watch.isStale(),
+      serverReachable: client.reachable,
+    });
+  const ready = (): boolean => notReady().length === 0;
   // Reachable by anything that reaches the node IP (probes, Prometheus): the same timeouts as the
   // pod-facing servers, and few connections, so that nobody can hold it open against the probes.
   const opsServer = createServer(timeoutOptions(POD_FACING_LIMITS), (req, res) => {
     const path = (req.url ?? "").split("?")[0];
     if (path === "/healthz") {
       const ok = !(watch.synced && watch.isStale());
-      res.writeHead(ok ? 200 : 503, { "content-type": "text/plain" });
+      res.writeHead(ok ? 200 : httpStatus("Unavailable"), { "content-type": "text/plain" });
       res.end(ok ? "ok\n" : "pod watch stale\n");
     } else if (path === "/readyz") {
-      const ok = ready();
-      const why = !watch.synced
-        ? "pod watch not synced"
-        : watch.isStale()
-          ? "pod watch stale"
-          : "credential service unreachable";
-      res.writeHead(ok ? 200 : 503, { "content-type": "text/plain" });
-      res.end(`${ok ? "ok" : why}\n${cniStateLine()}\n`);
+      const reasons = notReady();
+      const ok = reasons.length === 0;
+      res.writeHead(ok ? 200 : httpStatus("Unavailable"), { "content-type": "text/plain" });
+      res.end(`${ok ? "ok" : reasons.join("; ")}\n${cniStateLine()}\n`);
     } else if (path === "/metrics") {
       metrics.registry.metrics().then(
         (text) => {
@@ -279,12 +282,12 @@ export async function startAgent(
           res.end(text);
         },
         () => {
-          res.writeHead(500);
+          res.writeHead(httpStatus("InternalError"));
           res.end();
         },
       );
     } else {
-      res.writeHead(404, { "content-type": "text/plain" });
+      res.writeHead(httpStatus("NotFound"), { "content-type": "text/plain" });
       res.end("Not Found\n");
     }
   });
@@ -347,7 +350,7 @@ export async function startAgent(
                   log.warn({ chain: cfg.hook?.chain }, "iptables hook was missing or altered: repaired");
                 }
               },
-              (err: unknown) => log.error({ err: (err as Error).message }, "iptables hook check failed"),
+              (err: unknown) => log.error({ err }, "iptables hook check failed"),
             )
             .finally(() => (busy = false));
         }, cfg.hookResyncMs);
@@ -367,10 +370,7 @@ export async function startAgent(
         removeNodeTaint(kube, cfg.nodeName, key).then(
           (removed) => log.info({ taint: key, removed }, "agent ready: startup taint handled"),
           (err: unknown) => {
-            log.warn(
-              { taint: key, err: (err as Error).message },
-              "cannot remove the startup taint, retrying",
-            );
+            log.warn({ taint: key, err }, "cannot remove the startup taint, retrying");
             taintTimer = setTimeout(tick, 5000);
           },
         );

@@ -302,7 +302,7 @@ export class CniState implements NodeAttachments {
       try {
         await task();
       } catch (err) {
-        this.opts.log.error({ dir: this.opts.dir, err: (err as Error).message }, "CNI state update failed");
+        this.opts.log.error({ dir: this.opts.dir, err }, "CNI state update failed");
       }
     });
     this.chain = next;

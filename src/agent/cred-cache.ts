@@ -1,49 +1,24 @@
 // Per-pod credential cache: prefetch, refresh ahead of expiry with jitter, one request in flight
 // per pod, keep serving still-valid credentials while the server fails, drop at once when the pod
-// goes. Responses are serialised once per issuance so that a cache hit only writes a Buffer.
+// goes. Responses are serialised once per issuance (imds-documents.ts) so that a cache hit only
+// writes a Buffer; what the server said of a pod's own tokens is in pod-token-memo.ts.
 // Credentials are served only under the policy epoch the agent knows for the pod's namespace
 // (epoch-watch.ts): after a policy change they are re-fetched, never served again.
-import { createHash } from "node:crypto";
-import {
-  DEFINITE_DENIALS,
-  ERROR_STATUS,
-  type CredentialsResponse,
-  type ErrorCode,
-  type PodRef,
-} from "../api/contract.ts";
+import type { CredentialsResponse, PodRef } from "../api/contract.ts";
+import { ERRORS, KeycutterError, type ErrorCode } from "../api/errors.ts";
 import type { Logger } from "../common/logger.ts";
-import { LRUCache } from "lru-cache";
-import { ServerError } from "./server-client.ts";
 import type { EpochView } from "./epoch-watch.ts";
+import { serialiseCredentials, type CachedCreds } from "./imds-documents.ts";
+import { PodTokenMemo, hashToken } from "./pod-token-memo.ts";
+
+export type { CachedCreds };
 
 export interface CredentialsSource {
   credentials(req: { pod: PodRef; podToken?: string }, timeoutMs?: number): Promise<CredentialsResponse>;
 }
 
-export interface CachedCreds {
-  roleName: string;
-  roleArn: string;
-  accountId: string | undefined;
-  expirationMs: number;
-  fetchedAtMs: number;
-  /** IMDS security-credentials/<role> document. */
-  imdsBody: Buffer;
-  /** IMDS security-credentials-extended/<role> document (with AccountId). */
-  imdsExtBody: Buffer;
-  /** Container-credentials document. */
-  containerBody: Buffer;
-  /** iam/info document. */
-  infoBody: Buffer;
-  roleNameBody: Buffer;
-  /** The namespace's policy epoch the server decided under (undefined: an older server). */
-  policyEpoch: string | undefined;
-  /** When the request that brought these credentials was sent. */
-  requestedAtMs: number;
-}
-
 export type Outcome =
-  | { ok: true; creds: CachedCreds; stale: boolean }
-  | { ok: false; code: ErrorCode; message: string; status: number };
+  { ok: true; creds: CachedCreds; stale: boolean } | { ok: false; code: ErrorCode; message: string };
 
 export interface CacheMetrics {
   fetch(result: "ok" | ErrorCode, kind: "prefetch" | "demand" | "refresh" | "token"): void;
@@ -85,96 +60,26 @@ export interface CredCacheOptions {
   now?: () => number;
 }
 
-type Refusal = { code: ErrorCode; message: string; status: number; untilMs: number };
+type Failure = { code: ErrorCode; message: string };
+type Refusal = Failure & { untilMs: number };
 
 interface Entry {
   pod: PodRef;
   creds: CachedCreds | undefined;
-  denial: { code: ErrorCode; message: string; status: number; untilMs: number } | undefined;
-  lastError: { code: ErrorCode; message: string; status: number } | undefined;
+  denial: Refusal | undefined;
+  lastError: Failure | undefined;
   inflight: Promise<void> | undefined;
   timer: NodeJS.Timeout | undefined;
   failures: number;
   retryAtMs: number;
-  /** sha256 of tokens the server accepted for this pod → until when they are trusted. */
-  tokens: LRUCache<string, number> | undefined;
-  tokenFlights: Map<string, Promise<Outcome>> | undefined;
-  /** Tokens the server refused for this pod, with the refusal, remembered briefly. */
-  badTokens: LRUCache<string, Refusal> | undefined;
+  /** What the server said of this pod's own tokens (container-credentials path). */
+  tokens: PodTokenMemo<Outcome> | undefined;
   gone: boolean;
 }
 
-export function formatTime(ms: number): string {
-  return new Date(ms).toISOString().replace(/\.\d{3}Z$/, "Z");
-}
-
-function serialise(res: CredentialsResponse, nowMs: number, requestedAtMs: number): CachedCreds {
-  const c = res.credentials;
-  const expirationMs = Date.parse(c.expiration);
-  const exp = formatTime(expirationMs);
-  const updated = formatTime(nowMs);
-  const base = {
-    Code: "Success",
-    LastUpdated: updated,
-    Type: "AWS-HMAC",
-    AccessKeyId: c.accessKeyId,
-    SecretAccessKey: c.secretAccessKey,
-    Token: c.sessionToken,
-    Expiration: exp,
-  };
-  const accountId = c.accountId ?? accountFromArn(res.roleArn);
-  const ext = accountId ? { ...base, AccountId: accountId } : base;
-  const container: Record<string, string> = {
-    AccessKeyId: c.accessKeyId,
-    SecretAccessKey: c.secretAccessKey,
-    Token: c.sessionToken,
-    Expiration: exp,
-  };
-  if (accountId) container.AccountId = accountId;
-  const info = {
-    Code: "Success",
-    LastUpdated: updated,
-    InstanceProfileArn: instanceProfileArn(res.roleArn),
-    InstanceProfileId:
-      "AIPA" + createHash("sha256").update(res.roleArn).digest("hex").slice(0, 17).toUpperCase(),
-  };
-  return {
-    roleName: res.roleName,
-    roleArn: res.roleArn,
-    accountId,
-    expirationMs,
-    fetchedAtMs: nowMs,
-    imdsBody: Buffer.from(JSON.stringify(base, null, 2)),
-    imdsExtBody: Buffer.from(JSON.stringify(ext, null, 2)),
-    containerBody: Buffer.from(JSON.stringify(container)),
-    infoBody: Buffer.from(JSON.stringify(info, null, 2)),
-    roleNameBody: Buffer.from(res.roleName),
-    policyEpoch: res.policyEpoch,
-    requestedAtMs,
-  };
-}
-
-function accountFromArn(arn: string): string | undefined {
-  const m = /^arn:[^:]+:iam::(\d{12}):/.exec(arn);
-  return m?.[1];
-}
-
-function instanceProfileArn(roleArn: string): string {
-  const m = /^(arn:[^:]+:iam::\d{12}:)role\/(.*)$/.exec(roleArn);
-  return m ? `${m[1]}instance-profile/${m[2]!.split("/").pop()}` : roleArn;
-}
-
-function toError(err: unknown): { code: ErrorCode; message: string; status: number } {
-  if (err instanceof ServerError) return { code: err.code, message: err.message, status: err.status };
-  return {
-    code: "Unavailable",
-    message: "credential service request failed",
-    status: ERROR_STATUS.Unavailable,
-  };
-}
-
-export function hashToken(token: string): string {
-  return createHash("sha256").update(token).digest("base64url");
+function toError(err: unknown): Failure {
+  if (err instanceof KeycutterError) return { code: err.code, message: err.message };
+  return { code: "Unavailable", message: "credential service request failed" };
 }
 
 export class CredCache {
@@ -247,7 +152,7 @@ export class CredCache {
     if (e.timer) clearTimeout(e.timer);
     e.timer = undefined;
     e.creds = undefined;
-    e.tokens = undefined;
+    e.tokens?.forgetAccepted();
     this.entries.delete(uid);
   }
 
@@ -304,10 +209,7 @@ export class CredCache {
 
   /** The server already accepted `podToken` for this pod (recently). */
   tokenValid(uid: string, podToken: string, nowMs = Date.now()): boolean {
-    const t = this.entries.get(uid)?.tokens;
-    if (t === undefined) return false;
-    const until = t.get(hashToken(podToken));
-    return until !== undefined && until > nowMs;
+    return this.entries.get(uid)?.tokens?.isAccepted(hashToken(podToken), nowMs) ?? false;
   }
 
   /**
@@ -318,48 +220,36 @@ export class CredCache {
     const e = this.ensure(pod);
     const now = Date.now();
     const h = hashToken(podToken);
-    const validUntil = e.tokens?.get(h);
-    if (validUntil !== undefined && validUntil > now) {
+    const memo = (e.tokens ??= new PodTokenMemo(this.o.maxTokensPerPod));
+    if (memo.isAccepted(h, now)) {
       const fresh = this.fresh(pod.uid, now);
       if (fresh) return { ok: true, creds: fresh, stale: false };
       return this.obtain(pod, waitMs);
     }
-    const bad = e.badTokens?.get(h);
-    if (bad !== undefined && bad.untilMs > now) {
-      return { ok: false, code: bad.code, message: bad.message, status: bad.status };
-    }
-    e.tokenFlights ??= new Map();
-    let flight = e.tokenFlights.get(h);
-    if (!flight) {
-      flight = this.fetchWithToken(e, podToken, h);
-      e.tokenFlights.set(h, flight);
-      const clear = (): void => {
-        e.tokenFlights?.delete(h);
-      };
-      flight.then(clear, clear);
-    }
+    const refused = memo.refusalOf(h, now);
+    if (refused !== undefined) return { ok: false, ...refused };
+    const flight = memo.flight(h, () => this.fetchWithToken(e, memo, podToken, h));
     const r = await withTimeout(flight, waitMs);
     if (r === TIMEOUT) {
-      return {
-        ok: false,
-        code: "Unavailable",
-        message: "timed out waiting for the credential service",
-        status: 503,
-      };
+      return { ok: false, ...TIMED_OUT };
     }
     return r;
   }
 
-  private async fetchWithToken(e: Entry, podToken: string, h: string): Promise<Outcome> {
+  private async fetchWithToken(
+    e: Entry,
+    memo: PodTokenMemo<Outcome>,
+    podToken: string,
+    h: string,
+  ): Promise<Outcome> {
     try {
       const requestedAtMs = this.o.now();
       const res = await this.o.source.credentials({ pod: e.pod, podToken }, this.o.requestTimeoutMs);
       this.o.metrics?.fetch("ok", "token");
-      if (e.gone) return { ok: false, code: "PodNotFound", message: "the pod is gone", status: 404 };
+      if (e.gone) return { ok: false, code: "PodNotFound", message: "the pod is gone" };
       if (!this.matchesKnownEpoch(e, res)) return { ok: false, ...POLICY_CHANGE_PROPAGATING };
       const creds = this.apply(e, res, requestedAtMs);
-      e.tokens ??= new LRUCache({ max: this.o.maxTokensPerPod });
-      e.tokens.set(h, Math.min(Date.now() + this.o.podTokenTtlMs, creds.expirationMs));
+      memo.accept(h, Math.min(Date.now() + this.o.podTokenTtlMs, creds.expirationMs));
       return { ok: true, creds, stale: false };
     } catch (err) {
       const x = toError(err);
@@ -367,8 +257,7 @@ export class CredCache {
       if (x.code === "PodTokenMismatch" || x.code === "Unauthenticated") {
         // A pod replaying a bad token must not turn into a TokenReview per request; a new bad
         // token evicts only the least recently used one, never all the others.
-        e.badTokens ??= new LRUCache({ max: this.o.maxTokensPerPod });
-        e.badTokens.set(h, { ...x, untilMs: Date.now() + this.o.denialTtlMs });
+        memo.refuse(h, x, Date.now() + this.o.denialTtlMs);
       }
       return { ok: false, ...x };
     }
@@ -389,12 +278,7 @@ export class CredCache {
       return { ok: true, creds: e.creds, stale: true };
     }
     if (e.lastError) return { ok: false, ...e.lastError };
-    return {
-      ok: false,
-      code: "Unavailable",
-      message: "timed out waiting for the credential service",
-      status: 503,
-    };
+    return { ok: false, ...TIMED_OUT };
   }
 
   private ensure(pod: PodRef): Entry {
@@ -410,8 +294,6 @@ export class CredCache {
         failures: 0,
         retryAtMs: 0,
         tokens: undefined,
-        tokenFlights: undefined,
-        badTokens: undefined,
         gone: false,
       };
       this.entries.set(pod.uid, e);
@@ -427,9 +309,9 @@ export class CredCache {
 
   private apply(e: Entry, res: CredentialsResponse, requestedAtMs: number): CachedCreds {
     const now = this.o.now();
-    const creds = serialise(res, now, requestedAtMs);
+    const creds = serialiseCredentials(res, now, requestedAtMs);
     if (!Number.isFinite(creds.expirationMs) || creds.expirationMs <= now) {
-      throw new ServerError("Unavailable", "the credential service returned expired credentials", 502);
+      throw new KeycutterError("ServerAnswerInvalid", "the credential service returned expired credentials");
     }
     e.creds = creds;
     e.denial = undefined;
@@ -474,7 +356,7 @@ export class CredCache {
           // be the old decision. Ask again (any replica) while the informers converge.
           if (attempt >= this.o.epochRetries) {
             const x = POLICY_CHANGE_PROPAGATING;
-            throw new ServerError(x.code, x.message, x.status);
+            throw new KeycutterError(x.code, x.message);
           }
           await sleep(this.o.epochRetryMs);
           if (e.gone) return;
@@ -483,10 +365,10 @@ export class CredCache {
         if (e.gone) return;
         const x = toError(err);
         this.o.metrics?.fetch(x.code, kind);
-        if (DEFINITE_DENIALS.has(x.code)) {
+        if (ERRORS[x.code].definite) {
           // The server says this pod must not have credentials (any more): stop serving them.
           e.creds = undefined;
-          e.tokens = undefined;
+          e.tokens?.forgetAccepted();
           e.denial = { ...x, untilMs: Date.now() + this.o.denialTtlMs };
           e.lastError = x;
           if (e.timer) clearTimeout(e.timer);
@@ -521,11 +403,12 @@ export class CredCache {
 
 const TIMEOUT = Symbol("timeout");
 
-const POLICY_CHANGE_PROPAGATING = {
-  code: "Unavailable" as const,
+const POLICY_CHANGE_PROPAGATING: Failure = {
+  code: "PolicyChangePropagating",
   message: "a policy change is still reaching the credential service; retry shortly",
-  status: ERROR_STATUS.Unavailable,
 };
+
+const TIMED_OUT: Failure = { code: "Unavailable", message: "timed out waiting for the credential service" };
 
 function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms).unref());

@@ -134,10 +134,7 @@ export class PolicyEpochWatch implements EpochView {
             this.o.retryMaxMs,
             this.o.retryInitialMs * 2 ** Math.min(this.failures - 1, 16),
           );
-          this.o.log.warn(
-            { err: (err as Error).message, failures: this.failures, retryMs: delay },
-            "policy epoch poll failed",
-          );
+          this.o.log.warn({ err, failures: this.failures, retryMs: delay }, "policy epoch poll failed");
           await this.pause(delay);
         }
       } finally {

@@ -3,6 +3,7 @@
 // credential paths, user-data (bootstrap secrets) and the signed identity documents (pkcs7,
 // signature, rsa2048: proof of being this instance, e.g. to Vault's EC2 auth).
 import { request, Agent, type IncomingMessage } from "node:http";
+import { httpStatus } from "../api/errors.ts";
 
 const MAX_BODY = 64 * 1024;
 /**
@@ -123,7 +124,7 @@ export class Passthrough {
           res.on("end", () => {
             clearTimeout(timer);
             resolve({
-              status: res.statusCode ?? 502,
+              status: res.statusCode ?? httpStatus("MetadataUpstreamFailed"),
               body: Buffer.concat(chunks),
               contentType: String(res.headers["content-type"] ?? "text/plain"),
             });

@@ -8,6 +8,7 @@ import {
   type ServerResponse,
 } from "node:http";
 import type { Logger } from "../common/logger.ts";
+import { httpStatus } from "../api/errors.ts";
 
 export interface ConnectionLimits {
   /** Connections open at once on one server, all sources together (server.maxConnections). */
@@ -53,9 +54,9 @@ export function podFacingServer(
       try {
         handler(req, res);
       } catch (err) {
-        log.error({ err: (err as Error).message }, "handler error");
+        log.error({ err }, "handler error");
         if (!res.headersSent) {
-          res.writeHead(500, { "content-type": "text/plain" });
+          res.writeHead(httpStatus("InternalError"), { "content-type": "text/plain" });
           res.end("Internal Server Error\n");
         } else res.destroy();
       }

@@ -5,28 +5,17 @@ import { request as httpRequest, Agent as HttpAgent, type IncomingMessage } from
 import { readFileSync, statSync } from "node:fs";
 import {
   CREDENTIALS_PATH,
-  ERROR_STATUS,
   POLICY_EPOCHS_PATH,
   isCredentialsResponse,
   isPolicyEpochsResponse,
   type CredentialsRequest,
   type CredentialsResponse,
-  type ErrorCode,
   type PolicyEpochsRequest,
   type PolicyEpochsResponse,
 } from "../api/contract.ts";
+import { ERRORS, KeycutterError, isErrorCode, type ErrorCode } from "../api/errors.ts";
 
 const MAX_RESPONSE_BYTES = 64 * 1024;
-
-export class ServerError extends Error {
-  readonly code: ErrorCode;
-  readonly status: number;
-  constructor(code: ErrorCode, message: string, status?: number) {
-    super(message);
-    this.code = code;
-    this.status = status ?? ERROR_STATUS[code];
-  }
-}
 
 export interface ServerClientOptions {
   serverUrl: string;
@@ -61,7 +50,10 @@ export class TokenFile {
   }
 }
 
-const CODES = new Set<string>(Object.keys(ERROR_STATUS));
+/** Only a code the server itself answers with is believed; anything else is its status alone. */
+function serverCode(value: unknown): ErrorCode | undefined {
+  return isErrorCode(value) && ERRORS[value].raisedBy !== "agent" ? value : undefined;
+}
 
 function parseJson(text: string): unknown {
   try {
@@ -71,17 +63,18 @@ function parseJson(text: string): unknown {
   }
 }
 
-/** A non-2xx answer as a ServerError: the server's own code when it sent one. */
-function errorFrom(status: number, parsed: unknown): ServerError {
+/** A non-2xx answer as a KeycutterError: the server's own code when it sent one. */
+function errorFrom(status: number, parsed: unknown): KeycutterError {
   const p = parsed as { code?: unknown; message?: unknown } | undefined;
-  if (p && typeof p.code === "string" && CODES.has(p.code)) {
-    const msg = typeof p.message === "string" ? p.message.slice(0, 500) : p.code;
-    return new ServerError(p.code as ErrorCode, msg, status);
+  const code = serverCode(p?.code);
+  if (code !== undefined) {
+    const msg = typeof p?.message === "string" ? p.message.slice(0, 500) : code;
+    return new KeycutterError(code, msg);
   }
   if (status === 401)
-    return new ServerError("Unauthenticated", "the credential service rejected the agent", status);
-  if (status === 429) return new ServerError("Throttled", "the credential service is throttling", status);
-  return new ServerError("Unavailable", `credential service answered HTTP ${status}`, 502);
+    return new KeycutterError("Unauthenticated", "the credential service rejected the agent");
+  if (status === 429) return new KeycutterError("Throttled", "the credential service is throttling");
+  return new KeycutterError("ServerAnswerInvalid", `credential service answered HTTP ${status}`);
 }
 
 export class ServerClient {
@@ -129,7 +122,7 @@ export class ServerClient {
     const parsed = parseJson(text);
     if (status >= 200 && status < 300) {
       if (!isCredentialsResponse(parsed))
-        throw new ServerError("Unavailable", "malformed answer from the credential service", 502);
+        throw new KeycutterError("ServerAnswerInvalid", "malformed answer from the credential service");
       return parsed;
     }
     throw errorFrom(status, parsed);
@@ -152,7 +145,10 @@ export class ServerClient {
     const parsed = parseJson(text);
     if (status >= 200 && status < 300) {
       if (!isPolicyEpochsResponse(parsed))
-        throw new ServerError("Unavailable", "malformed epochs answer from the credential service", 502);
+        throw new KeycutterError(
+          "ServerAnswerInvalid",
+          "malformed epochs answer from the credential service",
+        );
       return parsed;
     }
     throw errorFrom(status, parsed);
@@ -162,9 +158,10 @@ export class ServerClient {
     try {
       return this.token.read();
     } catch (err) {
-      throw new ServerError(
+      throw new KeycutterError(
         "Unavailable",
         `cannot read the agent token file: ${(err as NodeJS.ErrnoException).code ?? "error"}`,
+        { cause: err },
       );
     }
   }
@@ -214,7 +211,7 @@ export class ServerClient {
             size += c.length;
             if (size > MAX_RESPONSE_BYTES) {
               res.destroy();
-              fail(new ServerError("Unavailable", "answer from the credential service too large", 502));
+              fail(new KeycutterError("ServerAnswerInvalid", "answer from the credential service too large"));
               return;
             }
             chunks.push(c);
@@ -234,10 +231,12 @@ export class ServerClient {
         // Ending our own long poll says nothing about the server's reachability.
         if ((err as NodeJS.ErrnoException).code !== "ECANCELLED") this.lastFailureMs = Date.now();
         req.destroy();
-        if (err instanceof ServerError) reject(err);
+        if (err instanceof KeycutterError) reject(err);
         else {
           const code = (err as NodeJS.ErrnoException).code ?? (err as Error).message ?? "error";
-          reject(new ServerError("Unavailable", `credential service unreachable (${code})`, 503));
+          reject(
+            new KeycutterError("Unavailable", `credential service unreachable (${code})`, { cause: err }),
+          );
         }
       };
       // Overall deadline (socket `timeout` is only inactivity).

@@ -1,6 +1,10 @@
 // The agent ↔ server contract. Both sides import only this module for the wire format, so a
-// change here is a change to both. Transport: HTTPS, JSON bodies, the agent's projected
+// change here is a change to both (with its error catalogue, errors.ts). Transport: HTTPS, JSON bodies, the agent's projected
 // service-account token as a Bearer token.
+
+import { KeycutterError, type ErrorCode } from "./errors.ts";
+
+export type { ErrorCode };
 
 export const API_VERSION = "v1";
 export const CREDENTIALS_PATH = "/v1/credentials";
@@ -72,57 +76,11 @@ export interface PolicyEpochsResponse {
   epochs: Record<string, string>;
 }
 
-export type ErrorCode =
-  | "BadRequest"
-  | "PayloadTooLarge"
-  | "Unauthenticated"
-  | "Forbidden"
-  | "PodNotFound"
-  | "PodNotOnNode"
-  /** A pod the server never serves: a mirror (static) pod, or one without a service account. */
-  | "PodNotEligible"
-  | "PodTokenMismatch"
-  | "NoPolicy"
-  | "AmbiguousPolicy"
-  | "RoleNotAllowed"
-  | "PolicyInvalid"
-  | "StsDenied"
-  | "Throttled"
-  | "Unavailable";
-
 /** Every non-2xx answer has this body. `message` never contains a secret. */
 export interface ErrorResponse {
   code: ErrorCode;
   message: string;
 }
-
-export const ERROR_STATUS: Record<ErrorCode, number> = {
-  BadRequest: 400,
-  PayloadTooLarge: 413,
-  Unauthenticated: 401,
-  Forbidden: 403,
-  PodNotFound: 404,
-  PodNotOnNode: 403,
-  PodNotEligible: 403,
-  PodTokenMismatch: 403,
-  NoPolicy: 404,
-  AmbiguousPolicy: 409,
-  RoleNotAllowed: 403,
-  PolicyInvalid: 422,
-  StsDenied: 403,
-  Throttled: 429,
-  Unavailable: 503,
-};
-
-/** Errors that say something definite about the pod; the agent may cache them briefly. */
-export const DEFINITE_DENIALS: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
-  "PodNotEligible",
-  "NoPolicy",
-  "AmbiguousPolicy",
-  "RoleNotAllowed",
-  "PolicyInvalid",
-  "StsDenied",
-]);
 
 const K8S_NAME = /^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$/;
 const NAMESPACE_NAME = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
@@ -130,75 +88,70 @@ const NAMESPACE_NAME = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
 const EPOCH = /^[A-Za-z0-9_-]{0,64}$/;
 const UID = /^[0-9a-fA-F-]{1,64}$/;
 
-export class ContractError extends Error {
-  readonly code: ErrorCode;
-  constructor(code: ErrorCode, message: string) {
-    super(message);
-    this.code = code;
-  }
-}
-
-/** Validates an untrusted body; throws ContractError("BadRequest") naming the first problem. */
+/** Validates an untrusted body; throws KeycutterError("BadRequest") naming the first problem. */
 export function parseCredentialsRequest(body: unknown): CredentialsRequest {
   if (typeof body !== "object" || body === null || Array.isArray(body)) {
-    throw new ContractError("BadRequest", "body must be a JSON object");
+    throw new KeycutterError("BadRequest", "body must be a JSON object");
   }
   const b = body as Record<string, unknown>;
   for (const k of Object.keys(b)) {
-    if (k !== "pod" && k !== "podToken") throw new ContractError("BadRequest", `unknown field "${k}"`);
+    if (k !== "pod" && k !== "podToken") throw new KeycutterError("BadRequest", `unknown field "${k}"`);
   }
   const pod = b.pod;
   if (typeof pod !== "object" || pod === null || Array.isArray(pod)) {
-    throw new ContractError("BadRequest", "pod must be an object");
+    throw new KeycutterError("BadRequest", "pod must be an object");
   }
   const p = pod as Record<string, unknown>;
   for (const k of Object.keys(p)) {
     if (k !== "namespace" && k !== "name" && k !== "uid") {
-      throw new ContractError("BadRequest", `unknown field "pod.${k}"`);
+      throw new KeycutterError("BadRequest", `unknown field "pod.${k}"`);
     }
   }
   if (typeof p.namespace !== "string" || !K8S_NAME.test(p.namespace) || p.namespace.length > 63) {
-    throw new ContractError("BadRequest", "pod.namespace is not a valid namespace name");
+    throw new KeycutterError("BadRequest", "pod.namespace is not a valid namespace name");
   }
   if (typeof p.name !== "string" || !K8S_NAME.test(p.name)) {
-    throw new ContractError("BadRequest", "pod.name is not a valid pod name");
+    throw new KeycutterError("BadRequest", "pod.name is not a valid pod name");
   }
   if (typeof p.uid !== "string" || !UID.test(p.uid)) {
-    throw new ContractError("BadRequest", "pod.uid is not a valid UID");
+    throw new KeycutterError("BadRequest", "pod.uid is not a valid UID");
   }
   const req: CredentialsRequest = { pod: { namespace: p.namespace, name: p.name, uid: p.uid } };
   if (b.podToken !== undefined) {
     if (typeof b.podToken !== "string" || b.podToken.length === 0 || b.podToken.length > 8192) {
-      throw new ContractError("BadRequest", "podToken must be a non-empty string of at most 8192 characters");
+      throw new KeycutterError(
+        "BadRequest",
+        "podToken must be a non-empty string of at most 8192 characters",
+      );
     }
     req.podToken = b.podToken;
   }
   return req;
 }
 
-/** Validates an untrusted epochs poll; throws ContractError("BadRequest") naming the first problem. */
+/** Validates an untrusted epochs poll; throws KeycutterError("BadRequest") naming the first problem. */
 export function parsePolicyEpochsRequest(body: unknown): PolicyEpochsRequest {
   if (typeof body !== "object" || body === null || Array.isArray(body)) {
-    throw new ContractError("BadRequest", "body must be a JSON object");
+    throw new KeycutterError("BadRequest", "body must be a JSON object");
   }
   for (const k of Object.keys(body)) {
-    if (k !== "namespaces") throw new ContractError("BadRequest", `unknown field "${k}"`);
+    if (k !== "namespaces") throw new KeycutterError("BadRequest", `unknown field "${k}"`);
   }
   const namespaces = (body as Record<string, unknown>).namespaces;
   if (typeof namespaces !== "object" || namespaces === null || Array.isArray(namespaces)) {
-    throw new ContractError("BadRequest", "namespaces must be an object of namespace → epoch");
+    throw new KeycutterError("BadRequest", "namespaces must be an object of namespace → epoch");
   }
   const entries = Object.entries(namespaces);
   if (entries.length > MAX_EPOCH_NAMESPACES) {
-    throw new ContractError("BadRequest", `at most ${MAX_EPOCH_NAMESPACES} namespaces per poll`);
+    throw new KeycutterError("BadRequest", `at most ${MAX_EPOCH_NAMESPACES} namespaces per poll`);
   }
   // A null-prototype object: names are checked below, but nothing here should ever reach a prototype.
   const out: Record<string, string> = Object.create(null) as Record<string, string>;
   for (const [ns, epoch] of entries) {
     if (!NAMESPACE_NAME.test(ns))
-      throw new ContractError("BadRequest", "namespaces has an invalid namespace name");
+      throw new KeycutterError("BadRequest", "namespaces has an invalid namespace name");
     if (typeof epoch !== "string" || !EPOCH.test(epoch)) {
-      throw new ContractError("BadRequest", `namespaces.${ns} is not a valid epoch`);
+      throw new KeycutterError("BadRequest", `namespaces.${ns} is not a valid epoch`);
     }
     out[ns] = epoch;
   }

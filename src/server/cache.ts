@@ -98,6 +98,7 @@ export class SharedStore {
     const now = Date.now();
     if (now - this.lastErrorLog > 10_000) {
       this.lastErrorLog = now;
+      // the message only: ioredis errors carry the command and its arguments (cache entries)
       this.log.warn(
         { op, err: (e as Error).message },
         "shared cache unavailable; using the in-process cache",

@@ -1,7 +1,7 @@
 // Definite STS refusals, remembered per cache key for a short time: a policy STS rejects would
 // otherwise cost an AssumeRole on every retry of every agent and replica, spending the STS budget
 // that other tenants share. Only refusals that say something about the inputs are kept (StsDenied,
-// PolicyInvalid), never throttling or outages. The key (CredentialService.failureKey) covers the
+// PolicyInvalid), never throttling or outages. The key (failureKey, issue/keys.ts) covers the
 // policy and allowance generations and the exact inputs, so an edited policy or allowance misses
 // at once; a fix outside the cluster (the role's trust policy) shows after at most the TTL.
 

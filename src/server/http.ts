@@ -12,8 +12,6 @@ import { readFileSync, unwatchFile, watchFile } from "node:fs";
 import type { AddressInfo } from "node:net";
 import {
   CREDENTIALS_PATH,
-  ContractError,
-  ERROR_STATUS,
   MAX_EPOCH_REQUEST_BYTES,
   MAX_REQUEST_BYTES,
   POLICY_EPOCHS_PATH,
@@ -23,6 +21,7 @@ import {
   type ErrorCode,
   type ErrorResponse,
 } from "../api/contract.ts";
+import { ERRORS, KeycutterError, httpStatus } from "../api/errors.ts";
 import type { Logger } from "../common/logger.ts";
 import { ReviewThrottled, type ReviewedIdentity } from "../k8s/token-review.ts";
 import type { Registry } from "prom-client";
@@ -47,14 +46,6 @@ export interface ApiOptions {
   auditAuthFailure?: (code: ErrorCode, reason: string, agent?: string) => void;
 }
 
-class HttpError extends ContractError {
-  readonly status: number;
-  constructor(code: ErrorCode, message: string, status?: number) {
-    super(code, message);
-    this.status = status ?? ERROR_STATUS[code];
-  }
-}
-
 function send(res: ServerResponse, status: number, body: unknown, extra: Record<string, string> = {}): void {
   const s = JSON.stringify(body);
   res.writeHead(status, {
@@ -66,20 +57,19 @@ function send(res: ServerResponse, status: number, body: unknown, extra: Record<
   res.end(s);
 }
 
-function sendError(res: ServerResponse, e: ContractError): void {
-  const status = e instanceof HttpError ? e.status : ERROR_STATUS[e.code];
+function sendError(res: ServerResponse, e: KeycutterError): void {
   const body: ErrorResponse = { code: e.code, message: e.message };
   const extra: Record<string, string> = {};
   if (e.code === "Unauthenticated") extra["www-authenticate"] = "Bearer";
-  if (e.code === "Throttled" || e.code === "Unavailable") extra["retry-after"] = "1";
-  send(res, status, body, extra);
+  if (ERRORS[e.code].retryable) extra["retry-after"] = "1";
+  send(res, e.status, body, extra);
 }
 
 function readBody(req: IncomingMessage, maxBytes = MAX_REQUEST_BYTES): Promise<Buffer> {
   return new Promise((resolve, reject) => {
     const len = req.headers["content-length"];
     if (len !== undefined && Number(len) > maxBytes) {
-      reject(new HttpError("PayloadTooLarge", `body larger than ${maxBytes} bytes`));
+      reject(new KeycutterError("PayloadTooLarge", `body larger than ${maxBytes} bytes`));
       return;
     }
     const chunks: Buffer[] = [];
@@ -90,7 +80,7 @@ function readBody(req: IncomingMessage, maxBytes = MAX_REQUEST_BYTES): Promise<B
       size += c.length;
       if (size > maxBytes) {
         done = true;
-        reject(new HttpError("PayloadTooLarge", `body larger than ${maxBytes} bytes`));
+        reject(new KeycutterError("PayloadTooLarge", `body larger than ${maxBytes} bytes`));
         req.resume();
         return;
       }
@@ -122,7 +112,7 @@ export function createApiHandler(opts: ApiOptions): (req: IncomingMessage, res: 
   const authenticate = async (req: IncomingMessage): Promise<AgentIdentity> => {
     const h = req.headers.authorization;
     const m = typeof h === "string" ? /^Bearer ([^\s]+)$/.exec(h) : null;
-    if (!m) throw new HttpError("Unauthenticated", "a Bearer token is required");
+    if (!m) throw new KeycutterError("Unauthenticated", "a Bearer token is required");
     const token = m[1] as string;
     let id: ReviewedIdentity;
     try {
@@ -130,14 +120,16 @@ export function createApiHandler(opts: ApiOptions): (req: IncomingMessage, res: 
     } catch (e) {
       if (e instanceof ReviewThrottled) {
         opts.metrics.tokenReviews.inc({ result: "throttled" });
-        throw new HttpError("Throttled", e.message);
+        throw new KeycutterError("Throttled", e.message, { cause: e });
       }
-      opts.log.warn({ err: (e as Error).message }, "TokenReview failed");
-      throw new HttpError("Unavailable", "cannot review the token with the Kubernetes API");
+      opts.log.warn({ err: e }, "TokenReview failed");
+      throw new KeycutterError("Unavailable", "cannot review the token with the Kubernetes API", {
+        cause: e,
+      });
     }
     if (!id.authenticated) {
       opts.metrics.tokenReviews.inc({ result: id.forbidden ? "forbidden" : "unauthenticated" });
-      throw new HttpError(
+      throw new KeycutterError(
         id.forbidden ? "Forbidden" : "Unauthenticated",
         `token rejected: ${id.error ?? "not authenticated"}`,
       );
@@ -145,11 +137,11 @@ export function createApiHandler(opts: ApiOptions): (req: IncomingMessage, res: 
     const sa = id.serviceAccount ? `${id.serviceAccount.namespace}/${id.serviceAccount.name}` : id.username;
     if (!id.serviceAccount || !allowed.has(sa)) {
       opts.metrics.tokenReviews.inc({ result: "forbidden" });
-      throw new HttpError("Forbidden", `${id.username || "caller"} is not a keycutter agent`);
+      throw new KeycutterError("Forbidden", `${id.username || "caller"} is not a keycutter agent`);
     }
     if (!id.nodeName) {
       opts.metrics.tokenReviews.inc({ result: "forbidden" });
-      throw new HttpError(
+      throw new KeycutterError(
         "Forbidden",
         "agent token is not bound to a pod on a node (use a projected service-account token)",
       );
@@ -163,47 +155,47 @@ export function createApiHandler(opts: ApiOptions): (req: IncomingMessage, res: 
       const url = req.url ?? "/";
       const path = url.split("?")[0];
       if (path === POLICY_EPOCHS_PATH && opts.epochs) return handleEpochs(opts.epochs);
-      if (path !== CREDENTIALS_PATH) throw new HttpError("BadRequest", "no such path", 404);
-      if (req.method !== "POST") throw new HttpError("BadRequest", "method not allowed; use POST", 405);
+      if (path !== CREDENTIALS_PATH) throw new KeycutterError("NotFound", "no such path");
+      if (req.method !== "POST") throw new KeycutterError("MethodNotAllowed", "method not allowed; use POST");
       let agent: AgentIdentity;
       try {
         agent = await authenticate(req);
       } catch (e) {
-        if (e instanceof ContractError) opts.auditAuthFailure?.(e.code, e.message);
+        if (e instanceof KeycutterError) opts.auditAuthFailure?.(e.code, e.message);
         throw e;
       }
       const ct = String(req.headers["content-type"] ?? "");
       if (!/^application\/json\s*(;.*)?$/i.test(ct))
-        throw new HttpError("BadRequest", "content-type must be application/json", 415);
+        throw new KeycutterError("UnsupportedMediaType", "content-type must be application/json");
       const raw = await readBody(req);
       let body: unknown;
       try {
         body = JSON.parse(raw.toString("utf8"));
-      } catch {
-        throw new HttpError("BadRequest", "body is not valid JSON");
+      } catch (e) {
+        throw new KeycutterError("BadRequest", "body is not valid JSON", { cause: e });
       }
       const creq = parseCredentialsRequest(body);
       const out = await opts.service.issue(agent, creq);
       send(res, 200, out);
     };
     const handleEpochs = async (epochs: PolicyEpochs) => {
-      if (req.method !== "POST") throw new HttpError("BadRequest", "method not allowed; use POST", 405);
+      if (req.method !== "POST") throw new KeycutterError("MethodNotAllowed", "method not allowed; use POST");
       let agent: AgentIdentity;
       try {
         agent = await authenticate(req);
       } catch (e) {
-        if (e instanceof ContractError) opts.auditAuthFailure?.(e.code, e.message);
+        if (e instanceof KeycutterError) opts.auditAuthFailure?.(e.code, e.message);
         throw e;
       }
       const ct = String(req.headers["content-type"] ?? "");
       if (!/^application\/json\s*(;.*)?$/i.test(ct))
-        throw new HttpError("BadRequest", "content-type must be application/json", 415);
+        throw new KeycutterError("UnsupportedMediaType", "content-type must be application/json");
       const raw = await readBody(req, MAX_EPOCH_REQUEST_BYTES);
       let body: unknown;
       try {
         body = JSON.parse(raw.toString("utf8"));
-      } catch {
-        throw new HttpError("BadRequest", "body is not valid JSON");
+      } catch (e) {
+        throw new KeycutterError("BadRequest", "body is not valid JSON", { cause: e });
       }
       const poll = parsePolicyEpochsRequest(body);
       const gone = new AbortController();
@@ -215,10 +207,10 @@ export function createApiHandler(opts: ApiOptions): (req: IncomingMessage, res: 
     };
     handle().catch((e: unknown) => {
       if (res.headersSent) return;
-      if (e instanceof ContractError) sendError(res, e);
+      if (e instanceof KeycutterError) sendError(res, e);
       else {
-        opts.log.error({ err: (e as Error)?.message }, "request failed");
-        sendError(res, new ContractError("Unavailable", "internal error"));
+        opts.log.error({ err: e }, "request failed");
+        sendError(res, new KeycutterError("Unavailable", "internal error", { cause: e }));
       }
     });
   };
@@ -281,7 +273,7 @@ export async function startApiServer(
         });
         opts.log.info("TLS certificate reloaded");
       } catch (e) {
-        opts.log.warn({ err: (e as Error).message }, "TLS certificate reload failed; keeping the old one");
+        opts.log.warn({ err: e }, "TLS certificate reload failed; keeping the old one");
       }
     };
     watchFile(certFile, { interval: 5000 }, reload);
@@ -318,14 +310,16 @@ export async function startOpsServer(
       res.writeHead(200, { "content-type": "text/plain" }).end("ok");
     } else if (path === "/readyz") {
       const ok = ready();
-      res.writeHead(ok ? 200 : 503, { "content-type": "text/plain" }).end(ok ? "ok" : "not ready");
+      res
+        .writeHead(ok ? 200 : httpStatus("Unavailable"), { "content-type": "text/plain" })
+        .end(ok ? "ok" : "not ready");
     } else if (path === "/metrics") {
       registry.metrics().then(
         (m) => res.writeHead(200, { "content-type": registry.contentType }).end(m),
-        () => res.writeHead(500).end(),
+        () => res.writeHead(httpStatus("InternalError")).end(),
       );
     } else {
-      res.writeHead(404, { "content-type": "text/plain" }).end("not found");
+      res.writeHead(httpStatus("NotFound"), { "content-type": "text/plain" }).end("not found");
     }
   });
   return listen(server, host, port);

@@ -6,7 +6,7 @@ import { loadKubeConfig } from "../k8s/kube-config.ts";
 import { StsIssuer, type StsIssuerOptions } from "../aws/sts.ts";
 import { PodLookup } from "../k8s/pod-lookup.ts";
 import { PolicyInformers } from "../k8s/policy-informers.ts";
-import { ContractError } from "../api/contract.ts";
+import { KeycutterError } from "../api/errors.ts";
 import {
   ReviewThrottled,
   TokenReviewer,
@@ -125,7 +125,7 @@ export async function startServer(cfg: ServerConfig): Promise<RunningServer> {
         requireNode: false,
       });
     } catch (e) {
-      if (e instanceof ReviewThrottled) throw new ContractError("Throttled", e.message);
+      if (e instanceof ReviewThrottled) throw new KeycutterError("Throttled", e.message, { cause: e });
       throw e;
     }
   };

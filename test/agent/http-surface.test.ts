@@ -8,12 +8,10 @@ import fc from "fast-check";
 import type { PodIndex } from "../../src/agent/pod-index.ts";
 import type { CredCache } from "../../src/agent/cred-cache.ts";
 import { Passthrough } from "../../src/agent/passthrough.ts";
-import {
-  createContainerHandler,
-  createImdsFastResponder,
-  createImdsHandler,
-  type HandlerConfig,
-} from "../../src/agent/handlers.ts";
+import type { HandlerConfig } from "../../src/agent/handler-deps.ts";
+import { createContainerHandler } from "../../src/agent/container-handler.ts";
+import { createImdsFastResponder } from "../../src/agent/imds-fast-answers.ts";
+import { createImdsHandler } from "../../src/agent/imds-handler.ts";
 import { pod, surfaceDeps, log, type Source } from "./surface-fixture.ts";
 import { podFacingServer } from "../../src/agent/pod-facing-server.ts";
 import { ImdsFastPath } from "../../src/agent/imds-fast-path.ts";

@@ -8,8 +8,8 @@ import { ImdsTokens } from "../../src/agent/imds-token.ts";
 import { AgentMetrics } from "../../src/agent/metrics.ts";
 import { RateLimiter } from "../../src/agent/rate-limit.ts";
 import { WaitSlots } from "../../src/agent/wait-slots.ts";
-import { ServerError } from "../../src/agent/server-client.ts";
-import type { HandlerConfig, HandlerDeps } from "../../src/agent/handlers.ts";
+import { KeycutterError } from "../../src/api/errors.ts";
+import type { HandlerConfig, HandlerDeps } from "../../src/agent/handler-deps.ts";
 import type { CredentialsResponse, PodRef } from "../../src/api/contract.ts";
 
 export const log = pino({ level: "silent" });
@@ -18,9 +18,9 @@ export class Source implements CredentialsSource {
   calls: { pod: PodRef; podToken?: string }[] = [];
   async credentials(req: { pod: PodRef; podToken?: string }): Promise<CredentialsResponse> {
     this.calls.push(req);
-    if (req.pod.name === "nopolicy") throw new ServerError("NoPolicy", "no policy selects this pod");
+    if (req.pod.name === "nopolicy") throw new KeycutterError("NoPolicy", "no policy selects this pod");
     if (req.podToken !== undefined && req.podToken !== `token.of.${req.pod.name}`) {
-      throw new ServerError("PodTokenMismatch", "the token names another pod");
+      throw new KeycutterError("PodTokenMismatch", "the token names another pod");
     }
     return {
       credentials: {

@@ -10,8 +10,6 @@ import { randomBytes } from "node:crypto";
 import { AuthenticationV1Api, CoreV1Api, type KubeConfig } from "@kubernetes/client-node";
 import {
   CREDENTIALS_PATH,
-  ContractError,
-  ERROR_STATUS,
   MAX_EPOCH_REQUEST_BYTES,
   MAX_REQUEST_BYTES,
   POLICY_EPOCHS_PATH,
@@ -22,6 +20,7 @@ import {
   type CredentialsResponse,
   type ErrorCode,
 } from "../../src/api/contract.ts";
+import { KeycutterError, httpStatus } from "../../src/api/errors.ts";
 
 export interface RecordedCall {
   pod: CredentialsRequest["pod"];
@@ -79,7 +78,7 @@ export class TestServer {
           });
           res.end(text);
         };
-        const fail = (code: ErrorCode, message: string): void => reply(ERROR_STATUS[code], { code, message });
+        const fail = (code: ErrorCode, message: string): void => reply(httpStatus(code), { code, message });
         if (req.url === POLICY_EPOCHS_PATH && req.method === "POST") {
           const body: Buffer[] = [];
           req.on("data", (c: Buffer) => body.push(c));
@@ -144,7 +143,7 @@ export class TestServer {
     try {
       known = parsePolicyEpochsRequest(JSON.parse(raw.toString("utf8"))).namespaces;
     } catch (e) {
-      return fail("BadRequest", e instanceof ContractError ? e.message : "body is not JSON");
+      return fail("BadRequest", e instanceof KeycutterError ? e.message : "body is not JSON");
     }
     const current = () => Object.fromEntries(Object.keys(known).map((ns) => [ns, this.epochOf(ns)]));
     const moved = () => Object.keys(known).some((ns) => known[ns] !== this.epochOf(ns));
@@ -165,7 +164,7 @@ export class TestServer {
 
   private async handle(auth: string | undefined, text: string): Promise<[number, unknown]> {
     const err = (code: ErrorCode, message: string): [number, unknown] => [
-      ERROR_STATUS[code],
+      httpStatus(code),
       { code, message },
     ];
     if (this.down) return err("Unavailable", "test server is down");
@@ -176,7 +175,7 @@ export class TestServer {
     try {
       req = parseCredentialsRequest(JSON.parse(text));
     } catch (e) {
-      return err("BadRequest", e instanceof ContractError ? e.message : "body is not JSON");
+      return err("BadRequest", e instanceof KeycutterError ? e.message : "body is not JSON");
     }
     const record = (result: "ok" | ErrorCode, accessKeyId?: string): void => {
       this.calls.push({ pod: req.pod, withToken: req.podToken !== undefined, result, accessKeyId });

@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { pino } from "pino";
 import { CredCache, type CredentialsSource } from "../../src/agent/cred-cache.ts";
 import type { EpochView } from "../../src/agent/epoch-watch.ts";
-import { ServerError } from "../../src/agent/server-client.ts";
+import { KeycutterError } from "../../src/api/errors.ts";
 import type { CredentialsResponse, PodRef } from "../../src/api/contract.ts";
 
 const log = pino({ level: "silent" });
@@ -28,7 +28,7 @@ class Epochs implements EpochView {
 class Server implements CredentialsSource {
   calls = 0;
   replicaEpoch = new Map<string, string>();
-  fail: ServerError | undefined;
+  fail: KeycutterError | undefined;
   async credentials(req: { pod: PodRef }): Promise<CredentialsResponse> {
     this.calls++;
     const n = this.calls;
@@ -117,7 +117,7 @@ test("a replica still behind the change is asked again; its old decision is neve
   epochs.epochs.set("team-a", "e3");
   const stuck = await cache.obtain(podA, 1000);
   assert.equal(stuck.ok, false);
-  assert.equal(!stuck.ok && stuck.code, "Unavailable");
+  assert.equal(!stuck.ok && stuck.code, "PolicyChangePropagating");
   cache.dropAll();
 });
 
@@ -128,7 +128,7 @@ test("after a known change, a failing server does not bring the old credentials 
   epochs.confirmedAt = now();
   assert.ok((await cache.obtain(podA, 1000)).ok);
   epochs.epochs.set("team-a", "e2");
-  server.fail = new ServerError("Unavailable", "down");
+  server.fail = new KeycutterError("Unavailable", "down");
   for (let i = 0; i < 3; i++) {
     const r = await cache.obtain(podA, 200);
     assert.equal(r.ok, false, "refused, not served the superseded credentials");
@@ -143,7 +143,7 @@ test("a refusal after the change drops the credentials", async () => {
   epochs.confirmedAt = now();
   assert.ok((await cache.obtain(podA, 1000)).ok);
   epochs.epochs.set("team-a", "e2");
-  server.fail = new ServerError("NoPolicy", "no AccessPolicy selects the pod");
+  server.fail = new KeycutterError("NoPolicy", "no AccessPolicy selects the pod");
   const r = await cache.obtain(podA, 1000);
   assert.equal(!r.ok && r.code, "NoPolicy");
   epochs.epochs.set("team-a", "e1"); // even a (hypothetical) return to the old epoch finds nothing
@@ -191,7 +191,7 @@ test("a silent epoch channel: credentials older than the bound revalidate on nex
   // with the server down too, nothing says the policy changed: still-valid credentials are
   // served (as while the server fails), and only the first request waits for the attempt
   advance(61_000);
-  server.fail = new ServerError("Unavailable", "down");
+  server.fail = new KeycutterError("Unavailable", "down");
   const stale = await cache.obtain(podA, 1000);
   assert.ok(stale.ok && stale.stale);
   const t = Date.now();

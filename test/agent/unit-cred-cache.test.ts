@@ -2,7 +2,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { pino } from "pino";
 import { CredCache, type CredentialsSource } from "../../src/agent/cred-cache.ts";
-import { ServerError } from "../../src/agent/server-client.ts";
+import { KeycutterError, httpStatus } from "../../src/api/errors.ts";
 import type { CredentialsResponse, PodRef } from "../../src/api/contract.ts";
 
 const log = pino({ level: "silent" });
@@ -12,13 +12,14 @@ class FakeSource implements CredentialsSource {
   calls: { pod: PodRef; podToken?: string }[] = [];
   lifetimeMs = 3600_000;
   delayMs = 20;
-  fail: ServerError | undefined;
+  fail: KeycutterError | undefined;
   async credentials(req: { pod: PodRef; podToken?: string }): Promise<CredentialsResponse> {
     this.calls.push(req);
     const n = this.calls.length;
     await new Promise((r) => setTimeout(r, this.delayMs));
     if (this.fail) throw this.fail;
-    if (req.podToken?.startsWith("bad")) throw new ServerError("PodTokenMismatch", "token names another pod");
+    if (req.podToken?.startsWith("bad"))
+      throw new KeycutterError("PodTokenMismatch", "token names another pod");
     return {
       credentials: {
         accessKeyId: `AKIA${req.pod.uid}${n}`,
@@ -73,7 +74,7 @@ test("server down: still-valid credentials keep being served (stale), none when 
   // fresh for half the lifetime; after that a demand refresh is tried first
   const c = new CredCache({ source: src, log, staleFloorMs: 500, refreshBeforeMs: 100, jitterMs: 0 });
   assert.ok((await c.obtain(podA, 1000)).ok);
-  src.fail = new ServerError("Unavailable", "down");
+  src.fail = new KeycutterError("Unavailable", "down");
   await new Promise((r) => setTimeout(r, 1300));
   const r = await c.obtain(podA, 1000);
   assert.ok(r.ok && r.stale, "stale but valid");
@@ -88,10 +89,10 @@ test("a definite denial drops cached credentials", async () => {
   src.lifetimeMs = 2500;
   const c = new CredCache({ source: src, log, refreshBeforeMs: 100, jitterMs: 0 });
   assert.ok((await c.obtain(podA, 1000)).ok);
-  src.fail = new ServerError("NoPolicy", "no policy selects this pod");
+  src.fail = new KeycutterError("NoPolicy", "no policy selects this pod");
   await new Promise((r) => setTimeout(r, 1300));
   const r = await c.obtain(podA, 1000);
-  assert.ok(!r.ok && r.code === "NoPolicy" && r.status === 404);
+  assert.ok(!r.ok && r.code === "NoPolicy" && httpStatus(r.code) === 404);
   assert.equal(c.fresh("uid-a"), undefined);
   c.dropAll();
 });
@@ -118,7 +119,7 @@ test("pod tokens: validated once by the server, mismatches passed through", asyn
   assert.ok(r2.ok);
   assert.equal(src.calls.length, 1, "second call served from cache");
   const r3 = await c.obtainWithToken(podA, "bad", 1000);
-  assert.ok(!r3.ok && r3.code === "PodTokenMismatch" && r3.status === 403);
+  assert.ok(!r3.ok && r3.code === "PodTokenMismatch" && httpStatus(r3.code) === 403);
   const before = src.calls.length;
   const r4 = await c.obtainWithToken(podA, "bad", 1000);
   assert.ok(!r4.ok && r4.code === "PodTokenMismatch");

@@ -5,7 +5,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { pino } from "pino";
 import { PolicyEpochWatch, type EpochSource } from "../../src/agent/epoch-watch.ts";
-import { ServerError } from "../../src/agent/server-client.ts";
+import { KeycutterError } from "../../src/api/errors.ts";
 import type { PolicyEpochsRequest, PolicyEpochsResponse } from "../../src/api/contract.ts";
 
 const log = pino({ level: "silent" });
@@ -28,14 +28,14 @@ class Server implements EpochSource {
     this.requests.push(req);
     if (this.fail > 0) {
       this.fail--;
-      throw new ServerError("Unavailable", "down");
+      throw new KeycutterError("Unavailable", "down");
     }
     const answer = () => ({
       epochs: Object.fromEntries(Object.keys(req.namespaces).map((ns) => [ns, this.epochs[ns] ?? "none"])),
     });
     const differs = () => Object.entries(req.namespaces).some(([ns, e]) => (this.epochs[ns] ?? "none") !== e);
     while (!differs()) {
-      if (cancel?.aborted) throw new ServerError("Unavailable", "cancelled");
+      if (cancel?.aborted) throw new KeycutterError("Unavailable", "cancelled");
       await new Promise<void>((resolve) => {
         this.wake = resolve;
         cancel?.addEventListener("abort", () => resolve(), { once: true });

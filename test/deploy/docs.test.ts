@@ -16,6 +16,7 @@ import { ROOT } from "../harness/index.ts";
 import { CONTAINER_IP } from "../../src/agent/hook/iptables.ts";
 import { loadKey } from "../../src/server/cache.ts";
 import { findObject, helmBinary, parseObjects, renderChart, containerArgs } from "./render.ts";
+import { CONTAINER_CREDENTIALS_PATH } from "../../src/agent/container-handler.ts";
 
 const OPERATIONS = readFileSync(join(ROOT, "docs", "OPERATIONS.md"), "utf8");
 
@@ -180,8 +181,7 @@ describe("docs/OPERATIONS.md commands", () => {
     // the address the hook redirects, and the one path the agent's container listener serves
     const url = new URL(env.AWS_CONTAINER_CREDENTIALS_FULL_URI!);
     assert.equal(url.host, CONTAINER_IP);
-    const handlers = readFileSync(join(ROOT, "src", "agent", "handlers.ts"), "utf8");
-    assert.ok(handlers.includes(`path !== "${url.pathname}"`), "the agent serves this path");
+    assert.equal(url.pathname, CONTAINER_CREDENTIALS_PATH, "the agent serves this path");
   });
 
   it("the suggested alerts are valid PromQL over metrics and labels the code defines", () => {

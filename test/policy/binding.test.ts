@@ -9,7 +9,7 @@ import { bindingStatement } from "../../src/policy/binding.ts";
 import { simulate } from "../../src/policy/simulate.ts";
 import { accessPolicyReadiness } from "../../src/policy/readiness.ts";
 import { validateAccessPolicy, validateRoleAllowance } from "../../src/policy/validate.ts";
-import { CredentialService } from "../../src/server/service.ts";
+import { cacheKey } from "../../src/server/issue/keys.ts";
 import type {
   AccessPolicy,
   IamStatement,
@@ -353,8 +353,8 @@ test("the cache key follows the pod's IP when the binding uses it, so a pod whos
   const before = plan(pod)!;
   const after = plan({ ...pod, podIPs: ["10.244.1.99"] })!;
   assert.notEqual(before.policySha256, after.policySha256);
-  assert.notEqual(CredentialService.cacheKey(before, pod.uid), CredentialService.cacheKey(after, pod.uid));
-  assert.equal(CredentialService.cacheKey(before, pod.uid), CredentialService.cacheKey(plan(pod)!, pod.uid));
+  assert.notEqual(cacheKey(before, pod.uid), cacheKey(after, pod.uid));
+  assert.equal(cacheKey(before, pod.uid), cacheKey(plan(pod)!, pod.uid));
 });
 
 test("validation of bindSessions: each target takes exactly its own parameters", () => {

@@ -497,7 +497,7 @@ describe("keycutter server (real apiserver, moto, redis)", { timeout: 600_000 },
         "wrong content type",
         { token: t, raw: "pod=x", contentType: "application/x-www-form-urlencoded" },
         415,
-        "BadRequest",
+        "UnsupportedMediaType",
       ],
       ["no token", { body: { pod: w.pods.a1 } }, 401, "Unauthenticated"],
       [
@@ -517,8 +517,8 @@ describe("keycutter server (real apiserver, moto, redis)", { timeout: 600_000 },
         "Unauthenticated",
       ],
       ["garbage token", { token: "not-a-jwt", body: { pod: w.pods.a1 } }, 401, "Unauthenticated"],
-      ["GET", { token: t, method: "GET" }, 405, "BadRequest"],
-      ["other path", { token: t, body: {}, path: "/v1/other" }, 404, "BadRequest"],
+      ["GET", { token: t, method: "GET" }, 405, "MethodNotAllowed"],
+      ["other path", { token: t, body: {}, path: "/v1/other" }, 404, "NotFound"],
     ];
     for (const [name, o, status, code] of cases) {
       const r = await post(port, ca, o);

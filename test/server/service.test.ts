@@ -8,7 +8,7 @@ import { CredentialService, type Deps } from "../../src/server/service.ts";
 import { createServerMetrics } from "../../src/server/metrics.ts";
 import type { AuditRecord } from "../../src/server/audit.ts";
 import type { AccessPolicy, RoleAllowance } from "../../src/policy/types.ts";
-import { ContractError } from "../../src/api/contract.ts";
+import { KeycutterError } from "../../src/api/errors.ts";
 
 const pod = { namespace: "t", name: "p", uid: "11111111-2222-3333-4444-555555555555" };
 const policy: AccessPolicy = {
@@ -129,14 +129,14 @@ test("refusals never reach STS: wrong node, wrong UID", async () => {
   const { svc, calls, audit } = make(async () => ({ expiresInS: 3600 }));
   await assert.rejects(
     svc.issue({ serviceAccount: "s/a", nodeName: "n2" }, { pod }),
-    (e: unknown) => e instanceof ContractError && e.code === "PodNotOnNode",
+    (e: unknown) => e instanceof KeycutterError && e.code === "PodNotOnNode",
   );
   await assert.rejects(
     svc.issue(
       { serviceAccount: "s/a", nodeName: "n1" },
       { pod: { ...pod, uid: "99999999-2222-3333-4444-555555555555" } },
     ),
-    (e: unknown) => e instanceof ContractError && e.code === "PodNotFound",
+    (e: unknown) => e instanceof KeycutterError && e.code === "PodNotFound",
   );
   assert.equal(calls.length, 0);
   assert.deepEqual(
@@ -161,7 +161,7 @@ test("STS's text stays in the server log: the caller gets the code and the reque
     throw denied();
   });
   await assert.rejects(svc.issue(agent, { pod }), (e: unknown) => {
-    assert.ok(e instanceof ContractError);
+    assert.ok(e instanceof KeycutterError);
     assert.equal(e.code, "StsDenied");
     assert.match(e.message, /\(StsDenied\).*request id req-0001/);
     assert.ok(!e.message.includes("arn:aws:") && !/not authorized/.test(e.message), e.message);
@@ -183,7 +183,7 @@ test("a definite STS refusal is answered from memory until its TTL or a new poli
     43200,
     { now: () => now, policies: () => [current] },
   );
-  const refused = (e: unknown) => e instanceof ContractError && e.code === "StsDenied";
+  const refused = (e: unknown) => e instanceof KeycutterError && e.code === "StsDenied";
   for (let i = 0; i < 5; i++) await assert.rejects(svc.issue(agent, { pod }), refused);
   assert.equal(calls.length, 1, "retries of a refused plan cost no STS call");
   now += 29_000;
@@ -217,7 +217,7 @@ test("mirror pods and pods without a service account are refused before any poli
     });
     await assert.rejects(
       svc.issue(agent, { pod }),
-      (e: unknown) => e instanceof ContractError && e.code === "PodNotEligible",
+      (e: unknown) => e instanceof KeycutterError && e.code === "PodNotEligible",
       JSON.stringify(o),
     );
     assert.equal(calls.length, 0);

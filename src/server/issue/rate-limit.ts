@@ -1,0 +1,28 @@
+// Fifth step: the STS budget (../../aws/rate-limit.ts), shared fairly by namespaces, first
+// issuances before refreshes. A wait that would be too long is a Throttled refusal, not a queue.
+import { KeycutterError } from "../../api/errors.ts";
+import { RateLimitQueueFull, RateLimitTimeout, type RateLimiter } from "../../aws/rate-limit.ts";
+import type { IssuePlan } from "../../policy/decide.ts";
+import { WrappingIssuer, type IssueContext, type Issued } from "./issuer.ts";
+import type { IssuedHistory } from "./issued-history.ts";
+
+export interface RateLimitOptions {
+  limiter: Pick<RateLimiter, "acquire">;
+  history: IssuedHistory;
+  now: () => number;
+}
+
+export class RateLimitedIssuer extends WrappingIssuer<RateLimitOptions> {
+  async issue(plan: IssuePlan, ctx: IssueContext): Promise<Issued> {
+    const { limiter, history, now } = this.opts;
+    const priority = history.holdsValid(ctx.podUID, now()) ? "refresh" : "first";
+    try {
+      await limiter.acquire(priority, plan.policy.namespace);
+    } catch (err) {
+      if (err instanceof RateLimitTimeout || err instanceof RateLimitQueueFull)
+        throw new KeycutterError("Throttled", "too many credential requests; retry shortly", { cause: err });
+      throw err;
+    }
+    return this.next.issue(plan, ctx);
+  }
+}
