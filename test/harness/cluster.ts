@@ -65,8 +65,20 @@ export function kubeconfigYaml(
   ].join("\n");
 }
 
+export interface ClusterOptions {
+  /**
+   * Address the apiserver advertises (the `kubernetes` Service's endpoint). Pods on a real node
+   * reach the apiserver through it, so it must be routable from their namespaces, not loopback.
+   */
+  advertiseAddress?: string;
+  /** More lines for the static token file (`token,user,uid,"group1,group2"`), e.g. a node's identity. */
+  extraTokenLines?: string[];
+  /** More apiserver flags; a flag given again here overrides the default (the last one wins). */
+  extraApiserverArgs?: string[];
+}
+
 /** Starts a real etcd and kube-apiserver (RBAC on) on free ports. */
-export async function startCluster(): Promise<Cluster> {
+export async function startCluster(opts: ClusterOptions = {}): Promise<Cluster> {
   const etcdBin = requireBinary("etcd");
   const apiBin = requireBinary("kube-apiserver");
   const dir = mkdtempSync(join(tmpdir(), "kc-cluster-"));
@@ -87,13 +99,14 @@ export async function startCluster(): Promise<Cluster> {
   writeFileSync(join(dir, "sa.pub"), publicKey.export({ type: "spki", format: "pem" }));
   writeFileSync(join(dir, "sa.key"), privateKey.export({ type: "pkcs8", format: "pem" }), { mode: 0o600 });
   const adminToken = randomBytes(24).toString("hex");
-  writeFileSync(join(dir, "tokens.csv"), `${adminToken},admin,admin-uid,"system:masters"\n`, { mode: 0o600 });
+  const tokenLines = [`${adminToken},admin,admin-uid,"system:masters"`, ...(opts.extraTokenLines ?? [])];
+  writeFileSync(join(dir, "tokens.csv"), tokenLines.join("\n") + "\n", { mode: 0o600 });
   const issuer = "https://kubernetes.default.svc.cluster.local";
 
   const apiArgs = [
     `--etcd-servers=http://127.0.0.1:${etcdPort}`,
     "--bind-address=0.0.0.0",
-    "--advertise-address=127.0.0.1",
+    `--advertise-address=${opts.advertiseAddress ?? "127.0.0.1"}`,
     `--secure-port=${port}`,
     `--cert-dir=${join(dir, "certs")}`,
     "--service-cluster-ip-range=10.0.0.0/24",
@@ -106,6 +119,7 @@ export async function startCluster(): Promise<Cluster> {
     "--profiling=false",
     "--enable-priority-and-fairness=false",
     "--v=0",
+    ...(opts.extraApiserverArgs ?? []),
   ];
   let apiserver = new ManagedProcess("kube-apiserver", apiBin, apiArgs);
   const caFile = join(dir, "certs", "apiserver.crt");
