@@ -36,7 +36,7 @@ NODE_BIN="$ROOT/node_modules/node/bin/node"
 [[ -x "$NODE_BIN" ]] || { log "$NODE_BIN missing: run npm ci"; exit 1; }
 # Bump an image's recipe number when its procedure below changes, so the cache key changes.
 BASE_RECIPE=1
-KEYCUTTER_RECIPE=1
+KEYCUTTER_RECIPE=2
 STATIC_RECIPE=1
 short() { printf '%s' "$*" | sha256sum | cut -c1-12; }
 have_image() { "${BUILDAH[@]}" inspect --type image "$1" >/dev/null 2>&1; }
@@ -137,13 +137,17 @@ build_static() {
 
 # Where this machine reaches the npm registry through a TLS-inspecting proxy, the host's npm trusts
 # the proxy's CA (NODE_EXTRA_CA_CERTS or npm's cafile); the build's `npm ci` gets the same trust
-# through a read-only bind mount and a build-time ~/.npmrc, in the RUN steps only: nothing of it
-# is in the image.
+# from a build-only home directory bind-mounted over /root in the RUN steps (with an .npmrc naming
+# the CA). /root exists in the base, so no mount point is left in any layer: nothing of it is in
+# the image.
 BUILD_CA_VOLUMES=()
 host_ca="${NODE_EXTRA_CA_CERTS:-$(npm config get cafile 2>/dev/null || true)}"
 if [[ -n "$host_ca" && "$host_ca" != null && "$host_ca" != undefined && -f "$host_ca" ]]; then
-  printf 'cafile=/root/.keycutter-build-ca.crt\n' >"$OUT/build-npmrc"
-  BUILD_CA_VOLUMES=(--volume "$host_ca:/root/.keycutter-build-ca.crt:ro" --volume "$OUT/build-npmrc:/root/.npmrc:ro")
+  build_home="$OUT/build-home"
+  mkdir -p "$build_home"
+  cp "$host_ca" "$build_home/.keycutter-build-ca.crt"
+  printf 'cafile=/root/.keycutter-build-ca.crt\n' >"$build_home/.npmrc"
+  BUILD_CA_VOLUMES=(--volume "$build_home:/root")
   log "npm ci in the build trusts this machine's CA bundle $host_ca (build steps only)"
 fi
 
