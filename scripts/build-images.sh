@@ -31,6 +31,11 @@ command -v buildah >/dev/null || {
   apt-get install -y -qq --no-install-recommends buildah mmdebstrap >/dev/null
 }
 BUILDAH=(buildah --root "$OUT/storage" --runroot "$OUT/run" --storage-driver vfs)
+# buildah's network backend keeps a lock (and would keep networks) in /etc/cni/net.d unless told
+# otherwise; the builds use the host network, so give it a directory of the cache's own
+mkdir -p "$OUT/cni"
+printf '[network]\nnetwork_config_dir = "%s"\n' "$OUT/cni" >"$OUT/containers.conf"
+export CONTAINERS_CONF="$OUT/containers.conf"
 
 NODE_BIN="$ROOT/node_modules/node/bin/node"
 [[ -x "$NODE_BIN" ]] || { log "$NODE_BIN missing: run npm ci"; exit 1; }

@@ -73,7 +73,7 @@ export interface ClusterOptions {
   advertiseAddress?: string;
   /** More lines for the static token file (`token,user,uid,"group1,group2"`), e.g. a node's identity. */
   extraTokenLines?: string[];
-  /** More apiserver flags; a flag given again here overrides the default (the last one wins). */
+  /** More apiserver flags (`--name=value`); one named like a default flag replaces it. */
   extraApiserverArgs?: string[];
 }
 
@@ -103,10 +103,14 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<Cluster> 
   writeFileSync(join(dir, "tokens.csv"), tokenLines.join("\n") + "\n", { mode: 0o600 });
   const issuer = "https://kubernetes.default.svc.cluster.local";
 
+  // The self-signed serving certificate names the advertised address (and localhost), not
+  // 127.0.0.1 unless that is the one advertised: clients of 127.0.0.1 then verify it as localhost.
+  const advertiseAddress = opts.advertiseAddress ?? "127.0.0.1";
+  const serverName = advertiseAddress === "127.0.0.1" ? undefined : "localhost";
   const apiArgs = [
     `--etcd-servers=http://127.0.0.1:${etcdPort}`,
     "--bind-address=0.0.0.0",
-    `--advertise-address=${opts.advertiseAddress ?? "127.0.0.1"}`,
+    `--advertise-address=${advertiseAddress}`,
     `--secure-port=${port}`,
     `--cert-dir=${join(dir, "certs")}`,
     "--service-cluster-ip-range=10.0.0.0/24",
@@ -119,8 +123,16 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<Cluster> 
     "--profiling=false",
     "--enable-priority-and-fairness=false",
     "--v=0",
-    ...(opts.extraApiserverArgs ?? []),
   ];
+  // an extra flag replaces the default of the same name (list flags would otherwise accumulate)
+  const extraArgs = opts.extraApiserverArgs ?? [];
+  const overridden = new Set(extraArgs.map((arg) => arg.split("=")[0]));
+  apiArgs.splice(
+    0,
+    apiArgs.length,
+    ...apiArgs.filter((arg) => !overridden.has(arg.split("=")[0])),
+    ...extraArgs,
+  );
   let apiserver = new ManagedProcess("kube-apiserver", apiBin, apiArgs);
   const caFile = join(dir, "certs", "apiserver.crt");
   const server = `https://127.0.0.1:${port}`;
@@ -136,7 +148,7 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<Cluster> 
       async () => {
         if (!apiserver.running) throw new FatalError(`kube-apiserver exited:\n${apiserver.tail()}`);
         if (!existsSync(caFile)) return false;
-        const res = await getStatus(`${server}/readyz`, adminToken, readFileSync(caFile));
+        const res = await getStatus(`${server}/readyz`, adminToken, readFileSync(caFile), serverName);
         return res === 200;
       },
       { timeoutMs: 90_000, intervalMs: 200, onTimeout: () => apiserver.tail() + "\n" + etcd.tail() },
@@ -150,7 +162,7 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<Cluster> 
   }
 
   const kubeconfigPath = join(dir, "admin.kubeconfig");
-  writeFileSync(kubeconfigPath, kubeconfigYaml(server, caFile, adminToken), { mode: 0o600 });
+  writeFileSync(kubeconfigPath, kubeconfigYaml(server, caFile, adminToken, serverName), { mode: 0o600 });
   const kc = new KubeConfig();
   kc.loadFromFile(kubeconfigPath);
   let n = 0;
@@ -184,11 +196,11 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<Cluster> 
 }
 
 /** GET verified against the cluster CA; returns the status code. */
-async function getStatus(url: string, token: string, ca: Buffer): Promise<number> {
+async function getStatus(url: string, token: string, ca: Buffer, servername?: string): Promise<number> {
   return new Promise((resolve, reject) => {
     const req = httpsRequest(
       url,
-      { ca, headers: { authorization: `Bearer ${token}` }, timeout: 2000 },
+      { ca, servername, headers: { authorization: `Bearer ${token}` }, timeout: 2000 },
       (res) => {
         res.resume();
         resolve(res.statusCode ?? 0);

@@ -274,3 +274,17 @@ export function removeEmptyDirs(dir: string): void {
     /* not empty: something else (or a leftover the scan reports) is in it */
   }
 }
+
+/** Every path under `dir` (for a report of what is left there), bounded. */
+export function listTree(dir: string, limit = 20): string[] {
+  const out: string[] = [];
+  const walk = (current: string): void => {
+    for (const entry of readdirSync(current, { withFileTypes: true })) {
+      if (out.length >= limit) return;
+      out.push(join(current, entry.name));
+      if (entry.isDirectory()) walk(join(current, entry.name));
+    }
+  };
+  if (existsSync(dir)) walk(dir);
+  return out;
+}

@@ -48,6 +48,7 @@ import {
   ownedProcesses,
   readSysctls,
   removeCgroupRoot,
+  listTree,
   removeEmptyDirs,
   removeFiles,
   run,
@@ -87,9 +88,13 @@ const CNI_BIN_DIR = "/usr/lib/cni"; // Debian's containernetworking-plugins
 const RUNC = "/usr/sbin/runc"; // Debian's runc
 const CNI_CACHE_DIR = "/var/lib/cni/results"; // libcni's, not configurable through containerd
 const KUBELET_CONTAINER_LOG_LINKS = "/var/log/containers"; // fixed in the kubelet
-// fixed in containerd: shims put their sockets in /run/containerd/s and ctr its fifos in
-// /run/containerd/fifo, whatever the state dir
+// Machine directories a node writes to whatever its configuration: containerd's shims put their
+// sockets in /run/containerd/s; the kubelet serves its device-plugin socket at a fixed
+// /var/lib/kubelet/device-plugins/kubelet.sock and links container logs in /var/log/containers;
+// libcni caches results in /var/lib/cni/results. Those this run creates, it removes (once empty).
 const CONTAINERD_RUN_DIR = "/run/containerd";
+const KUBELET_DEVICE_PLUGIN_SOCKET = "/var/lib/kubelet/device-plugins/kubelet.sock";
+const MACHINE_DIRS = [CONTAINERD_RUN_DIR, "/var/lib/kubelet", KUBELET_CONTAINER_LOG_LINKS, "/var/lib/cni"];
 export const CLUSTER_DNS_IP = "10.0.0.10";
 
 export interface RealNodeOptions {
@@ -233,7 +238,8 @@ export async function startRealNode(opts: RealNodeOptions = {}): Promise<RealNod
   const parts = new NodeParts(layout);
   const sysctlsBefore = readSysctls(KUBELET_KERNEL_TUNABLES);
   const rootRulesBefore = new Set(await iptablesRules());
-  const runDirExisted = existsSync(CONTAINERD_RUN_DIR);
+  const machineDirsCreated = MACHINE_DIRS.filter((dir) => !existsSync(dir));
+  const deviceSocketExisted = existsSync(KUBELET_DEVICE_PLUGIN_SOCKET);
   let cluster: Cluster | undefined;
   let inode: number | undefined;
 
@@ -285,10 +291,12 @@ export async function startRealNode(opts: RealNodeOptions = {}): Promise<RealNod
     await cluster?.stop();
     writeSysctls(sysctlsBefore);
     rmSync(layout.dir, { recursive: true, force: true });
-    if (!runDirExisted) removeEmptyDirs(CONTAINERD_RUN_DIR);
+    if (!deviceSocketExisted) removeFiles([KUBELET_DEVICE_PLUGIN_SOCKET]);
+    for (const dir of machineDirsCreated) removeEmptyDirs(dir);
     const left = await findLeftovers(layout, inode, rootRulesBefore);
-    if (!runDirExisted && existsSync(CONTAINERD_RUN_DIR))
-      left.push({ kind: "directory", what: CONTAINERD_RUN_DIR });
+    for (const dir of machineDirsCreated.filter((created) => existsSync(created))) {
+      left.push({ kind: "directory", what: `${dir}: ${listTree(dir).join(", ")}` });
+    }
     return left;
   };
 
@@ -471,6 +479,8 @@ async function startKubelet(
     `--config=${configPath}`,
     `--kubeconfig=${kubeconfig}`,
     `--root-dir=${kubeletDir}`,
+    // its default is /var/lib/kubelet/pki whatever the root dir
+    `--cert-dir=${join(kubeletDir, "pki")}`,
     `--hostname-override=${layout.name}`,
     `--node-ip=${layout.nodeIP}`,
     "--v=1",

@@ -1,0 +1,201 @@
+// keycutter installed the way a user installs it, on a real node: the kubelet, containerd and
+// the CNI bridge run the image built from deploy/Dockerfile here, and `helm install` of
+// deploy/helm/keycutter has to come up through the real controllers. `npm run test:node` runs
+// this suite (it is skipped elsewhere: its cold setup builds the node's parts and images).
+import { after, before, describe, it } from "node:test";
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { AppsV1Api, CoreV1Api } from "@kubernetes/client-node";
+import {
+  BROKER_USER,
+  applyObjects,
+  makeServingCert,
+  startMoto,
+  waitFor,
+  type Moto,
+  type TestPki,
+} from "../harness/index.ts";
+import { startRealNode, type Leftover, type RealNode } from "../harness/realnode.ts";
+import { CHART_DIR, helmBinary } from "../deploy/render.ts";
+
+const NS = "keycutter-system";
+const enabled = process.env.KEYCUTTER_TEST_NODE === "1";
+
+function inSubnet(ip: string, cidr: string): boolean {
+  const [base, bits] = cidr.split("/") as [string, string];
+  const toInt = (addr: string) => addr.split(".").reduce((acc, octet) => acc * 256 + Number(octet), 0);
+  const size = 2 ** (32 - Number(bits));
+  return Math.floor(toInt(ip) / size) === Math.floor(toInt(base) / size);
+}
+
+describe(
+  "a real node: keycutter installed with helm",
+  { skip: !enabled && "run by npm run test:node (KEYCUTTER_TEST_NODE=1)", timeout: 3_600_000 },
+  () => {
+    let node: RealNode | undefined;
+    let moto: Moto | undefined;
+    let pki: TestPki | undefined;
+    let helmDir: string | undefined;
+    let leftovers: Leftover[] | undefined;
+    let started = 0;
+
+    before(async () => {
+      started = Date.now();
+      node = await startRealNode();
+      console.log(`# node ${node.name} Ready with CoreDNS in ${Math.round((Date.now() - started) / 1000)} s`);
+      moto = await startMoto();
+      helmDir = mkdtempSync(join(tmpdir(), "kc-node-helm-"));
+    });
+
+    const stopAll = async (): Promise<Leftover[]> => {
+      const left = (await node?.stop()) ?? [];
+      node = undefined;
+      await moto?.stop();
+      moto = undefined;
+      if (pki) rmSync(pki.dir, { recursive: true, force: true });
+      if (helmDir) rmSync(helmDir, { recursive: true, force: true });
+      pki = undefined;
+      helmDir = undefined;
+      return left;
+    };
+    after(async () => {
+      await stopAll();
+    });
+
+    const core = () => node!.cluster.kc.makeApiClient(CoreV1Api);
+    const apps = () => node!.cluster.kc.makeApiClient(AppsV1Api);
+
+    it("the node registers Ready, reporting its real kubelet, containerd and address", async () => {
+      const registered = await core().readNode({ name: node!.name });
+      const info = registered.status!.nodeInfo!;
+      assert.equal(info.kubeletVersion, "v1.36.3");
+      assert.match(info.containerRuntimeVersion, /^containerd:\/\/2\./);
+      assert.deepEqual(
+        registered
+          .status!.addresses!.filter((addr) => addr.type === "InternalIP")
+          .map((addr) => addr.address),
+        [node!.nodeIP],
+      );
+      const ready = registered.status!.conditions!.find((cond) => cond.type === "Ready");
+      assert.equal(ready?.status, "True", JSON.stringify(registered.status!.conditions));
+    });
+
+    it("a pause pod runs with an address from the CNI bridge's host-local range", async () => {
+      await applyObjects(node!.cluster.kc, [
+        {
+          apiVersion: "v1",
+          kind: "Pod",
+          metadata: { name: "pause", namespace: "default" },
+          spec: {
+            containers: [{ name: "pause", image: node!.images.pause.ref, imagePullPolicy: "Never" }],
+            automountServiceAccountToken: false,
+          },
+        } as never,
+      ]);
+      const pod = await waitFor(
+        "the pause pod Running",
+        async () => {
+          const current = await core().readNamespacedPod({ name: "pause", namespace: "default" });
+          return current.status?.phase === "Running" ? current : undefined;
+        },
+        { timeoutMs: 120_000, intervalMs: 500, onTimeout: () => node!.logs(30) },
+      );
+      const podIP = pod.status!.podIP!;
+      assert.ok(inSubnet(podIP, node!.podSubnet), `${podIP} in ${node!.podSubnet}`);
+      assert.equal(pod.status!.hostIP, node!.nodeIP);
+      // the address is really on the pod's eth0, behind the node's bridge
+      const route = await node!.execInNode("ip", ["route", "get", podIP]);
+      assert.match(route.stdout, /dev cni0/, route.stderr);
+      const sandboxes = await node!.crictl(["pods", "--name", "pause", "-q"]);
+      assert.equal(sandboxes.trim().split("\n").length, 1);
+      await core().deleteNamespacedPod({ name: "pause", namespace: "default", gracePeriodSeconds: 0 });
+    });
+
+    it("helm install: the server Deployment and agent DaemonSet become Ready on the node", async () => {
+      const cluster = node!.cluster;
+      const broker = await moto!.createUser(BROKER_USER, {
+        Version: "2012-10-17",
+        Statement: [{ Effect: "Allow", Action: ["sts:*", "iam:GetRole"], Resource: "*" }],
+      });
+      // the TLS Secret a user brings until the chart can make its own
+      pki = await makeServingCert(
+        [],
+        [`keycutter-server.${NS}.svc`, `keycutter-server.${NS}.svc.cluster.local`],
+      );
+      await applyObjects(cluster.kc, [
+        { apiVersion: "v1", kind: "Namespace", metadata: { name: NS } },
+        {
+          apiVersion: "v1",
+          kind: "Secret",
+          metadata: { name: "keycutter-server-tls", namespace: NS },
+          type: "kubernetes.io/tls",
+          stringData: {
+            "tls.crt": readFileSync(pki.certFile, "utf8"),
+            "tls.key": readFileSync(pki.keyFile, "utf8"),
+            "ca.crt": readFileSync(pki.caFile, "utf8"),
+          },
+        },
+        {
+          apiVersion: "v1",
+          kind: "Secret",
+          metadata: { name: "keycutter-aws", namespace: NS },
+          stringData: {
+            AWS_ACCESS_KEY_ID: broker.accessKeyId,
+            AWS_SECRET_ACCESS_KEY: broker.secretAccessKey,
+          },
+        },
+      ] as never);
+      const [repository, tag] = node!.images.keycutter.ref.split(/:(?=[^:]+$)/) as [string, string];
+      const values = {
+        image: { repository, tag, pullPolicy: "Never" },
+        aws: { region: moto!.region, stsEndpoint: moto!.endpointFor(node!.hostIP) },
+        server: { envFrom: [{ secretRef: { name: "keycutter-aws" } }] },
+      };
+      const started = Date.now();
+      const helm = spawnSync(
+        helmBinary(),
+        ["install", "keycutter", CHART_DIR, "--namespace", NS, "--values", "-"],
+        {
+          input: JSON.stringify(values),
+          encoding: "utf8",
+          timeout: 300_000,
+          env: {
+            ...process.env,
+            KUBECONFIG: cluster.kubeconfigPath,
+            HELM_CACHE_HOME: join(helmDir!, "cache"),
+            HELM_CONFIG_HOME: join(helmDir!, "config"),
+            HELM_DATA_HOME: join(helmDir!, "data"),
+          },
+        },
+      );
+      assert.equal(helm.status, 0, `helm install\n${helm.stdout}${helm.stderr}`);
+      await waitFor(
+        "the server Deployment and the agent DaemonSet Ready",
+        async () => {
+          const server = await apps().readNamespacedDeployment({ name: "keycutter-server", namespace: NS });
+          const agent = await apps().readNamespacedDaemonSet({ name: "keycutter-agent", namespace: NS });
+          const serverReady = (server.status?.readyReplicas ?? 0) === server.spec!.replicas;
+          const agentReady = agent.status?.desiredNumberScheduled === 1 && agent.status.numberReady === 1;
+          return serverReady && agentReady;
+        },
+        { timeoutMs: 300_000, intervalMs: 1000, onTimeout: () => "" },
+      ).catch(async (err: Error) => {
+        throw new Error(`${err.message}\n${await node!.describePods(NS)}`, { cause: err });
+      });
+      console.log(`# helm install to Ready in ${Math.round((Date.now() - started) / 1000)} s`);
+      // Ready through the real parts: the kubelet ran the agent in the node's namespace, where its
+      // hook is now in the node's own iptables
+      const nat = await node!.execInNode("iptables-save", ["-t", "nat"]);
+      assert.match(nat.stdout, /169\.254\.169\.254/, "the agent's DNAT hook is in the node's nat table");
+    });
+
+    it("teardown leaves no process, mount, namespace, veth, cgroup or iptables rule behind", async () => {
+      leftovers = await stopAll();
+      assert.deepEqual(leftovers, []);
+      console.log(`# whole suite ${Math.round((Date.now() - started) / 1000)} s`);
+    });
+  },
+);
