@@ -6,7 +6,8 @@
 #     node:24-bookworm-slim (/usr/local/bin/node, /usr/local/lib/node_modules/npm);
 #   - keycutter: deploy/Dockerfile built by buildah with NODE_IMAGE pointed at that base (its
 #     `npm ci` and `apt-get install` reach npm's registry and Debian's mirror, as in any build);
-#   - pause (upstream pause.c) and CoreDNS, each one static binary FROM scratch.
+#   - pause (upstream pause.c) and CoreDNS, each one static binary FROM scratch;
+#   - aws-clients: the AWS CLI and boto3 (pinned in test/harness/requirements.txt) on the base.
 # Needs scripts/build-node.sh first (pause and coredns binaries). Writes .cache/images/images.env
 # (NAME_IMAGE=ref, NAME_ARCHIVE=path) for test/harness/images.ts. buildah keeps its own storage
 # (vfs driver: unlike overlay it leaves no mount behind) in .cache/images/storage.
@@ -43,6 +44,7 @@ NODE_BIN="$ROOT/node_modules/node/bin/node"
 BASE_RECIPE=1
 KEYCUTTER_RECIPE=2
 STATIC_RECIPE=1
+WORKLOAD_RECIPE=1
 short() { printf '%s' "$*" | sha256sum | cut -c1-12; }
 have_image() { "${BUILDAH[@]}" inspect --type image "$1" >/dev/null 2>&1; }
 
@@ -55,7 +57,9 @@ export_archive() {
   fi
   find "$OUT" -maxdepth 1 -name "$name-*.tar" ! -path "$archive" -delete
   drop_older_tags "${ref%:*}" "$ref"
-  printf '%s_IMAGE=%s\n%s_ARCHIVE=%s\n' "${name^^}" "$ref" "${name^^}" "$archive" >>"$OUT/images.env.tmp"
+  local key="${name^^}"
+  key="${key//-/_}"
+  printf '%s_IMAGE=%s\n%s_ARCHIVE=%s\n' "$key" "$ref" "$key" "$archive" >>"$OUT/images.env.tmp"
 }
 
 # Keeps the storage bounded: removes the other tags of repository $1 (older inputs) but $2.
@@ -124,6 +128,26 @@ build_keycutter() {
   export_archive keycutter "$ref"
 }
 
+# The workload image with the unmodified AWS CLI and boto3 at the versions
+# test/harness/requirements.txt pins (test/node/images/aws-clients.Dockerfile).
+build_aws_clients() {
+  local req="$ROOT/test/harness/requirements.txt" awscli boto3
+  awscli="$(sed -n 's/^awscli==\(.*\)$/\1/p' "$req")"
+  boto3="$(sed -n 's/^boto3==\(.*\)$/\1/p' "$req")"
+  [[ -n "$awscli" && -n "$boto3" ]] || { log "no awscli/boto3 pin in $req"; exit 1; }
+  local dockerfile="$ROOT/test/node/images/aws-clients.Dockerfile"
+  local ref="localhost/aws-clients:$(short "$(sha256sum "$dockerfile") $awscli $boto3 $BASE_REF $WORKLOAD_RECIPE")"
+  if have_image "$ref"; then log "aws-clients $ref cached"; else
+    log "aws-clients: AWS CLI $awscli, boto3 $boto3"
+    local started=$SECONDS
+    nice -n 19 "${BUILDAH[@]}" bud --quiet --pull-never --network host --layers=false \
+      "${BUILD_CA_VOLUMES[@]}" --build-arg "BASE_IMAGE=$BASE_REF" --build-arg "AWSCLI_VERSION=$awscli" \
+      --build-arg "BOTO3_VERSION=$boto3" -f "$dockerfile" -t "$ref" "$ROOT/test/node/images" >&2
+    log "aws-clients: built $ref in $((SECONDS - started))s"
+  fi
+  export_archive aws-clients "$ref"
+}
+
 # An image of one static binary: $1 name, $2 binary, $3 tag, $4 user
 build_static() {
   local name="$1" bin="$2" tag="$3" user="$4"
@@ -143,7 +167,7 @@ build_static() {
 # Where this machine reaches the npm registry through a TLS-inspecting proxy, the host's npm trusts
 # the proxy's CA (NODE_EXTRA_CA_CERTS or npm's cafile); the build's `npm ci` gets the same trust
 # from a build-only home directory bind-mounted over /root in the RUN steps (with an .npmrc naming
-# the CA). /root exists in the base, so no mount point is left in any layer: nothing of it is in
+# the CA, and a pip.conf). /root exists in the base, so no mount point is left in any layer: nothing of it is in
 # the image.
 BUILD_CA_VOLUMES=()
 host_ca="${NODE_EXTRA_CA_CERTS:-$(npm config get cafile 2>/dev/null || true)}"
@@ -152,6 +176,8 @@ if [[ -n "$host_ca" && "$host_ca" != null && "$host_ca" != undefined && -f "$hos
   mkdir -p "$build_home"
   cp "$host_ca" "$build_home/.keycutter-build-ca.crt"
   printf 'cafile=/root/.keycutter-build-ca.crt\n' >"$build_home/.npmrc"
+  mkdir -p "$build_home/.config/pip"
+  printf '[global]\ncert = /root/.keycutter-build-ca.crt\n' >"$build_home/.config/pip/pip.conf"
   BUILD_CA_VOLUMES=(--volume "$build_home:/root")
   log "npm ci in the build trusts this machine's CA bundle $host_ca (build steps only)"
 fi
@@ -162,6 +188,7 @@ build_base
 build_keycutter
 build_static pause "$CACHE/bin/pause-$K8S_VERSION" "$K8S_VERSION" 65535:65535
 build_static coredns "$CACHE/bin/coredns-$COREDNS_VERSION" "$COREDNS_VERSION" 65532:65532
+build_aws_clients
 mv "$OUT/images.env.tmp" "$OUT/images.env"
 "${BUILDAH[@]}" rmi --prune >/dev/null 2>&1 || true
 log "done in ${SECONDS}s: $OUT/images.env"

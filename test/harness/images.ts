@@ -17,12 +17,14 @@ export interface NodeImages {
   keycutter: ImageArchive;
   pause: ImageArchive;
   coredns: ImageArchive;
+  /** The unmodified AWS CLI and boto3 (test/node/images/aws-clients.Dockerfile). */
+  awsClients: ImageArchive;
 }
 
 function parseImagesEnv(text: string): NodeImages {
   const env = new Map<string, string>();
   for (const line of text.split("\n")) {
-    const match = /^([A-Z]+)_(IMAGE|ARCHIVE)=(\S+)$/.exec(line);
+    const match = /^([A-Z0-9_]+)_(IMAGE|ARCHIVE)=(\S+)$/.exec(line);
     if (match) env.set(`${match[1]}_${match[2]}`, match[3]!);
   }
   const one = (name: string): ImageArchive => {
@@ -31,7 +33,12 @@ function parseImagesEnv(text: string): NodeImages {
     if (!ref || !archive) throw new Error(`images.env has no ${name} image: rerun scripts/build-images.sh`);
     return { ref, archive };
   };
-  return { keycutter: one("KEYCUTTER"), pause: one("PAUSE"), coredns: one("COREDNS") };
+  return {
+    keycutter: one("KEYCUTTER"),
+    pause: one("PAUSE"),
+    coredns: one("COREDNS"),
+    awsClients: one("AWS_CLIENTS"),
+  };
 }
 
 /**

@@ -130,8 +130,12 @@ export interface RealNode {
   ctr(args: string[]): Promise<string>;
   /** Every part's recent output, for a failing test. */
   logs(lines?: number): string;
+  /** A container's output as the kubelet logged it (CRI log format stripped). */
+  containerLogs(namespace: string, pod: string, container: string): string;
   /** The namespace's pods (status, container states, log tails from the kubelet) and events. */
   describePods(namespace: string): Promise<string>;
+  /** What the node has on the machine now, as teardown's check sees it (while running: plenty). */
+  scan(): Promise<Leftover[]>;
   /** Tears everything down; returns what is still left (empty when clean). */
   stop(): Promise<Leftover[]>;
 }
@@ -340,7 +344,10 @@ export async function startRealNode(opts: RealNodeOptions = {}): Promise<RealNod
     crictl,
     ctr,
     logs: (lines) => parts.logs(lines),
+    containerLogs: (namespace, pod, container) =>
+      containerLogs(join(layout.dir, "pod-logs"), namespace, pod, container),
     describePods: (namespace) => describePods(cluster, join(layout.dir, "pod-logs"), namespace, parts),
+    scan: () => findLeftovers(layout, inode, rootRulesBefore),
     stop: teardown,
   };
 }
@@ -443,7 +450,7 @@ async function startContainerd(
     },
     { timeoutMs: 30_000, intervalMs: 200, onTimeout: () => containerd.tail() },
   );
-  for (const image of [images.pause, images.coredns, images.keycutter]) {
+  for (const image of [images.pause, images.coredns, images.keycutter, images.awsClients]) {
     await ctr(["images", "import", "--local", image.archive]);
   }
 }
@@ -542,6 +549,25 @@ async function startCoreDns(cluster: Cluster, images: NodeImages): Promise<void>
     },
     { timeoutMs: 120_000, intervalMs: 500 },
   );
+}
+
+/** Every log file of the container, oldest first, with the CRI prefix (time, stream, tag) removed. */
+function containerLogs(podLogsDir: string, namespace: string, pod: string, container: string): string {
+  const podDirs = existsSync(podLogsDir)
+    ? readdirSync(podLogsDir).filter((name) => name.startsWith(`${namespace}_${pod}_`))
+    : [];
+  const lines: string[] = [];
+  for (const podDir of podDirs) {
+    const dir = join(podLogsDir, podDir, container);
+    if (!existsSync(dir)) continue;
+    for (const file of readdirSync(dir).sort()) {
+      for (const line of readFileSync(join(dir, file), "utf8").split("\n")) {
+        const match = /^\S+ (?:stdout|stderr) [FP] (.*)$/.exec(line);
+        if (match) lines.push(match[1]!);
+      }
+    }
+  }
+  return lines.join("\n");
 }
 
 function tailOfFile(path: string, lines: number): string {

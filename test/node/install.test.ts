@@ -20,6 +20,7 @@ import {
 } from "../harness/index.ts";
 import { startRealNode, type Leftover, type RealNode } from "../harness/realnode.ts";
 import { CHART_DIR, helmBinary } from "../deploy/render.ts";
+import { BUCKET_A, ROLE_A, accessPolicy, roleAllowance } from "../e2e/fixtures.ts";
 
 const NS = "keycutter-system";
 const enabled = process.env.KEYCUTTER_TEST_NODE === "1";
@@ -153,6 +154,9 @@ describe(
         image: { repository, tag, pullPolicy: "Never" },
         aws: { region: moto!.region, stsEndpoint: moto!.endpointFor(node!.hostIP) },
         server: { envFrom: [{ secretRef: { name: "keycutter-aws" } }] },
+        // The bridge plugin's pods reach the node through cni0: iptables sees the bridge as the
+        // in-interface (-i), not the pod's veth (the chart's default veth+ matches no pod here).
+        agent: { hook: { podInterfaces: ["cni0"] } },
       };
       const started = Date.now();
       const helm = spawnSync(
@@ -192,7 +196,81 @@ describe(
       assert.match(nat.stdout, /169\.254\.169\.254/, "the agent's DNAT hook is in the node's nat table");
     });
 
+    /** Runs `command` in a one-shot pod of the aws-clients image; resolves with its phase and output. */
+    const runAwsPod = async (
+      namespace: string,
+      name: string,
+      command: string[],
+    ): Promise<{ phase: string; output: string }> => {
+      await applyObjects(node!.cluster.kc, [
+        {
+          apiVersion: "v1",
+          kind: "Pod",
+          metadata: { name, namespace },
+          spec: {
+            serviceAccountName: "reader",
+            restartPolicy: "Never",
+            containers: [
+              {
+                name: "aws",
+                image: node!.images.awsClients.ref,
+                imagePullPolicy: "Never",
+                command,
+                env: [
+                  { name: "AWS_DEFAULT_REGION", value: moto!.region },
+                  { name: "AWS_ENDPOINT_URL", value: moto!.endpointFor(node!.hostIP) },
+                ],
+              },
+            ],
+          },
+        } as never,
+      ]);
+      const phase = await waitFor(
+        `pod ${namespace}/${name} finished`,
+        async () => {
+          const pod = await core().readNamespacedPod({ name, namespace });
+          return ["Succeeded", "Failed"].includes(pod.status?.phase ?? "") ? pod.status!.phase! : undefined;
+        },
+        { timeoutMs: 180_000, intervalMs: 500 },
+      ).catch(async (err: Error) => {
+        throw new Error(`${err.message}\n${await node!.describePods(namespace)}`, { cause: err });
+      });
+      return { phase, output: node!.containerLogs(namespace, name, "aws") };
+    };
+
+    it("a workload pod's unmodified AWS CLI gets its own role through the hook; a pod without a policy gets nothing", async () => {
+      await moto!.createRole("tenant-a-reader", {
+        Version: "2012-10-17",
+        Statement: [{ Effect: "Allow", Action: ["s3:GetObject", "s3:ListBucket"], Resource: "*" }],
+      });
+      const objects: object[] = [roleAllowance()];
+      for (const namespace of ["tenant-a", "tenant-b"]) {
+        objects.push(
+          { apiVersion: "v1", kind: "Namespace", metadata: { name: namespace } },
+          { apiVersion: "v1", kind: "ServiceAccount", metadata: { name: "reader", namespace } },
+        );
+      }
+      objects.push(accessPolicy("tenant-a", "readers", ROLE_A, BUCKET_A));
+      await applyObjects(node!.cluster.kc, objects as never);
+
+      const identity = ["aws", "sts", "get-caller-identity", "--output", "json"];
+      const tenantA = await runAwsPod("tenant-a", "whoami", identity);
+      assert.equal(tenantA.phase, "Succeeded", tenantA.output);
+      const arn = (JSON.parse(tenantA.output) as { Arn: string }).Arn;
+      assert.match(arn, /^arn:aws:sts::\d+:assumed-role\/tenant-a-reader\//, tenantA.output);
+
+      // tenant-b has a service account but no AccessPolicy: the agent answers, with no credentials
+      const tenantB = await runAwsPod("tenant-b", "whoami", identity);
+      assert.equal(tenantB.phase, "Failed", tenantB.output);
+      assert.match(tenantB.output, /Unable to locate credentials/, tenantB.output);
+    });
+
     it("teardown leaves no process, mount, namespace, veth, cgroup or iptables rule behind", async () => {
+      // the check sees each kind while the node runs, so an empty list after teardown means gone
+      const running = new Set((await node!.scan()).map((found) => found.kind));
+      for (const kind of ["process", "mount", "netns", "link", "cgroup", "directory"]) {
+        assert.ok(running.has(kind), `the scan finds the running node's ${kind}: ${[...running].join(", ")}`);
+      }
       leftovers = await stopAll();
       assert.deepEqual(leftovers, []);
       console.log(`# whole suite ${Math.round((Date.now() - started) / 1000)} s`);
