@@ -127,6 +127,8 @@ export interface KubeletSettings {
   resolvConf: string;
   podLogsDir: string;
   maxPods: number;
+  /** Taints the node registers with (e.g. an agent's startup taint, as a user sets it). */
+  registerWithTaints: Array<{ key: string; value?: string; effect: string }>;
 }
 
 export function kubeletConfig(settings: KubeletSettings): string {
@@ -156,6 +158,7 @@ export function kubeletConfig(settings: KubeletSettings): string {
       resolvConf: settings.resolvConf,
       podLogsDir: settings.podLogsDir,
       maxPods: settings.maxPods,
+      registerWithTaints: settings.registerWithTaints,
       failSwapOn: false,
       // -999 by default; this machine's root may not lower it (no CAP_SYS_RESOURCE)
       oomScoreAdj: 0,

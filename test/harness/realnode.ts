@@ -104,6 +104,8 @@ export interface RealNodeOptions {
   podPrefixLength?: number;
   /** Skip CoreDNS (a test of the node itself). */
   withoutDns?: boolean;
+  /** Taints the kubelet registers the node with (CoreDNS tolerates every taint). */
+  registerWithTaints?: Array<{ key: string; value?: string; effect: string }>;
 }
 
 export interface Leftover {
@@ -319,7 +321,7 @@ export async function startRealNode(opts: RealNodeOptions = {}): Promise<RealNod
 
     await startControllers(parts, theCluster, layout);
     await startContainerd(parts, layout, images, ctr);
-    await startKubelet(parts, layout, nodeKubeconfig, theCluster);
+    await startKubelet(parts, layout, nodeKubeconfig, theCluster, opts.registerWithTaints);
     await startKubeProxy(parts, layout, proxyKubeconfig, execInNode);
     if (!opts.withoutDns) await startCoreDns(theCluster, images);
   } catch (err) {
@@ -460,6 +462,7 @@ async function startKubelet(
   layout: NodeLayout,
   kubeconfig: string,
   cluster: Cluster,
+  taints: RealNodeOptions["registerWithTaints"] = [],
 ): Promise<void> {
   createCgroupRoot(layout.cgroupRoot);
   const kubeletDir = join(layout.dir, "kubelet");
@@ -480,6 +483,7 @@ async function startKubelet(
       resolvConf,
       podLogsDir: join(layout.dir, "pod-logs"),
       maxPods: 110,
+      registerWithTaints: taints,
     }),
   );
   const kubelet = parts.startInNode("kubelet", nodeBinary("kubelet"), [

@@ -23,6 +23,8 @@ import { CHART_DIR, helmBinary } from "../deploy/render.ts";
 import { BUCKET_A, ROLE_A, accessPolicy, roleAllowance } from "../e2e/fixtures.ts";
 
 const NS = "keycutter-system";
+// the chart's default startup taint, which a user has the kubelet register with
+const STARTUP_TAINT = { key: "keycutter.dev/agent-not-ready", effect: "NoSchedule" };
 const enabled = process.env.KEYCUTTER_TEST_NODE === "1";
 
 function inSubnet(ip: string, cidr: string): boolean {
@@ -45,7 +47,7 @@ describe(
 
     before(async () => {
       started = Date.now();
-      node = await startRealNode();
+      node = await startRealNode({ registerWithTaints: [STARTUP_TAINT] });
       console.log(`# node ${node.name} Ready with CoreDNS in ${Math.round((Date.now() - started) / 1000)} s`);
       moto = await startMoto();
       helmDir = mkdtempSync(join(tmpdir(), "kc-node-helm-"));
@@ -82,37 +84,8 @@ describe(
       );
       const ready = registered.status!.conditions!.find((cond) => cond.type === "Ready");
       assert.equal(ready?.status, "True", JSON.stringify(registered.status!.conditions));
-    });
-
-    it("a pause pod runs with an address from the CNI bridge's host-local range", async () => {
-      await applyObjects(node!.cluster.kc, [
-        {
-          apiVersion: "v1",
-          kind: "Pod",
-          metadata: { name: "pause", namespace: "default" },
-          spec: {
-            containers: [{ name: "pause", image: node!.images.pause.ref, imagePullPolicy: "Never" }],
-            automountServiceAccountToken: false,
-          },
-        } as never,
-      ]);
-      const pod = await waitFor(
-        "the pause pod Running",
-        async () => {
-          const current = await core().readNamespacedPod({ name: "pause", namespace: "default" });
-          return current.status?.phase === "Running" ? current : undefined;
-        },
-        { timeoutMs: 120_000, intervalMs: 500, onTimeout: () => node!.logs(30) },
-      );
-      const podIP = pod.status!.podIP!;
-      assert.ok(inSubnet(podIP, node!.podSubnet), `${podIP} in ${node!.podSubnet}`);
-      assert.equal(pod.status!.hostIP, node!.nodeIP);
-      // the address is really on the pod's eth0, behind the node's bridge
-      const route = await node!.execInNode("ip", ["route", "get", podIP]);
-      assert.match(route.stdout, /dev cni0/, route.stderr);
-      const sandboxes = await node!.crictl(["pods", "--name", "pause", "-q"]);
-      assert.equal(sandboxes.trim().split("\n").length, 1);
-      await core().deleteNamespacedPod({ name: "pause", namespace: "default", gracePeriodSeconds: 0 });
+      // the kubelet registered it with the startup taint: nothing without a toleration lands yet
+      assert.ok(registered.spec!.taints!.some((taint) => taint.key === STARTUP_TAINT.key));
     });
 
     it("helm install: the server Deployment and agent DaemonSet become Ready on the node", async () => {
@@ -153,10 +126,16 @@ describe(
       const values = {
         image: { repository, tag, pullPolicy: "Never" },
         aws: { region: moto!.region, stsEndpoint: moto!.endpointFor(node!.hostIP) },
-        server: { envFrom: [{ secretRef: { name: "keycutter-aws" } }] },
+        server: {
+          envFrom: [{ secretRef: { name: "keycutter-aws" } }],
+          // The chart's server does not tolerate the agent's startup taint: on a node (here the
+          // only one) that registers with it, the server stays Pending, the agent never becomes
+          // Ready without its server, and so never removes the taint. A user sets this.
+          tolerations: [{ key: STARTUP_TAINT.key, operator: "Exists", effect: STARTUP_TAINT.effect }],
+        },
         // The bridge plugin's pods reach the node through cni0: iptables sees the bridge as the
         // in-interface (-i), not the pod's veth (the chart's default veth+ matches no pod here).
-        agent: { hook: { podInterfaces: ["cni0"] } },
+        agent: { hook: { podInterfaces: ["cni0"] }, startupTaint: { enabled: true } },
       };
       const started = Date.now();
       const helm = spawnSync(
@@ -190,10 +169,50 @@ describe(
         throw new Error(`${err.message}\n${await node!.describePods(NS)}`, { cause: err });
       });
       console.log(`# helm install to Ready in ${Math.round((Date.now() - started) / 1000)} s`);
+      // the Ready agent took its startup taint off its own node (the admission policy lets it)
+      await waitFor(
+        "the agent to remove the startup taint",
+        async () => {
+          const current = await core().readNode({ name: node!.name });
+          return !(current.spec?.taints ?? []).some((taint) => taint.key === STARTUP_TAINT.key);
+        },
+        { timeoutMs: 60_000, intervalMs: 500 },
+      );
       // Ready through the real parts: the kubelet ran the agent in the node's namespace, where its
       // hook is now in the node's own iptables
       const nat = await node!.execInNode("iptables-save", ["-t", "nat"]);
       assert.match(nat.stdout, /169\.254\.169\.254/, "the agent's DNAT hook is in the node's nat table");
+    });
+
+    it("once the agent removed the startup taint, a pause pod runs with an address from the CNI range", async () => {
+      await applyObjects(node!.cluster.kc, [
+        {
+          apiVersion: "v1",
+          kind: "Pod",
+          metadata: { name: "pause", namespace: "default" },
+          spec: {
+            containers: [{ name: "pause", image: node!.images.pause.ref, imagePullPolicy: "Never" }],
+            automountServiceAccountToken: false,
+          },
+        } as never,
+      ]);
+      const pod = await waitFor(
+        "the pause pod Running",
+        async () => {
+          const current = await core().readNamespacedPod({ name: "pause", namespace: "default" });
+          return current.status?.phase === "Running" ? current : undefined;
+        },
+        { timeoutMs: 120_000, intervalMs: 500, onTimeout: () => node!.logs(30) },
+      );
+      const podIP = pod.status!.podIP!;
+      assert.ok(inSubnet(podIP, node!.podSubnet), `${podIP} in ${node!.podSubnet}`);
+      assert.equal(pod.status!.hostIP, node!.nodeIP);
+      // the address is really on the pod's eth0, behind the node's bridge
+      const route = await node!.execInNode("ip", ["route", "get", podIP]);
+      assert.match(route.stdout, /dev cni0/, route.stderr);
+      const sandboxes = await node!.crictl(["pods", "--name", "pause", "-q"]);
+      assert.equal(sandboxes.trim().split("\n").length, 1);
+      await core().deleteNamespacedPod({ name: "pause", namespace: "default", gracePeriodSeconds: 0 });
     });
 
     /** Runs `command` in a one-shot pod of the aws-clients image; resolves with its phase and output. */
