@@ -3,6 +3,7 @@
 # each step is skipped when its result is already present and current.
 #   scripts/setup.sh        everything (the test suite)
 #   scripts/setup.sh demo   only what the demo needs
+#   scripts/setup.sh node   everything, plus the real node of test/node/ (npm run test:node)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -65,6 +66,14 @@ bash "$ROOT/scripts/setup-deploy-tools.sh"
 if [[ "${1:-test}" != "demo" ]]; then
   step "MinIO $MINIO_VERSION for the session-policy e2e suite (built from the Go module proxy, cached)"
   bash "$ROOT/scripts/build-minio.sh"
+fi
+
+# Opt-in: the real node's parts and images (tens of minutes cold; docs/TESTING.md).
+if [[ "${1:-test}" == "node" ]]; then
+  step "a real node: kubelet, controllers, kube-proxy, containerd, CoreDNS, crictl, pause (built, cached)"
+  bash "$ROOT/scripts/build-node.sh"
+  step "the node's images: keycutter from deploy/Dockerfile, pause, CoreDNS (buildah, cached by input hash)"
+  bash "$ROOT/scripts/build-images.sh"
 fi
 
 step "setup done in ${SECONDS}s"

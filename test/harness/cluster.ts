@@ -65,8 +65,20 @@ export function kubeconfigYaml(
   ].join("\n");
 }
 
+export interface ClusterOptions {
+  /**
+   * Address the apiserver advertises (the `kubernetes` Service's endpoint). Pods on a real node
+   * reach the apiserver through it, so it must be routable from their namespaces, not loopback.
+   */
+  advertiseAddress?: string;
+  /** More lines for the static token file (`token,user,uid,"group1,group2"`), e.g. a node's identity. */
+  extraTokenLines?: string[];
+  /** More apiserver flags (`--name=value`); one named like a default flag replaces it. */
+  extraApiserverArgs?: string[];
+}
+
 /** Starts a real etcd and kube-apiserver (RBAC on) on free ports. */
-export async function startCluster(): Promise<Cluster> {
+export async function startCluster(opts: ClusterOptions = {}): Promise<Cluster> {
   const etcdBin = requireBinary("etcd");
   const apiBin = requireBinary("kube-apiserver");
   const dir = mkdtempSync(join(tmpdir(), "kc-cluster-"));
@@ -87,13 +99,18 @@ export async function startCluster(): Promise<Cluster> {
   writeFileSync(join(dir, "sa.pub"), publicKey.export({ type: "spki", format: "pem" }));
   writeFileSync(join(dir, "sa.key"), privateKey.export({ type: "pkcs8", format: "pem" }), { mode: 0o600 });
   const adminToken = randomBytes(24).toString("hex");
-  writeFileSync(join(dir, "tokens.csv"), `${adminToken},admin,admin-uid,"system:masters"\n`, { mode: 0o600 });
+  const tokenLines = [`${adminToken},admin,admin-uid,"system:masters"`, ...(opts.extraTokenLines ?? [])];
+  writeFileSync(join(dir, "tokens.csv"), tokenLines.join("\n") + "\n", { mode: 0o600 });
   const issuer = "https://kubernetes.default.svc.cluster.local";
 
+  // The self-signed serving certificate names the advertised address (and localhost), not
+  // 127.0.0.1 unless that is the one advertised: clients of 127.0.0.1 then verify it as localhost.
+  const advertiseAddress = opts.advertiseAddress ?? "127.0.0.1";
+  const serverName = advertiseAddress === "127.0.0.1" ? undefined : "localhost";
   const apiArgs = [
     `--etcd-servers=http://127.0.0.1:${etcdPort}`,
     "--bind-address=0.0.0.0",
-    "--advertise-address=127.0.0.1",
+    `--advertise-address=${advertiseAddress}`,
     `--secure-port=${port}`,
     `--cert-dir=${join(dir, "certs")}`,
     "--service-cluster-ip-range=10.0.0.0/24",
@@ -107,6 +124,15 @@ export async function startCluster(): Promise<Cluster> {
     "--enable-priority-and-fairness=false",
     "--v=0",
   ];
+  // an extra flag replaces the default of the same name (list flags would otherwise accumulate)
+  const extraArgs = opts.extraApiserverArgs ?? [];
+  const overridden = new Set(extraArgs.map((arg) => arg.split("=")[0]));
+  apiArgs.splice(
+    0,
+    apiArgs.length,
+    ...apiArgs.filter((arg) => !overridden.has(arg.split("=")[0])),
+    ...extraArgs,
+  );
   let apiserver = new ManagedProcess("kube-apiserver", apiBin, apiArgs);
   const caFile = join(dir, "certs", "apiserver.crt");
   const server = `https://127.0.0.1:${port}`;
@@ -122,7 +148,7 @@ export async function startCluster(): Promise<Cluster> {
       async () => {
         if (!apiserver.running) throw new FatalError(`kube-apiserver exited:\n${apiserver.tail()}`);
         if (!existsSync(caFile)) return false;
-        const res = await getStatus(`${server}/readyz`, adminToken, readFileSync(caFile));
+        const res = await getStatus(`${server}/readyz`, adminToken, readFileSync(caFile), serverName);
         return res === 200;
       },
       { timeoutMs: 90_000, intervalMs: 200, onTimeout: () => apiserver.tail() + "\n" + etcd.tail() },
@@ -136,7 +162,7 @@ export async function startCluster(): Promise<Cluster> {
   }
 
   const kubeconfigPath = join(dir, "admin.kubeconfig");
-  writeFileSync(kubeconfigPath, kubeconfigYaml(server, caFile, adminToken), { mode: 0o600 });
+  writeFileSync(kubeconfigPath, kubeconfigYaml(server, caFile, adminToken, serverName), { mode: 0o600 });
   const kc = new KubeConfig();
   kc.loadFromFile(kubeconfigPath);
   let n = 0;
@@ -170,11 +196,11 @@ export async function startCluster(): Promise<Cluster> {
 }
 
 /** GET verified against the cluster CA; returns the status code. */
-async function getStatus(url: string, token: string, ca: Buffer): Promise<number> {
+async function getStatus(url: string, token: string, ca: Buffer, servername?: string): Promise<number> {
   return new Promise((resolve, reject) => {
     const req = httpsRequest(
       url,
-      { ca, headers: { authorization: `Bearer ${token}` }, timeout: 2000 },
+      { ca, servername, headers: { authorization: `Bearer ${token}` }, timeout: 2000 },
       (res) => {
         res.resume();
         resolve(res.statusCode ?? 0);
