@@ -144,7 +144,19 @@ describe("session binding in the server (real apiserver, moto)", { timeout: 600_
     const run = (args: string[]) =>
       spawnSync(
         NODE,
-        [KEYCUTTER_MAIN, "explain", `${NS}/web-1`, "--kubeconfig", w.cluster.kubeconfigPath, ...args],
+        [
+          KEYCUTTER_MAIN,
+          "explain",
+          `${NS}/web-1`,
+          "--kubeconfig",
+          w.cluster.kubeconfigPath,
+          // no chart installed here: the settings the server of this world runs with
+          "--cluster-name",
+          "test-cluster",
+          "--max-duration",
+          "3600",
+          ...args,
+        ],
         {
           encoding: "utf8",
           env: { ...process.env, AWS_REGION: "us-east-1" },
