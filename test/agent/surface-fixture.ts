@@ -10,6 +10,7 @@ import { RateLimiter } from "../../src/agent/rate-limit.ts";
 import { WaitSlots } from "../../src/agent/wait-slots.ts";
 import { ServerError } from "../../src/agent/server-client.ts";
 import type { HandlerConfig, HandlerDeps } from "../../src/agent/handlers.ts";
+import { AGENT_DEFAULTS } from "../../src/agent/defaults.ts";
 import type { CredentialsResponse, PodRef } from "../../src/api/contract.ts";
 
 export const log = pino({ level: "silent" });
@@ -55,17 +56,19 @@ export function pod(name: string, ip: string, extra: Partial<PodInfo> = {}): Pod
 }
 
 export const surfaceCfg: HandlerConfig = {
-  requireImdsV2: false,
-  allowHostNetwork: false,
+  requireImdsV2: AGENT_DEFAULTS.requireImdsV2,
+  allowHostNetwork: AGENT_DEFAULTS.allowHostNetwork,
+  // shorter than production's, so that the tests of an unknown IP do not wait the full 800 ms
   unknownPodWaitMs: 300,
-  credentialWaitMs: 900,
+  credentialWaitMs: AGENT_DEFAULTS.credentialWaitMs,
+  // small enough for a test to fill
   maxWaiting: 100,
-  maxWaitingPerSource: 4,
+  maxWaitingPerSource: AGENT_DEFAULTS.maxWaitingPerSource,
   region: "eu-west-1",
   availabilityZone: "eu-west-1b",
   accountId: "123456789012",
   instanceId: "i-0123",
-  instanceType: "m5.large",
+  instanceType: AGENT_DEFAULTS.instanceType,
 };
 
 function floodLimiter(): HandlerDeps["limiter"] {

@@ -26,12 +26,8 @@ import {
 import { writeFileSync, mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { createLogger } from "../../src/common/logger.ts";
-import {
-  startServer,
-  DEFAULT_CONFIG,
-  type RunningServer,
-  type ServerConfig,
-} from "../../src/server/index.ts";
+import { startServer, type RunningServer, type ServerConfig } from "../../src/server/index.ts";
+import { SERVER_DEFAULTS } from "../../src/server/config.ts";
 import type { AuditRecord } from "../../src/server/audit.ts";
 import type { AccessPolicy, RoleAllowance } from "../../src/policy/types.ts";
 
@@ -422,7 +418,7 @@ export async function startTestServer(w: World, over: Partial<ServerConfig> = {}
   const kc = new KubeConfig();
   kc.loadFromFile(w.serverKubeconfig);
   const running = await startServer({
-    ...DEFAULT_CONFIG,
+    ...SERVER_DEFAULTS,
     listenHost: "127.0.0.1",
     listenPort: 0,
     opsHost: "127.0.0.1",
