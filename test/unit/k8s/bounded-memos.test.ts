@@ -3,7 +3,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { LRUCache } from "lru-cache";
-import { KeyedTokenBuckets } from "../../src/common/keyed-token-buckets.ts";
+import { KeyedTokenBuckets } from "../../../src/common/keyed-token-buckets.ts";
 
 test("LRU: bounded, evicts the least recently used one (never all), entries expire", () => {
   let clock = 5000; // lru-cache treats a start time of 0 as "no TTL"

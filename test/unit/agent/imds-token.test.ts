@@ -1,7 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import fc from "fast-check";
-import { ImdsTokens, parseTtl } from "../../src/agent/imds-token.ts";
+import { ImdsTokens, parseTtl } from "../../../src/agent/imds-token.ts";
 
 test("a token verifies for its pod only, until it expires", () => {
   const t = new ImdsTokens();

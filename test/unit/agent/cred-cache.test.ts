@@ -1,9 +1,9 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { pino } from "pino";
-import { CredCache, type CredentialsSource } from "../../src/agent/cred-cache.ts";
-import { ServerError } from "../../src/agent/server-client.ts";
-import type { CredentialsResponse, PodRef } from "../../src/api/contract.ts";
+import { CredCache, type CredentialsSource } from "../../../src/agent/cred-cache.ts";
+import { ServerError } from "../../../src/agent/server-client.ts";
+import type { CredentialsResponse, PodRef } from "../../../src/api/contract.ts";
 
 const log = pino({ level: "silent" });
 const podA: PodRef = { namespace: "ns", name: "a", uid: "uid-a" };

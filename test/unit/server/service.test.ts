@@ -2,13 +2,13 @@
 // flight, cache reuse threshold, duration fallback, refusals never reaching STS.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { createLogger } from "../../src/common/logger.ts";
-import { StsError, type AssumeRoleRequest } from "../../src/aws/sts.ts";
-import { CredentialService, type Deps } from "../../src/server/service.ts";
-import { createServerMetrics } from "../../src/server/metrics.ts";
-import type { AuditRecord } from "../../src/server/audit.ts";
-import type { AccessPolicy, RoleAllowance } from "../../src/policy/types.ts";
-import { ContractError } from "../../src/api/contract.ts";
+import { createLogger } from "../../../src/common/logger.ts";
+import { StsError, type AssumeRoleRequest } from "../../../src/aws/sts.ts";
+import { CredentialService, type Deps } from "../../../src/server/service.ts";
+import { createServerMetrics } from "../../../src/server/metrics.ts";
+import type { AuditRecord } from "../../../src/server/audit.ts";
+import type { AccessPolicy, RoleAllowance } from "../../../src/policy/types.ts";
+import { ContractError } from "../../../src/api/contract.ts";
 
 const pod = { namespace: "t", name: "p", uid: "11111111-2222-3333-4444-555555555555" };
 const policy: AccessPolicy = {

@@ -4,9 +4,9 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { pino } from "pino";
-import { PolicyEpochWatch, type EpochSource } from "../../src/agent/epoch-watch.ts";
-import { ServerError } from "../../src/agent/server-client.ts";
-import type { PolicyEpochsRequest, PolicyEpochsResponse } from "../../src/api/contract.ts";
+import { PolicyEpochWatch, type EpochSource } from "../../../src/agent/epoch-watch.ts";
+import { ServerError } from "../../../src/agent/server-client.ts";
+import type { PolicyEpochsRequest, PolicyEpochsResponse } from "../../../src/api/contract.ts";
 
 const log = pino({ level: "silent" });
 

@@ -1,11 +1,11 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import fc from "fast-check";
-import { decide, sessionNameFor } from "../../src/policy/decide.ts";
-import { renderDocument, TemplateError, SAFE_VALUE } from "../../src/policy/template.ts";
-import { validateAccessPolicy, validateRoleAllowance } from "../../src/policy/validate.ts";
-import { accessPolicyReadiness } from "../../src/policy/readiness.ts";
-import type { AccessPolicy, PodFacts, RoleAllowance } from "../../src/policy/types.ts";
+import { decide, sessionNameFor } from "../../../src/policy/decide.ts";
+import { renderDocument, TemplateError, SAFE_VALUE } from "../../../src/policy/template.ts";
+import { validateAccessPolicy, validateRoleAllowance } from "../../../src/policy/validate.ts";
+import { accessPolicyReadiness } from "../../../src/policy/readiness.ts";
+import type { AccessPolicy, PodFacts, RoleAllowance } from "../../../src/policy/types.ts";
 
 const pod: PodFacts = {
   namespace: "tenant-a",

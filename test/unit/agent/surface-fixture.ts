@@ -1,17 +1,17 @@
 // The pod-facing surface's dependencies in-process, as the agent wires them, with a fake
 // credential source (one-module scope): shared by the HTTP-surface and fast-path suites.
 import { pino } from "pino";
-import type { PodInfo } from "../../src/agent/pod-index.ts";
-import { PodIndex } from "../../src/agent/pod-index.ts";
-import { CredCache, type CredentialsSource } from "../../src/agent/cred-cache.ts";
-import { ImdsTokens } from "../../src/agent/imds-token.ts";
-import { AgentMetrics } from "../../src/agent/metrics.ts";
-import { RateLimiter } from "../../src/agent/rate-limit.ts";
-import { WaitSlots } from "../../src/agent/wait-slots.ts";
-import { ServerError } from "../../src/agent/server-client.ts";
-import type { HandlerConfig, HandlerDeps } from "../../src/agent/handlers.ts";
-import { AGENT_DEFAULTS } from "../../src/agent/defaults.ts";
-import type { CredentialsResponse, PodRef } from "../../src/api/contract.ts";
+import type { PodInfo } from "../../../src/agent/pod-index.ts";
+import { PodIndex } from "../../../src/agent/pod-index.ts";
+import { CredCache, type CredentialsSource } from "../../../src/agent/cred-cache.ts";
+import { ImdsTokens } from "../../../src/agent/imds-token.ts";
+import { AgentMetrics } from "../../../src/agent/metrics.ts";
+import { RateLimiter } from "../../../src/agent/rate-limit.ts";
+import { WaitSlots } from "../../../src/agent/wait-slots.ts";
+import { ServerError } from "../../../src/agent/server-client.ts";
+import type { HandlerConfig, HandlerDeps } from "../../../src/agent/handlers.ts";
+import { AGENT_DEFAULTS } from "../../../src/agent/defaults.ts";
+import type { CredentialsResponse, PodRef } from "../../../src/api/contract.ts";
 
 export const log = pino({ level: "silent" });
 

@@ -1,6 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { WaitSlots } from "../../src/agent/wait-slots.ts";
+import { WaitSlots } from "../../../src/agent/wait-slots.ts";
 
 test("wait slots: capped per source and in total; a release frees exactly one slot, once", () => {
   const slots = new WaitSlots(6, 2);

@@ -1,7 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
-import { decrypt, encrypt, MemoryCache } from "../../src/server/cache.ts";
+import { decrypt, encrypt, MemoryCache } from "../../../src/server/cache.ts";
 
 test("AES-GCM values: round trip, bound to their key (AAD), tamper-evident", () => {
   const key = randomBytes(32);

@@ -5,18 +5,18 @@ import assert from "node:assert/strict";
 import { createServer, request, type Server } from "node:http";
 import { connect, type AddressInfo } from "node:net";
 import fc from "fast-check";
-import type { PodIndex } from "../../src/agent/pod-index.ts";
-import type { CredCache } from "../../src/agent/cred-cache.ts";
-import { Passthrough } from "../../src/agent/passthrough.ts";
+import type { PodIndex } from "../../../src/agent/pod-index.ts";
+import type { CredCache } from "../../../src/agent/cred-cache.ts";
+import { Passthrough } from "../../../src/agent/passthrough.ts";
 import {
   createContainerHandler,
   createImdsFastResponder,
   createImdsHandler,
   type HandlerConfig,
-} from "../../src/agent/handlers.ts";
+} from "../../../src/agent/handlers.ts";
 import { pod, surfaceDeps, log, type Source } from "./surface-fixture.ts";
-import { podFacingServer } from "../../src/agent/pod-facing-server.ts";
-import { ImdsFastPath } from "../../src/agent/imds-fast-path.ts";
+import { podFacingServer } from "../../../src/agent/pod-facing-server.ts";
+import { ImdsFastPath } from "../../../src/agent/imds-fast-path.ts";
 
 interface Env {
   imds: Server;

@@ -2,8 +2,8 @@
 // does not, and the bounds on held polls and memoised names.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { PolicyEpochs, type Timers } from "../../src/server/policy-epochs.ts";
-import type { AccessPolicy, RoleAllowance } from "../../src/policy/types.ts";
+import { PolicyEpochs, type Timers } from "../../../src/server/policy-epochs.ts";
+import type { AccessPolicy, RoleAllowance } from "../../../src/policy/types.ts";
 
 const policy = (ns: string, name: string, uid: string, generation: number): AccessPolicy =>
   ({ metadata: { namespace: ns, name, uid, generation }, spec: {} }) as unknown as AccessPolicy;

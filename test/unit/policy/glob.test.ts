@@ -4,15 +4,15 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import fc from "fast-check";
-import { globMatches, type MatchCounter } from "../../src/policy/glob.ts";
-import { allowanceCoversNamespace, allowanceCoversRole } from "../../src/policy/match.ts";
+import { globMatches, type MatchCounter } from "../../../src/policy/glob.ts";
+import { allowanceCoversNamespace, allowanceCoversRole } from "../../../src/policy/match.ts";
 import {
   POLICY_ARN,
   ROLE_ARN,
   roleArnBoundsProblem,
   validateAccessPolicy,
-} from "../../src/policy/validate.ts";
-import type { RoleAllowance } from "../../src/policy/types.ts";
+} from "../../../src/policy/validate.ts";
+import type { RoleAllowance } from "../../../src/policy/types.ts";
 
 const ACCOUNT_ARN = "arn:aws:iam::123456789012";
 

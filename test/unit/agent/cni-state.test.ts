@@ -14,8 +14,8 @@ import {
   MAX_FILES,
   parseCniCache,
   type CniStateOptions,
-} from "../../src/agent/cni-state.ts";
-import { waitFor } from "../harness/process.ts";
+} from "../../../src/agent/cni-state.ts";
+import { waitFor } from "../../harness/process.ts";
 
 const log = pino({ level: "silent" });
 

@@ -8,8 +8,8 @@ import {
   natRules,
   splitWords,
   type Runner,
-} from "../../src/agent/hook/iptables.ts";
-import { agentConfigFrom, envName } from "../../src/cli/commands/agent.ts";
+} from "../../../src/agent/hook/iptables.ts";
+import { agentConfigFrom, envName } from "../../../src/cli/commands/agent.ts";
 
 const base = {
   chain: "KEYCUTTER",

@@ -8,9 +8,9 @@ import { connect, type AddressInfo, type Socket } from "node:net";
 import { once } from "node:events";
 import { setTimeout as sleep } from "node:timers/promises";
 import fc from "fast-check";
-import { createImdsFastResponder, createImdsHandler, type HandlerDeps } from "../../src/agent/handlers.ts";
-import { podFacingServer } from "../../src/agent/pod-facing-server.ts";
-import { ImdsFastPath, parseHead } from "../../src/agent/imds-fast-path.ts";
+import { createImdsFastResponder, createImdsHandler, type HandlerDeps } from "../../../src/agent/handlers.ts";
+import { podFacingServer } from "../../../src/agent/pod-facing-server.ts";
+import { ImdsFastPath, parseHead } from "../../../src/agent/imds-fast-path.ts";
 import { pod, surfaceDeps, log } from "./surface-fixture.ts";
 
 const CREDS = "/latest/meta-data/iam/security-credentials/";
@@ -291,7 +291,8 @@ test("a client pipelining without reading is not read further until it reads; a 
     }),
   );
   sock.resume();
-  await Promise.race([all, sleep(30_000)]);
+  // an unref'd timer: once every answer is in, it must not hold the test process for 30 s
+  await Promise.race([all, sleep(30_000, undefined, { ref: false })]);
   sock.destroy();
   assert.equal(answers, N);
 

@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { createAuditLogger } from "../../src/server/audit.ts";
+import { createAuditLogger } from "../../../src/server/audit.ts";
 
 test("audit records go to their own stream as one JSON line each, with secrets redacted even if misused", async () => {
   const dir = mkdtempSync(join(tmpdir(), "kc-audit-"));
