@@ -16,13 +16,8 @@ import {
   type Cluster,
   type Moto,
 } from "../harness/index.ts";
-import {
-  applyServerRbac,
-  installCrds,
-  selfSignedCert,
-  serviceAccountToken,
-  type ServingCert,
-} from "../harness/keycutter-server.ts";
+import { applyServerRbac, installCrds, serviceAccountToken } from "../harness/keycutter-server.ts";
+import { makeServingCert, type TestPki } from "../harness/tls.ts";
 import { writeFileSync, mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { createLogger } from "../../src/common/logger.ts";
@@ -108,7 +103,7 @@ export interface World {
   cluster: Cluster;
   kubelet: Kubelet;
   moto: Moto;
-  cert: ServingCert;
+  cert: TestPki;
   dir: string;
   serverKubeconfig: string;
   serverCreds: { accessKeyId: string; secretAccessKey: string };
@@ -332,7 +327,7 @@ export async function createWorld(): Promise<World> {
       cluster,
       kubelet,
       moto,
-      cert: selfSignedCert(),
+      cert: await makeServingCert(["127.0.0.1"]),
       dir,
       serverKubeconfig: "",
       serverCreds,
