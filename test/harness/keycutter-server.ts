@@ -1,14 +1,12 @@
 // Helpers for tests that run the keycutter server against the real apiserver: install the CRDs
-// from deploy/crds, apply the server's RBAC from deploy/rbac bound to a service account, mint
-// that service account's token (so the server runs under exactly that role), and write a shared
-// cache key. Serving certificates: tls.ts.
+// from deploy/crds, apply the server's RBAC from deploy/rbac bound to a service account, and write
+// a shared cache key. Serving certificates: tls.ts.
 
 import { randomBytes } from "node:crypto";
 import { readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import {
   ApiextensionsV1Api,
-  CoreV1Api,
   CustomObjectsApi,
   RbacAuthorizationV1Api,
   type KubeConfig,
@@ -107,24 +105,6 @@ export async function applyServerRbac(kc: KubeConfig, namespace: string, sa: str
       },
     })
     .catch(ignore);
-}
-
-/** An unbound token for a service account with the apiserver's own audience (to call the API as it). */
-export async function serviceAccountToken(
-  kc: KubeConfig,
-  namespace: string,
-  sa: string,
-  expirationSeconds = 3600,
-): Promise<string> {
-  const core = kc.makeApiClient(CoreV1Api);
-  const tr = await core.createNamespacedServiceAccountToken({
-    namespace,
-    name: sa,
-    body: { spec: { audiences: [], expirationSeconds } },
-  });
-  const t = tr.status?.token;
-  if (!t) throw new Error("TokenRequest returned no token");
-  return t;
 }
 
 /** Writes a 32-byte AES key file (hex) for the shared cache: `<dir>/cache.key`. */

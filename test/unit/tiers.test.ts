@@ -11,7 +11,7 @@ const UNIT = import.meta.dirname;
 
 /** Modules that start or need a real part; a unit test imports none of them. */
 const SYSTEM_ONLY =
-  /from "[./]*(harness\/(index|cluster|moto|redis|netns|minio|kubelet|keycutter-server|fault-proxy|image-app|tls)|e2e\/system|server\/world|deploy\/render)\.ts"/;
+  /from "[./]*(harness\/(index|cluster|moto|redis|netns|minio|kubelet|keycutter-server|fault-proxy|image-app|tls|world)|e2e\/system|server\/world|deploy\/render)\.ts"/;
 
 function testFiles(dir: string): string[] {
   return readdirSync(dir, { recursive: true, withFileTypes: true })
