@@ -6,7 +6,8 @@
 // a target: the hook refuses connections to the pod-facing ports that did not come through its DNAT.) The load generator runs inside the pod namespace (`ip netns exec`).
 import { System } from "../test/e2e/system.ts";
 import type { ManagedProcess } from "../test/harness/index.ts";
-import { MOTO_ACCOUNT_ID, NODE, ROOT } from "../test/harness/index.ts";
+import { NODE, ROOT } from "../test/harness/index.ts";
+import { allowBenchRole } from "./lib/storm-policy.ts";
 import { join } from "node:path";
 import { median, sleep } from "./lib/env.ts";
 import { runLoadgen } from "./lib/procs.ts";
@@ -54,16 +55,7 @@ export async function benchDnat(p: DnatParams): Promise<DnatResult> {
   const unregister = onAbort(stop);
   try {
     await sys.start();
-    const roleArn = await sys.moto.createRole("dnat-role", {
-      Version: "2012-10-17",
-      Statement: [{ Effect: "Allow", Action: ["s3:GetObject"], Resource: ["arn:aws:s3:::dnat/*"] }],
-    });
-    await sys.apply({
-      apiVersion: "keycutter.dev/v1alpha1",
-      kind: "RoleAllowance",
-      metadata: { name: "dnat" },
-      spec: { namespaces: ["dnat"], roleArns: [`arn:aws:iam::${MOTO_ACCOUNT_ID}:role/dnat-*`] },
-    });
+    const roleArn = await allowBenchRole(sys, "dnat", ["dnat"]);
     await sys.kubelet.ensureNamespace("dnat");
     await sys.kubelet.createServiceAccount("dnat", "app");
     await sys.apply({

@@ -9,7 +9,8 @@
 import { spawn } from "node:child_process";
 import { join } from "node:path";
 import { NODE, ROOT } from "../test/harness/index.ts";
-import { System, SYSTEM_NS, AGENT_SA } from "../test/e2e/system.ts";
+import { System } from "../test/e2e/system.ts";
+import { agentOnNode } from "../test/harness/world.ts";
 import { ApiClientFrom, apiserverTokenReviews } from "../test/server/flood.ts";
 import { onAbort } from "./lib/abort.ts";
 import { percentile, pool, sleep } from "./lib/env.ts";
@@ -67,27 +68,12 @@ export async function benchFlood(p: FloodParams): Promise<FloodResult> {
       async (i) => {
         const node = `flood-node-${i}`;
         const address = `127.0.2.${i + 1}`;
-        await sys.kubelet.createNode(node, address);
-        const pod = await sys.kubelet.createPod({
-          namespace: SYSTEM_NS,
-          name: `keycutter-agent-${node}`,
-          nodeName: node,
-          serviceAccountName: AGENT_SA,
-          hostNetwork: true,
-          podIP: address,
-          hostIP: address,
-        });
+        const identity = await agentOnNode(sys, node, address);
         const tokens = await pool(
           // round-robin: the first agents take one more than the average in each phase; one to warm up
           Array.from({ length: 2 * Math.ceil(tokensPerPhase / p.agents) + 1 }, () => 0),
           4,
-          () =>
-            sys.kubelet.requestToken(SYSTEM_NS, AGENT_SA, {
-              podName: pod.metadata!.name!,
-              podUID: pod.metadata!.uid!,
-              audiences: ["keycutter"],
-              expirationSeconds: 3600,
-            }),
+          () => identity.token(undefined, 3600),
         );
         const client = new ApiClientFrom(server.port, sys.pki.caFile, address, 4);
         clients.push(client);

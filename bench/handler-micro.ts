@@ -4,6 +4,7 @@
 //   node bench/handler-micro.ts [SRC_DIR]   (default src/; e.g. a checkout of an older commit's src/)
 import { join, resolve } from "node:path";
 import { ROOT } from "../test/harness/index.ts";
+import { AGENT_DEFAULTS } from "../src/agent/defaults.ts";
 
 const srcDir = resolve(process.argv[2] ?? join(ROOT, "src"));
 const imp = (p: string) => import(join(srcDir, p));
@@ -61,18 +62,12 @@ const pod = {
 index.upsert(pod);
 cache.prefetch(pod);
 await new Promise((r) => setTimeout(r, 50));
+// production's settings (from this tree, whichever src/ is measured), identity document aside
 const cfg = {
-  requireImdsV2: false,
-  allowHostNetwork: false,
-  unknownPodWaitMs: 800,
-  credentialWaitMs: 900,
-  maxWaiting: 1024,
-  maxWaitingPerSource: 4,
-  region: "us-east-1",
+  ...AGENT_DEFAULTS,
   availabilityZone: "us-east-1a",
   accountId: "123456789012",
   instanceId: "i-0",
-  instanceType: "m5.large",
 };
 const handler = createImdsHandler({
   cfg,

@@ -7,8 +7,9 @@
 import { Agent as HttpsAgent, request } from "node:https";
 import { readFileSync } from "node:fs";
 import { performance } from "node:perf_hooks";
-import { System, SYSTEM_NS, AGENT_SA } from "../test/e2e/system.ts";
-import { MOTO_ACCOUNT_ID } from "../test/harness/index.ts";
+import { System } from "../test/e2e/system.ts";
+import { agentOnNode } from "../test/harness/world.ts";
+import { allowBenchRole } from "./lib/storm-policy.ts";
 import { CREDENTIALS_PATH } from "../src/api/contract.ts";
 import { metricSum, pool, percentile } from "./lib/env.ts";
 import { rssBytes } from "./lib/procs.ts";
@@ -60,36 +61,8 @@ export async function benchScale(p: ScaleParams): Promise<ScaleResult> {
   const unregister = onAbort(stop);
   try {
     await sys.start();
-    const roleArn = await sys.moto.createRole("scale-role", {
-      Version: "2012-10-17",
-      Statement: [{ Effect: "Allow", Action: ["s3:GetObject"], Resource: ["arn:aws:s3:::scale/*"] }],
-    });
-    await sys.apply({
-      apiVersion: "keycutter.dev/v1alpha1",
-      kind: "RoleAllowance",
-      metadata: { name: "scale" },
-      spec: {
-        namespaces: ["scale-*"],
-        roleArns: [`arn:aws:iam::${MOTO_ACCOUNT_ID}:role/scale-*`],
-        maxDurationSeconds: 3600,
-      },
-    });
-    await sys.kubelet.createNode(NODE_NAME, "127.0.0.1");
-    const agentPod = await sys.kubelet.createPod({
-      namespace: SYSTEM_NS,
-      name: `keycutter-agent-${NODE_NAME}`,
-      nodeName: NODE_NAME,
-      serviceAccountName: AGENT_SA,
-      hostNetwork: true,
-      podIP: "127.0.0.1",
-      hostIP: "127.0.0.1",
-    });
-    const agentToken = await sys.kubelet.requestToken(SYSTEM_NS, AGENT_SA, {
-      podName: agentPod.metadata!.name!,
-      podUID: agentPod.metadata!.uid!,
-      audiences: ["keycutter"],
-      expirationSeconds: 86400,
-    });
+    const roleArn = await allowBenchRole(sys, "scale", ["scale-*"]);
+    const agentToken = await (await agentOnNode(sys, NODE_NAME, "127.0.0.1")).token();
     const core = sys.kubelet.core;
     const server = sys.servers[0]!;
     const apiserverPid = sys.cluster.apiserver.pid;

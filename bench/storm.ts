@@ -11,7 +11,8 @@
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
-import { System, SYSTEM_NS, AGENT_SA } from "../test/e2e/system.ts";
+import { System } from "../test/e2e/system.ts";
+import { agentOnNode } from "../test/harness/world.ts";
 import { metricSum, podStatusPatcher, pool, percentile, sleep, type SdkResult } from "./lib/env.ts";
 import { spawn } from "node:child_process";
 import { createInterface } from "node:readline";
@@ -321,31 +322,9 @@ async function startRealAgent(
   await setUpStormTenant(sys, "storm", NS);
 
   // the node and its agent, as System.addNode does, but listening on loopback
-  await sys.kubelet.createNode(NODE_NAME, "127.0.0.1");
-  const agentPod = await sys.kubelet.createPod({
-    namespace: SYSTEM_NS,
-    name: `keycutter-agent-${NODE_NAME}`,
-    nodeName: NODE_NAME,
-    serviceAccountName: AGENT_SA,
-    hostNetwork: true,
-    podIP: "127.0.0.1",
-    hostIP: "127.0.0.1",
-  });
-  const bound = {
-    podName: agentPod.metadata!.name!,
-    podUID: agentPod.metadata!.uid!,
-    expirationSeconds: 86400,
-  };
-  const serverToken = await sys.kubelet.requestToken(SYSTEM_NS, AGENT_SA, {
-    ...bound,
-    audiences: ["keycutter"],
-  });
-  const apiToken = await sys.kubelet.requestToken(SYSTEM_NS, AGENT_SA, {
-    ...bound,
-    audiences: [sys.cluster.issuer],
-  });
-  const tokenFile = join(sys.dir, "agent.token");
-  writeFileSync(tokenFile, serverToken, { mode: 0o600 });
+  const identity = await agentOnNode(sys, NODE_NAME, "127.0.0.1");
+  const apiToken = await identity.token([sys.cluster.issuer]);
+  const tokenFile = await identity.writeToken(join(sys.dir, "agent.token"));
   const agent = await startAgentProcess({
     nodeName: NODE_NAME,
     kubeconfig: sys.cluster.kubeconfigFor("127.0.0.1", apiToken),

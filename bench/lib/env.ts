@@ -1,43 +1,25 @@
 // Shared set-up: one real cluster per run, pods created in parallel, an SDK-like IMDSv2 client.
 import { request, Agent } from "node:http";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import { Agent as HttpsAgent, request as httpsRequest } from "node:https";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { performance } from "node:perf_hooks";
-import { startCluster, Kubelet, type Cluster } from "../../test/harness/index.ts";
+import { startBaseWorld, type BaseWorld } from "../../test/harness/world.ts";
 import { onAbort } from "./abort.ts";
 
-export interface BenchEnv {
-  cluster: Cluster;
-  kubelet: Kubelet;
-  dir: string;
-  /** Run at the end, last registered first. */
-  defer(fn: () => Promise<unknown> | unknown): void;
-  close(): Promise<void>;
-}
+export type BenchEnv = Pick<BaseWorld, "cluster" | "kubelet" | "dir" | "defer"> & { close(): Promise<void> };
 
+/** A real cluster for one run, stopped (clean-ups first) at the end or on an interrupt. */
 export async function createEnv(): Promise<BenchEnv> {
-  const dir = mkdtempSync(join(tmpdir(), "kc-bench-"));
-  const cluster = await startCluster();
-  const kubelet = new Kubelet(cluster.kc);
-  const fns: Array<() => Promise<unknown> | unknown> = [];
-  let closing: Promise<void> | undefined;
-  const close = (): Promise<void> =>
-    (closing ??= (async () => {
-      unregister();
-      for (const fn of fns.reverse()) {
-        try {
-          await fn();
-        } catch (e) {
-          console.error(`cleanup: ${(e as Error).message}`);
-        }
-      }
-      await cluster.stop();
-      rmSync(dir, { recursive: true, force: true });
-    })());
+  const world = await startBaseWorld({
+    prefix: "kc-bench",
+    onCleanupError: (e) => console.error(`cleanup: ${(e as Error).message}`),
+  });
+  const close = (): Promise<void> => {
+    unregister();
+    return world.stop();
+  };
   const unregister = onAbort(close);
-  return { cluster, kubelet, dir, defer: (fn) => fns.push(fn), close };
+  return { cluster: world.cluster, kubelet: world.kubelet, dir: world.dir, defer: world.defer, close };
 }
 
 /** Runs fn over items with at most `limit` in flight. */

@@ -28,6 +28,10 @@ import { Hook, type HookOptions } from "./hook/iptables.ts";
 import { removeNodeTaint } from "./ready-taint.ts";
 import { notReadyReasons } from "./readiness.ts";
 import { httpStatus } from "../api/errors.ts";
+import { AGENT_DEFAULTS } from "./defaults.ts";
+import type { HostPort } from "../common/config-values.ts";
+
+export type { HostPort } from "../common/config-values.ts";
 
 export interface AgentConfig extends HandlerConfig {
   nodeName: string;
@@ -79,18 +83,6 @@ export interface AgentConfig extends HandlerConfig {
 /** The ops listener's connection caps: probes and a scraper need a handful. */
 const OPS_MAX_CONNECTIONS = 256;
 const OPS_MAX_CONNECTIONS_PER_SOURCE = 16;
-
-export interface HostPort {
-  host: string;
-  port: number;
-}
-
-export function parseHostPort(s: string, what: string): HostPort {
-  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:]*)):(\d{1,5})$/.exec(s.trim());
-  const port = m ? Number(m[3]) : NaN;
-  if (!m || !(port >= 0 && port <= 65535)) throw new Error(`${what}: expected host:port, got "${s}"`);
-  return { host: m[1] ?? (m[2] || "0.0.0.0"), port };
-}
 
 export interface RunningAgent {
   imds: AddressInfo;
@@ -179,7 +171,7 @@ export async function startAgent(
     metrics,
     requestTimeoutMs: cfg.serverTimeoutMs,
     epochs: epochWatch,
-    ...(cfg.policyEpochMaxAgeMs !== undefined ? { epochMaxAgeMs: cfg.policyEpochMaxAgeMs } : {}),
+    epochMaxAgeMs: cfg.policyEpochMaxAgeMs ?? AGENT_DEFAULTS.policyEpochMaxAgeMs,
   });
   late.cache = cache;
 

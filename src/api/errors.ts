@@ -1,7 +1,7 @@
 // The one error catalogue: every code keycutter answers with, the HTTP status it is answered
 // with, what a pod's IMDS client gets for it, whether it is a definite denial or worth retrying,
 // and what it means. Statuses are chosen here and nowhere else; docs/OPERATIONS.md documents
-// every row (test/api/errors.test.ts checks both).
+// every row (test/unit/api/errors.test.ts checks both).
 
 export interface ErrorSpec {
   /** The HTTP status wherever keycutter answers with this code: the server's API, the agent's listeners. */

@@ -1,94 +1,24 @@
 // Assembles the central security service: TokenReview, pod lookup, policy informers, STS,
 // caches, audit, metrics, the API and ops listeners, and (leader only) the status writer.
 
-import { createLogger, type Logger } from "../common/logger.ts";
+import { createLogger } from "../common/logger.ts";
 import { loadKubeConfig } from "../k8s/kube-config.ts";
 import { StsIssuer, type StsIssuerOptions } from "../aws/sts.ts";
 import { PodLookup } from "../k8s/pod-lookup.ts";
 import { PolicyInformers } from "../k8s/policy-informers.ts";
 import { KeycutterError } from "../api/errors.ts";
-import {
-  ReviewThrottled,
-  TokenReviewer,
-  type ReviewBudget,
-  type ReviewedIdentity,
-} from "../k8s/token-review.ts";
+import { ReviewThrottled, TokenReviewer, type ReviewedIdentity } from "../k8s/token-review.ts";
 import { LeaderElector } from "../k8s/leader-election.ts";
 import { PolicyStatusWriter } from "../k8s/policy-status.ts";
-import { createAuditLogger, type AuditSink } from "./audit.ts";
+import { createAuditLogger } from "./audit.ts";
 import { loadKey, SharedStore } from "./cache.ts";
 import { startApiServer, startOpsServer, type Listening } from "./http.ts";
 import { createServerMetrics, type ServerMetrics } from "./metrics.ts";
 import { PolicyEpochs } from "./policy-epochs.ts";
-import { CredentialService, DEFAULT_SERVICE_OPTIONS, type ServiceOptions } from "./service.ts";
-import type { AssumeRoleCommandInput } from "@aws-sdk/client-sts";
+import { CredentialService, type ServiceOptions } from "./service.ts";
+import { SERVER_DEFAULTS, type ServerConfig } from "./config.ts";
 
-export interface ServerConfig {
-  listenHost: string;
-  listenPort: number;
-  opsHost: string;
-  opsPort: number;
-  tlsCertFile?: string;
-  tlsKeyFile?: string;
-  insecureHttp?: boolean;
-  /** Kubeconfig path; undefined: in-cluster, then the default loading rules. */
-  kubeconfig?: string;
-  agentServiceAccounts: string[];
-  agentAudience: string;
-  podTokenAudience: string;
-  /** TokenReview budgets: agent tokens (per client address) and pod tokens (per node), apart. */
-  agentReviewBudget?: Partial<ReviewBudget>;
-  podReviewBudget?: Partial<ReviewBudget>;
-  /** Bound of each token cache (accepted, rejected) and of the per-source maps (default 10000). */
-  reviewCacheEntries?: number;
-  clusterName: string;
-  region: string;
-  stsEndpoint?: string;
-  /** Static credentials for the server itself (tests); otherwise the default provider chain. */
-  awsCredentials?: { accessKeyId: string; secretAccessKey: string; sessionToken?: string };
-  maxDurationSeconds: number;
-  sourceIdentity: boolean;
-  cacheMinRemainingSeconds: number;
-  stsRatePerSecond: number;
-  stsBurst: number;
-  stsMaxAttempts: number;
-  redisUrl?: string;
-  cacheKeyFile?: string;
-  auditLog: string;
-  leaderElection: boolean;
-  leaseNamespace: string;
-  leaseName: string;
-  identity: string;
-  statusIntervalMs?: number;
-  /** How long an agent's epoch poll is held with nothing changed (tests shorten it). */
-  epochHoldMs?: number;
-  /** Test hook: every AssumeRole input. */
-  onStsCall?: (input: AssumeRoleCommandInput) => void;
-  audit?: AuditSink;
-  log?: Logger;
-}
-
-export const DEFAULT_CONFIG: Omit<ServerConfig, "identity"> = {
-  listenHost: "0.0.0.0",
-  listenPort: 8443,
-  opsHost: "0.0.0.0",
-  opsPort: 9090,
-  agentServiceAccounts: ["keycutter-system/keycutter-agent"],
-  agentAudience: "keycutter",
-  podTokenAudience: "keycutter-pod",
-  clusterName: "",
-  region: "us-east-1",
-  maxDurationSeconds: DEFAULT_SERVICE_OPTIONS.maxDurationSeconds,
-  sourceIdentity: true,
-  cacheMinRemainingSeconds: DEFAULT_SERVICE_OPTIONS.cacheMinRemainingSeconds,
-  stsRatePerSecond: DEFAULT_SERVICE_OPTIONS.stsRatePerSecond,
-  stsBurst: DEFAULT_SERVICE_OPTIONS.stsBurst,
-  stsMaxAttempts: 5,
-  auditLog: "stdout",
-  leaderElection: true,
-  leaseNamespace: "keycutter-system",
-  leaseName: "keycutter-server",
-};
+export type { ServerConfig } from "./config.ts";
 
 export interface RunningServer {
   apiPort: number;
@@ -160,7 +90,7 @@ export async function startServer(cfg: ServerConfig): Promise<RunningServer> {
   const status = new PolicyStatusWriter(kc, informers, pods, log, {
     clusterName: cfg.clusterName,
     maxDurationSeconds: cfg.maxDurationSeconds,
-    intervalMs: cfg.statusIntervalMs ?? 30_000,
+    intervalMs: cfg.statusIntervalMs ?? SERVER_DEFAULTS.statusIntervalMs,
   });
 
   const epochs = new PolicyEpochs(

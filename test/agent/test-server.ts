@@ -21,6 +21,7 @@ import {
   type ErrorCode,
 } from "../../src/api/contract.ts";
 import { KeycutterError, httpStatus } from "../../src/api/errors.ts";
+import { SERVER_DEFAULTS } from "../../src/server/config.ts";
 
 export interface RecordedCall {
   pod: CredentialsRequest["pod"];
@@ -197,7 +198,9 @@ export class TestServer {
     }
     if (req.podToken !== undefined) {
       const tr = await this.authn.createTokenReview({
-        body: { spec: { token: req.podToken, audiences: [this.o.audience ?? "keycutter-pod"] } },
+        body: {
+          spec: { token: req.podToken, audiences: [this.o.audience ?? SERVER_DEFAULTS.podTokenAudience] },
+        },
       });
       if (!tr.status?.authenticated) {
         record("Unauthenticated");

@@ -15,7 +15,7 @@ import {
 } from "@kubernetes/client-node";
 import { parse as parseYaml, stringify } from "yaml";
 import { applyObjects, freePort, Kubelet, NODE, ROOT, startCluster, type Cluster } from "../harness/index.ts";
-import { installCrds, serviceAccountToken } from "../harness/keycutter-server.ts";
+import { installCrds } from "../harness/keycutter-server.ts";
 import { containerArgs, renderChart, type K8sObject } from "../deploy/render.ts";
 
 const PLUGIN = join(ROOT, "bin", "kubectl-keycutter");
@@ -324,7 +324,7 @@ describe("kubectl keycutter explain", () => {
         subjects: [{ kind: "ServiceAccount", name: "dev", namespace: "tenant-a" }],
       },
     });
-    const token = await serviceAccountToken(cluster.kc, "tenant-a", "dev");
+    const token = await kubelet.requestToken("tenant-a", "dev", { audiences: [] });
     const r = plugin(["explain", "tenant-a/web-1", "-o", "json"], {
       KUBECONFIG: cluster.kubeconfigFor("127.0.0.1", token),
     });

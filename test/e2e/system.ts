@@ -2,17 +2,14 @@
 // CRDs and the chart's RBAC, moto (STS/S3, auth enforced), Redis, server replicas and node agents
 // as real `keycutter` processes, nodes and pods in real network namespaces behind the agents'
 // own iptables hooks.
-import { randomBytes } from "node:crypto";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { type KubernetesObject, type V1Pod } from "@kubernetes/client-node";
 import {
-  BROKER_USER,
   FatalError,
   FaultProxy,
   KEYCUTTER_MAIN,
-  Kubelet,
+  type Kubelet,
   ManagedProcess,
   NODE,
   PodNetwork,
@@ -20,9 +17,6 @@ import {
   applyObjects,
   freePort,
   makeServingCert,
-  startCluster,
-  startMoto,
-  startRedis,
   waitFor,
   type Cluster,
   type ExecResult,
@@ -34,11 +28,11 @@ import {
 } from "../harness/index.ts";
 import { chartRbacObjects } from "../deploy/render.ts";
 import { chartCommandLines, expandVars, setFlag, type ChartCommandLines } from "./chart-args.ts";
-import { installCrds } from "../harness/keycutter-server.ts";
+import { cacheKeyFile } from "../harness/keycutter-server.ts";
+import * as worlds from "../harness/world.ts";
+import { SYSTEM_NS, type BaseWorld } from "../harness/world.ts";
 
-export const SYSTEM_NS = "keycutter-system";
-export const AGENT_SA = "keycutter-agent";
-export const SERVER_SA = "keycutter-server";
+export { AGENT_SA, SERVER_SA, SYSTEM_NS } from "../harness/world.ts";
 export const IMDS = "http://169.254.169.254";
 export const CONTAINER_CREDS_URL = "http://169.254.170.23/v1/credentials";
 
@@ -89,7 +83,9 @@ export class System {
   net!: PodNetwork;
   kubelet!: Kubelet;
   pki!: TestPki;
-  dir = mkdtempSync(join(tmpdir(), "kc-e2e-"));
+  /** Scratch directory (the base world's), set by start(). */
+  dir = "";
+  private base?: BaseWorld;
   servers: ServerReplica[] = [];
   agents = new Map<string, AgentInstance>();
   pods = new Map<string, TestPod>();
@@ -112,14 +108,14 @@ export class System {
 
   async start(log: (s: string) => void = () => undefined): Promise<void> {
     const t0 = Date.now();
-    const [cluster, moto, redis, net] = await Promise.all([
-      startCluster(),
-      startMoto(),
-      this.opts.redis ? startRedis() : Promise.resolve(undefined),
+    const [base, net] = await Promise.all([
+      worlds.startBaseWorld({ prefix: "kc-e2e", moto: true, redis: this.opts.redis }),
       PodNetwork.create(),
     ]);
-    Object.assign(this, { cluster, moto, redis, net });
-    this.kubelet = new Kubelet(cluster.kc);
+    this.base = base;
+    const { cluster, kubelet, redis, dir } = base;
+    const moto = base.moto!;
+    Object.assign(this, { cluster, kubelet, moto, redis, net, dir });
     this.serviceIP = `10.${net.octet}.254.1`;
     log(`apiserver, etcd, moto${redis ? ", redis" : ""} and the network up in ${Date.now() - t0} ms`);
 
@@ -127,8 +123,7 @@ export class System {
       [net.gatewayIP, this.serviceIP, "127.0.0.1"],
       ["localhost", "keycutter"],
     );
-    this.cacheKeyFile = join(this.dir, "cache.key");
-    writeFileSync(this.cacheKeyFile, randomBytes(32).toString("hex"), { mode: 0o600 });
+    this.cacheKeyFile = cacheKeyFile(this.dir);
 
     if (this.opts.stsFaults) this.stsProxy = await FaultProxy.start(moto.endpoint);
     this.chart = chartCommandLines(SYSTEM_NS, {
@@ -137,8 +132,11 @@ export class System {
       redisUrl: redis?.url,
       requireImdsV2: this.opts.requireImdsV2,
     });
-    await this.installKeycutterApi();
-    await this.setUpAws();
+    await worlds.installKeycutterApi(this, chartRbacObjects(SYSTEM_NS) as KubernetesObject[]);
+    // the chart's ConfigMap the CLI reads the server's settings from (explain in the demo)
+    await applyObjects(this.cluster.kc, [this.chart.serverConfig as KubernetesObject]);
+    // read-only IAM besides AssumeRole, so `keycutter explain` can simulate with the role's policies
+    this.brokerCreds = await worlds.createServerUser(moto, { readIam: true });
     log("CRDs, RBAC, IAM roles and buckets in place");
 
     for (let i = 0; i < this.opts.serverReplicas; i++) await this.startServer(`server-${i}`);
@@ -147,39 +145,6 @@ export class System {
 
     for (const name of this.opts.nodes) await this.addNode(name);
     log(`${this.agents.size} node(s) with agents and hooks`);
-  }
-
-  private async installKeycutterApi(): Promise<void> {
-    await installCrds(this.cluster.kc);
-    await this.kubelet.ensureNamespace(SYSTEM_NS);
-    await applyObjects(this.cluster.kc, chartRbacObjects(SYSTEM_NS) as KubernetesObject[]);
-    await applyObjects(this.cluster.kc, [this.chart.serverConfig as KubernetesObject]);
-  }
-
-  private async setUpAws(): Promise<void> {
-    this.brokerCreds = await this.moto.createUser(BROKER_USER, {
-      Version: "2012-10-17",
-      Statement: [
-        {
-          Effect: "Allow",
-          Action: ["sts:AssumeRole", "sts:TagSession", "sts:SetSourceIdentity"],
-          Resource: "*",
-        },
-        // read-only IAM, so `keycutter explain` can simulate with the role's own policies
-        {
-          Effect: "Allow",
-          Action: [
-            "iam:GetRole",
-            "iam:GetRolePolicy",
-            "iam:ListRolePolicies",
-            "iam:ListAttachedRolePolicies",
-            "iam:GetPolicy",
-            "iam:GetPolicyVersion",
-          ],
-          Resource: "*",
-        },
-      ],
-    });
   }
 
   serverEnv(): NodeJS.ProcessEnv {
@@ -195,11 +160,7 @@ export class System {
   async startServer(name: string): Promise<ServerReplica> {
     const port = await freePort("0.0.0.0");
     const opsPort = await freePort("0.0.0.0");
-    const token = await this.kubelet.requestToken(SYSTEM_NS, SERVER_SA, {
-      audiences: [this.cluster.issuer],
-      expirationSeconds: 86400,
-    });
-    const kubeconfig = this.cluster.kubeconfigFor("127.0.0.1", token);
+    const kubeconfig = await worlds.serverKubeconfig(this);
     let chartArgs = expandVars(this.chart.server, { POD_NAME: name, POD_NAMESPACE: SYSTEM_NS });
     chartArgs = setFlag(chartArgs, "--listen", `0.0.0.0:${port}`);
     chartArgs = setFlag(chartArgs, "--ops-listen", `0.0.0.0:${opsPort}`);
@@ -279,31 +240,13 @@ export class System {
   async addNode(name: string): Promise<AgentInstance> {
     // the node's container runtime records its pods' attachments here (libcni's result cache)
     const node = await this.net.addNode(name, { cniStateDir: join(this.dir, "cni", name, "results") });
-    await this.kubelet.createNode(name, node.ip, node.podCIDR);
     // The agent runs as a hostNetwork DaemonSet pod on its node: its tokens are bound to that pod.
-    const agentPod = await this.kubelet.createPod({
-      namespace: SYSTEM_NS,
-      name: `keycutter-agent-${name}`,
-      nodeName: name,
-      serviceAccountName: AGENT_SA,
-      hostNetwork: true,
-      podIP: node.ip,
-      hostIP: node.ip,
+    const agent = await worlds.agentOnNode(this, name, node.ip, {
+      podCIDR: node.podCIDR,
       labels: { "app.kubernetes.io/name": "keycutter", "app.kubernetes.io/component": "agent" },
     });
-    const bound = {
-      podName: agentPod.metadata!.name!,
-      podUID: agentPod.metadata!.uid!,
-      expirationSeconds: 86400,
-    };
-    const serverToken = await this.kubelet.requestToken(SYSTEM_NS, AGENT_SA, {
-      ...bound,
-      audiences: ["keycutter"],
-    });
-    const apiToken = await this.kubelet.requestToken(SYSTEM_NS, AGENT_SA, {
-      ...bound,
-      audiences: [this.cluster.issuer],
-    });
+    const serverToken = await agent.token([worlds.AGENT_AUDIENCE]);
+    const apiToken = await agent.token([this.cluster.issuer]);
     const tokenFile = join(this.dir, `agent-${name}.token`);
     writeFileSync(tokenFile, serverToken, { mode: 0o600 });
     const inst: AgentInstance = {
@@ -503,8 +446,7 @@ export class System {
     await Promise.all(this.servers.map((s) => s.process.stop()));
     for (const a of this.agents.values()) await a.process.stop();
     await this.net?.destroy();
-    await Promise.all([this.cluster?.stop(), this.moto?.stop(), this.redis?.stop(), this.stsProxy?.stop()]);
-    rmSync(this.dir, { recursive: true, force: true });
+    await Promise.all([this.base?.stop(), this.stsProxy?.stop()]);
     if (this.pki) rmSync(this.pki.dir, { recursive: true, force: true });
   }
 }

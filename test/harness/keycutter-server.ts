@@ -1,15 +1,12 @@
 // Helpers for tests that run the keycutter server against the real apiserver: install the CRDs
-// from deploy/crds, apply the server's RBAC from deploy/rbac bound to a service account, mint
-// that service account's token (so the server runs under exactly that role), and make a
-// self-signed serving certificate. (Written by the server helper; separate from the lead's files.)
+// from deploy/crds, apply the server's RBAC from deploy/rbac bound to a service account, and write
+// a shared cache key. Serving certificates: tls.ts.
 
-import { execFileSync } from "node:child_process";
-import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { randomBytes } from "node:crypto";
+import { readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import {
   ApiextensionsV1Api,
-  CoreV1Api,
   CustomObjectsApi,
   RbacAuthorizationV1Api,
   type KubeConfig,
@@ -110,67 +107,9 @@ export async function applyServerRbac(kc: KubeConfig, namespace: string, sa: str
     .catch(ignore);
 }
 
-/** An unbound token for a service account with the apiserver's own audience (to call the API as it). */
-export async function serviceAccountToken(
-  kc: KubeConfig,
-  namespace: string,
-  sa: string,
-  expirationSeconds = 3600,
-): Promise<string> {
-  const core = kc.makeApiClient(CoreV1Api);
-  const tr = await core.createNamespacedServiceAccountToken({
-    namespace,
-    name: sa,
-    body: { spec: { audiences: [], expirationSeconds } },
-  });
-  const t = tr.status?.token;
-  if (!t) throw new Error("TokenRequest returned no token");
-  return t;
-}
-
-export interface ServingCert {
-  dir: string;
-  certFile: string;
-  keyFile: string;
-  /** The certificate itself (self-signed): use as the CA. */
-  caFile: string;
-}
-
-/** A self-signed EC certificate for the given DNS names and IPs. */
-export function selfSignedCert(names: string[] = ["localhost"], ips: string[] = ["127.0.0.1"]): ServingCert {
-  const dir = mkdtempSync(join(tmpdir(), "kc-tls-"));
-  const certFile = join(dir, "tls.crt");
-  const keyFile = join(dir, "tls.key");
-  const san = [...names.map((n) => `DNS:${n}`), ...ips.map((i) => `IP:${i}`)].join(",");
-  execFileSync(
-    "openssl",
-    [
-      "req",
-      "-x509",
-      "-newkey",
-      "ec",
-      "-pkeyopt",
-      "ec_paramgen_curve:prime256v1",
-      "-nodes",
-      "-keyout",
-      keyFile,
-      "-out",
-      certFile,
-      "-days",
-      "2",
-      "-subj",
-      `/CN=${names[0] ?? "keycutter"}`,
-      "-addext",
-      `subjectAltName=${san}`,
-    ],
-    { stdio: "ignore" },
-  );
-  return { dir, certFile, keyFile, caFile: certFile };
-}
-
-/** Writes a 32-byte AES key file (hex). */
+/** Writes a 32-byte AES key file (hex) for the shared cache: `<dir>/cache.key`. */
 export function cacheKeyFile(dir: string): string {
   const p = join(dir, "cache.key");
-  writeFileSync(p, execFileSync("openssl", ["rand", "-hex", "32"]).toString().trim(), { mode: 0o600 });
+  writeFileSync(p, randomBytes(32).toString("hex"), { mode: 0o600 });
   return p;
 }

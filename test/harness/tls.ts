@@ -13,7 +13,11 @@ export interface TestPki {
   keyFile: string;
 }
 
-/** A throw-away CA and a serving certificate for the given IPs and DNS names (openssl CLI). */
+/**
+ * The tests' one TLS helper: a throw-away CA and a serving certificate signed by it for the given
+ * IPs and DNS names (openssl CLI). Clients trust `caFile`, the server serves `certFile`/`keyFile`;
+ * remove `dir` when done.
+ */
 export async function makeServingCert(ips: string[], dnsNames: string[] = ["localhost"]): Promise<TestPki> {
   const dir = mkdtempSync(join(tmpdir(), "kc-pki-"));
   const f = (n: string) => join(dir, n);

@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { V1OwnerReference } from "@kubernetes/client-node";
-import { waitFor } from "../harness/index.ts";
+import { BROKER_USER, waitFor } from "../harness/index.ts";
 import { createLogger } from "../../src/common/logger.ts";
 import { startAgent, type RunningAgent } from "../../src/agent/agent.ts";
 import { agentConfigFrom } from "../../src/cli/commands/agent.ts";
@@ -30,10 +30,10 @@ import {
 type PodRef = { namespace: string; name: string; uid: string };
 
 /** What STS says about a refused AssumeRole, and what must never leave the server. */
-const SERVER_USER_ARN = `arn:aws:iam::${ACCOUNT}:user/keycutter-server`;
+const SERVER_USER_ARN = `arn:aws:iam::${ACCOUNT}:user/${BROKER_USER}`;
 function assertNoStsText(text: string, where: string): void {
   assert.ok(!text.includes("arn:aws:"), `${where} names an ARN: ${text}`);
-  assert.ok(!text.includes("keycutter-server"), `${where} names the server's identity: ${text}`);
+  assert.ok(!text.includes(BROKER_USER), `${where} names the server's identity: ${text}`);
   assert.ok(!/not authorized|AccessDenied/i.test(text), `${where} carries STS's text: ${text}`);
 }
 

@@ -20,12 +20,12 @@ describe(
     let two: TestServer;
 
     const ask = (s: TestServer, podKey: string): Promise<HttpResult> =>
-      post(s.running.apiPort, w.cert.certFile, {
+      post(s.running.apiPort, w.cert.caFile, {
         token: w.agentToken["node-1"],
         body: { pod: w.pods[podKey] },
       });
     const poll = (s: TestServer, namespaces: Record<string, string>, token = w.agentToken["node-1"]) =>
-      post(s.running.apiPort, w.cert.certFile, { token, path: EPOCHS, body: { namespaces } });
+      post(s.running.apiPort, w.cert.caFile, { token, path: EPOCHS, body: { namespaces } });
     const epochsNow = async (s: TestServer, ...namespaces: string[]): Promise<Record<string, string>> => {
       const r = await poll(s, Object.fromEntries(namespaces.map((ns) => [ns, ""])));
       assert.equal(r.status, 200, r.raw);
@@ -165,7 +165,7 @@ describe(
     });
 
     it("refuses polls that are unauthenticated, malformed or too large", async () => {
-      const noToken = await post(one.running.apiPort, w.cert.certFile, {
+      const noToken = await post(one.running.apiPort, w.cert.caFile, {
         path: EPOCHS,
         body: { namespaces: { "tenant-a": "" } },
       });
@@ -182,7 +182,7 @@ describe(
         `{"namespaces":{"tenant-a":"${"x".repeat(65)}"}}`,
         '{"namespaces":{},"extra":1}',
       ]) {
-        const r = await post(one.running.apiPort, w.cert.certFile, {
+        const r = await post(one.running.apiPort, w.cert.caFile, {
           token: w.agentToken["node-1"],
           path: EPOCHS,
           raw,
@@ -195,7 +195,7 @@ describe(
       );
       const tooMany = await poll(one, many);
       assert.equal(tooMany.status, 400);
-      const wrongMethod = await post(one.running.apiPort, w.cert.certFile, {
+      const wrongMethod = await post(one.running.apiPort, w.cert.caFile, {
         token: w.agentToken["node-1"],
         path: EPOCHS,
         method: "GET",

@@ -10,7 +10,8 @@ import { spawnSync } from "node:child_process";
 import { KEYCUTTER_MAIN, NODE, startRedis, waitFor, type Redis } from "../harness/index.ts";
 import { copyFileSync, rmSync } from "node:fs";
 import { connect as tlsConnect } from "node:tls";
-import { cacheKeyFile, selfSignedCert } from "../harness/keycutter-server.ts";
+import { cacheKeyFile } from "../harness/keycutter-server.ts";
+import { makeServingCert } from "../harness/tls.ts";
 import { startThrottleProxy } from "../aws/throttle-proxy.ts";
 import { ApiClientFrom, apiserverTokenReviews, forgedToken, junkTokens } from "./flood.ts";
 import {
@@ -986,7 +987,8 @@ describe("keycutter server (real apiserver, moto, redis)", { timeout: 600_000 },
         sock.on("error", reject);
       });
     const before = await fingerprint();
-    const fresh = selfSignedCert();
+    // a new key and certificate from a new CA, as a rotation to another issuer would bring
+    const fresh = await makeServingCert(["127.0.0.1"]);
     try {
       copyFileSync(fresh.keyFile, w.cert.keyFile);
       copyFileSync(fresh.certFile, w.cert.certFile);

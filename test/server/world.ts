@@ -5,38 +5,32 @@
 import { createHash } from "node:crypto";
 import { Agent as HttpsAgent, request as httpsRequest } from "node:https";
 import { readFileSync, rmSync } from "node:fs";
-import { join } from "node:path";
 import { CustomObjectsApi, KubeConfig } from "@kubernetes/client-node";
 import type { AssumeRoleCommandInput } from "@aws-sdk/client-sts";
 import {
-  Kubelet,
-  kubeconfigYaml,
-  startCluster,
-  startMoto,
+  defaultTrustPolicy,
+  MOTO_ACCOUNT_ID,
   type Cluster,
+  type Kubelet,
   type Moto,
 } from "../harness/index.ts";
+import { makeServingCert, type TestPki } from "../harness/tls.ts";
 import {
-  applyServerRbac,
-  installCrds,
-  selfSignedCert,
-  serviceAccountToken,
-  type ServingCert,
-} from "../harness/keycutter-server.ts";
-import { writeFileSync, mkdtempSync } from "node:fs";
-import { tmpdir } from "node:os";
+  agentOnNode,
+  createServerUser,
+  installKeycutterApi,
+  serverKubeconfig,
+  startBaseWorld,
+  SYSTEM_NS,
+} from "../harness/world.ts";
 import { createLogger } from "../../src/common/logger.ts";
-import {
-  startServer,
-  DEFAULT_CONFIG,
-  type RunningServer,
-  type ServerConfig,
-} from "../../src/server/index.ts";
+import { startServer, type RunningServer, type ServerConfig } from "../../src/server/index.ts";
+import { SERVER_DEFAULTS } from "../../src/server/config.ts";
 import type { AuditRecord } from "../../src/server/audit.ts";
 import type { AccessPolicy, RoleAllowance } from "../../src/policy/types.ts";
 
-export const SYSTEM_NS = "keycutter-system";
-export const ACCOUNT = "123456789012";
+export { SYSTEM_NS } from "../harness/world.ts";
+export const ACCOUNT = MOTO_ACCOUNT_ID;
 export const roleArn = (name: string) => `arn:aws:iam::${ACCOUNT}:role/${name}`;
 
 export interface HttpResult {
@@ -112,7 +106,7 @@ export interface World {
   cluster: Cluster;
   kubelet: Kubelet;
   moto: Moto;
-  cert: ServingCert;
+  cert: TestPki;
   dir: string;
   serverKubeconfig: string;
   serverCreds: { accessKeyId: string; secretAccessKey: string };
@@ -193,23 +187,12 @@ function bucketPolicy(bucket: string): object {
 }
 
 export async function createWorld(): Promise<World> {
-  const cleanups: Array<() => Promise<void> | void> = [];
-  const stop = async () => {
-    for (const c of cleanups.reverse()) await Promise.resolve(c()).catch(() => undefined);
-  };
+  const base = await startBaseWorld({ prefix: "kc-server-test", moto: true });
+  const { cluster, kubelet, dir, stop } = base;
+  const moto = base.moto!;
   try {
-    const dir = mkdtempSync(join(tmpdir(), "kc-server-test-"));
-    cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
-    const cluster = await startCluster();
-    cleanups.push(() => cluster.stop());
-    const moto = await startMoto();
-    cleanups.push(() => moto.stop());
-    const kubelet = new Kubelet(cluster.kc);
-    await installCrds(cluster.kc);
-
-    for (const ns of [SYSTEM_NS, "tenant-a", "tenant-b", "amb", "nopol"]) await kubelet.ensureNamespace(ns);
-    await kubelet.createServiceAccount(SYSTEM_NS, "keycutter-server");
-    await kubelet.createServiceAccount(SYSTEM_NS, "keycutter-agent");
+    await installKeycutterApi(base);
+    for (const ns of ["tenant-a", "tenant-b", "amb", "nopol"]) await kubelet.ensureNamespace(ns);
     for (const [ns, sa] of [
       ["tenant-a", "app"],
       ["tenant-a", "thief"],
@@ -221,26 +204,12 @@ export async function createWorld(): Promise<World> {
     ] as const) {
       await kubelet.createServiceAccount(ns, sa);
     }
-    await applyServerRbac(cluster.kc, SYSTEM_NS, "keycutter-server");
-    await kubelet.createNode("node-1", "10.99.0.1");
-    await kubelet.createNode("node-2", "10.99.0.2");
-
     const agentToken: Record<string, string> = {};
-    for (const node of ["node-1", "node-2"]) {
-      const pod = await kubelet.createPod({
-        namespace: SYSTEM_NS,
-        name: `agent-${node}`,
-        nodeName: node,
-        serviceAccountName: "keycutter-agent",
-        podIP: node === "node-1" ? "10.99.0.1" : "10.99.0.2",
-        hostNetwork: true,
-      });
-      agentToken[node] = await kubelet.requestToken(SYSTEM_NS, "keycutter-agent", {
-        podName: pod.metadata!.name!,
-        podUID: pod.metadata!.uid!,
-        audiences: ["keycutter"],
-      });
-    }
+    for (const [node, ip] of [
+      ["node-1", "10.99.0.1"],
+      ["node-2", "10.99.0.2"],
+    ] as const)
+      agentToken[node] = await (await agentOnNode(base, node, ip)).token();
     const pods: World["pods"] = {};
     const mk = async (
       key: string,
@@ -284,21 +253,8 @@ export async function createWorld(): Promise<World> {
     await mk("nopol", "nopol", "x-1", "app", "node-1");
     await mk("n2", "tenant-a", "web-on-2", "app", "node-2");
 
-    // AWS side: roles per tenant, the server's own IAM user, buckets; then auth on.
-    // moto matches trust-policy principals exactly (":root" does not cover the account's users),
-    // so the trust policy names the server's user.
-    const trust = {
-      Version: "2012-10-17",
-      Statement: [
-        {
-          Effect: "Allow",
-          Principal: {
-            AWS: [`arn:aws:iam::${ACCOUNT}:root`, `arn:aws:iam::${ACCOUNT}:user/keycutter-server`],
-          },
-          Action: ["sts:AssumeRole", "sts:TagSession", "sts:SetSourceIdentity"],
-        },
-      ],
-    };
+    // AWS side: roles per tenant trusting the server's own IAM user, buckets; then auth on.
+    const trust = defaultTrustPolicy(ACCOUNT) as { Statement: object[] };
     await moto.createRole("tenant-a", bucketPolicy("bucket-a"), trust);
     await moto.createRole("tenant-b", bucketPolicy("bucket-b"), trust);
     // A role whose trust policy names someone else: STS refuses every AssumeRole into it, with a
@@ -310,16 +266,7 @@ export async function createWorld(): Promise<World> {
         Principal: { AWS: `arn:aws:iam::${ACCOUNT}:user/somebody-else` },
       })),
     });
-    const serverCreds = await moto.createUser("keycutter-server", {
-      Version: "2012-10-17",
-      Statement: [
-        {
-          Effect: "Allow",
-          Action: ["sts:AssumeRole", "sts:TagSession", "sts:SetSourceIdentity"],
-          Resource: "*",
-        },
-      ],
-    });
+    const serverCreds = await createServerUser(moto);
     const auditorCreds = await moto.createUser("auditor", {
       Version: "2012-10-17",
       Statement: [{ Effect: "Allow", Action: ["iam:Get*", "iam:List*"], Resource: "*" }],
@@ -336,9 +283,9 @@ export async function createWorld(): Promise<World> {
       cluster,
       kubelet,
       moto,
-      cert: selfSignedCert(),
+      cert: await makeServingCert(["127.0.0.1"]),
       dir,
-      serverKubeconfig: "",
+      serverKubeconfig: await serverKubeconfig(base),
       serverCreds,
       auditorCreds,
       custom,
@@ -346,10 +293,7 @@ export async function createWorld(): Promise<World> {
       pods,
       stop,
     };
-    cleanups.push(() => rmSync(w.cert.dir, { recursive: true, force: true }));
-    const saToken = await serviceAccountToken(cluster.kc, SYSTEM_NS, "keycutter-server");
-    w.serverKubeconfig = join(dir, "server.kubeconfig");
-    writeFileSync(w.serverKubeconfig, kubeconfigYaml(cluster.server, cluster.caFile, saToken));
+    base.defer(() => rmSync(w.cert.dir, { recursive: true, force: true }));
 
     await createAllowance(w, {
       metadata: { name: "tenant-a" },
@@ -422,7 +366,7 @@ export async function startTestServer(w: World, over: Partial<ServerConfig> = {}
   const kc = new KubeConfig();
   kc.loadFromFile(w.serverKubeconfig);
   const running = await startServer({
-    ...DEFAULT_CONFIG,
+    ...SERVER_DEFAULTS,
     listenHost: "127.0.0.1",
     listenPort: 0,
     opsHost: "127.0.0.1",

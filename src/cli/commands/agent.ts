@@ -1,149 +1,111 @@
 import type { Command } from "commander";
 import { createLogger } from "../../common/logger.ts";
-import { startAgent, parseHostPort, type AgentConfig } from "../../agent/agent.ts";
+import { startAgent, type AgentConfig } from "../../agent/agent.ts";
+import { AGENT_DEFAULTS, DEFAULT_CNI_STATE_DIR, defaultAvailabilityZone } from "../../agent/defaults.ts";
 import { Hook, type HookOptions } from "../../agent/hook/iptables.ts";
+import { InvalidValue, parseInteger } from "../../common/config-values.ts";
+import { FlagSource, configOrExit, type Environment, type ParsedFlags } from "../flag-source.ts";
 
-type Opts = Record<string, string | boolean | undefined>;
+export { envName } from "../flag-source.ts";
+export { DEFAULT_CNI_STATE_DIR } from "../../agent/defaults.ts";
 
-/** Where libcni (containerd, CRI-O) caches each attachment's result. */
-export const DEFAULT_CNI_STATE_DIR = "/var/lib/cni/results";
-type Env = Record<string, string | undefined>;
-
-/** Flag → environment variable: --server-url → KEYCUTTER_SERVER_URL. */
-export function envName(flag: string): string {
-  return "KEYCUTTER_" + flag.replace(/^--/, "").replace(/-/g, "_").toUpperCase();
-}
-
-function camel(flag: string): string {
-  return flag.replace(/^--/, "").replace(/-([a-z0-9])/g, (_, c: string) => c.toUpperCase());
-}
-
-class Resolver {
-  private readonly opts: Opts;
-  private readonly env: Env;
-  constructor(opts: Opts, env: Env) {
-    this.opts = opts;
-    this.env = env;
-  }
-  str(flag: string, ...fallbackEnv: string[]): string | undefined {
-    const v = this.opts[camel(flag)];
-    if (typeof v === "string") return v;
-    for (const e of [envName(flag), ...fallbackEnv]) {
-      const x = this.env[e];
-      if (x !== undefined && x !== "") return x;
-    }
-    return undefined;
-  }
-  req(flag: string, ...fallbackEnv: string[]): string {
-    const v = this.str(flag, ...fallbackEnv);
-    if (v === undefined) throw new Error(`${flag} (or ${envName(flag)}) is required`);
-    return v;
-  }
-  int(flag: string, def: number): number {
-    const v = this.str(flag);
-    if (v === undefined) return def;
-    if (!/^-?\d+$/.test(v)) throw new Error(`${flag}: expected an integer, got "${v}"`);
-    return Number(v);
-  }
-  /** An integer of at least 1: a cap of 0 would refuse every pod. */
-  positive(flag: string, def: number): number {
-    const v = this.int(flag, def);
-    if (v < 1) throw new Error(`${flag}: expected at least 1, got ${v}`);
-    return v;
-  }
-  bool(flag: string, def: boolean): boolean {
-    const v = this.opts[camel(flag)];
-    if (typeof v === "boolean") return v;
-    const e = this.env[envName(flag)];
-    if (e === undefined || e === "") return def;
-    if (/^(1|true|yes|on)$/i.test(e)) return true;
-    if (/^(0|false|no|off)$/i.test(e)) return false;
-    throw new Error(`${envName(flag)}: expected true or false, got "${e}"`);
-  }
-  list(flag: string): string[] {
-    const v = this.str(flag);
-    return v === undefined
-      ? []
-      : v
-          .split(",")
-          .map((s) => s.trim())
-          .filter(Boolean);
-  }
-}
+const PORT = { min: 0, max: 65535 };
 
 /** --hook-ipv6: auto (the node has IPv6), on or off. */
-function hookIpv6(r: Resolver): boolean | undefined {
-  const v = r.str("--hook-ipv6") ?? "auto";
-  if (v === "auto") return undefined;
-  if (v === "on" || v === "off") return v === "on";
-  throw new Error(`--hook-ipv6: expected auto, on or off, got "${v}"`);
+function hookIpv6(flags: FlagSource): boolean | undefined {
+  return flags.custom("--hook-ipv6", (text) => {
+    if (text === "auto") return undefined;
+    if (text === "on" || text === "off") return text === "on";
+    throw new InvalidValue(`expected auto, on or off, got "${text}"`);
+  });
 }
 
 /** Hook options from flags; for `uninstall` only the chain and the binaries matter. */
-function hookFrom(r: Resolver, forUninstall = false): Omit<HookOptions, "imdsPort" | "containerPort"> {
+function hookFrom(flags: FlagSource, forUninstall = false): Omit<HookOptions, "imdsPort" | "containerPort"> {
   const common = {
-    chain: r.str("--hook-chain") ?? "KEYCUTTER",
-    iptables: r.str("--iptables") ?? "iptables",
-    ip6tables: r.str("--ip6tables"),
-    ipv6: hookIpv6(r),
+    chain: flags.string("--hook-chain") ?? AGENT_DEFAULTS.hookChain,
+    iptables: flags.string("--iptables") ?? AGENT_DEFAULTS.iptables,
+    ip6tables: flags.string("--ip6tables"),
+    ipv6: hookIpv6(flags),
   };
   // removal finds our chains and jumps by name: pod selection and the DNAT target play no part
   if (forUninstall)
     return { ...common, podInterfaces: ["x"], podCidrs: [], agentIp: "127.0.0.1", flushConntrack: false };
   return {
     ...common,
-    podInterfaces: r.list("--hook-pod-interface"),
-    podCidrs: r.list("--hook-pod-cidr"),
-    agentIp: r.req("--hook-agent-ip", "NODE_IP"),
-    flushConntrack: r.bool("--conntrack-flush", true),
+    podInterfaces: flags.list("--hook-pod-interface", []),
+    podCidrs: flags.list("--hook-pod-cidr", []),
+    agentIp: flags.required("--hook-agent-ip", "NODE_IP"),
+    flushConntrack: flags.boolean("--conntrack-flush", AGENT_DEFAULTS.conntrackFlush),
   };
 }
 
-/** Builds the agent configuration from parsed flags, falling back to environment variables. */
-export function agentConfigFrom(opts: Opts, env: Env = process.env): AgentConfig {
-  const r = new Resolver(opts, env);
-  const region = r.str("--region", "AWS_REGION", "AWS_DEFAULT_REGION") ?? "us-east-1";
-  const containerListen = r.str("--container-listen") ?? "0.0.0.0:8181";
-  const hookOn = r.bool("--hook", true);
+/**
+ * The agent configuration from parsed flags and the environment, as a pure function: defaults
+ * (AGENT_DEFAULTS) → flag, else environment variable → validated values. Bad values throw one
+ * ConfigError naming the flag and its environment variable.
+ */
+export function agentConfigFrom(opts: ParsedFlags, env: Environment = process.env): AgentConfig {
+  const flags = new FlagSource(opts, env);
+  const defaults = AGENT_DEFAULTS;
+  const region = flags.string("--region", "AWS_REGION", "AWS_DEFAULT_REGION") ?? defaults.region;
+  const containerOff = flags.string("--container-listen") === "off";
+  const hookOn = flags.boolean("--hook", defaults.hookEnabled);
   return {
-    nodeName: r.req("--node-name", "NODE_NAME"),
-    serverUrl: r.req("--server-url"),
-    serverCaFile: r.str("--server-ca-file"),
-    tokenFile: r.str("--token-file") ?? "/var/run/secrets/keycutter/token",
-    serverTimeoutMs: r.int("--server-timeout-ms", 5000),
-    kubeconfig: r.str("--kubeconfig"),
-    imdsListen: parseHostPort(r.str("--imds-listen") ?? "0.0.0.0:8180", "--imds-listen"),
-    containerListen:
-      containerListen === "off" ? undefined : parseHostPort(containerListen, "--container-listen"),
-    opsListen: parseHostPort(r.str("--ops-listen") ?? "0.0.0.0:8182", "--ops-listen"),
-    requireImdsV2: r.bool("--require-imdsv2", false),
-    allowHostNetwork: r.bool("--allow-host-network", false),
-    unknownPodWaitMs: r.int("--unknown-pod-wait-ms", 800),
-    credentialWaitMs: r.int("--credential-wait-ms", 900),
-    maxWaiting: r.int("--max-waiting", 1024),
-    maxWaitingPerSource: r.int("--max-waiting-per-source", 4),
-    maxConnections: r.positive("--max-connections", 4096),
-    maxConnectionsPerSource: r.positive("--max-connections-per-source", 32),
+    nodeName: flags.required("--node-name", "NODE_NAME"),
+    serverUrl: flags.url("--server-url", ["https:", "http:"]) ?? flags.required("--server-url"),
+    serverCaFile: flags.string("--server-ca-file"),
+    tokenFile: flags.string("--token-file") ?? defaults.tokenFile,
+    serverTimeoutMs: flags.duration("--server-timeout-ms", "ms", defaults.serverTimeoutMs, { min: 1 }),
+    kubeconfig: flags.string("--kubeconfig"),
+    imdsListen: flags.hostPort("--imds-listen", defaults.imdsListen),
+    containerListen: containerOff
+      ? undefined
+      : flags.hostPort("--container-listen", defaults.containerListen),
+    opsListen: flags.hostPort("--ops-listen", defaults.opsListen),
+    requireImdsV2: flags.boolean("--require-imdsv2", defaults.requireImdsV2),
+    allowHostNetwork: flags.boolean("--allow-host-network", defaults.allowHostNetwork),
+    unknownPodWaitMs: flags.duration("--unknown-pod-wait-ms", "ms", defaults.unknownPodWaitMs),
+    credentialWaitMs: flags.duration("--credential-wait-ms", "ms", defaults.credentialWaitMs),
+    maxWaiting: flags.integer("--max-waiting", defaults.maxWaiting, { min: 0 }),
+    maxWaitingPerSource: flags.integer("--max-waiting-per-source", defaults.maxWaitingPerSource, { min: 0 }),
+    // a cap of 0 would refuse every pod
+    maxConnections: flags.integer("--max-connections", defaults.maxConnections, { min: 1 }),
+    maxConnectionsPerSource: flags.integer("--max-connections-per-source", defaults.maxConnectionsPerSource, {
+      min: 1,
+    }),
     region,
-    availabilityZone: r.str("--availability-zone") ?? `${region}a`,
-    accountId: r.str("--account-id") ?? "000000000000",
-    instanceId: r.str("--instance-id") ?? "i-00000000000000000",
-    instanceType: r.str("--instance-type") ?? "m5.large",
-    passthroughPaths: r.list("--passthrough"),
-    upstreamImdsUrl: r.str("--upstream-imds-url") ?? "http://169.254.169.254",
-    rateLimitRps: r.int("--rate-limit-rps", 50),
-    rateLimitBurst: r.int("--rate-limit-burst", 100),
-    imdsTokenKeyFile: r.str("--imds-token-key-file"),
-    hook: hookOn ? hookFrom(r) : undefined,
-    uninstallHookOnExit: r.bool("--uninstall-hook-on-exit", false),
-    watchStaleAfterMs: r.int("--watch-stale-after-ms", 5 * 60_000),
-    readyTaintKey: r.str("--ready-taint"),
-    hookResyncMs: r.int("--hook-resync-ms", 30_000),
-    imdsFastPath: r.bool("--imds-fast-path", true),
+    availabilityZone: flags.string("--availability-zone") ?? defaultAvailabilityZone(region),
+    accountId: flags.string("--account-id") ?? defaults.accountId,
+    instanceId: flags.string("--instance-id") ?? defaults.instanceId,
+    instanceType: flags.string("--instance-type") ?? defaults.instanceType,
+    passthroughPaths: flags.list("--passthrough", []),
+    upstreamImdsUrl: flags.url("--upstream-imds-url", ["http:"]) ?? defaults.upstreamImdsUrl,
+    rateLimitRps: flags.integer("--rate-limit-rps", defaults.rateLimitRps, { min: 0 }),
+    rateLimitBurst: flags.integer("--rate-limit-burst", defaults.rateLimitBurst, { min: 0 }),
+    imdsTokenKeyFile: flags.string("--imds-token-key-file"),
+    hook: hookOn ? hookFrom(flags) : undefined,
+    uninstallHookOnExit: flags.boolean("--uninstall-hook-on-exit", defaults.uninstallHookOnExit),
+    watchStaleAfterMs: flags.duration("--watch-stale-after-ms", "ms", defaults.watchStaleAfterMs),
+    readyTaintKey: flags.string("--ready-taint"),
+    hookResyncMs: flags.duration("--hook-resync-ms", "ms", defaults.hookResyncMs),
+    imdsFastPath: flags.boolean("--imds-fast-path", defaults.imdsFastPath),
     // empty disables it (the pod watch alone then attributes IPs)
-    cniStateDir: (r.str("--cni-state-dir") ?? DEFAULT_CNI_STATE_DIR) || undefined,
-    cniRescanMs: 10_000,
-    policyEpochMaxAgeMs: r.int("--policy-epoch-max-age-ms", 60_000),
+    cniStateDir: (flags.string("--cni-state-dir") ?? defaults.cniStateDir) || undefined,
+    cniRescanMs: defaults.cniRescanMs,
+    policyEpochMaxAgeMs: flags.duration("--policy-epoch-max-age-ms", "ms", defaults.policyEpochMaxAgeMs),
+  };
+}
+
+/** The hook subcommands' ports: the agent's listeners' defaults, or off for the container port. */
+function hookPorts(flags: FlagSource): { imdsPort: number; containerPort: number | undefined } {
+  const containerPort = flags.custom("--container-port", (text) =>
+    text === "off" ? null : parseInteger(text, PORT),
+  );
+  return {
+    imdsPort: flags.integer("--imds-port", AGENT_DEFAULTS.imdsListen.port, PORT),
+    containerPort:
+      containerPort === null ? undefined : (containerPort ?? AGENT_DEFAULTS.containerListen.port),
   };
 }
 
@@ -239,9 +201,9 @@ export function registerAgentCommands(program: Command): void {
       `the node's CNI result cache, which tells which pod holds an IP before the pod watch does (default ${DEFAULT_CNI_STATE_DIR}; empty: off)`,
     );
   addHookOptions(agent);
-  agent.action(async (opts: Opts) => {
+  agent.action(async (opts: ParsedFlags) => {
     const log = createLogger("agent");
-    const cfg = agentConfigFrom(opts);
+    const cfg = configOrExit("agent", () => agentConfigFrom(opts));
     const running = await startAgent(cfg, log);
     let stopping = false;
     const shutdown = (sig: string): void => {
@@ -272,15 +234,14 @@ export function registerAgentCommands(program: Command): void {
       .option("--imds-port <port>", "agent IMDS port (default 8180)")
       .option("--container-port <port>", "agent container-credentials port, or off (default 8181)");
     addHookOptions(c);
-    c.action(async (opts: Opts) => {
-      const r = new Resolver(opts, process.env);
-      const base = hookFrom(r, name === "uninstall");
-      const cp = r.str("--container-port") ?? "8181";
-      const h = new Hook({
-        ...base,
-        imdsPort: r.int("--imds-port", 8180),
-        containerPort: cp === "off" ? undefined : Number(cp),
-      });
+    c.action(async (opts: ParsedFlags) => {
+      const flags = new FlagSource(opts, process.env);
+      const h = new Hook(
+        configOrExit(`hook ${name}`, () => ({
+          ...hookFrom(flags, name === "uninstall"),
+          ...hookPorts(flags),
+        })),
+      );
       if (name === "init") {
         const changed = await h.install();
         console.log(changed ? "hook installed" : "hook already in place");

@@ -1,81 +1,154 @@
 import { hostname } from "node:os";
 import type { Command } from "commander";
+import { InvalidValue } from "../../common/config-values.ts";
+import type { ReviewBudget } from "../../k8s/token-review.ts";
+import { SERVER_DEFAULTS, type ServerConfig } from "../../server/config.ts";
+import { FlagSource, configOrExit, type Environment, type ParsedFlags } from "../flag-source.ts";
 
-function hostPort(s: string, flag: string): { host: string; port: number } {
-  const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d+)$/.exec(s);
-  if (!m) throw new Error(`${flag}: expected HOST:PORT, got "${s}"`);
-  return { host: m[1] ?? (m[2] || "0.0.0.0"), port: Number(m[3]) };
+const SERVICE_ACCOUNT = /^[a-z0-9.-]+\/[a-z0-9.-]+$/;
+const POSITIVE = { min: 1 };
+// rates may be fractions ("0.5" a second), never zero: a zero budget refuses everything
+const POSITIVE_RATE = { above: 0 };
+
+/**
+ * A TokenReview budget from its two rates; the bursts keep the defaults' proportion to their
+ * rates (agent tokens: twice the rate, four times per source; pod tokens: twice, six times).
+ */
+function reviewBudget(rate: number, perSourceRate: number, defaults: ReviewBudget): ReviewBudget {
+  return {
+    ratePerSecond: rate,
+    burst: rate * (defaults.burst / defaults.ratePerSecond),
+    perSourceRatePerSecond: perSourceRate,
+    perSourceBurst: perSourceRate * (defaults.perSourceBurst / defaults.perSourceRatePerSecond),
+  };
 }
 
-const env = (k: string): string | undefined => {
-  const v = process.env[k];
-  return v === undefined || v === "" ? undefined : v;
-};
-const list = (v: string, prev: string[] = []) => [
-  ...prev,
-  ...v
-    .split(",")
-    .map((s) => s.trim())
-    .filter(Boolean),
-];
+function serviceAccount(text: string): string {
+  if (!SERVICE_ACCOUNT.test(text))
+    throw new InvalidValue(`expected NAMESPACE/NAME, got ${JSON.stringify(text.slice(0, 80))}`);
+  return text;
+}
+
+/**
+ * The server configuration from parsed flags and the environment, as a pure function: defaults
+ * (SERVER_DEFAULTS) → flag, else environment variable → validated values. Bad values throw one
+ * ConfigError naming the flag and its environment variable.
+ */
+export function serverConfigFrom(
+  opts: ParsedFlags,
+  env: Environment = process.env,
+  host: string = hostname(),
+): ServerConfig {
+  const flags = new FlagSource(opts, env);
+  const defaults = SERVER_DEFAULTS;
+  const listen = flags.hostPort("--listen", { host: defaults.listenHost, port: defaults.listenPort });
+  const ops = flags.hostPort("--ops-listen", { host: defaults.opsHost, port: defaults.opsPort });
+  const agentRate = flags.number(
+    "--agent-review-rate",
+    defaults.agentReviewBudget.ratePerSecond,
+    POSITIVE_RATE,
+  );
+  const agentRatePerSource = flags.number(
+    "--agent-review-rate-per-source",
+    defaults.agentReviewBudget.perSourceRatePerSecond,
+    POSITIVE_RATE,
+  );
+  const podRate = flags.number("--pod-review-rate", defaults.podReviewBudget.ratePerSecond, POSITIVE_RATE);
+  const podRatePerNode = flags.number(
+    "--pod-review-rate-per-node",
+    defaults.podReviewBudget.perSourceRatePerSecond,
+    POSITIVE_RATE,
+  );
+  const tlsCertFile = flags.string("--tls-cert");
+  const tlsKeyFile = flags.string("--tls-key");
+  const kubeconfig = flags.string("--kubeconfig");
+  const stsEndpoint = flags.url("--sts-endpoint", ["https:", "http:"], "AWS_ENDPOINT_URL_STS");
+  const redisUrl = flags.url("--redis-url", ["redis:", "rediss:"]);
+  const cacheKeyFile = flags.string("--cache-key-file");
+  return {
+    listenHost: listen.host,
+    listenPort: listen.port,
+    opsHost: ops.host,
+    opsPort: ops.port,
+    ...(tlsCertFile ? { tlsCertFile } : {}),
+    ...(tlsKeyFile ? { tlsKeyFile } : {}),
+    insecureHttp: flags.boolean("--insecure-http", defaults.insecureHttp),
+    ...(kubeconfig ? { kubeconfig } : {}),
+    agentServiceAccounts: flags.list(
+      "--agent-service-account",
+      defaults.agentServiceAccounts,
+      serviceAccount,
+      "KEYCUTTER_AGENT_SERVICE_ACCOUNTS",
+    ),
+    agentAudience: flags.string("--agent-audience") ?? defaults.agentAudience,
+    podTokenAudience: flags.string("--pod-token-audience") ?? defaults.podTokenAudience,
+    clusterName: flags.string("--cluster-name") ?? defaults.clusterName,
+    region: flags.string("--region", "AWS_REGION", "AWS_DEFAULT_REGION") ?? defaults.region,
+    ...(stsEndpoint ? { stsEndpoint } : {}),
+    maxDurationSeconds: flags.duration("--max-duration", "s", defaults.maxDurationSeconds, POSITIVE),
+    sourceIdentity: flags.boolean("--source-identity", defaults.sourceIdentity),
+    cacheMinRemainingSeconds: flags.duration(
+      "--cache-min-remaining",
+      "s",
+      defaults.cacheMinRemainingSeconds,
+      POSITIVE,
+    ),
+    stsRatePerSecond: flags.number("--sts-rate", defaults.stsRatePerSecond, POSITIVE_RATE),
+    stsBurst: flags.integer("--sts-burst", defaults.stsBurst, POSITIVE),
+    stsMaxAttempts: flags.integer("--sts-max-attempts", defaults.stsMaxAttempts, POSITIVE),
+    agentReviewBudget: reviewBudget(agentRate, agentRatePerSource, defaults.agentReviewBudget),
+    podReviewBudget: reviewBudget(podRate, podRatePerNode, defaults.podReviewBudget),
+    ...(redisUrl ? { redisUrl } : {}),
+    ...(cacheKeyFile ? { cacheKeyFile } : {}),
+    auditLog: flags.string("--audit-log") ?? defaults.auditLog,
+    leaderElection: flags.boolean("--leader-elect", defaults.leaderElection),
+    leaseNamespace: flags.string("--lease-namespace", "POD_NAMESPACE") ?? defaults.leaseNamespace,
+    leaseName: flags.string("--lease-name") ?? defaults.leaseName,
+    identity: flags.string("--identity", "POD_NAME") ?? host,
+  };
+}
+
+const repeatable = (value: string, previous: string[] = []): string[] => [...previous, value];
 
 export function registerServerCommands(program: Command): void {
+  const d = SERVER_DEFAULTS;
   program
     .command("server")
     .description("run the central security service (agents → TokenReview → policies → STS)")
     .option(
       "--listen <host:port>",
-      "API (HTTPS) address [env KEYCUTTER_LISTEN]",
-      env("KEYCUTTER_LISTEN") ?? "0.0.0.0:8443",
+      `API (HTTPS) address (default ${d.listenHost}:${d.listenPort}) [env KEYCUTTER_LISTEN]`,
     )
     .option(
       "--ops-listen <host:port>",
-      "plain-HTTP /healthz /readyz /metrics [env KEYCUTTER_OPS_LISTEN]",
-      env("KEYCUTTER_OPS_LISTEN") ?? "0.0.0.0:9090",
+      `plain-HTTP /healthz /readyz /metrics (default ${d.opsHost}:${d.opsPort}) [env KEYCUTTER_OPS_LISTEN]`,
     )
-    .option(
-      "--tls-cert <file>",
-      "PEM certificate chain, reloaded on change [env KEYCUTTER_TLS_CERT]",
-      env("KEYCUTTER_TLS_CERT"),
-    )
-    .option("--tls-key <file>", "PEM private key [env KEYCUTTER_TLS_KEY]", env("KEYCUTTER_TLS_KEY"))
-    .option("--insecure-http", "serve the API over plain HTTP (development only)", false)
+    .option("--tls-cert <file>", "PEM certificate chain, reloaded on change [env KEYCUTTER_TLS_CERT]")
+    .option("--tls-key <file>", "PEM private key [env KEYCUTTER_TLS_KEY]")
+    .option("--insecure-http", "serve the API over plain HTTP (development only)")
     .option("--kubeconfig <file>", "kubeconfig (default: in-cluster, then $KUBECONFIG) [env KUBECONFIG]")
     .option(
       "--agent-service-account <ns/name,...>",
-      "service account(s) agents run as (repeatable) [env KEYCUTTER_AGENT_SERVICE_ACCOUNTS]",
-      list,
-      undefined as unknown as string[],
+      `service account(s) agents run as (repeatable; default ${d.agentServiceAccounts.join(",")}) [env KEYCUTTER_AGENT_SERVICE_ACCOUNTS]`,
+      repeatable,
     )
     .option(
       "--agent-audience <aud>",
-      "audience of the agents' projected tokens [env KEYCUTTER_AGENT_AUDIENCE]",
-      env("KEYCUTTER_AGENT_AUDIENCE") ?? "keycutter",
+      `audience of the agents' projected tokens (default ${d.agentAudience}) [env KEYCUTTER_AGENT_AUDIENCE]`,
     )
     .option(
       "--pod-token-audience <aud>",
-      "audience of pods' own tokens (container-credentials path) [env KEYCUTTER_POD_TOKEN_AUDIENCE]",
-      env("KEYCUTTER_POD_TOKEN_AUDIENCE") ?? "keycutter-pod",
+      `audience of pods' own tokens, container-credentials path (default ${d.podTokenAudience}) [env KEYCUTTER_POD_TOKEN_AUDIENCE]`,
     )
     .option(
       "--cluster-name <name>",
       "cluster name for session tags and templates [env KEYCUTTER_CLUSTER_NAME]",
-      env("KEYCUTTER_CLUSTER_NAME") ?? "",
     )
-    .option(
-      "--region <region>",
-      "STS region [env AWS_REGION]",
-      env("AWS_REGION") ?? env("AWS_DEFAULT_REGION") ?? "us-east-1",
-    )
-    .option(
-      "--sts-endpoint <url>",
-      "STS endpoint URL [env KEYCUTTER_STS_ENDPOINT, AWS_ENDPOINT_URL_STS]",
-      env("KEYCUTTER_STS_ENDPOINT") ?? env("AWS_ENDPOINT_URL_STS"),
-    )
+    .option("--region <region>", `STS region (default ${d.region}) [env AWS_REGION]`)
+    .option("--sts-endpoint <url>", "STS endpoint URL [env KEYCUTTER_STS_ENDPOINT, AWS_ENDPOINT_URL_STS]")
     .option(
       "--max-duration <seconds>",
-      "cap on session duration (3600 when the server's own credentials are a role session) [env KEYCUTTER_MAX_DURATION]",
-      env("KEYCUTTER_MAX_DURATION") ?? "3600",
+      `cap on session duration (default ${d.maxDurationSeconds}; 3600 when the server's own credentials are a role session) [env KEYCUTTER_MAX_DURATION]`,
     )
     .option(
       "--no-source-identity",
@@ -83,123 +156,56 @@ export function registerServerCommands(program: Command): void {
     )
     .option(
       "--cache-min-remaining <seconds>",
-      "reuse cached credentials while this much lifetime is left",
-      env("KEYCUTTER_CACHE_MIN_REMAINING") ?? "2700",
+      `reuse cached credentials while this much lifetime is left (default ${d.cacheMinRemainingSeconds}) [env KEYCUTTER_CACHE_MIN_REMAINING]`,
     )
     .option(
       "--sts-rate <per-second>",
-      "sustained STS AssumeRole calls per second",
-      env("KEYCUTTER_STS_RATE") ?? "50",
+      `sustained STS AssumeRole calls per second (default ${d.stsRatePerSecond}) [env KEYCUTTER_STS_RATE]`,
     )
-    .option("--sts-burst <n>", "STS call burst", env("KEYCUTTER_STS_BURST") ?? "200")
+    .option("--sts-burst <n>", `STS call burst (default ${d.stsBurst}) [env KEYCUTTER_STS_BURST]`)
     .option(
       "--sts-max-attempts <n>",
-      "attempts per AssumeRole on throttling/transient errors",
-      env("KEYCUTTER_STS_MAX_ATTEMPTS") ?? "5",
+      `attempts per AssumeRole on throttling/transient errors (default ${d.stsMaxAttempts}) [env KEYCUTTER_STS_MAX_ATTEMPTS]`,
     )
     .option(
       "--agent-review-rate <per-second>",
-      "TokenReviews per second for agent tokens, all sources together (burst: twice this) [env KEYCUTTER_AGENT_REVIEW_RATE]",
-      env("KEYCUTTER_AGENT_REVIEW_RATE") ?? "100",
+      `TokenReviews per second for agent tokens, all sources together (burst: twice this; default ${d.agentReviewBudget.ratePerSecond}) [env KEYCUTTER_AGENT_REVIEW_RATE]`,
     )
     .option(
       "--agent-review-rate-per-source <per-second>",
-      "TokenReviews per second for agent tokens from one client address (burst: four times this) [env KEYCUTTER_AGENT_REVIEW_RATE_PER_SOURCE]",
-      env("KEYCUTTER_AGENT_REVIEW_RATE_PER_SOURCE") ?? "5",
+      `TokenReviews per second for agent tokens from one client address (burst: four times this; default ${d.agentReviewBudget.perSourceRatePerSecond}) [env KEYCUTTER_AGENT_REVIEW_RATE_PER_SOURCE]`,
     )
     .option(
       "--pod-review-rate <per-second>",
-      "TokenReviews per second for pod tokens (container-credentials path), all nodes together (burst: twice this) [env KEYCUTTER_POD_REVIEW_RATE]",
-      env("KEYCUTTER_POD_REVIEW_RATE") ?? "200",
+      `TokenReviews per second for pod tokens (container-credentials path), all nodes together (burst: twice this; default ${d.podReviewBudget.ratePerSecond}) [env KEYCUTTER_POD_REVIEW_RATE]`,
     )
     .option(
       "--pod-review-rate-per-node <per-second>",
-      "TokenReviews per second for pod tokens from one node's agent (burst: six times this) [env KEYCUTTER_POD_REVIEW_RATE_PER_NODE]",
-      env("KEYCUTTER_POD_REVIEW_RATE_PER_NODE") ?? "50",
+      `TokenReviews per second for pod tokens from one node's agent (burst: six times this; default ${d.podReviewBudget.perSourceRatePerSecond}) [env KEYCUTTER_POD_REVIEW_RATE_PER_NODE]`,
     )
     .option(
       "--redis-url <url>",
       "shared cache (Redis/Valkey/Dragonfly), e.g. redis://redis:6379 or rediss://... [env KEYCUTTER_REDIS_URL]",
-      env("KEYCUTTER_REDIS_URL"),
     )
     .option(
       "--cache-key-file <file>",
       "32-byte AES-256-GCM key (raw, hex or base64) for the shared cache [env KEYCUTTER_CACHE_KEY_FILE]",
-      env("KEYCUTTER_CACHE_KEY_FILE"),
     )
     .option(
       "--audit-log <dest>",
-      "audit records: stdout, stderr or a file path [env KEYCUTTER_AUDIT_LOG]",
-      env("KEYCUTTER_AUDIT_LOG") ?? "stdout",
+      `audit records: stdout, stderr or a file path (default ${d.auditLog}) [env KEYCUTTER_AUDIT_LOG]`,
     )
     .option("--no-leader-elect", "do not run leader election (no status writing)")
     .option(
       "--lease-namespace <ns>",
-      "namespace of the leader-election Lease [env POD_NAMESPACE]",
-      env("POD_NAMESPACE") ?? "keycutter-system",
+      `namespace of the leader-election Lease (default ${d.leaseNamespace}) [env POD_NAMESPACE]`,
     )
-    .option("--lease-name <name>", "name of the leader-election Lease", "keycutter-server")
-    .option(
-      "--identity <id>",
-      "this replica's identity in the Lease [env POD_NAME]",
-      env("POD_NAME") ?? hostname(),
-    )
-    .action(async (o: Record<string, unknown>) => {
+    .option("--lease-name <name>", `name of the leader-election Lease (default ${d.leaseName})`)
+    .option("--identity <id>", "this replica's identity in the Lease (default: the host name) [env POD_NAME]")
+    .action(async (opts: ParsedFlags) => {
+      const config = configOrExit("server", () => serverConfigFrom(opts));
       const { startServer } = await import("../../server/index.ts");
-      const listen = hostPort(String(o.listen), "--listen");
-      const ops = hostPort(String(o.opsListen), "--ops-listen");
-      const sas =
-        (o.agentServiceAccount as string[] | undefined) ??
-        list(env("KEYCUTTER_AGENT_SERVICE_ACCOUNTS") ?? "keycutter-system/keycutter-agent");
-      for (const sa of sas)
-        if (!/^[a-z0-9.-]+\/[a-z0-9.-]+$/.test(sa))
-          throw new Error(`--agent-service-account: expected NAMESPACE/NAME, got "${sa}"`);
-      const num = (k: string) => {
-        const n = Number(o[k]);
-        if (!Number.isFinite(n) || n <= 0) throw new Error(`--${k}: expected a positive number`);
-        return n;
-      };
-      const running = await startServer({
-        listenHost: listen.host,
-        listenPort: listen.port,
-        opsHost: ops.host,
-        opsPort: ops.port,
-        ...(o.tlsCert ? { tlsCertFile: String(o.tlsCert) } : {}),
-        ...(o.tlsKey ? { tlsKeyFile: String(o.tlsKey) } : {}),
-        insecureHttp: o.insecureHttp === true,
-        ...(o.kubeconfig ? { kubeconfig: String(o.kubeconfig) } : {}),
-        agentServiceAccounts: sas,
-        agentAudience: String(o.agentAudience),
-        podTokenAudience: String(o.podTokenAudience),
-        clusterName: String(o.clusterName ?? ""),
-        region: String(o.region),
-        ...(o.stsEndpoint ? { stsEndpoint: String(o.stsEndpoint) } : {}),
-        maxDurationSeconds: num("maxDuration"),
-        sourceIdentity: o.sourceIdentity !== false,
-        cacheMinRemainingSeconds: num("cacheMinRemaining"),
-        stsRatePerSecond: num("stsRate"),
-        stsBurst: num("stsBurst"),
-        stsMaxAttempts: num("stsMaxAttempts"),
-        agentReviewBudget: {
-          ratePerSecond: num("agentReviewRate"),
-          burst: 2 * num("agentReviewRate"),
-          perSourceRatePerSecond: num("agentReviewRatePerSource"),
-          perSourceBurst: 4 * num("agentReviewRatePerSource"),
-        },
-        podReviewBudget: {
-          ratePerSecond: num("podReviewRate"),
-          burst: 2 * num("podReviewRate"),
-          perSourceRatePerSecond: num("podReviewRatePerNode"),
-          perSourceBurst: 6 * num("podReviewRatePerNode"),
-        },
-        ...(o.redisUrl ? { redisUrl: String(o.redisUrl) } : {}),
-        ...(o.cacheKeyFile ? { cacheKeyFile: String(o.cacheKeyFile) } : {}),
-        auditLog: String(o.auditLog),
-        leaderElection: o.leaderElect !== false,
-        leaseNamespace: String(o.leaseNamespace),
-        leaseName: String(o.leaseName),
-        identity: String(o.identity),
-      });
+      const running = await startServer(config);
       let stopping = false;
       const shutdown = () => {
         if (stopping) return;

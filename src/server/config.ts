@@ -1,0 +1,111 @@
+// The central security service's configuration: its shape and its defaults, in one place. The CLI
+// (src/cli/commands/server.ts), the server itself and the tests read SERVER_DEFAULTS, so a test
+// cannot run the server with values production does not have without saying so. Type imports
+// only: the CLI reads this module in every process, the agent's too, and the server's code stays
+// out of the agent's memory (src/cli/commands/server.ts loads it only to run the server).
+
+import type { AssumeRoleCommandInput } from "@aws-sdk/client-sts";
+import type { Logger } from "../common/logger.ts";
+import type { ReviewBudget } from "../k8s/token-review.ts";
+import type { AuditSink } from "./audit.ts";
+
+export interface ServerConfig {
+  listenHost: string;
+  listenPort: number;
+  opsHost: string;
+  opsPort: number;
+  tlsCertFile?: string;
+  tlsKeyFile?: string;
+  insecureHttp?: boolean;
+  /** Kubeconfig path; undefined: in-cluster, then the default loading rules. */
+  kubeconfig?: string;
+  agentServiceAccounts: string[];
+  agentAudience: string;
+  podTokenAudience: string;
+  /** TokenReview budgets: agent tokens (per client address) and pod tokens (per node), apart. */
+  agentReviewBudget?: Partial<ReviewBudget>;
+  podReviewBudget?: Partial<ReviewBudget>;
+  /** Bound of each token cache (accepted, rejected) and of the per-source maps (default 10000). */
+  reviewCacheEntries?: number;
+  clusterName: string;
+  region: string;
+  stsEndpoint?: string;
+  /** Static credentials for the server itself (tests); otherwise the default provider chain. */
+  awsCredentials?: { accessKeyId: string; secretAccessKey: string; sessionToken?: string };
+  maxDurationSeconds: number;
+  sourceIdentity: boolean;
+  cacheMinRemainingSeconds: number;
+  stsRatePerSecond: number;
+  stsBurst: number;
+  stsMaxAttempts: number;
+  redisUrl?: string;
+  cacheKeyFile?: string;
+  auditLog: string;
+  leaderElection: boolean;
+  leaseNamespace: string;
+  leaseName: string;
+  identity: string;
+  statusIntervalMs?: number;
+  /** How long an agent's epoch poll is held with nothing changed (tests shorten it). */
+  epochHoldMs?: number;
+  /** Test hook: every AssumeRole input. */
+  onStsCall?: (input: AssumeRoleCommandInput) => void;
+  audit?: AuditSink;
+  log?: Logger;
+}
+
+/** Every setting that has a default; the rest (identity, files, URLs) have none or come from the environment. */
+export type ServerDefaults = Required<
+  Pick<
+    ServerConfig,
+    | "listenHost"
+    | "listenPort"
+    | "opsHost"
+    | "opsPort"
+    | "insecureHttp"
+    | "agentServiceAccounts"
+    | "agentAudience"
+    | "podTokenAudience"
+    | "clusterName"
+    | "region"
+    | "maxDurationSeconds"
+    | "sourceIdentity"
+    | "cacheMinRemainingSeconds"
+    | "stsRatePerSecond"
+    | "stsBurst"
+    | "stsMaxAttempts"
+    | "auditLog"
+    | "leaderElection"
+    | "leaseNamespace"
+    | "leaseName"
+    | "statusIntervalMs"
+  >
+> & { agentReviewBudget: ReviewBudget; podReviewBudget: ReviewBudget };
+
+export const SERVER_DEFAULTS: ServerDefaults = {
+  listenHost: "0.0.0.0",
+  listenPort: 8443,
+  opsHost: "0.0.0.0",
+  opsPort: 9090,
+  insecureHttp: false,
+  agentServiceAccounts: ["keycutter-system/keycutter-agent"],
+  agentAudience: "keycutter",
+  podTokenAudience: "keycutter-pod",
+  clusterName: "",
+  region: "us-east-1",
+  // the same as the service's and the TokenReviewer's own defaults (DEFAULT_SERVICE_OPTIONS,
+  // DEFAULT_REVIEW_BUDGETS); test/unit/server/config.test.ts keeps them in step
+  maxDurationSeconds: 3600,
+  sourceIdentity: true,
+  cacheMinRemainingSeconds: 2700,
+  stsRatePerSecond: 50,
+  stsBurst: 200,
+  stsMaxAttempts: 5,
+  agentReviewBudget: { ratePerSecond: 100, burst: 200, perSourceRatePerSecond: 5, perSourceBurst: 20 },
+  podReviewBudget: { ratePerSecond: 200, burst: 400, perSourceRatePerSecond: 50, perSourceBurst: 300 },
+  auditLog: "stdout",
+  leaderElection: true,
+  leaseNamespace: "keycutter-system",
+  leaseName: "keycutter-server",
+  statusIntervalMs: 30_000,
+};
