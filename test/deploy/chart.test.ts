@@ -208,7 +208,7 @@ describe("helm chart: renders", () => {
     );
     assert.ok(c.args!.includes("--hook"));
     assert.equal(flag(c.args!, "--hook-agent-ip"), "$(NODE_IP)");
-    assert.equal(flag(c.args!, "--hook-pod-interface"), "eni+,veth+");
+    assert.equal(flag(c.args!, "--hook-pod-interface"), "eni+,veth+,cni0,cbr0");
     assert.match(
       c.env!.find((e) => e.name === "PATH")!.value!,
       /^\/usr\/local\/lib\/keycutter\/iptables-nft:/,
@@ -817,5 +817,16 @@ describe("helm chart: the agent's startup taint, enforced by the real apiserver"
     assert.ok(
       containerArgs(findObject(on, "DaemonSet", "keycutter-agent"), "agent").includes(`--ready-taint=${KEY}`),
     );
+    // every node may start tainted: the server must schedule there, or no agent ever gets ready
+    const tolerationsOf = (objs: ReturnType<typeof renderChart>) =>
+      (
+        findObject(objs, "Deployment", "keycutter-server") as unknown as {
+          spec: {
+            template: { spec: { tolerations?: { key?: string; operator?: string; effect?: string }[] } };
+          };
+        }
+      ).spec.template.spec.tolerations ?? [];
+    assert.deepEqual(tolerationsOf(on), [{ key: KEY, operator: "Exists", effect: "NoSchedule" }]);
+    assert.deepEqual(tolerationsOf(objs), []);
   });
 });

@@ -97,7 +97,7 @@ describe("agentConfigFrom", () => {
       containerListen: { ...defaults.containerListen!, ...node },
       opsListen: { ...defaults.opsListen, ...node },
       requireImdsV2: true,
-      hook: { ...defaults.hook!, podInterfaces: ["eni+", "veth+"] },
+      hook: { ...defaults.hook!, podInterfaces: ["eni+", "veth+", "cni0", "cbr0"] },
     });
   });
 
