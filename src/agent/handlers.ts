@@ -587,7 +587,7 @@ export function createContainerHandler(d: HandlerDeps): (req: IncomingMessage, r
     // Fast path: a token this pod already proved, and cached credentials.
     const l = index.lookup(ip);
     if (l.kind === "pod" && (!l.pod.hostNetwork || cfg.allowHostNetwork)) {
-      const c = cache.fresh(l.pod.uid);
+      const c = cache.fresh(l.pod.uid, "container");
       if (c !== undefined && cache.tokenValid(l.pod.uid, tok)) {
         metrics.hit("container");
         send(res, 200, c.containerBody, JSON_TYPE);

@@ -14,6 +14,7 @@ import type { AuditRecord, AuditSink } from "./audit.ts";
 import { MemoryCache, type CachedCredentials, type SharedStore } from "./cache.ts";
 import { FailureCache } from "./failure-cache.ts";
 import type { ServerMetrics } from "./metrics.ts";
+import { serverReuseMinRemainingSeconds } from "../api/serve-window.ts";
 
 export interface AgentIdentity {
   /** ns/name of the agent's service account. */
@@ -46,7 +47,7 @@ export interface ServiceOptions {
   clusterName: string;
   maxDurationSeconds: number;
   sourceIdentity: boolean;
-  /** Reuse cached credentials only while at least this much lifetime is left (capped at 3/4 of the duration). */
+  /** Reuse cached credentials only while at least this much lifetime is left (capped at 3/4 of the duration; never below what agents refresh at, serve-window.ts). */
   cacheMinRemainingSeconds: number;
   stsRatePerSecond: number;
   stsBurst: number;
@@ -313,7 +314,12 @@ export class CredentialService {
     now = Date.now(),
   ): c is CachedCredentials {
     if (!c) return false;
-    const min = Math.min(this.opts.cacheMinRemainingSeconds, 0.75 * durationSeconds) * 1000;
+    // never what an agent refreshing them would get back (serve-window.ts); the option can only add to it
+    const min =
+      Math.max(
+        serverReuseMinRemainingSeconds(durationSeconds),
+        Math.min(this.opts.cacheMinRemainingSeconds, 0.75 * durationSeconds),
+      ) * 1000;
     return Date.parse(c.expiration) - now >= min;
   }
 
