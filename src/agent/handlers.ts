@@ -16,6 +16,7 @@ import type { RateLimiter } from "./rate-limit.ts";
 import type { Passthrough } from "./passthrough.ts";
 import type { FastReply, FastRequest, FastResponder } from "./imds-fast-path.ts";
 import type { WaitSlots } from "./wait-slots.ts";
+import { credentialWaitLeftMs } from "./answer-budget.ts";
 
 export interface HandlerConfig {
   requireImdsV2: boolean;
@@ -414,7 +415,7 @@ export function createImdsHandler(d: HandlerDeps): (req: IncomingMessage, res: S
           return done(start, route, answerCreds(res, route, path, c));
         }
         metrics.miss("imds");
-        cache.obtain(pod, cfg.credentialWaitMs).then(
+        cache.obtain(pod, credentialWaitLeftMs(cfg, performance.now() - start)).then(
           (o) => {
             if (res.destroyed) return;
             if (o.ok) return done(start, route, answerCreds(res, route, path, o.creds));
@@ -446,8 +447,11 @@ export function createImdsHandler(d: HandlerDeps): (req: IncomingMessage, res: S
   ): void {
     const r = refusalFor(l, ip, cfg.allowHostNetwork);
     if (isRefusal(r)) {
-      sendError(res, r.status, r.code, r.message, false);
-      return done(start, route, r.status);
+      // A 403, 404 or 405 on the token PUT switches Go and JS clients to IMDSv1 for good; an IP
+      // not known (yet) is "try again", which they retry or take for this call only.
+      const status = route === ROUTES.token && l.kind === "none" ? 503 : r.status;
+      sendError(res, status, r.code, r.message, false);
+      return done(start, route, status);
     }
     if (route !== ROUTES.token) {
       const tok = req.headers["x-aws-ec2-metadata-token"];
@@ -531,7 +535,7 @@ export function createContainerHandler(d: HandlerDeps): (req: IncomingMessage, r
       return done(start, r.status);
     }
     metrics.miss("container");
-    cache.obtainWithToken(r, token, cfg.credentialWaitMs).then(
+    cache.obtainWithToken(r, token, credentialWaitLeftMs(cfg, performance.now() - start)).then(
       (o) => {
         if (!res.destroyed) answer(res, o, start);
       },

@@ -8,6 +8,7 @@
 // Each SDK advances the clock before each of its calls, over three session lifetimes.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, renameSync, writeFileSync, rmSync } from "node:fs";
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
@@ -52,6 +53,7 @@ let tmp: string;
 let clockFile: string;
 let agentArgs: string[];
 let cniStateDir: string;
+let goClient: string;
 /** The simulated clock's offset from real time, in seconds (what the timestamp file says). */
 let offsetS = 0;
 const serviceCalls: { ak: string; ok: boolean; offsetS: number }[] = [];
@@ -215,6 +217,12 @@ before(async () => {
   });
   await server.start();
   await startService();
+  goClient = join(tmp, "go-sdk-client");
+  execFileSync("nice", ["-n", "19", "go", "build", "-o", goClient, "."], {
+    cwd: join(FIX, "go-sdk-client"),
+    env: { ...process.env, GOFLAGS: "-mod=mod" },
+    stdio: "pipe",
+  });
   agentArgs = [
     "--node-name=node1",
     `--server-url=https://${net.gatewayIP}:${server.port}`,
@@ -228,6 +236,7 @@ before(async () => {
     `--hook-agent-ip=${node.ip}`,
     `--hook-chain=${CHAIN}`,
     "--region=eu-west-1",
+    "--require-imdsv2",
     // the simulated clock jumps by minutes: neither the watch nor the epoch channel is judged by it
     "--watch-stale-after-ms=86400000",
     "--policy-epoch-max-age-ms=86400000",
@@ -320,3 +329,42 @@ for (const durationS of DURATIONS) {
     }
   });
 }
+
+async function waitingForPod(): Promise<number> {
+  const m = await (await fetch(`http://${node.ip}:8182/metrics`)).text();
+  return Number(/^keycutter_agent_requests_waiting_for_pod (\d+)/m.exec(m)?.[1] ?? 0);
+}
+
+test("first call: Go (500 ms per attempt) and boto3 (1 s, one attempt) in a pod whose IP reaches the agent after its first request", async () => {
+  server.lifetimeSeconds = 3600;
+  for (const client of ["go", "boto3"] as const) {
+    const name = `late-${client}`;
+    const pod = await addPod(name, false);
+    const env = clientEnv({ AWS_METADATA_SERVICE_TIMEOUT: "1", AWS_METADATA_SERVICE_NUM_ATTEMPTS: "1" });
+    const run =
+      client === "go"
+        ? net.exec(pod.net.netns, goClient, [], { env, timeoutMs: 60_000 })
+        : net.exec(pod.net.netns, PY, [join(FIX, "boto-creds.py")], { env, timeoutMs: 60_000 });
+    // the client's first request (the token PUT) is held for the unknown IP; then the kubelet's
+    // status update with the IP reaches the agent through its watch
+    const deadline = Date.now() + 30_000;
+    while ((await waitingForPod()) === 0) {
+      assert.ok(Date.now() < deadline, "the first request never reached the agent");
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    await kubelet.setPodIP(NS, name, pod.net.ip, node.ip);
+    const r = await run;
+    assert.equal(r.code, 0, r.stdout + r.stderr);
+    const out = JSON.parse(r.stdout.trim().split("\n").pop()!) as {
+      ok?: boolean;
+      seconds?: number;
+      ak?: string | null;
+      error?: string;
+    };
+    if (client === "go") {
+      assert.ok(out.ok, out.error);
+      // a timed-out attempt costs Go a fixed 1 s before the next
+      assert.ok(out.seconds! < 0.9, `answered at the first attempt (${out.seconds} s)`);
+    } else assert.ok(out.ak, "boto3 got the pod's credentials");
+  }
+});

@@ -1,6 +1,7 @@
 import type { Command } from "commander";
 import { createLogger } from "../../common/logger.ts";
 import { startAgent, parseHostPort, type AgentConfig } from "../../agent/agent.ts";
+import { DEFAULT_CREDENTIAL_WAIT_MS, DEFAULT_UNKNOWN_POD_WAIT_MS } from "../../agent/answer-budget.ts";
 import { Hook, type HookOptions } from "../../agent/hook/iptables.ts";
 
 type Opts = Record<string, string | boolean | undefined>;
@@ -118,8 +119,8 @@ export function agentConfigFrom(opts: Opts, env: Env = process.env): AgentConfig
     opsListen: parseHostPort(r.str("--ops-listen") ?? "0.0.0.0:8182", "--ops-listen"),
     requireImdsV2: r.bool("--require-imdsv2", false),
     allowHostNetwork: r.bool("--allow-host-network", false),
-    unknownPodWaitMs: r.int("--unknown-pod-wait-ms", 800),
-    credentialWaitMs: r.int("--credential-wait-ms", 900),
+    unknownPodWaitMs: r.int("--unknown-pod-wait-ms", DEFAULT_UNKNOWN_POD_WAIT_MS),
+    credentialWaitMs: r.int("--credential-wait-ms", DEFAULT_CREDENTIAL_WAIT_MS),
     maxWaiting: r.int("--max-waiting", 1024),
     maxWaitingPerSource: r.int("--max-waiting-per-source", 4),
     maxConnections: r.positive("--max-connections", 4096),
@@ -191,10 +192,13 @@ export function registerAgentCommands(program: Command): void {
     .option("--require-imdsv2", "refuse IMDSv1 GETs (no session token)")
     .option("--no-require-imdsv2", "allow IMDSv1 (default)")
     .option("--allow-host-network", "serve hostNetwork pods (only safe with one such pod per node)")
-    .option("--unknown-pod-wait-ms <ms>", "how long a request from an unknown IP waits for the pod watch")
+    .option(
+      "--unknown-pod-wait-ms <ms>",
+      "how long a request from an unknown IP waits for the pod watch (default 400)",
+    )
     .option(
       "--credential-wait-ms <ms>",
-      "how long a request waits for the credential service on a cache miss",
+      "how long a request waits for the credential service on a cache miss; both waits together at most the larger (default 400)",
     )
     .option("--max-waiting <n>", "requests waiting for unknown pods, at most (default 1024)")
     .option(
