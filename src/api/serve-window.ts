@@ -120,7 +120,7 @@ export function imdsDurationWarning(durationSeconds: number): string | undefined
   if (durationSeconds >= IMDS_SAFE_DURATION_SECONDS) return undefined;
   const window = Math.max(0, durationSeconds - IMDS_EXTENDED_FLOOR_SECONDS);
   return (
-    `sessions of ${durationSeconds}s are shorter than ${IMDS_SAFE_DURATION_SECONDS}s: on IMDS, boto3 and the ` +
+    `${durationSeconds}s sessions are shorter than ${IMDS_SAFE_DURATION_SECONDS}s: on IMDS, boto3 and the ` +
     `AWS CLI extend such credentials in memory; the agent replaces them every ${Math.floor(window / 60)} min ` +
     `or less to stay ahead, and a failed refresh then can leave them using expired credentials. ` +
     `Use durationSeconds >= ${IMDS_SAFE_DURATION_SECONDS} for IMDS pods, or the container-credentials endpoint (safe from 900s)`
