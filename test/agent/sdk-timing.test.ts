@@ -39,6 +39,11 @@ const NS = "team-t";
 const LIBFAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
 /** Old rules for the check that this test fails without the fix: KEYCUTTER_TEST_DURATIONS=900. */
 const DURATIONS = (process.env.KEYCUTTER_TEST_DURATIONS ?? "900,1800,3600").split(",").map(Number);
+/**
+ * Real time instead (bench/sdk-refresh-realtime.ts): this many minutes of 15-minute sessions,
+ * the clock not moved, the three SDKs side by side.
+ */
+const REALTIME_MINUTES = Number(process.env.KEYCUTTER_SDK_REALTIME_MINUTES ?? 0);
 
 let cluster: Cluster;
 let kubelet: Kubelet;
@@ -77,6 +82,7 @@ function setOffset(s: number): void {
 }
 
 function fakeTimeEnv(): Record<string, string> {
+  if (REALTIME_MINUTES > 0) return {};
   return { LD_PRELOAD: LIBFAKETIME, FAKETIME_TIMESTAMP_FILE: clockFile, FAKETIME_NO_CACHE: "1" };
 }
 
@@ -286,7 +292,8 @@ async function runClient(
   stepS: number,
 ) {
   const start = offsetS;
-  const args = [clockFile, String(start), String(stepS), String(steps)];
+  // "-": real time, the client sleeps each step instead of moving the clock
+  const args = [REALTIME_MINUTES > 0 ? "-" : clockFile, String(start), String(stepS), String(steps)];
   const container = {
     AWS_CONTAINER_CREDENTIALS_FULL_URI: "http://169.254.170.23/v1/credentials",
     AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE: pod.tokenFile,
@@ -296,38 +303,18 @@ async function runClient(
     client === "js-imds"
       ? await net.exec(pod.net.netns, NODE, [join(FIX, "sdk-refresh-js.ts"), ...args], {
           env,
-          timeoutMs: 300_000,
+          timeoutMs: 300_000 + steps * stepS * 1000,
         })
       : await net.exec(pod.net.netns, PY, [join(FIX, "sdk-refresh-boto.py"), ...args], {
           env,
-          timeoutMs: 300_000,
+          timeoutMs: 300_000 + steps * stepS * 1000,
         });
   assert.equal(r.code, 0, r.stderr);
-  offsetS = start + steps * stepS;
-  setOffset(offsetS);
+  if (REALTIME_MINUTES === 0) {
+    offsetS = start + steps * stepS;
+    setOffset(offsetS);
+  }
   return JSON.parse(r.stdout.trim().split("\n").pop()!) as StepResult[];
-}
-
-for (const durationS of DURATIONS) {
-  test(`${durationS / 60}-minute sessions: boto3 and JS on IMDS, boto3 on the container path, over three lifetimes, across refreshes, with no failed call`, async () => {
-    server.lifetimeSeconds = durationS;
-    const stepS = durationS / 45; // 20, 40, 80 s
-    const steps = 3 * 45;
-    for (const client of ["boto3-imds", "js-imds", "boto3-container"] as const) {
-      const pod = await addPod(`d${durationS}-${client}`);
-      // the agent prefetches when the pod gets its IP
-      await waitFor("prefetched", async () => server.callsFor(`d${durationS}-${client}`).length > 0);
-      const results = await runClient(client, pod, steps, stepS);
-      const failed = results.filter((r) => !r.ok);
-      const keys = [...new Set(results.flatMap((r) => (r.ak ? [r.ak] : [])))];
-      assert.deepEqual(
-        failed.slice(0, 5),
-        [],
-        `${client}, ${durationS}s sessions: ${failed.length} of ${results.length} calls failed\n${agent!.logs().slice(-4000)}`,
-      );
-      assert.ok(keys.length >= 3, `${client}: at least two refreshes seen by the SDK (${keys.length} keys)`);
-    }
-  });
 }
 
 async function waitingForPod(): Promise<number> {
@@ -354,17 +341,59 @@ test("first call: Go (500 ms per attempt) and boto3 (1 s, one attempt) in a pod 
     }
     await kubelet.setPodIP(NS, name, pod.net.ip, node.ip);
     const r = await run;
-    assert.equal(r.code, 0, r.stdout + r.stderr);
+    const why = `${r.stdout}${r.stderr}\n${agent!.logs().slice(-3000)}`;
+    assert.equal(r.code, 0, why);
     const out = JSON.parse(r.stdout.trim().split("\n").pop()!) as {
       ok?: boolean;
       seconds?: number;
       ak?: string | null;
       error?: string;
     };
+    console.log(`FIRST-CALL ${JSON.stringify({ client, ...out })}`);
     if (client === "go") {
-      assert.ok(out.ok, out.error);
+      assert.ok(out.ok, why);
       // a timed-out attempt costs Go a fixed 1 s before the next
       assert.ok(out.seconds! < 0.9, `answered at the first attempt (${out.seconds} s)`);
     } else assert.ok(out.ak, "boto3 got the pod's credentials");
   }
 });
+
+const CLIENTS = ["boto3-imds", "js-imds", "boto3-container"] as const;
+
+async function sessionRun(durationS: number, client: Client, steps: number, stepS: number): Promise<void> {
+  const name = `d${durationS}-${client}${REALTIME_MINUTES > 0 ? "-rt" : ""}`;
+  const pod = await addPod(name);
+  // the agent prefetches when the pod gets its IP
+  await waitFor("prefetched", async () => server.callsFor(name).length > 0);
+  const results = await runClient(client, pod, steps, stepS);
+  const failed = results.filter((r) => !r.ok);
+  const keys = [...new Set(results.flatMap((r) => (r.ak ? [r.ak] : [])))];
+  // one line per run, for the report and bench/sdk-refresh-realtime.ts
+  console.log(
+    `SDK-REFRESH ${JSON.stringify({ client, durationS, calls: results.length, failed: failed.length, keys: keys.length, spanS: steps * stepS, realTime: REALTIME_MINUTES > 0 })}`,
+  );
+  assert.deepEqual(
+    failed.slice(0, 5),
+    [],
+    `${client}, ${durationS}s sessions: ${failed.length} of ${results.length} calls failed\n${agent!.logs().slice(-4000)}`,
+  );
+  assert.ok(keys.length >= 3, `${client}: at least two refreshes seen by the SDK (${keys.length} keys)`);
+}
+
+if (REALTIME_MINUTES > 0) {
+  test(`real time, ${REALTIME_MINUTES} minutes of 15-minute sessions: boto3 and JS on IMDS, boto3 on the container path, no failed call`, async () => {
+    server.lifetimeSeconds = 900;
+    const stepS = 20;
+    await Promise.all(
+      CLIENTS.map((client) => sessionRun(900, client, (REALTIME_MINUTES * 60) / stepS, stepS)),
+    );
+  });
+} else {
+  for (const durationS of DURATIONS) {
+    test(`${durationS / 60}-minute sessions: boto3 and JS on IMDS, boto3 on the container path, over three lifetimes, across refreshes, with no failed call`, async () => {
+      server.lifetimeSeconds = durationS;
+      const stepS = durationS / 45; // 20, 40, 80 s
+      for (const client of CLIENTS) await sessionRun(durationS, client, 3 * 45, stepS);
+    });
+  }
+}
