@@ -21,9 +21,9 @@ step "checking the machine"
 command -v go >/dev/null || fail "go is not installed (needed to build etcd and kube-apiserver)"
 command -v python3 >/dev/null || fail "python3 is not installed (needed for moto and the AWS CLI)"
 
-step "Debian packages (iptables, iproute2, conntrack, redis-server)"
+step "Debian packages (iptables, iproute2, conntrack, redis-server, faketime)"
 need=()
-for pkg in iptables iproute2 conntrack redis-server procps; do
+for pkg in iptables iproute2 conntrack redis-server procps faketime; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if ((${#need[@]})); then

@@ -11,6 +11,7 @@ import type { Lookup } from "./pod-index.ts";
 import { JSON_TYPE, send, sendRefusal } from "./replies.ts";
 import { admit, pathOf } from "./request-screen.ts";
 import { isRefusal, lookupOrWait, servableNow, servablePod } from "./servable-pod.ts";
+import { credentialWaitLeftMs } from "./answer-budget.ts";
 
 export const CONTAINER_CREDENTIALS_PATH = "/v1/credentials";
 const MAX_TOKEN = 8192;
@@ -56,7 +57,7 @@ export function createContainerHandler(d: HandlerDeps): (req: IncomingMessage, r
     const pod = servablePod(l, r.ip, cfg.allowHostNetwork);
     if (isRefusal(pod)) return refuse(r.res, pod.code, pod.message, r.start);
     metrics.miss("container");
-    cache.obtainWithToken(pod, r.token, cfg.credentialWaitMs).then(
+    cache.obtainWithToken(pod, r.token, credentialWaitLeftMs(cfg, performance.now() - r.start)).then(
       (o) => {
         if (!r.res.destroyed) answer(r, o);
       },
@@ -82,7 +83,7 @@ export function createContainerHandler(d: HandlerDeps): (req: IncomingMessage, r
     // Fast path: a token this pod already proved, and cached credentials.
     const pod = servableNow(d, ip);
     if (pod !== undefined) {
-      const c = cache.fresh(pod.uid);
+      const c = cache.fresh(pod.uid, "container");
       if (c !== undefined && cache.tokenValid(pod.uid, token)) {
         metrics.hit("container");
         send(res, 200, c.containerBody, JSON_TYPE);

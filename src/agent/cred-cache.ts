@@ -10,8 +10,17 @@ import type { Logger } from "../common/logger.ts";
 import type { EpochView } from "./epoch-watch.ts";
 import { serialiseCredentials, type CachedCreds } from "./imds-documents.ts";
 import { PodTokenMemo, hashToken } from "./pod-token-memo.ts";
+import * as sdkServeWindow from "../api/serve-window.ts";
+import type { CredentialPath } from "../api/serve-window.ts";
 
 export type { CachedCreds };
+
+/** When credentials may be served on each path and when they are replaced (../api/serve-window.ts). */
+export interface ServeWindow {
+  minServeRemainingMs(path: CredentialPath, lifetimeMs: number): number;
+  staleFloorMs(path: CredentialPath, configuredMs: number): number;
+  refreshAtMs(expirationMs: number, fetchedAtMs: number, random: number): number;
+}
 
 export interface CredentialsSource {
   credentials(req: { pod: PodRef; podToken?: string }, timeoutMs?: number): Promise<CredentialsResponse>;
@@ -29,12 +38,9 @@ export interface CredCacheOptions {
   source: CredentialsSource;
   log: Logger;
   metrics?: CacheMetrics;
-  /** Serve without refreshing first only while at least this much is left (capped at half the lifetime). */
-  minRemainingMs?: number;
-  /** Refresh when this much is left (capped at half the lifetime), minus jitter. */
-  refreshBeforeMs?: number;
-  jitterMs?: number;
-  /** While the server fails, keep serving credentials with at least this much left. */
+  /** The serve and refresh rules; the SDKs' windows unless a test scales them down. */
+  window?: ServeWindow;
+  /** While the server fails, keep serving credentials with at least this much left (IMDS: at least the window's floor). */
   staleFloorMs?: number;
   /** Definite denials (no policy, …) are remembered this long. */
   denialTtlMs?: number;
@@ -91,9 +97,7 @@ export class CredCache {
 
   constructor(opts: CredCacheOptions) {
     this.o = {
-      minRemainingMs: 30 * 60_000,
-      refreshBeforeMs: 40 * 60_000,
-      jitterMs: 5 * 60_000,
+      window: sdkServeWindow,
       staleFloorMs: 2 * 60_000,
       denialTtlMs: 5_000,
       retryInitialMs: 500,
@@ -123,19 +127,18 @@ export class CredCache {
     return out;
   }
 
-  /** Hot path: credentials that can be served without asking anyone, or undefined. */
-  fresh(uid: string, nowMs = this.o.now()): CachedCreds | undefined {
+  /** Hot path: credentials that can be served on `path` without asking anyone, or undefined. */
+  fresh(uid: string, path: CredentialPath = "imds", nowMs = this.o.now()): CachedCreds | undefined {
     const e = this.entries.get(uid);
     const c = e?.creds;
     if (c === undefined) return undefined;
     if (!this.underKnownEpoch(e!.pod.namespace, c) || !this.confirmed(e!.pod.namespace, c, nowMs))
       return undefined;
-    return this.longLived(c, nowMs) ? c : undefined;
+    return this.longLived(c, path, nowMs) ? c : undefined;
   }
 
-  private longLived(c: CachedCreds, nowMs: number): boolean {
-    const need = Math.min(this.o.minRemainingMs, (c.expirationMs - c.fetchedAtMs) / 2);
-    return c.expirationMs - nowMs >= need;
+  private longLived(c: CachedCreds, path: CredentialPath, nowMs: number): boolean {
+    return c.expirationMs - nowMs >= this.o.window.minServeRemainingMs(path, c.expirationMs - c.fetchedAtMs);
   }
 
   /** Start fetching for a pod that just got an IP (no-op when something is cached or in flight). */
@@ -188,10 +191,10 @@ export class CredCache {
   }
 
   /** Slow path: wait (bounded) for credentials for `pod`. */
-  async obtain(pod: PodRef, waitMs: number): Promise<Outcome> {
+  async obtain(pod: PodRef, waitMs: number, path: CredentialPath = "imds"): Promise<Outcome> {
     const e = this.ensure(pod);
     const now = this.o.now();
-    const fresh = this.fresh(pod.uid, now);
+    const fresh = this.fresh(pod.uid, path, now);
     if (fresh) return { ok: true, creds: fresh, stale: false };
     if (e.denial && e.denial.untilMs > now) return { ok: false, ...e.denial };
     if (!e.inflight && now >= e.retryAtMs) this.startFetch(e, e.creds ? "refresh" : "demand");
@@ -202,9 +205,9 @@ export class CredCache {
       e.creds !== undefined &&
       e.failures > 0 &&
       this.underKnownEpoch(pod.namespace, e.creds) &&
-      this.longLived(e.creds, now);
+      this.longLived(e.creds, path, now);
     if (e.inflight && !unconfirmedOnly) await withTimeout(e.inflight, waitMs);
-    return this.settle(e);
+    return this.settle(e, path);
   }
 
   /** The server already accepted `podToken` for this pod (recently). */
@@ -222,9 +225,9 @@ export class CredCache {
     const h = hashToken(podToken);
     const memo = (e.tokens ??= new PodTokenMemo(this.o.maxTokensPerPod));
     if (memo.isAccepted(h, now)) {
-      const fresh = this.fresh(pod.uid, now);
+      const fresh = this.fresh(pod.uid, "container", now);
       if (fresh) return { ok: true, creds: fresh, stale: false };
-      return this.obtain(pod, waitMs);
+      return this.obtain(pod, waitMs, "container");
     }
     const refused = memo.refusalOf(h, now);
     if (refused !== undefined) return { ok: false, ...refused };
@@ -263,16 +266,16 @@ export class CredCache {
     }
   }
 
-  private settle(e: Entry): Outcome {
+  private settle(e: Entry, path: CredentialPath): Outcome {
     const now = this.o.now();
-    const fresh = this.fresh(e.pod.uid, now);
+    const fresh = this.fresh(e.pod.uid, path, now);
     if (fresh) return { ok: true, creds: fresh, stale: false };
     if (e.denial && e.denial.untilMs > now) return { ok: false, ...e.denial };
     // Credentials under a superseded epoch are never served, not even while the server fails.
     if (
       e.creds &&
       this.underKnownEpoch(e.pod.namespace, e.creds) &&
-      e.creds.expirationMs - now > this.o.staleFloorMs
+      e.creds.expirationMs - now > this.o.window.staleFloorMs(path, this.o.staleFloorMs)
     ) {
       this.o.metrics?.staleServed();
       return { ok: true, creds: e.creds, stale: true };
@@ -323,12 +326,7 @@ export class CredCache {
   }
 
   private refreshDelay(c: CachedCreds, now: number): number {
-    const life = c.expirationMs - now;
-    const lead = Math.min(
-      this.o.refreshBeforeMs + Math.random() * this.o.jitterMs,
-      life / 2 + Math.random() * life * 0.1,
-    );
-    return Math.max(1000, c.expirationMs - lead - now);
+    return Math.max(1000, this.o.window.refreshAtMs(c.expirationMs, c.fetchedAtMs, Math.random()) - now);
   }
 
   private schedule(e: Entry, delayMs: number): void {

@@ -2,6 +2,8 @@
 // given. The CLI (src/cli/commands/agent.ts), the agent itself and the tests read this object, so
 // a test cannot run the agent with values production does not have without saying so.
 
+import { DEFAULT_CREDENTIAL_WAIT_MS, DEFAULT_UNKNOWN_POD_WAIT_MS } from "./answer-budget.ts";
+
 /** Where libcni (containerd, CRI-O) caches each attachment's result. */
 export const DEFAULT_CNI_STATE_DIR = "/var/lib/cni/results";
 
@@ -13,8 +15,9 @@ export const AGENT_DEFAULTS = {
   opsListen: { host: "0.0.0.0", port: 8182 },
   requireImdsV2: false,
   allowHostNetwork: false,
-  unknownPodWaitMs: 800,
-  credentialWaitMs: 900,
+  // answered within 400 ms whatever a request waits for (answer-budget.ts): Go SDK v2 gives up at 500
+  unknownPodWaitMs: DEFAULT_UNKNOWN_POD_WAIT_MS,
+  credentialWaitMs: DEFAULT_CREDENTIAL_WAIT_MS,
   maxWaiting: 1024,
   maxWaitingPerSource: 4,
   maxConnections: 4096,

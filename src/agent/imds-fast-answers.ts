@@ -28,7 +28,7 @@ export function createImdsFastResponder(d: HandlerDeps): FastResponder {
       if (ttl === undefined) return undefined;
     } else {
       if (r.token === undefined ? cfg.requireImdsV2 : !tokens.verify(r.token, pod.uid)) return undefined;
-      c = cache.fresh(pod.uid);
+      c = cache.fresh(pod.uid, "imds");
       if (c === undefined) return undefined;
     }
     if (!d.limiter.take(r.ip)) {

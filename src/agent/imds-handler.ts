@@ -18,6 +18,7 @@ import type { Lookup, PodInfo } from "./pod-index.ts";
 import { IMDS_TEXT, TEXT, send, sendImdsText, sendRefusal } from "./replies.ts";
 import { admit, pathOf } from "./request-screen.ts";
 import { isRefusal, lookupOrWait, servablePod } from "./servable-pod.ts";
+import { credentialWaitLeftMs } from "./answer-budget.ts";
 
 /** One IMDS request on its way through the handler. */
 interface ImdsRequest {
@@ -74,13 +75,13 @@ export function createImdsHandler(d: HandlerDeps): (req: IncomingMessage, res: S
   }
 
   function credentials(r: ImdsRequest, pod: PodInfo): void {
-    const c = cache.fresh(pod.uid);
+    const c = cache.fresh(pod.uid, "imds");
     if (c !== undefined) {
       metrics.hit("imds");
       return answerCreds(r, c);
     }
     metrics.miss("imds");
-    cache.obtain(pod, cfg.credentialWaitMs).then(
+    cache.obtain(pod, credentialWaitLeftMs(cfg, performance.now() - r.start)).then(
       (o) => {
         if (r.res.destroyed) return;
         if (o.ok) return answerCreds(r, o.creds);
@@ -123,7 +124,12 @@ export function createImdsHandler(d: HandlerDeps): (req: IncomingMessage, res: S
 
   function afterLookup(r: ImdsRequest, l: Lookup): void {
     const pod = servablePod(l, r.ip, cfg.allowHostNetwork);
-    if (isRefusal(pod)) return done(r, sendRefusal(r.res, pod.code, pod.message, false));
+    if (isRefusal(pod)) {
+      // A 403, 404 or 405 on the token PUT switches Go and JS clients to IMDSv1 for good; an IP
+      // not known (yet) is "try again", which they retry or take for this call only.
+      const code = r.route === ROUTES.token && l.kind === "none" ? "Unavailable" : pod.code;
+      return done(r, sendRefusal(r.res, code, pod.message, false));
+    }
     if (r.route !== ROUTES.token) {
       const tok = r.req.headers[TOKEN_HEADER];
       if (tok !== undefined && (typeof tok !== "string" || !tokens.verify(tok, pod.uid)))

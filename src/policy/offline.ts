@@ -126,6 +126,7 @@ export function validateFiles(files: string[], opts: ValidateOptions = {}): File
           );
           f.ready = r;
           if (r.status === "False") f.errors.push(`${r.reason}: ${r.message}`);
+          else if (r.message !== "in force") f.warnings.push(r.message);
         } else {
           if (allowances.some((a) => a.spec?.namespaceSelector))
             f.warnings.push(
@@ -147,7 +148,10 @@ export function validateFiles(files: string[], opts: ValidateOptions = {}): File
       const v = validateRoleAllowance(doc);
       f.errors.push(...v.errors);
       f.warnings.push(...v.warnings);
-      if (f.errors.length === 0) f.ready = roleAllowanceReadiness(doc as unknown as RoleAllowance);
+      if (f.errors.length === 0) {
+        f.ready = roleAllowanceReadiness(doc as unknown as RoleAllowance);
+        if (f.ready.message !== "in force") f.warnings.push(f.ready.message);
+      }
     } else {
       f.errors.push(`kind: expected AccessPolicy or RoleAllowance, got ${JSON.stringify(doc.kind ?? null)}`);
     }

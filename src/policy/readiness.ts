@@ -5,6 +5,7 @@ import { decide } from "./decide.ts";
 import { checkTemplate } from "./template.ts";
 import type { AccessPolicy, PodFacts, RoleAllowance } from "./types.ts";
 import { validateAccessPolicy, validateRoleAllowance } from "./validate.ts";
+import { imdsDurationWarning } from "../api/serve-window.ts";
 
 export interface ReadyState {
   status: "True" | "False";
@@ -55,14 +56,20 @@ export function accessPolicyReadiness(
     },
     { clusterName: clusterName || "c".repeat(63), maxDurationSeconds },
   );
-  if (!big.ok && big.reason === "PolicyTooLarge") {
-    return {
-      status: "True",
-      reason: "Valid",
-      message: `in force; warning: with long names or label values the rendered policy can exceed the STS limit (${big.message})`,
-    };
-  }
-  return { status: "True", reason: "Valid", message: "in force" };
+  const warnings: string[] = [];
+  if (!big.ok && big.reason === "PolicyTooLarge")
+    warnings.push(
+      `with long names or label values the rendered policy can exceed the STS limit (${big.message})`,
+    );
+  const short = d.ok ? imdsDurationWarning(d.plan.durationSeconds) : undefined;
+  if (short !== undefined) warnings.push(short);
+  return inForce(warnings);
+}
+
+/** Ready=True; warnings go into the message, as metav1.Condition has no severity of its own. */
+function inForce(warnings: string[]): ReadyState {
+  const message = ["in force", ...warnings.map((w) => `warning: ${w}`)].join("; ");
+  return { status: "True", reason: "Valid", message };
 }
 
 // Stand-in addresses: a short one, and for the size check the longest a dual-stack pod can have.
@@ -109,5 +116,7 @@ export function roleAllowanceReadiness(a: RoleAllowance): ReadyState {
   const v = validateRoleAllowance({ ...a, kind: "RoleAllowance" });
   if (v.errors.length > 0)
     return { status: "False", reason: "Invalid", message: v.errors.join("; ").slice(0, 1000) };
-  return { status: "True", reason: "Valid", message: "in force" };
+  const cap = a.spec.maxDurationSeconds;
+  const short = cap === undefined ? undefined : imdsDurationWarning(cap);
+  return inForce(short === undefined ? [] : [`spec.maxDurationSeconds: ${short}`]);
 }

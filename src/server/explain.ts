@@ -18,6 +18,7 @@ import {
   type PodFacts,
   type RoleAllowance,
 } from "../policy/types.ts";
+import { imdsDurationWarning } from "../api/serve-window.ts";
 
 export interface ExplainInput {
   namespace: string;
@@ -351,6 +352,8 @@ export function formatExplanation(e: Explanation): string {
     L.push(`Decision: credentials issued under ${e.decision.policy}`);
     L.push(`  role ${e.decision.roleArn}`);
     L.push(`  session name ${e.decision.sessionName}, duration ${e.decision.durationSeconds}s`);
+    const short = imdsDurationWarning(e.decision.durationSeconds);
+    if (short !== undefined) L.push(`  warning: ${short}`);
     if (e.decision.policyArns.length)
       L.push(`  managed session policies ${e.decision.policyArns.join(", ")}`);
   } else {

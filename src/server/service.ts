@@ -49,7 +49,7 @@ export interface ServiceOptions {
   clusterName: string;
   maxDurationSeconds: number;
   sourceIdentity: boolean;
-  /** Reuse cached credentials only while at least this much lifetime is left (capped at 3/4 of the duration). */
+  /** Reuse cached credentials only while at least this much lifetime is left (capped at 3/4 of the duration; never below what agents refresh at, serve-window.ts). */
   cacheMinRemainingSeconds: number;
   stsRatePerSecond: number;
   stsBurst: number;

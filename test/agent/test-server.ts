@@ -8,6 +8,7 @@ import { readFileSync } from "node:fs";
 import type { AddressInfo } from "node:net";
 import { randomBytes } from "node:crypto";
 import { AuthenticationV1Api, CoreV1Api, type KubeConfig } from "@kubernetes/client-node";
+import { serverReuseMinRemainingSeconds } from "../../src/api/serve-window.ts";
 import {
   CREDENTIALS_PATH,
   MAX_EPOCH_REQUEST_BYTES,
@@ -44,6 +45,10 @@ export interface TestServerOptions {
   audience?: string;
   /** How long an epoch poll with nothing changed is held (default: the contract's). */
   epochHoldMs?: number;
+  /** The clock credentials are issued by (default: Date.now). */
+  now?: () => number;
+  /** Hand a pod back its last session while the real server would (serverReuseMinRemainingSeconds). */
+  reuse?: boolean;
 }
 
 export class TestServer {
@@ -54,6 +59,12 @@ export class TestServer {
   pollsDown = false;
   /** Added to every answer (ms). */
   delayMs = 0;
+  /** Session duration of new credentials (default: the option's, else 3600). */
+  lifetimeSeconds: number;
+  /** Every access key issued → its expiry (ms), for a stand-in AWS service to check. */
+  readonly issued = new Map<string, number>();
+  /** The last session per pod UID, for `reuse`. */
+  private readonly lastSession = new Map<string, { res: CredentialsResponse; expirationMs: number }>();
   port = 0;
   private readonly server: Server;
   private readonly core: CoreV1Api;
@@ -66,6 +77,7 @@ export class TestServer {
 
   constructor(o: TestServerOptions) {
     this.o = o;
+    this.lifetimeSeconds = o.lifetimeSeconds ?? 3600;
     this.core = o.kc.makeApiClient(CoreV1Api);
     this.authn = o.kc.makeApiClient(AuthenticationV1Api);
     this.server = createServer(
@@ -216,6 +228,16 @@ export class TestServer {
       record("NoPolicy");
       return err("NoPolicy", "no policy selects this pod");
     }
+    const nowMs = (this.o.now ?? Date.now)();
+    const last = this.lastSession.get(req.pod.uid);
+    if (
+      this.o.reuse &&
+      last &&
+      last.expirationMs - nowMs >= serverReuseMinRemainingSeconds(this.lifetimeSeconds) * 1000
+    ) {
+      record("ok", last.res.credentials.accessKeyId);
+      return [200, last.res];
+    }
     const n = ++this.counter;
     // The pod name and issuance number are visible in the key, and the last 4 characters
     // (what `aws configure list` shows) are unique per issuance.
@@ -229,7 +251,7 @@ export class TestServer {
         accessKeyId,
         secretAccessKey: randomBytes(30).toString("base64"),
         sessionToken: `session-${req.pod.uid}-${n}-${randomBytes(16).toString("hex")}`,
-        expiration: new Date(Date.now() + (this.o.lifetimeSeconds ?? 3600) * 1000).toISOString(),
+        expiration: new Date(nowMs + this.lifetimeSeconds * 1000).toISOString().replace(/\.\d{3}Z$/, "Z"),
         accountId: "123456789012",
       },
       roleArn: `arn:aws:iam::123456789012:role/kc-${req.pod.namespace}-${req.pod.name}`,
@@ -239,6 +261,8 @@ export class TestServer {
       policyEpoch: this.epochOf(req.pod.namespace),
     };
     record("ok", accessKeyId);
+    this.issued.set(accessKeyId, Date.parse(res.credentials.expiration));
+    this.lastSession.set(req.pod.uid, { res, expirationMs: Date.parse(res.credentials.expiration) });
     return [200, res];
   }
 }

@@ -138,3 +138,44 @@ spec:
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test("keycutter policy validate: sessions too short for IMDS clients are a warning, on the policy and on an allowance's cap", () => {
+  const dir = mkdtempSync(join(tmpdir(), "kc-validate-"));
+  try {
+    const file = join(dir, "short.yaml");
+    const role = "arn:aws:iam::123456789012:role/tenant-a";
+    writeFileSync(
+      file,
+      [
+        ALLOWANCE,
+        policy("quarter-hour", role, "arn:aws:s3:::b/*", "  durationSeconds: 900\n"),
+        policy("hour", role, "arn:aws:s3:::b/*", "  durationSeconds: 3600\n"),
+        `apiVersion: keycutter.dev/v1alpha1\nkind: RoleAllowance\nmetadata: {name: capped}\nspec:\n  namespaces: [x]\n  roleArns: ["arn:aws:iam::123456789012:role/x"]\n  maxDurationSeconds: 1800\n`,
+      ].join("---\n"),
+    );
+    const r = spawnSync(NODE, [KEYCUTTER_MAIN, "policy", "validate", "-o", "json", file], {
+      encoding: "utf8",
+    });
+    assert.equal(r.status, 0, r.stdout + r.stderr);
+    const findings = (
+      JSON.parse(r.stdout) as {
+        findings: { name: string; warnings: string[]; ready?: { message: string } }[];
+      }
+    ).findings;
+    const of = (n: string) => findings.find((f) => f.name === n)!;
+    assert.match(
+      of("quarter-hour").warnings.join(" | "),
+      /900s sessions are shorter than 2700s: on IMDS, boto3/,
+    );
+    assert.match(
+      of("quarter-hour").ready!.message,
+      /^in force; warning: 900s sessions/,
+      "the Ready condition says it too",
+    );
+    assert.deepEqual(of("hour").warnings, []);
+    assert.match(of("capped").warnings.join(" | "), /spec.maxDurationSeconds: 1800s sessions are shorter/);
+    assert.deepEqual(of("tenants").warnings, []);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

@@ -1,6 +1,7 @@
 // The one interface of the issuance chain: memory cache → remembered refusals → single flight →
 // shared cache with its lock → fair rate limit → STS. Each step implements Issuer and wraps the
 // next, so a step can be tested, reordered or left out on its own (chain.ts puts them together).
+import { serverReuseMinRemainingSeconds } from "../../api/serve-window.ts";
 import type { IssuePlan } from "../../policy/decide.ts";
 import type { CachedCredentials } from "../cache.ts";
 
@@ -47,6 +48,11 @@ export function freshEnough(
   nowMs: number,
 ): creds is CachedCredentials {
   if (!creds) return false;
-  const minMs = Math.min(minRemainingSeconds, 0.75 * durationSeconds) * 1000;
+  // never what an agent refreshing them would get back (api/serve-window.ts); the option only adds
+  const minMs =
+    Math.max(
+      serverReuseMinRemainingSeconds(durationSeconds),
+      Math.min(minRemainingSeconds, 0.75 * durationSeconds),
+    ) * 1000;
   return Date.parse(creds.expiration) - nowMs >= minMs;
 }

@@ -1,12 +1,21 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { pino } from "pino";
-import { CredCache, type CredentialsSource } from "../../../src/agent/cred-cache.ts";
+import { CredCache, type CredentialsSource, type ServeWindow } from "../../../src/agent/cred-cache.ts";
 import { KeycutterError, httpStatus } from "../../../src/api/errors.ts";
 import type { CredentialsResponse, PodRef } from "../../../src/api/contract.ts";
 
 const log = pino({ level: "silent" });
 const podA: PodRef = { namespace: "ns", name: "a", uid: "uid-a" };
+
+/** The cache's mechanics on millisecond lifetimes: serve while `minMs` is left, refresh `leadMs` before expiry. */
+function scaledWindow(minMs: (lifetimeMs: number) => number, leadMs: number): ServeWindow {
+  return {
+    minServeRemainingMs: (_path, lifetimeMs) => minMs(lifetimeMs),
+    staleFloorMs: (_path, configuredMs) => configuredMs,
+    refreshAtMs: (expirationMs) => expirationMs - leadMs,
+  };
+}
 
 class FakeSource implements CredentialsSource {
   calls: { pod: PodRef; podToken?: string }[] = [];
@@ -58,7 +67,7 @@ test("prefetch + single flight: concurrent callers share one request; documents 
 test("refreshes ahead of expiry in the background", async () => {
   const src = new FakeSource();
   src.lifetimeMs = 3000;
-  const c = new CredCache({ source: src, log, refreshBeforeMs: 2000, jitterMs: 0, minRemainingMs: 1000 });
+  const c = new CredCache({ source: src, log, window: scaledWindow(() => 1000, 2000) });
   const r1 = await c.obtain(podA, 1000);
   assert.ok(r1.ok);
   await new Promise((r) => setTimeout(r, 1900));
@@ -72,7 +81,12 @@ test("server down: still-valid credentials keep being served (stale), none when 
   const src = new FakeSource();
   src.lifetimeMs = 2500;
   // fresh for half the lifetime; after that a demand refresh is tried first
-  const c = new CredCache({ source: src, log, staleFloorMs: 500, refreshBeforeMs: 100, jitterMs: 0 });
+  const c = new CredCache({
+    source: src,
+    log,
+    staleFloorMs: 500,
+    window: scaledWindow((lifetime) => lifetime / 2, 100),
+  });
   assert.ok((await c.obtain(podA, 1000)).ok);
   src.fail = new KeycutterError("Unavailable", "down");
   await new Promise((r) => setTimeout(r, 1300));
@@ -87,7 +101,7 @@ test("server down: still-valid credentials keep being served (stale), none when 
 test("a definite denial drops cached credentials", async () => {
   const src = new FakeSource();
   src.lifetimeMs = 2500;
-  const c = new CredCache({ source: src, log, refreshBeforeMs: 100, jitterMs: 0 });
+  const c = new CredCache({ source: src, log, window: scaledWindow((lifetime) => lifetime / 2, 100) });
   assert.ok((await c.obtain(podA, 1000)).ok);
   src.fail = new KeycutterError("NoPolicy", "no policy selects this pod");
   await new Promise((r) => setTimeout(r, 1300));

@@ -245,6 +245,13 @@ test("a pod appearing while its request waits is served", async () => {
   assert.equal(r.body, "role-late");
 });
 
+test("token PUT from an IP still unknown after the wait: 503, never the 403/404/405 that switch Go and JS to IMDSv1", async () => {
+  const t0 = Date.now();
+  const r = await v2Token("127.0.0.9");
+  assert.equal(r.status, 503);
+  assert.ok(Date.now() - t0 >= 250, "waited for the watch first");
+});
+
 test("container credentials: token required, mismatch 403 JSON, own token 200", async () => {
   const port = env.containerPort;
   const none = await call("127.0.0.2", "GET", "/v1/credentials", {}, port);

@@ -118,6 +118,8 @@ const NOT_STATUSES = new Set([
   "src/agent/server-client.ts:slice(0, ",
   "src/api/contract.ts:MAX_EPOCH_NAMESPACES = ",
   "src/server/config.ts:podReviewBudget: { ratePerSecond: 200, burst: ",
+  "src/agent/answer-budget.ts:export const DEFAULT_UNKNOWN_POD_WAIT_MS = ",
+  "src/agent/answer-budget.ts:export const DEFAULT_CREDENTIAL_WAIT_MS = ",
 ]);
 
 test("no refusal status is chosen outside the catalogue (agent, server, contract)", () => {

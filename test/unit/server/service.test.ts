@@ -106,6 +106,21 @@ test("cached credentials are reused only while enough lifetime is left", async (
   svc.close();
 });
 
+test("15-minute sessions: what an agent refreshes (about 780 s left) is never handed back; a fresh one is", async () => {
+  // the agent replaces a 900 s session on IMDS from about 780 s left (serve-window.ts): the
+  // server must not answer that refresh with the same credentials
+  const aged = make(async () => ({ expiresInS: 780 }), 900);
+  await aged.svc.issue({ serviceAccount: "s/a", nodeName: "n1" }, { pod });
+  await aged.svc.issue({ serviceAccount: "s/a", nodeName: "n1" }, { pod });
+  assert.equal(aged.calls.length, 2, "780 s left: a new STS session");
+  aged.svc.close();
+  const fresh = make(async () => ({ expiresInS: 895 }), 900);
+  await fresh.svc.issue({ serviceAccount: "s/a", nodeName: "n1" }, { pod });
+  await fresh.svc.issue({ serviceAccount: "s/a", nodeName: "n1" }, { pod });
+  assert.equal(fresh.calls.length, 1, "just issued: reused");
+  fresh.svc.close();
+});
+
 test("a role with a lower MaxSessionDuration: retried once at 3600", async () => {
   const { svc, calls } = make(async (r) => {
     if (r.durationSeconds > 3600)

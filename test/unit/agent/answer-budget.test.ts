@@ -1,0 +1,21 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import {
+  credentialWaitLeftMs,
+  DEFAULT_CREDENTIAL_WAIT_MS,
+  DEFAULT_UNKNOWN_POD_WAIT_MS,
+} from "../../../src/agent/answer-budget.ts";
+
+test("defaults: every request is answered within 400 ms, inside aws-sdk-go-v2's 500 ms", () => {
+  const cfg = { unknownPodWaitMs: DEFAULT_UNKNOWN_POD_WAIT_MS, credentialWaitMs: DEFAULT_CREDENTIAL_WAIT_MS };
+  for (const waitedForPod of [0, 100, 399, 400]) {
+    assert.ok(waitedForPod + credentialWaitLeftMs(cfg, waitedForPod) <= 400, `after ${waitedForPod} ms`);
+  }
+});
+
+test("a late pod's wait and the server's wait do not add up", () => {
+  const cfg = { unknownPodWaitMs: 800, credentialWaitMs: 900 };
+  assert.equal(credentialWaitLeftMs(cfg, 0), 900);
+  assert.equal(credentialWaitLeftMs(cfg, 700), 200);
+  assert.equal(credentialWaitLeftMs(cfg, 1000), 0);
+});
