@@ -228,7 +228,8 @@ export async function benchStormDnat(p: StormDnatParams): Promise<StormDnatResul
     const nets: PodNet[] = await step(
       pool(names, p.netnsConcurrency ?? 8, (name, i) => {
         if (aborted) throw new Error("storm-dnat: interrupted");
-        const add = sys.net.addPod(NODE_NAME, name, `${prefix}.${2 + i}`);
+        // with the record the runtime's libcni writes, which the agent confirms each IP against
+        const add = sys.net.addPod(NODE_NAME, name, `${prefix}.${2 + i}`, { namespace: NS, name });
         const settled = add.then(
           () => undefined,
           () => undefined,
