@@ -150,53 +150,42 @@ export function createApiHandler(opts: ApiOptions): (req: IncomingMessage, res: 
     return { serviceAccount: sa, nodeName: id.nodeName };
   };
 
+  // Both routes: POST, an authenticated agent, a JSON body within its route's size limit.
+  const authenticatedJson = async (
+    req: IncomingMessage,
+    maxBytes?: number,
+  ): Promise<{ agent: AgentIdentity; body: unknown }> => {
+    if (req.method !== "POST") throw new KeycutterError("MethodNotAllowed", "method not allowed; use POST");
+    let agent: AgentIdentity;
+    try {
+      agent = await authenticate(req);
+    } catch (e) {
+      if (e instanceof KeycutterError) opts.auditAuthFailure?.(e.code, e.message);
+      throw e;
+    }
+    const ct = String(req.headers["content-type"] ?? "");
+    if (!/^application\/json\s*(;.*)?$/i.test(ct))
+      throw new KeycutterError("UnsupportedMediaType", "content-type must be application/json");
+    const raw = await readBody(req, maxBytes);
+    try {
+      return { agent, body: JSON.parse(raw.toString("utf8")) };
+    } catch (e) {
+      throw new KeycutterError("BadRequest", "body is not valid JSON", { cause: e });
+    }
+  };
+
   return (req, res) => {
     const handle = async () => {
       const url = req.url ?? "/";
       const path = url.split("?")[0];
       if (path === POLICY_EPOCHS_PATH && opts.epochs) return handleEpochs(opts.epochs);
       if (path !== CREDENTIALS_PATH) throw new KeycutterError("NotFound", "no such path");
-      if (req.method !== "POST") throw new KeycutterError("MethodNotAllowed", "method not allowed; use POST");
-      let agent: AgentIdentity;
-      try {
-        agent = await authenticate(req);
-      } catch (e) {
-        if (e instanceof KeycutterError) opts.auditAuthFailure?.(e.code, e.message);
-        throw e;
-      }
-      const ct = String(req.headers["content-type"] ?? "");
-      if (!/^application\/json\s*(;.*)?$/i.test(ct))
-        throw new KeycutterError("UnsupportedMediaType", "content-type must be application/json");
-      const raw = await readBody(req);
-      let body: unknown;
-      try {
-        body = JSON.parse(raw.toString("utf8"));
-      } catch (e) {
-        throw new KeycutterError("BadRequest", "body is not valid JSON", { cause: e });
-      }
-      const creq = parseCredentialsRequest(body);
-      const out = await opts.service.issue(agent, creq);
+      const { agent, body } = await authenticatedJson(req);
+      const out = await opts.service.issue(agent, parseCredentialsRequest(body));
       send(res, 200, out);
     };
     const handleEpochs = async (epochs: PolicyEpochs) => {
-      if (req.method !== "POST") throw new KeycutterError("MethodNotAllowed", "method not allowed; use POST");
-      let agent: AgentIdentity;
-      try {
-        agent = await authenticate(req);
-      } catch (e) {
-        if (e instanceof KeycutterError) opts.auditAuthFailure?.(e.code, e.message);
-        throw e;
-      }
-      const ct = String(req.headers["content-type"] ?? "");
-      if (!/^application\/json\s*(;.*)?$/i.test(ct))
-        throw new KeycutterError("UnsupportedMediaType", "content-type must be application/json");
-      const raw = await readBody(req, MAX_EPOCH_REQUEST_BYTES);
-      let body: unknown;
-      try {
-        body = JSON.parse(raw.toString("utf8"));
-      } catch (e) {
-        throw new KeycutterError("BadRequest", "body is not valid JSON", { cause: e });
-      }
+      const { agent, body } = await authenticatedJson(req, MAX_EPOCH_REQUEST_BYTES);
       const poll = parsePolicyEpochsRequest(body);
       const gone = new AbortController();
       res.once("close", () => gone.abort());
