@@ -4,7 +4,7 @@ import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { readFileSync } from "node:fs";
 import { createLogger, type Logger } from "../common/logger.ts";
-import { PodWatch } from "../k8s/pod-watch.ts";
+import { PodWatch } from "./pod-watch.ts";
 import { ApiClient } from "../k8s/api-client.ts";
 import { inClusterConfig, kubeconfigFromFile } from "../k8s/rest-config.ts";
 import { PodIndex, podFinished } from "./pod-index.ts";

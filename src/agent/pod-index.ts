@@ -7,7 +7,7 @@
 // answers for an IP only while that record says the IP is attached to it; otherwise the IP is
 // unknown, which means the bounded wait for the new pod, never the old pod's credentials.
 import type { Logger } from "../common/logger.ts";
-import type { PodInfo, PodWatchHandler } from "../k8s/pod-watch.ts";
+import type { PodInfo, PodWatchHandler } from "./pod-watch.ts";
 
 export type { PodInfo };
 

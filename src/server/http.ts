@@ -23,7 +23,7 @@ import {
 } from "../api/contract.ts";
 import { ERRORS, KeycutterError, httpStatus } from "../api/errors.ts";
 import type { Logger } from "../common/logger.ts";
-import { ReviewThrottled, type ReviewedIdentity } from "../k8s/token-review.ts";
+import { ReviewThrottled, type ReviewedIdentity } from "./k8s/token-review.ts";
 import type { Registry } from "prom-client";
 import type { AgentIdentity, CredentialService } from "./service.ts";
 import type { ServerMetrics } from "./metrics.ts";

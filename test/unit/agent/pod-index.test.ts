@@ -97,7 +97,7 @@ test("a terminating pod whose containers have all stopped no longer answers for 
 });
 
 test("toPodInfo keeps only the needed fields and derives containersDone", async () => {
-  const { toPodInfo } = await import("../../../src/k8s/pod-watch.ts");
+  const { toPodInfo } = await import("../../../src/agent/pod-watch.ts");
   const raw = {
     metadata: {
       uid: "u",
@@ -235,7 +235,7 @@ test("node attachments: a request waiting for an unconfirmed IP is woken by the 
 });
 
 test("toPodInfo: a terminating pod with nothing running is done, whatever its containers' other states", async () => {
-  const { toPodInfo } = await import("../../../src/k8s/pod-watch.ts");
+  const { toPodInfo } = await import("../../../src/agent/pod-watch.ts");
   const base = {
     metadata: { uid: "u", name: "p", namespace: "n", deletionTimestamp: "2026-01-01T00:00:00Z" },
     spec: { nodeName: "n1", containers: [{ name: "a" }, { name: "b" }] },

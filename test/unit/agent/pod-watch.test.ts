@@ -7,7 +7,7 @@ import type { AddressInfo } from "node:net";
 import { ApiClient } from "../../../src/k8s/api-client.ts";
 import { RestConfig } from "../../../src/k8s/rest-config.ts";
 import { pino } from "pino";
-import { PodWatch, type PodInfo } from "../../../src/k8s/pod-watch.ts";
+import { PodWatch, type PodInfo } from "../../../src/agent/pod-watch.ts";
 
 function podObj(name: string, ip: string, rv: string) {
   return {

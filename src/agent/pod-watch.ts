@@ -4,8 +4,8 @@
 // small ApiClient, not the official client, whose weight alone would exceed the agent's budget.
 import type { V1Pod } from "@kubernetes/client-node";
 import type { Logger } from "../common/logger.ts";
-import { ApiError, type ApiClient } from "./api-client.ts";
-import { isMirrorPod } from "./mirror-pod.ts";
+import { ApiError, type ApiClient } from "../k8s/api-client.ts";
+import { isMirrorPod } from "../k8s/mirror-pod.ts";
 
 export interface PodInfo {
   uid: string;
