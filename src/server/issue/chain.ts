@@ -1,7 +1,7 @@
 // The issuance chain, in order: memory cache → remembered refusals → single flight → shared
 // cache with its lock → fair rate limit → STS AssumeRole with the duration fallback.
 import type { Logger } from "../../common/logger.ts";
-import { RateLimiter } from "../../aws/rate-limit.ts";
+import { RateLimiter } from "../fair-queue.ts";
 import type { AssumeRoleRequest, AssumedCredentials } from "../../aws/sts.ts";
 import type { PolicyRef } from "../../policy/decide.ts";
 import { MemoryCache, type SharedStore } from "../cache.ts";

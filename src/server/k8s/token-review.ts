@@ -14,7 +14,7 @@
 import { createHash } from "node:crypto";
 import type { KubeConfig, V1TokenReview } from "@kubernetes/client-node";
 import { ApiClient, kubeConfigConnection } from "../../k8s/api-client.ts";
-import { RateLimiter, RateLimitQueueFull, RateLimitTimeout } from "../../aws/rate-limit.ts";
+import { RateLimiter, RateLimitQueueFull, RateLimitTimeout } from "../fair-queue.ts";
 import { KeyedTokenBuckets } from "../../common/keyed-token-buckets.ts";
 import { LRUCache } from "lru-cache";
 import { screenToken } from "./token-claims.ts";

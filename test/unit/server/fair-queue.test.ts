@@ -1,6 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { RateLimiter, RateLimitTimeout } from "../../../src/aws/rate-limit.ts";
+import { RateLimiter, RateLimitTimeout } from "../../../src/server/fair-queue.ts";
 
 test("rate limiter: burst, then first issuances go before refreshes", async () => {
   const rl = new RateLimiter({ ratePerSecond: 50, burst: 2, maxWaitMs: 2000 });
