@@ -12,7 +12,7 @@ import { CniState } from "./cni-state.ts";
 import { CredCache } from "./cred-cache.ts";
 import { ImdsTokens } from "./imds-token.ts";
 import { AgentMetrics } from "./metrics.ts";
-import { RateLimiter } from "./rate-limit.ts";
+import { podRequestLimit } from "./pod-request-limit.ts";
 import { Passthrough } from "./passthrough.ts";
 import { ServerClient } from "./server-client.ts";
 import { PolicyEpochWatch } from "./epoch-watch.ts";
@@ -203,7 +203,7 @@ export async function startAgent(
     cache,
     tokens,
     metrics,
-    limiter: new RateLimiter(cfg.rateLimitRps, cfg.rateLimitBurst),
+    limiter: podRequestLimit(cfg.rateLimitRps, cfg.rateLimitBurst),
     passthrough,
     waits: new WaitSlots(cfg.maxWaiting, cfg.maxWaitingPerSource),
     log,

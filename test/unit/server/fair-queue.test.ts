@@ -1,9 +1,9 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { RateLimiter, RateLimitTimeout } from "../../../src/server/fair-queue.ts";
+import { FairQueue, RateLimitTimeout } from "../../../src/server/fair-queue.ts";
 
 test("rate limiter: burst, then first issuances go before refreshes", async () => {
-  const rl = new RateLimiter({ ratePerSecond: 50, burst: 2, maxWaitMs: 2000 });
+  const rl = new FairQueue({ label: "STS", ratePerSecond: 50, burst: 2, maxWaitMs: 2000 });
   await rl.acquire("refresh");
   await rl.acquire("refresh");
   const order: string[] = [];
@@ -17,7 +17,7 @@ test("rate limiter: burst, then first issuances go before refreshes", async () =
 });
 
 test("rate limiter: a waiter past maxWaitMs is refused", async () => {
-  const rl = new RateLimiter({ ratePerSecond: 1, burst: 1, maxWaitMs: 50 });
+  const rl = new FairQueue({ label: "STS", ratePerSecond: 1, burst: 1, maxWaitMs: 50 });
   await rl.acquire("first");
   await assert.rejects(rl.acquire("refresh"), RateLimitTimeout);
 });
@@ -30,7 +30,7 @@ function stepped(opts: {
   refreshEvery?: number;
 }) {
   let now = 0;
-  const limiter = new RateLimiter({ maxWaitMs: 60_000, ...opts, now: () => now });
+  const limiter = new FairQueue({ label: "STS", maxWaitMs: 60_000, ...opts, now: () => now });
   const order: string[] = [];
   const settle = () => new Promise<void>((resolve) => setImmediate(resolve));
   return {

@@ -207,7 +207,7 @@ test("rate-limit step: refreshes queue behind first issuances; a spent budget is
   const limiter = {
     acquire: (priority: Priority, tenant: string) => {
       asked.push([priority, tenant]);
-      return timeout ? Promise.reject(new RateLimitTimeout()) : Promise.resolve();
+      return timeout ? Promise.reject(new RateLimitTimeout("STS")) : Promise.resolve();
     },
   };
   const step = new RateLimitedIssuer(next, { limiter, history, now: () => NOW });
