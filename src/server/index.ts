@@ -12,7 +12,7 @@ import { LeaderElector } from "./k8s/leader-election.ts";
 import { PolicyStatusWriter } from "./k8s/policy-status.ts";
 import { createAuditLogger } from "./audit.ts";
 import { loadKey, SharedStore } from "./cache.ts";
-import { startApiServer, startOpsServer, type Listening } from "./http.ts";
+import { startApiServer, startOpsServer } from "./http.ts";
 import { createServerMetrics, type ServerMetrics } from "./metrics.ts";
 import { PolicyEpochs } from "./policy-epochs.ts";
 import { CredentialService, type ServiceOptions } from "./service.ts";
@@ -144,7 +144,7 @@ export async function startServer(cfg: ServerConfig): Promise<RunningServer> {
     elector.start();
   }
 
-  const api: Listening<unknown> = await startApiServer(
+  const api = await startApiServer(
     {
       ...(cfg.tlsCertFile ? { tlsCertFile: cfg.tlsCertFile } : {}),
       ...(cfg.tlsKeyFile ? { tlsKeyFile: cfg.tlsKeyFile } : {}),
