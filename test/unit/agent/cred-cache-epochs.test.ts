@@ -56,6 +56,13 @@ class Server implements CredentialsSource {
   }
 }
 
+/** The replica and the agent's channel agree that team-a is at `epoch`, confirmed at `atMs`. */
+function agreeOn(epochs: Epochs, server: Server, epoch: string, atMs: number): void {
+  server.replicaEpoch.set("team-a", epoch);
+  epochs.epochs.set("team-a", epoch);
+  epochs.confirmedAt = atMs;
+}
+
 function setUp(over: Partial<ConstructorParameters<typeof CredCache>[0]> = {}) {
   const epochs = new Epochs();
   const clock = new ManualClock();
@@ -80,9 +87,7 @@ function setUp(over: Partial<ConstructorParameters<typeof CredCache>[0]> = {}) {
 
 test("an epoch change makes the cached credentials unservable at once; the next request waits for the new decision", async () => {
   const { epochs, server, cache, now } = setUp();
-  server.replicaEpoch.set("team-a", "e1");
-  epochs.epochs.set("team-a", "e1");
-  epochs.confirmedAt = now();
+  agreeOn(epochs, server, "e1", now());
   const first = await cache.obtain(podA, 1000);
   assert.ok(first.ok);
   assert.equal(cache.fresh(podA.uid)?.imdsBody, first.creds.imdsBody);
@@ -101,9 +106,7 @@ test("an epoch change makes the cached credentials unservable at once; the next 
 
 test("a replica still behind the change is asked again; its old decision is never served", async () => {
   const { epochs, server, cache, now, advance } = setUp();
-  server.replicaEpoch.set("team-a", "e1");
-  epochs.epochs.set("team-a", "e1");
-  epochs.confirmedAt = now();
+  agreeOn(epochs, server, "e1", now());
   assert.ok((await cache.obtain(podA, 1000)).ok);
   epochs.epochs.set("team-a", "e2");
   const before = server.calls;
@@ -132,9 +135,7 @@ test("a replica still behind the change is asked again; its old decision is neve
 
 test("after a known change, a failing server does not bring the old credentials back (no stale serving)", async () => {
   const { epochs, server, cache, now } = setUp();
-  server.replicaEpoch.set("team-a", "e1");
-  epochs.epochs.set("team-a", "e1");
-  epochs.confirmedAt = now();
+  agreeOn(epochs, server, "e1", now());
   assert.ok((await cache.obtain(podA, 1000)).ok);
   epochs.epochs.set("team-a", "e2");
   server.fail = new KeycutterError("Unavailable", "down");
@@ -147,9 +148,7 @@ test("after a known change, a failing server does not bring the old credentials 
 
 test("a refusal after the change drops the credentials", async () => {
   const { epochs, server, cache, now } = setUp();
-  server.replicaEpoch.set("team-a", "e1");
-  epochs.epochs.set("team-a", "e1");
-  epochs.confirmedAt = now();
+  agreeOn(epochs, server, "e1", now());
   assert.ok((await cache.obtain(podA, 1000)).ok);
   epochs.epochs.set("team-a", "e2");
   server.fail = new KeycutterError("NoPolicy", "no AccessPolicy selects the pod");
@@ -183,9 +182,7 @@ test("confirmEpochs re-fetches the pods of moved namespaces only", async () => {
 
 test("a silent epoch channel: credentials older than the bound revalidate on next use; a failing server then serves them without waiting", async () => {
   const { epochs, server, cache, now, advance } = setUp({ epochMaxAgeMs: 60_000 });
-  server.replicaEpoch.set("team-a", "e1");
-  epochs.epochs.set("team-a", "e1");
-  epochs.confirmedAt = now();
+  agreeOn(epochs, server, "e1", now());
   assert.ok((await cache.obtain(podA, 1000)).ok);
   await advance(30_000);
   assert.ok(cache.fresh(podA.uid), "within the bound");

@@ -82,20 +82,28 @@ test("refreshes ahead of expiry in the background", async () => {
   c.dropAll();
 });
 
-test("server down: still-valid credentials keep being served (stale), none when nothing cached", async () => {
+/**
+ * Credentials of a 2.5 s lifetime, fresh for half of it (then a demand refresh is tried first),
+ * fetched; then the server starts failing with `failure` and the clock moves past the half.
+ */
+async function cachedThenFailing(failure: KeycutterError, extra: { staleFloorMs?: number } = {}) {
   const src = new FakeSource();
   src.lifetimeMs = 2500;
-  // fresh for half the lifetime; after that a demand refresh is tried first
   const c = new CredCache({
     source: src,
     clock: src.clock,
     log,
-    staleFloorMs: 500,
+    ...extra,
     window: scaledWindow((lifetime) => lifetime / 2, 100),
   });
   assert.ok((await c.obtain(podA, 1000)).ok);
-  src.fail = new KeycutterError("Unavailable", "down");
+  src.fail = failure;
   await src.clock.advance(1300);
+  return c;
+}
+
+test("server down: still-valid credentials keep being served (stale), none when nothing cached", async () => {
+  const c = await cachedThenFailing(new KeycutterError("Unavailable", "down"), { staleFloorMs: 500 });
   const r = await c.obtain(podA, 1000);
   assert.ok(r.ok && r.stale, "stale but valid");
   const podB: PodRef = { namespace: "ns", name: "b", uid: "uid-b" };
@@ -105,17 +113,7 @@ test("server down: still-valid credentials keep being served (stale), none when 
 });
 
 test("a definite denial drops cached credentials", async () => {
-  const src = new FakeSource();
-  src.lifetimeMs = 2500;
-  const c = new CredCache({
-    source: src,
-    clock: src.clock,
-    log,
-    window: scaledWindow((lifetime) => lifetime / 2, 100),
-  });
-  assert.ok((await c.obtain(podA, 1000)).ok);
-  src.fail = new KeycutterError("NoPolicy", "no policy selects this pod");
-  await src.clock.advance(1300);
+  const c = await cachedThenFailing(new KeycutterError("NoPolicy", "no policy selects this pod"));
   const r = await c.obtain(podA, 1000);
   assert.ok(!r.ok && r.code === "NoPolicy" && httpStatus(r.code) === 404);
   assert.equal(c.fresh("uid-a"), undefined);
