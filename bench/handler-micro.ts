@@ -14,7 +14,7 @@ const { PodIndex } = await imp("agent/pod-index.ts");
 const { CredCache } = await imp("agent/cred-cache.ts");
 const { ImdsTokens } = await imp("agent/imds-token.ts");
 const { AgentMetrics } = await imp("agent/metrics.ts");
-const { RateLimiter } = await imp("agent/rate-limit.ts");
+const { podRequestLimit } = await imp("agent/pod-request-limit.ts");
 const { createLogger } = await imp("common/logger.ts");
 
 const log = createLogger("bench", { level: "warn" });
@@ -75,7 +75,7 @@ const handler = createImdsHandler({
   cache,
   tokens: new ImdsTokens(Buffer.alloc(32, 7)),
   metrics,
-  limiter: new RateLimiter(1e9, 1e9),
+  limiter: podRequestLimit(1e9, 1e9),
   passthrough: undefined,
   // the pod is known: nothing here ever waits for the watch
   waits: { acquire: () => "total", size: 0 },

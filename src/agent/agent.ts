@@ -4,7 +4,7 @@ import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { readFileSync } from "node:fs";
 import { createLogger, type Logger } from "../common/logger.ts";
-import { PodWatch } from "../k8s/pod-watch.ts";
+import { PodWatch } from "./pod-watch.ts";
 import { ApiClient } from "../k8s/api-client.ts";
 import { inClusterConfig, kubeconfigFromFile } from "../k8s/rest-config.ts";
 import { PodIndex, podFinished } from "./pod-index.ts";
@@ -12,7 +12,7 @@ import { CniState } from "./cni-state.ts";
 import { CredCache } from "./cred-cache.ts";
 import { ImdsTokens } from "./imds-token.ts";
 import { AgentMetrics } from "./metrics.ts";
-import { RateLimiter } from "./rate-limit.ts";
+import { podRequestLimit } from "./pod-request-limit.ts";
 import { Passthrough } from "./passthrough.ts";
 import { ServerClient } from "./server-client.ts";
 import { PolicyEpochWatch } from "./epoch-watch.ts";
@@ -27,7 +27,8 @@ import { WaitSlots } from "./wait-slots.ts";
 import { Hook, type HookOptions } from "./hook/iptables.ts";
 import { removeNodeTaint } from "./ready-taint.ts";
 import { notReadyReasons } from "./readiness.ts";
-import { httpStatus } from "../api/errors.ts";
+import { closeServer, listen } from "../common/listen.ts";
+import { opsHandler } from "../common/ops-listener.ts";
 import { AGENT_DEFAULTS } from "./defaults.ts";
 import type { HostPort } from "../common/config-values.ts";
 
@@ -96,21 +97,9 @@ export interface RunningAgent {
   stop(): Promise<void>;
 }
 
-function listen(server: Server, hp: HostPort): Promise<AddressInfo> {
-  return new Promise((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(hp.port, hp.host, () => {
-      server.off("error", reject);
-      resolve(server.address() as AddressInfo);
-    });
-  });
-}
-
-function close(server: Server): Promise<void> {
-  return new Promise((resolve) => {
-    server.close(() => resolve());
-    server.closeAllConnections();
-  });
+/** Binds `server` to `hp`; the address it got. */
+async function listenOn(server: Server, hp: HostPort): Promise<AddressInfo> {
+  return (await listen(server, hp.host, hp.port)).address;
 }
 
 export async function startAgent(
@@ -203,7 +192,7 @@ export async function startAgent(
     cache,
     tokens,
     metrics,
-    limiter: new RateLimiter(cfg.rateLimitRps, cfg.rateLimitBurst),
+    limiter: podRequestLimit(cfg.rateLimitRps, cfg.rateLimitBurst),
     passthrough,
     waits: new WaitSlots(cfg.maxWaiting, cfg.maxWaitingPerSource),
     log,
@@ -256,33 +245,21 @@ export async function startAgent(
   const ready = (): boolean => notReady().length === 0;
   // Reachable by anything that reaches the node IP (probes, Prometheus): the same timeouts as the
   // pod-facing servers, and few connections, so that nobody can hold it open against the probes.
-  const opsServer = createServer(timeoutOptions(POD_FACING_LIMITS), (req, res) => {
-    const path = (req.url ?? "").split("?")[0];
-    if (path === "/healthz") {
-      const ok = !(watch.synced && watch.isStale());
-      res.writeHead(ok ? 200 : httpStatus("Unavailable"), { "content-type": "text/plain" });
-      res.end(ok ? "ok\n" : "pod watch stale\n");
-    } else if (path === "/readyz") {
-      const reasons = notReady();
-      const ok = reasons.length === 0;
-      res.writeHead(ok ? 200 : httpStatus("Unavailable"), { "content-type": "text/plain" });
-      res.end(`${ok ? "ok" : reasons.join("; ")}\n${cniStateLine()}\n`);
-    } else if (path === "/metrics") {
-      metrics.registry.metrics().then(
-        (text) => {
-          res.writeHead(200, { "content-type": metrics.registry.contentType });
-          res.end(text);
-        },
-        () => {
-          res.writeHead(httpStatus("InternalError"));
-          res.end();
-        },
-      );
-    } else {
-      res.writeHead(httpStatus("NotFound"), { "content-type": "text/plain" });
-      res.end("Not Found\n");
-    }
-  });
+  const opsServer = createServer(
+    timeoutOptions(POD_FACING_LIMITS),
+    opsHandler({
+      healthz: () =>
+        watch.synced && watch.isStale()
+          ? { ok: false, text: "pod watch stale\n" }
+          : { ok: true, text: "ok\n" },
+      readyz: () => {
+        const reasons = notReady();
+        const ok = reasons.length === 0;
+        return { ok, text: `${ok ? "ok" : reasons.join("; ")}\n${cniStateLine()}\n` };
+      },
+      registry: metrics.registry,
+    }),
+  );
 
   opsServer.maxConnections = OPS_MAX_CONNECTIONS;
   limitConnectionsPerSource(opsServer, OPS_MAX_CONNECTIONS_PER_SOURCE, () => undefined);
@@ -290,20 +267,20 @@ export async function startAgent(
   const servers: Server[] = [];
   // the IMDS server does not know the idle keep-alive sockets its fast path holds
   const closeServers = async (): Promise<void> => {
-    const closing = Promise.all(servers.map(close));
+    const closing = Promise.all(servers.map(closeServer));
     fastPath?.closeAll();
     await closing;
   };
   let hook: Hook | undefined;
   try {
-    const imds = await listen(imdsServer, cfg.imdsListen);
+    const imds = await listenOn(imdsServer, cfg.imdsListen);
     servers.push(imdsServer);
     let container: AddressInfo | undefined;
     if (containerServer && cfg.containerListen) {
-      container = await listen(containerServer, cfg.containerListen);
+      container = await listenOn(containerServer, cfg.containerListen);
       servers.push(containerServer);
     }
-    const ops = await listen(opsServer, cfg.opsListen);
+    const ops = await listenOn(opsServer, cfg.opsListen);
     servers.push(opsServer);
     // the node's CNI state is read before the first pod is known, so no request is ever
     // answered from the watch alone where that state exists

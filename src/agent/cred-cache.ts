@@ -7,6 +7,7 @@
 import type { CredentialsResponse, PodRef } from "../api/contract.ts";
 import { ERRORS, KeycutterError, type ErrorCode } from "../api/errors.ts";
 import type { Logger } from "../common/logger.ts";
+import { sleep, systemClock, type Clock, type TimerHandle } from "../common/clock.ts";
 import type { EpochView } from "./epoch-watch.ts";
 import { serialiseCredentials, type CachedCreds } from "./imds-documents.ts";
 import { PodTokenMemo, hashToken } from "./pod-token-memo.ts";
@@ -63,7 +64,8 @@ export interface CredCacheOptions {
   /** An answer under another epoch than the agent knows is asked again this often, this many times. */
   epochRetryMs?: number;
   epochRetries?: number;
-  now?: () => number;
+  /** Time, timers and jitter (refresh, backoff, denials, bounded waits); tests pass a manual one. */
+  clock?: Clock;
 }
 
 type Failure = { code: ErrorCode; message: string };
@@ -75,7 +77,7 @@ interface Entry {
   denial: Refusal | undefined;
   lastError: Failure | undefined;
   inflight: Promise<void> | undefined;
-  timer: NodeJS.Timeout | undefined;
+  timer: TimerHandle | undefined;
   failures: number;
   retryAtMs: number;
   /** What the server said of this pod's own tokens (container-credentials path). */
@@ -109,7 +111,7 @@ export class CredCache {
       epochRefetchSpreadMs: 2_000,
       epochRetryMs: 250,
       epochRetries: 4,
-      now: Date.now,
+      clock: systemClock,
       ...opts,
       metrics: opts.metrics,
       epochs: opts.epochs,
@@ -128,7 +130,7 @@ export class CredCache {
   }
 
   /** Hot path: credentials that can be served on `path` without asking anyone, or undefined. */
-  fresh(uid: string, path: CredentialPath = "imds", nowMs = this.o.now()): CachedCreds | undefined {
+  fresh(uid: string, path: CredentialPath = "imds", nowMs = this.o.clock.now()): CachedCreds | undefined {
     const e = this.entries.get(uid);
     const c = e?.creds;
     if (c === undefined) return undefined;
@@ -144,7 +146,7 @@ export class CredCache {
   /** Start fetching for a pod that just got an IP (no-op when something is cached or in flight). */
   prefetch(pod: PodRef): void {
     const e = this.ensure(pod);
-    if (!e.creds && !e.inflight && Date.now() >= e.retryAtMs) this.startFetch(e, "prefetch");
+    if (!e.creds && !e.inflight && this.o.clock.now() >= e.retryAtMs) this.startFetch(e, "prefetch");
   }
 
   /** Drop everything held for a pod, at once (it is gone or its identity changed). */
@@ -152,7 +154,7 @@ export class CredCache {
     const e = this.entries.get(uid);
     if (!e) return;
     e.gone = true;
-    if (e.timer) clearTimeout(e.timer);
+    this.o.clock.clearTimeout(e.timer);
     e.timer = undefined;
     e.creds = undefined;
     e.tokens?.forgetAccepted();
@@ -175,7 +177,7 @@ export class CredCache {
       if (e.creds && !e.gone && epoch !== undefined && e.creds.policyEpoch !== epoch) behind.push(e);
     }
     const spread = Math.min(this.o.epochRefetchSpreadMs, behind.length * 10);
-    for (const e of behind) if (!e.inflight) this.schedule(e, Math.random() * spread);
+    for (const e of behind) if (!e.inflight) this.schedule(e, this.o.clock.random() * spread);
   }
 
   /** The credentials were issued under the epoch the agent knows for the namespace (or it knows none). */
@@ -193,7 +195,7 @@ export class CredCache {
   /** Slow path: wait (bounded) for credentials for `pod`. */
   async obtain(pod: PodRef, waitMs: number, path: CredentialPath = "imds"): Promise<Outcome> {
     const e = this.ensure(pod);
-    const now = this.o.now();
+    const now = this.o.clock.now();
     const fresh = this.fresh(pod.uid, path, now);
     if (fresh) return { ok: true, creds: fresh, stale: false };
     if (e.denial && e.denial.untilMs > now) return { ok: false, ...e.denial };
@@ -206,12 +208,12 @@ export class CredCache {
       e.failures > 0 &&
       this.underKnownEpoch(pod.namespace, e.creds) &&
       this.longLived(e.creds, path, now);
-    if (e.inflight && !unconfirmedOnly) await withTimeout(e.inflight, waitMs);
+    if (e.inflight && !unconfirmedOnly) await this.withTimeout(e.inflight, waitMs);
     return this.settle(e, path);
   }
 
   /** The server already accepted `podToken` for this pod (recently). */
-  tokenValid(uid: string, podToken: string, nowMs = Date.now()): boolean {
+  tokenValid(uid: string, podToken: string, nowMs = this.o.clock.now()): boolean {
     return this.entries.get(uid)?.tokens?.isAccepted(hashToken(podToken), nowMs) ?? false;
   }
 
@@ -221,7 +223,7 @@ export class CredCache {
    */
   async obtainWithToken(pod: PodRef, podToken: string, waitMs: number): Promise<Outcome> {
     const e = this.ensure(pod);
-    const now = Date.now();
+    const now = this.o.clock.now();
     const h = hashToken(podToken);
     const memo = (e.tokens ??= new PodTokenMemo(this.o.maxTokensPerPod));
     if (memo.isAccepted(h, now)) {
@@ -232,7 +234,7 @@ export class CredCache {
     const refused = memo.refusalOf(h, now);
     if (refused !== undefined) return { ok: false, ...refused };
     const flight = memo.flight(h, () => this.fetchWithToken(e, memo, podToken, h));
-    const r = await withTimeout(flight, waitMs);
+    const r = await this.withTimeout(flight, waitMs);
     if (r === TIMEOUT) {
       return { ok: false, ...TIMED_OUT };
     }
@@ -246,13 +248,13 @@ export class CredCache {
     h: string,
   ): Promise<Outcome> {
     try {
-      const requestedAtMs = this.o.now();
+      const requestedAtMs = this.o.clock.now();
       const res = await this.o.source.credentials({ pod: e.pod, podToken }, this.o.requestTimeoutMs);
       this.o.metrics?.fetch("ok", "token");
       if (e.gone) return { ok: false, code: "PodNotFound", message: "the pod is gone" };
       if (!this.matchesKnownEpoch(e, res)) return { ok: false, ...POLICY_CHANGE_PROPAGATING };
       const creds = this.apply(e, res, requestedAtMs);
-      memo.accept(h, Math.min(Date.now() + this.o.podTokenTtlMs, creds.expirationMs));
+      memo.accept(h, Math.min(this.o.clock.now() + this.o.podTokenTtlMs, creds.expirationMs));
       return { ok: true, creds, stale: false };
     } catch (err) {
       const x = toError(err);
@@ -260,14 +262,14 @@ export class CredCache {
       if (x.code === "PodTokenMismatch" || x.code === "Unauthenticated") {
         // A pod replaying a bad token must not turn into a TokenReview per request; a new bad
         // token evicts only the least recently used one, never all the others.
-        memo.refuse(h, x, Date.now() + this.o.denialTtlMs);
+        memo.refuse(h, x, this.o.clock.now() + this.o.denialTtlMs);
       }
       return { ok: false, ...x };
     }
   }
 
   private settle(e: Entry, path: CredentialPath): Outcome {
-    const now = this.o.now();
+    const now = this.o.clock.now();
     const fresh = this.fresh(e.pod.uid, path, now);
     if (fresh) return { ok: true, creds: fresh, stale: false };
     if (e.denial && e.denial.untilMs > now) return { ok: false, ...e.denial };
@@ -311,7 +313,7 @@ export class CredCache {
   }
 
   private apply(e: Entry, res: CredentialsResponse, requestedAtMs: number): CachedCreds {
-    const now = this.o.now();
+    const now = this.o.clock.now();
     const creds = serialiseCredentials(res, now, requestedAtMs);
     if (!Number.isFinite(creds.expirationMs) || creds.expirationMs <= now) {
       throw new KeycutterError("ServerAnswerInvalid", "the credential service returned expired credentials");
@@ -326,23 +328,26 @@ export class CredCache {
   }
 
   private refreshDelay(c: CachedCreds, now: number): number {
-    return Math.max(1000, this.o.window.refreshAtMs(c.expirationMs, c.fetchedAtMs, Math.random()) - now);
+    return Math.max(
+      1000,
+      this.o.window.refreshAtMs(c.expirationMs, c.fetchedAtMs, this.o.clock.random()) - now,
+    );
   }
 
   private schedule(e: Entry, delayMs: number): void {
-    if (e.timer) clearTimeout(e.timer);
-    e.timer = setTimeout(() => {
+    this.o.clock.clearTimeout(e.timer);
+    e.timer = this.o.clock.setTimeout(() => {
       e.timer = undefined;
       if (!e.gone && !e.inflight) this.startFetch(e, e.creds ? "refresh" : "prefetch");
     }, delayMs);
-    e.timer.unref();
+    e.timer.unref?.();
   }
 
   private startFetch(e: Entry, kind: "prefetch" | "demand" | "refresh"): void {
     const p = (async () => {
       try {
         for (let attempt = 0; ; attempt++) {
-          const requestedAtMs = this.o.now();
+          const requestedAtMs = this.o.clock.now();
           const res = await this.o.source.credentials({ pod: e.pod }, this.o.requestTimeoutMs);
           if (e.gone) return;
           if (this.matchesKnownEpoch(e, res)) {
@@ -356,7 +361,7 @@ export class CredCache {
             const x = POLICY_CHANGE_PROPAGATING;
             throw new KeycutterError(x.code, x.message);
           }
-          await sleep(this.o.epochRetryMs);
+          await sleep(this.o.clock, this.o.epochRetryMs);
           if (e.gone) return;
         }
       } catch (err) {
@@ -367,9 +372,9 @@ export class CredCache {
           // The server says this pod must not have credentials (any more): stop serving them.
           e.creds = undefined;
           e.tokens?.forgetAccepted();
-          e.denial = { ...x, untilMs: Date.now() + this.o.denialTtlMs };
+          e.denial = { ...x, untilMs: this.o.clock.now() + this.o.denialTtlMs };
           e.lastError = x;
-          if (e.timer) clearTimeout(e.timer);
+          this.o.clock.clearTimeout(e.timer);
           e.timer = undefined;
           return;
         }
@@ -379,8 +384,8 @@ export class CredCache {
           this.o.retryMaxMs,
           this.o.retryInitialMs * 2 ** Math.min(e.failures - 1, 16),
         );
-        const delay = backoff * (0.75 + Math.random() * 0.5);
-        e.retryAtMs = Date.now() + Math.min(delay, 1000);
+        const delay = backoff * (0.75 + this.o.clock.random() * 0.5);
+        e.retryAtMs = this.o.clock.now() + Math.min(delay, 1000);
         this.o.log.warn(
           {
             pod: `${e.pod.namespace}/${e.pod.name}`,
@@ -397,6 +402,24 @@ export class CredCache {
     })();
     e.inflight = p;
   }
+
+  /** `p`, or TIMEOUT once `ms` have passed on the clock (a rejection counts as a timeout). */
+  private withTimeout<T>(p: Promise<T>, ms: number): Promise<T | typeof TIMEOUT> {
+    const clock = this.o.clock;
+    return new Promise((resolve) => {
+      const timer = clock.setTimeout(() => resolve(TIMEOUT), ms);
+      p.then(
+        (value) => {
+          clock.clearTimeout(timer);
+          resolve(value);
+        },
+        () => {
+          clock.clearTimeout(timer);
+          resolve(TIMEOUT);
+        },
+      );
+    });
+  }
 }
 
 const TIMEOUT = Symbol("timeout");
@@ -407,23 +430,3 @@ const POLICY_CHANGE_PROPAGATING: Failure = {
 };
 
 const TIMED_OUT: Failure = { code: "Unavailable", message: "timed out waiting for the credential service" };
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms).unref());
-}
-
-function withTimeout<T>(p: Promise<T>, ms: number): Promise<T | typeof TIMEOUT> {
-  return new Promise((resolve) => {
-    const t = setTimeout(() => resolve(TIMEOUT), ms);
-    p.then(
-      (v) => {
-        clearTimeout(t);
-        resolve(v);
-      },
-      () => {
-        clearTimeout(t);
-        resolve(TIMEOUT);
-      },
-    );
-  });
-}

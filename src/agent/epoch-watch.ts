@@ -13,6 +13,7 @@ import {
   type PolicyEpochsResponse,
 } from "../api/contract.ts";
 import type { Logger } from "../common/logger.ts";
+import { systemClock, type Clock } from "../common/clock.ts";
 
 export interface EpochSource {
   policyEpochs(
@@ -37,7 +38,8 @@ export interface PolicyEpochWatchOptions {
   /** Called with every answer, after the known epochs were replaced. */
   onEpochs: (epochs: ReadonlyMap<string, string>) => void;
   log: Logger;
-  now?: () => number;
+  /** When answers came (how old the known epochs are) and the pauses between polls. */
+  clock?: Clock;
   /** Client-side bound on one poll: the server's hold plus a margin. */
   pollTimeoutMs?: number;
   /** Pause between two polls, so that a server answering at once cannot make the agent spin. */
@@ -60,7 +62,7 @@ export class PolicyEpochWatch implements EpochView {
 
   constructor(opts: PolicyEpochWatchOptions) {
     this.o = {
-      now: Date.now,
+      clock: systemClock,
       pollTimeoutMs: POLICY_EPOCH_HOLD_MS + 10_000,
       minIntervalMs: 200,
       retryInitialMs: 1000,
@@ -79,7 +81,7 @@ export class PolicyEpochWatch implements EpochView {
 
   /** Age of the last answer, for the metric (Infinity: none yet). */
   ageMs(): number {
-    return this.answeredAtMs === 0 ? Number.POSITIVE_INFINITY : this.o.now() - this.answeredAtMs;
+    return this.answeredAtMs === 0 ? Number.POSITIVE_INFINITY : this.o.clock.now() - this.answeredAtMs;
   }
 
   start(): void {
@@ -107,7 +109,7 @@ export class PolicyEpochWatch implements EpochView {
         this.polling = new Set();
         this.epochs = new Map();
         // nothing to confirm: the channel is not behind on anything
-        this.answeredAtMs = this.o.now();
+        this.answeredAtMs = this.o.clock.now();
         await this.pause(1000);
         continue;
       }
@@ -124,7 +126,7 @@ export class PolicyEpochWatch implements EpochView {
           if (typeof epoch === "string") next.set(ns, epoch);
         }
         this.epochs = next;
-        this.answeredAtMs = this.o.now();
+        this.answeredAtMs = this.o.clock.now();
         this.failures = 0;
         this.o.onEpochs(next);
       } catch (err) {
@@ -149,12 +151,12 @@ export class PolicyEpochWatch implements EpochView {
     if (this.stopping.signal.aborted) return Promise.resolve();
     return new Promise((resolve) => {
       const done = (): void => {
-        clearTimeout(timer);
+        this.o.clock.clearTimeout(timer);
         this.wake = undefined;
         resolve();
       };
-      const timer = setTimeout(done, ms);
-      timer.unref();
+      const timer = this.o.clock.setTimeout(done, ms);
+      timer.unref?.();
       this.wake = done;
     });
   }

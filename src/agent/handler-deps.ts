@@ -6,7 +6,7 @@ import type { PodIndex } from "./pod-index.ts";
 import type { CredCache } from "./cred-cache.ts";
 import type { ImdsTokens } from "./imds-token.ts";
 import type { AgentMetrics } from "./metrics.ts";
-import type { RateLimiter } from "./rate-limit.ts";
+import type { PodRequestLimit } from "./pod-request-limit.ts";
 import type { Passthrough } from "./passthrough.ts";
 import type { WaitSlots } from "./wait-slots.ts";
 
@@ -34,7 +34,7 @@ export interface HandlerDeps {
   cache: CredCache;
   tokens: ImdsTokens;
   metrics: AgentMetrics;
-  limiter: Pick<RateLimiter, "take">;
+  limiter: PodRequestLimit;
   passthrough: Passthrough | undefined;
   /** The bounded waits for unknown pods, shared by both listeners (cfg.maxWaiting*). */
   waits: WaitSlots;

@@ -7,7 +7,8 @@
 // answers for an IP only while that record says the IP is attached to it; otherwise the IP is
 // unknown, which means the bounded wait for the new pod, never the old pod's credentials.
 import type { Logger } from "../common/logger.ts";
-import type { PodInfo, PodWatchHandler } from "../k8s/pod-watch.ts";
+import { systemClock, type Timers } from "../common/clock.ts";
+import type { PodInfo, PodWatchHandler } from "./pod-watch.ts";
 
 export type { PodInfo };
 
@@ -47,6 +48,8 @@ export interface NodeAttachments {
 export interface PodIndexOptions {
   attachments?: NodeAttachments;
   log?: Logger;
+  /** The bounded waits' timers; tests pass a manual clock. */
+  timers?: Timers;
 }
 
 /** The pod has finished, or nothing in it runs any more: it can make no request. */
@@ -75,6 +78,7 @@ const HOST_NETWORK: Lookup = { kind: "hostNetwork" };
 export class PodIndex implements PodWatchHandler {
   private readonly attachments: NodeAttachments | undefined;
   private readonly log: Logger | undefined;
+  private readonly timers: Timers;
   private readonly byUid = new Map<string, PodInfo>();
   private readonly byIp = new Map<string, PodInfo[]>();
   /** Resolved lookups, rebuilt per IP on change so that a hit allocates nothing. */
@@ -87,6 +91,7 @@ export class PodIndex implements PodWatchHandler {
   constructor(opts: PodIndexOptions = {}) {
     this.attachments = opts.attachments;
     this.log = opts.log;
+    this.timers = opts.timers ?? systemClock;
   }
 
   addListener(l: PodIndexListener): void {
@@ -121,12 +126,12 @@ export class PodIndex implements PodWatchHandler {
       }
       const s = set;
       const wake = (): void => {
-        clearTimeout(timer);
+        this.timers.clearTimeout(timer);
         s.delete(wake);
         if (s.size === 0 && this.waiters.get(ip) === s) this.waiters.delete(ip);
         resolve(this.lookup(ip));
       };
-      const timer = setTimeout(wake, ms);
+      const timer = this.timers.setTimeout(wake, ms);
       s.add(wake);
     });
   }

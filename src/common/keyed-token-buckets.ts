@@ -4,6 +4,7 @@
 // holding many keys costs the holder, not the other sources.
 
 import { LRUCache } from "lru-cache";
+import { TokenBucket } from "./token-bucket.ts";
 
 export interface KeyedTokenBucketsOptions {
   /** Sustained tokens per second, per key. */
@@ -16,15 +17,10 @@ export interface KeyedTokenBucketsOptions {
   now?: () => number;
 }
 
-interface Bucket {
-  tokens: number;
-  updatedAt: number;
-}
-
 export class KeyedTokenBuckets {
   private readonly opts: Required<Omit<KeyedTokenBucketsOptions, "now">>;
   private readonly now: () => number;
-  private readonly buckets: LRUCache<string, Bucket>;
+  private readonly buckets: LRUCache<string, TokenBucket>;
 
   constructor(opts: KeyedTokenBucketsOptions) {
     if (!(opts.ratePerSecond > 0) || !(opts.burst >= 1))
@@ -41,15 +37,11 @@ export class KeyedTokenBuckets {
   /** Takes one token from `key`'s bucket; false when it is empty (the caller refuses). */
   take(key: string): boolean {
     const now = this.now();
-    const bucket = this.buckets.get(key) ?? { tokens: this.opts.burst, updatedAt: now };
-    bucket.tokens = Math.min(
-      this.opts.burst,
-      bucket.tokens + (Math.max(0, now - bucket.updatedAt) / 1000) * this.opts.ratePerSecond,
-    );
-    bucket.updatedAt = now;
-    const allowed = bucket.tokens >= 1;
-    if (allowed) bucket.tokens -= 1;
-    this.buckets.set(key, bucket);
-    return allowed;
+    let bucket = this.buckets.get(key);
+    if (!bucket) {
+      bucket = new TokenBucket(this.opts.ratePerSecond, this.opts.burst, now);
+      this.buckets.set(key, bucket);
+    }
+    return bucket.take(now);
   }
 }

@@ -6,7 +6,7 @@
 
 import type { AssumeRoleCommandInput } from "@aws-sdk/client-sts";
 import type { Logger } from "../common/logger.ts";
-import type { ReviewBudget } from "../k8s/token-review.ts";
+import type { ReviewBudget } from "./k8s/token-review.ts";
 import type { AuditSink } from "./audit.ts";
 
 export interface ServerConfig {

@@ -3,7 +3,7 @@
 // evaluates an action with the IAM simulator over the role's policies ∩ the session policy.
 
 import { CoreV1Api, CustomObjectsApi, type KubeConfig } from "@kubernetes/client-node";
-import { ineligibility, podFacts } from "../k8s/pod-lookup.ts";
+import { ineligibility, podFacts } from "./k8s/pod-lookup.ts";
 import { bindingCondition, describeBinding } from "../policy/binding.ts";
 import { decide, refusedTagKeys, type BoundSession, type Decision } from "../policy/decide.ts";
 import { allowanceCoversNamespace, allowanceCoversRole } from "../policy/match.ts";

@@ -9,7 +9,6 @@ import {
   type ServerResponse,
 } from "node:http";
 import { readFileSync, unwatchFile, watchFile } from "node:fs";
-import type { AddressInfo } from "node:net";
 import {
   CREDENTIALS_PATH,
   MAX_EPOCH_REQUEST_BYTES,
@@ -21,9 +20,11 @@ import {
   type ErrorCode,
   type ErrorResponse,
 } from "../api/contract.ts";
-import { ERRORS, KeycutterError, httpStatus } from "../api/errors.ts";
+import { ERRORS, KeycutterError } from "../api/errors.ts";
 import type { Logger } from "../common/logger.ts";
-import { ReviewThrottled, type ReviewedIdentity } from "../k8s/token-review.ts";
+import { listen, type Listening } from "../common/listen.ts";
+import { opsHandler } from "../common/ops-listener.ts";
+import { ReviewThrottled, type ReviewedIdentity } from "./k8s/token-review.ts";
 import type { Registry } from "prom-client";
 import type { AgentIdentity, CredentialService } from "./service.ts";
 import type { ServerMetrics } from "./metrics.ts";
@@ -205,34 +206,6 @@ export function createApiHandler(opts: ApiOptions): (req: IncomingMessage, res: 
   };
 }
 
-export interface Listening<S> {
-  server: S;
-  port: number;
-  close(): Promise<void>;
-}
-
-function listen<S extends HttpServer | HttpsServer>(
-  server: S,
-  host: string,
-  port: number,
-): Promise<Listening<S>> {
-  return new Promise((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(port, host, () => {
-      server.off("error", reject);
-      resolve({
-        server,
-        port: (server.address() as AddressInfo).port,
-        close: () =>
-          new Promise<void>((r) => {
-            server.close(() => r());
-            server.closeAllConnections?.();
-          }),
-      });
-    });
-  });
-}
-
 export async function startApiServer(
   opts: ApiOptions,
   host: string,
@@ -287,29 +260,19 @@ export async function startApiServer(
   };
 }
 
-export async function startOpsServer(
+/** The ops port: live once listening, ready once the informers have synced. */
+export function startOpsServer(
   registry: Registry,
   ready: () => boolean,
   host: string,
   port: number,
-): Promise<Listening<HttpServer>> {
-  const server = createHttpServer((req, res) => {
-    const path = (req.url ?? "/").split("?")[0];
-    if (path === "/healthz") {
-      res.writeHead(200, { "content-type": "text/plain" }).end("ok");
-    } else if (path === "/readyz") {
-      const ok = ready();
-      res
-        .writeHead(ok ? 200 : httpStatus("Unavailable"), { "content-type": "text/plain" })
-        .end(ok ? "ok" : "not ready");
-    } else if (path === "/metrics") {
-      registry.metrics().then(
-        (m) => res.writeHead(200, { "content-type": registry.contentType }).end(m),
-        () => res.writeHead(httpStatus("InternalError")).end(),
-      );
-    } else {
-      res.writeHead(httpStatus("NotFound"), { "content-type": "text/plain" }).end("not found");
-    }
-  });
+): Promise<Listening> {
+  const server = createHttpServer(
+    opsHandler({
+      healthz: () => ({ ok: true, text: "ok" }),
+      readyz: () => (ready() ? { ok: true, text: "ok" } : { ok: false, text: "not ready" }),
+      registry,
+    }),
+  );
   return listen(server, host, port);
 }

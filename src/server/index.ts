@@ -4,15 +4,15 @@
 import { createLogger } from "../common/logger.ts";
 import { loadKubeConfig } from "../k8s/kube-config.ts";
 import { StsIssuer, type StsIssuerOptions } from "../aws/sts.ts";
-import { PodLookup } from "../k8s/pod-lookup.ts";
-import { PolicyInformers } from "../k8s/policy-informers.ts";
+import { PodLookup } from "./k8s/pod-lookup.ts";
+import { PolicyInformers } from "./k8s/policy-informers.ts";
 import { KeycutterError } from "../api/errors.ts";
-import { ReviewThrottled, TokenReviewer, type ReviewedIdentity } from "../k8s/token-review.ts";
-import { LeaderElector } from "../k8s/leader-election.ts";
-import { PolicyStatusWriter } from "../k8s/policy-status.ts";
+import { ReviewThrottled, TokenReviewer, type ReviewedIdentity } from "./k8s/token-review.ts";
+import { LeaderElector } from "./k8s/leader-election.ts";
+import { PolicyStatusWriter } from "./k8s/policy-status.ts";
 import { createAuditLogger } from "./audit.ts";
 import { loadKey, SharedStore } from "./cache.ts";
-import { startApiServer, startOpsServer, type Listening } from "./http.ts";
+import { startApiServer, startOpsServer } from "./http.ts";
 import { createServerMetrics, type ServerMetrics } from "./metrics.ts";
 import { PolicyEpochs } from "./policy-epochs.ts";
 import { CredentialService, type ServiceOptions } from "./service.ts";
@@ -144,7 +144,7 @@ export async function startServer(cfg: ServerConfig): Promise<RunningServer> {
     elector.start();
   }
 
-  const api: Listening<unknown> = await startApiServer(
+  const api = await startApiServer(
     {
       ...(cfg.tlsCertFile ? { tlsCertFile: cfg.tlsCertFile } : {}),
       ...(cfg.tlsKeyFile ? { tlsKeyFile: cfg.tlsKeyFile } : {}),

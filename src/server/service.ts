@@ -6,8 +6,8 @@ import type { CredentialsRequest, CredentialsResponse, PodRef } from "../api/con
 import { KeycutterError } from "../api/errors.ts";
 import type { Logger } from "../common/logger.ts";
 import type { AssumeRoleRequest, AssumedCredentials } from "../aws/sts.ts";
-import type { ReviewedIdentity } from "../k8s/token-review.ts";
-import { ineligibility, type PodRecord } from "../k8s/pod-lookup.ts";
+import type { ReviewedIdentity } from "./k8s/token-review.ts";
+import { ineligibility, type PodRecord } from "./k8s/pod-lookup.ts";
 import { decide, type Decision, type IssuePlan, type PolicyRef } from "../policy/decide.ts";
 import type { AccessPolicy, NamespaceFacts, RoleAllowance } from "../policy/types.ts";
 import type { AuditRecord, AuditSink } from "./audit.ts";

@@ -12,7 +12,7 @@ import { BROKER_USER, waitFor } from "../harness/index.ts";
 import { createLogger } from "../../src/common/logger.ts";
 import { startAgent, type RunningAgent } from "../../src/agent/agent.ts";
 import { agentConfigFrom } from "../../src/cli/commands/agent.ts";
-import { toPodInfo } from "../../src/k8s/pod-watch.ts";
+import { toPodInfo } from "../../src/agent/pod-watch.ts";
 import type { AccessPolicy } from "../../src/policy/types.ts";
 import {
   ACCOUNT,

@@ -1,7 +1,7 @@
 import { hostname } from "node:os";
 import type { Command } from "commander";
 import { InvalidValue } from "../../common/config-values.ts";
-import type { ReviewBudget } from "../../k8s/token-review.ts";
+import type { ReviewBudget } from "../../server/k8s/token-review.ts";
 import { SERVER_DEFAULTS, type ServerConfig } from "../../server/config.ts";
 import { FlagSource, configOrExit, type Environment, type ParsedFlags } from "../flag-source.ts";
 

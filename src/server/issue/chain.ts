@@ -1,7 +1,7 @@
 // The issuance chain, in order: memory cache → remembered refusals → single flight → shared
 // cache with its lock → fair rate limit → STS AssumeRole with the duration fallback.
 import type { Logger } from "../../common/logger.ts";
-import { RateLimiter } from "../../aws/rate-limit.ts";
+import { FairQueue } from "../fair-queue.ts";
 import type { AssumeRoleRequest, AssumedCredentials } from "../../aws/sts.ts";
 import type { PolicyRef } from "../../policy/decide.ts";
 import { MemoryCache, type SharedStore } from "../cache.ts";
@@ -50,7 +50,8 @@ export function issuanceChain(opts: ChainOptions): IssuanceChain {
     maxEntries: opts.stsFailureCacheEntries,
     now: opts.now,
   });
-  const limiter = new RateLimiter({
+  const limiter = new FairQueue({
+    label: "STS",
     ratePerSecond: opts.stsRatePerSecond,
     burst: opts.stsBurst,
     maxWaitMs: opts.stsMaxWaitMs,

@@ -1,13 +1,13 @@
-// Fifth step: the STS budget (../../aws/rate-limit.ts), shared fairly by namespaces, first
+// Fifth step: the STS budget (../fair-queue.ts), shared fairly by namespaces, first
 // issuances before refreshes. A wait that would be too long is a Throttled refusal, not a queue.
 import { KeycutterError } from "../../api/errors.ts";
-import { RateLimitQueueFull, RateLimitTimeout, type RateLimiter } from "../../aws/rate-limit.ts";
+import { RateLimitQueueFull, RateLimitTimeout, type FairQueue } from "../fair-queue.ts";
 import type { IssuePlan } from "../../policy/decide.ts";
 import { WrappingIssuer, type IssueContext, type Issued } from "./issuer.ts";
 import type { IssuedHistory } from "./issued-history.ts";
 
 export interface RateLimitOptions {
-  limiter: Pick<RateLimiter, "acquire">;
+  limiter: Pick<FairQueue, "acquire">;
   history: IssuedHistory;
   now: () => number;
 }

@@ -8,6 +8,7 @@ import { CredCache, type CredentialsSource } from "../../../src/agent/cred-cache
 import type { EpochView } from "../../../src/agent/epoch-watch.ts";
 import { KeycutterError } from "../../../src/api/errors.ts";
 import type { CredentialsResponse, PodRef } from "../../../src/api/contract.ts";
+import { ManualClock, settle } from "../../harness/manual-clock.ts";
 
 const log = pino({ level: "silent" });
 const podA: PodRef = { namespace: "team-a", name: "a", uid: "uid-a" };
@@ -26,13 +27,17 @@ class Epochs implements EpochView {
 
 /** Answers with the epoch the "replica" currently has for the namespace. */
 class Server implements CredentialsSource {
+  private readonly clock: ManualClock;
+  constructor(clock: ManualClock) {
+    this.clock = clock;
+  }
   calls = 0;
   replicaEpoch = new Map<string, string>();
   fail: KeycutterError | undefined;
   async credentials(req: { pod: PodRef }): Promise<CredentialsResponse> {
     this.calls++;
     const n = this.calls;
-    await new Promise((r) => setTimeout(r, 2));
+    await settle(1);
     if (this.fail) throw this.fail;
     const epoch = this.replicaEpoch.get(req.pod.namespace);
     return {
@@ -40,7 +45,7 @@ class Server implements CredentialsSource {
         accessKeyId: `AKIA-${req.pod.uid}-${epoch}-${n}`,
         secretAccessKey: "secret",
         sessionToken: "session",
-        expiration: new Date(Date.now() + 3600_000).toISOString(),
+        expiration: new Date(this.clock.now() + 3600_000).toISOString(),
       },
       roleArn: "arn:aws:iam::123456789012:role/team",
       roleName: "team",
@@ -51,33 +56,38 @@ class Server implements CredentialsSource {
   }
 }
 
+/** The replica and the agent's channel agree that team-a is at `epoch`, confirmed at `atMs`. */
+function agreeOn(epochs: Epochs, server: Server, epoch: string, atMs: number): void {
+  server.replicaEpoch.set("team-a", epoch);
+  epochs.epochs.set("team-a", epoch);
+  epochs.confirmedAt = atMs;
+}
+
 function setUp(over: Partial<ConstructorParameters<typeof CredCache>[0]> = {}) {
   const epochs = new Epochs();
-  const server = new Server();
-  let clock = Date.now();
+  const clock = new ManualClock();
+  const server = new Server(clock);
   const cache = new CredCache({
     source: server,
     log,
     epochs,
     epochRetryMs: 1,
     epochRefetchSpreadMs: 0,
-    now: () => clock,
+    clock,
     ...over,
   });
   return {
     epochs,
     server,
     cache,
-    advance: (ms: number) => (clock += ms),
-    now: () => clock,
+    advance: (ms: number) => clock.advance(ms),
+    now: () => clock.now(),
   };
 }
 
 test("an epoch change makes the cached credentials unservable at once; the next request waits for the new decision", async () => {
   const { epochs, server, cache, now } = setUp();
-  server.replicaEpoch.set("team-a", "e1");
-  epochs.epochs.set("team-a", "e1");
-  epochs.confirmedAt = now();
+  agreeOn(epochs, server, "e1", now());
   const first = await cache.obtain(podA, 1000);
   assert.ok(first.ok);
   assert.equal(cache.fresh(podA.uid)?.imdsBody, first.creds.imdsBody);
@@ -95,10 +105,8 @@ test("an epoch change makes the cached credentials unservable at once; the next 
 });
 
 test("a replica still behind the change is asked again; its old decision is never served", async () => {
-  const { epochs, server, cache, now } = setUp();
-  server.replicaEpoch.set("team-a", "e1");
-  epochs.epochs.set("team-a", "e1");
-  epochs.confirmedAt = now();
+  const { epochs, server, cache, now, advance } = setUp();
+  agreeOn(epochs, server, "e1", now());
   assert.ok((await cache.obtain(podA, 1000)).ok);
   epochs.epochs.set("team-a", "e2");
   const before = server.calls;
@@ -108,14 +116,18 @@ test("a replica still behind the change is asked again; its old decision is neve
     if (server.calls - before >= 2) server.replicaEpoch.set("team-a", "e2");
     return realCredentials(req);
   };
-  const r = await cache.obtain(podA, 1000);
+  const asked = cache.obtain(podA, 1000);
+  await advance(10); // the retries, 1 ms apart
+  const r = await asked;
   assert.ok(r.ok);
   assert.equal(r.creds.policyEpoch, "e2");
   assert.equal(server.calls - before, 3);
 
   // a replica that never catches up: no credentials, a retryable error
   epochs.epochs.set("team-a", "e3");
-  const stuck = await cache.obtain(podA, 1000);
+  const askedAgain = cache.obtain(podA, 1000);
+  await advance(10);
+  const stuck = await askedAgain;
   assert.equal(stuck.ok, false);
   assert.equal(!stuck.ok && stuck.code, "PolicyChangePropagating");
   cache.dropAll();
@@ -123,9 +135,7 @@ test("a replica still behind the change is asked again; its old decision is neve
 
 test("after a known change, a failing server does not bring the old credentials back (no stale serving)", async () => {
   const { epochs, server, cache, now } = setUp();
-  server.replicaEpoch.set("team-a", "e1");
-  epochs.epochs.set("team-a", "e1");
-  epochs.confirmedAt = now();
+  agreeOn(epochs, server, "e1", now());
   assert.ok((await cache.obtain(podA, 1000)).ok);
   epochs.epochs.set("team-a", "e2");
   server.fail = new KeycutterError("Unavailable", "down");
@@ -138,9 +148,7 @@ test("after a known change, a failing server does not bring the old credentials 
 
 test("a refusal after the change drops the credentials", async () => {
   const { epochs, server, cache, now } = setUp();
-  server.replicaEpoch.set("team-a", "e1");
-  epochs.epochs.set("team-a", "e1");
-  epochs.confirmedAt = now();
+  agreeOn(epochs, server, "e1", now());
   assert.ok((await cache.obtain(podA, 1000)).ok);
   epochs.epochs.set("team-a", "e2");
   server.fail = new KeycutterError("NoPolicy", "no AccessPolicy selects the pod");
@@ -152,7 +160,7 @@ test("a refusal after the change drops the credentials", async () => {
 });
 
 test("confirmEpochs re-fetches the pods of moved namespaces only", async () => {
-  const { epochs, server, cache, now } = setUp();
+  const { epochs, server, cache, now, advance } = setUp();
   server.replicaEpoch.set("team-a", "a1");
   server.replicaEpoch.set("team-b", "b1");
   epochs.epochs.set("team-a", "a1");
@@ -165,7 +173,7 @@ test("confirmEpochs re-fetches the pods of moved namespaces only", async () => {
   server.replicaEpoch.set("team-a", "a2");
   epochs.epochs.set("team-a", "a2");
   cache.confirmEpochs(epochs.epochs);
-  await new Promise((r) => setTimeout(r, 50));
+  await advance(50);
   assert.equal(server.calls - before, 1, "only team-a's pod was asked about");
   assert.equal(cache.fresh(podA.uid)?.policyEpoch, "a2");
   assert.equal(cache.fresh(podB.uid)?.policyEpoch, "b1");
@@ -174,13 +182,11 @@ test("confirmEpochs re-fetches the pods of moved namespaces only", async () => {
 
 test("a silent epoch channel: credentials older than the bound revalidate on next use; a failing server then serves them without waiting", async () => {
   const { epochs, server, cache, now, advance } = setUp({ epochMaxAgeMs: 60_000 });
-  server.replicaEpoch.set("team-a", "e1");
-  epochs.epochs.set("team-a", "e1");
-  epochs.confirmedAt = now();
+  agreeOn(epochs, server, "e1", now());
   assert.ok((await cache.obtain(podA, 1000)).ok);
-  advance(30_000);
+  await advance(30_000);
   assert.ok(cache.fresh(podA.uid), "within the bound");
-  advance(31_000);
+  await advance(31_000);
   assert.equal(cache.fresh(podA.uid), undefined, "the channel has not confirmed for 61 s");
   const before = server.calls;
   const revalidated = await cache.obtain(podA, 1000);
@@ -190,7 +196,7 @@ test("a silent epoch channel: credentials older than the bound revalidate on nex
 
   // with the server down too, nothing says the policy changed: still-valid credentials are
   // served (as while the server fails), and only the first request waits for the attempt
-  advance(61_000);
+  await advance(61_000);
   server.fail = new KeycutterError("Unavailable", "down");
   const stale = await cache.obtain(podA, 1000);
   assert.ok(stale.ok && stale.stale);

@@ -4,6 +4,8 @@ import { pino } from "pino";
 import { CredCache, type CredentialsSource, type ServeWindow } from "../../../src/agent/cred-cache.ts";
 import { KeycutterError, httpStatus } from "../../../src/api/errors.ts";
 import type { CredentialsResponse, PodRef } from "../../../src/api/contract.ts";
+import { sleep } from "../../../src/common/clock.ts";
+import { ManualClock, settle } from "../../harness/manual-clock.ts";
 
 const log = pino({ level: "silent" });
 const podA: PodRef = { namespace: "ns", name: "a", uid: "uid-a" };
@@ -17,15 +19,18 @@ function scaledWindow(minMs: (lifetimeMs: number) => number, leadMs: number): Se
   };
 }
 
+/** The credential service on the test's clock: answers a turn of the event loop later, or after `delayMs` on the clock. */
 class FakeSource implements CredentialsSource {
   calls: { pod: PodRef; podToken?: string }[] = [];
   lifetimeMs = 3600_000;
-  delayMs = 20;
+  delayMs = 0;
   fail: KeycutterError | undefined;
+  readonly clock = new ManualClock();
   async credentials(req: { pod: PodRef; podToken?: string }): Promise<CredentialsResponse> {
     this.calls.push(req);
     const n = this.calls.length;
-    await new Promise((r) => setTimeout(r, this.delayMs));
+    if (this.delayMs > 0) await sleep(this.clock, this.delayMs);
+    else await settle(1);
     if (this.fail) throw this.fail;
     if (req.podToken?.startsWith("bad"))
       throw new KeycutterError("PodTokenMismatch", "token names another pod");
@@ -34,7 +39,7 @@ class FakeSource implements CredentialsSource {
         accessKeyId: `AKIA${req.pod.uid}${n}`,
         secretAccessKey: "secret",
         sessionToken: "session",
-        expiration: new Date(Date.now() + this.lifetimeMs).toISOString(),
+        expiration: new Date(this.clock.now() + this.lifetimeMs).toISOString(),
       },
       roleArn: "arn:aws:iam::123456789012:role/team-a",
       roleName: "team-a",
@@ -46,7 +51,7 @@ class FakeSource implements CredentialsSource {
 
 test("prefetch + single flight: concurrent callers share one request; documents are pre-serialised", async () => {
   const src = new FakeSource();
-  const c = new CredCache({ source: src, log });
+  const c = new CredCache({ source: src, clock: src.clock, log });
   c.prefetch(podA);
   const results = await Promise.all([1, 2, 3, 4, 5].map(() => c.obtain(podA, 1000)));
   assert.equal(src.calls.length, 1);
@@ -67,29 +72,38 @@ test("prefetch + single flight: concurrent callers share one request; documents 
 test("refreshes ahead of expiry in the background", async () => {
   const src = new FakeSource();
   src.lifetimeMs = 3000;
-  const c = new CredCache({ source: src, log, window: scaledWindow(() => 1000, 2000) });
+  const c = new CredCache({ source: src, clock: src.clock, log, window: scaledWindow(() => 1000, 2000) });
   const r1 = await c.obtain(podA, 1000);
   assert.ok(r1.ok);
-  await new Promise((r) => setTimeout(r, 1900));
+  await src.clock.advance(1900);
   assert.equal(src.calls.length, 2, "refreshed once before expiry");
   const r2 = c.fresh("uid-a");
   assert.ok(r2 && r1.ok && r2.imdsBody.toString() !== r1.creds.imdsBody.toString());
   c.dropAll();
 });
 
-test("server down: still-valid credentials keep being served (stale), none when nothing cached", async () => {
+/**
+ * Credentials of a 2.5 s lifetime, fresh for half of it (then a demand refresh is tried first),
+ * fetched; then the server starts failing with `failure` and the clock moves past the half.
+ */
+async function cachedThenFailing(failure: KeycutterError, extra: { staleFloorMs?: number } = {}) {
   const src = new FakeSource();
   src.lifetimeMs = 2500;
-  // fresh for half the lifetime; after that a demand refresh is tried first
   const c = new CredCache({
     source: src,
+    clock: src.clock,
     log,
-    staleFloorMs: 500,
+    ...extra,
     window: scaledWindow((lifetime) => lifetime / 2, 100),
   });
   assert.ok((await c.obtain(podA, 1000)).ok);
-  src.fail = new KeycutterError("Unavailable", "down");
-  await new Promise((r) => setTimeout(r, 1300));
+  src.fail = failure;
+  await src.clock.advance(1300);
+  return c;
+}
+
+test("server down: still-valid credentials keep being served (stale), none when nothing cached", async () => {
+  const c = await cachedThenFailing(new KeycutterError("Unavailable", "down"), { staleFloorMs: 500 });
   const r = await c.obtain(podA, 1000);
   assert.ok(r.ok && r.stale, "stale but valid");
   const podB: PodRef = { namespace: "ns", name: "b", uid: "uid-b" };
@@ -99,12 +113,7 @@ test("server down: still-valid credentials keep being served (stale), none when 
 });
 
 test("a definite denial drops cached credentials", async () => {
-  const src = new FakeSource();
-  src.lifetimeMs = 2500;
-  const c = new CredCache({ source: src, log, window: scaledWindow((lifetime) => lifetime / 2, 100) });
-  assert.ok((await c.obtain(podA, 1000)).ok);
-  src.fail = new KeycutterError("NoPolicy", "no policy selects this pod");
-  await new Promise((r) => setTimeout(r, 1300));
+  const c = await cachedThenFailing(new KeycutterError("NoPolicy", "no policy selects this pod"));
   const r = await c.obtain(podA, 1000);
   assert.ok(!r.ok && r.code === "NoPolicy" && httpStatus(r.code) === 404);
   assert.equal(c.fresh("uid-a"), undefined);
@@ -114,17 +123,17 @@ test("a definite denial drops cached credentials", async () => {
 test("a pod dropped while its fetch is in flight never gets an entry back", async () => {
   const src = new FakeSource();
   src.delayMs = 100;
-  const c = new CredCache({ source: src, log });
+  const c = new CredCache({ source: src, clock: src.clock, log });
   c.prefetch(podA);
   c.drop("uid-a");
-  await new Promise((r) => setTimeout(r, 150));
+  await src.clock.advance(150);
   assert.equal(c.fresh("uid-a"), undefined);
   assert.equal(c.size, 0);
 });
 
 test("pod tokens: validated once by the server, mismatches passed through", async () => {
   const src = new FakeSource();
-  const c = new CredCache({ source: src, log });
+  const c = new CredCache({ source: src, clock: src.clock, log });
   const r1 = await c.obtainWithToken(podA, "tok-a", 1000);
   assert.ok(r1.ok);
   assert.equal(src.calls[0]!.podToken, "tok-a");
@@ -145,7 +154,7 @@ test("pod tokens: validated once by the server, mismatches passed through", asyn
 test("bad pod tokens: an LRU per pod, so a 17th bad token does not make the first 16 forgotten; bounded", async () => {
   const src = new FakeSource();
   src.delayMs = 0;
-  const c = new CredCache({ source: src, log, maxTokensPerPod: 64 });
+  const c = new CredCache({ source: src, clock: src.clock, log, maxTokensPerPod: 64 });
   const present = async (token: string) => {
     const r = await c.obtainWithToken(podA, token, 1000);
     assert.ok(!r.ok && r.code === "PodTokenMismatch", token);

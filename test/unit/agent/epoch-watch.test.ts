@@ -7,6 +7,8 @@ import { pino } from "pino";
 import { PolicyEpochWatch, type EpochSource } from "../../../src/agent/epoch-watch.ts";
 import { KeycutterError } from "../../../src/api/errors.ts";
 import type { PolicyEpochsRequest, PolicyEpochsResponse } from "../../../src/api/contract.ts";
+import type { Clock } from "../../../src/common/clock.ts";
+import { ManualClock } from "../../harness/manual-clock.ts";
 
 const log = pino({ level: "silent" });
 
@@ -45,8 +47,23 @@ class Server implements EpochSource {
   }
 }
 
-const waitUntil = async (what: string, cond: () => boolean) => {
-  for (let i = 0; i < 200 && !cond(); i++) await new Promise((r) => setTimeout(r, 5));
+/** The watch's pauses on a manual clock; what it reads as the time is the test's `nowMs()`. */
+function clockReading(nowMs: () => number): { clock: Clock; timers: ManualClock } {
+  const timers = new ManualClock();
+  return {
+    timers,
+    clock: {
+      now: nowMs,
+      random: () => timers.random(),
+      setTimeout: (fn, ms) => timers.setTimeout(fn, ms),
+      clearTimeout: (handle) => timers.clearTimeout(handle),
+    },
+  };
+}
+
+/** Moves the pauses' clock 5 ms at a time (at most 1 s of it) until `cond` holds. */
+const waitUntil = async (timers: ManualClock, what: string, cond: () => boolean) => {
+  for (let i = 0; i < 200 && !cond(); i++) await timers.advance(5);
   assert.ok(cond(), what);
 };
 
@@ -56,39 +73,41 @@ test("polls the cache's namespaces, learns their epochs, and reports a change be
   const namespaces = new Set(["team-a"]);
   const seen: string[] = [];
   let clock = 1_000;
+  const { clock: watchClock, timers } = clockReading(() => clock);
   const watch: PolicyEpochWatch = new PolicyEpochWatch({
     source: server,
     namespaces: () => namespaces,
     onEpochs: (e) => seen.push(`${e.get("team-a")}|${watch.known("team-a")}`),
     log,
-    now: () => clock,
+    clock: watchClock,
     minIntervalMs: 1,
   });
   assert.equal(watch.known("team-a"), undefined);
   watch.start();
-  await waitUntil("first answer", () => watch.known("team-a") === "a1");
+  await waitUntil(timers, "first answer", () => watch.known("team-a") === "a1");
   assert.deepEqual(server.requests[0], { namespaces: { "team-a": "" } });
   assert.equal(watch.confirmedAtMs("team-a"), 1_000);
   assert.equal(watch.confirmedAtMs("team-b"), 0, "not covered");
 
   clock = 2_000;
   server.change("team-a", "a2");
-  await waitUntil("the change", () => watch.known("team-a") === "a2");
+  await waitUntil(timers, "the change", () => watch.known("team-a") === "a2");
   assert.equal(seen.at(-1), "a2|a2", "the known epoch was replaced before the cache heard of it");
   assert.equal(watch.confirmedAtMs("team-a"), 2_000);
 
   // a pod of a new namespace: the held poll is restarted to include it
   namespaces.add("team-b");
   watch.cover("team-b");
-  await waitUntil("team-b covered", () => watch.known("team-b") === "b1");
+  await waitUntil(timers, "team-b covered", () => watch.known("team-b") === "b1");
   await waitUntil(
+    timers,
     "the next poll names both with their epochs",
     () => server.requests.at(-1)!.namespaces["team-b"] === "b1",
   );
   assert.deepEqual(server.requests.at(-1)!.namespaces, { "team-a": "a2", "team-b": "b1" });
   watch.cover("team-b"); // already covered: no restart
   const n = server.requests.length;
-  await new Promise((r) => setTimeout(r, 20));
+  await timers.advance(20);
   assert.equal(server.requests.length, n);
   await watch.stop();
 });
@@ -98,17 +117,18 @@ test("a failing channel backs off and stops confirming; it recovers on the next 
   server.epochs = { "team-a": "a1" };
   server.fail = 2;
   let clock = 5_000;
+  const { clock: watchClock, timers } = clockReading(() => clock);
   const watch = new PolicyEpochWatch({
     source: server,
     namespaces: () => ["team-a"],
     onEpochs: () => undefined,
     log,
-    now: () => clock,
+    clock: watchClock,
     minIntervalMs: 1,
     retryInitialMs: 10,
   });
   watch.start();
-  await waitUntil("recovered", () => watch.known("team-a") === "a1");
+  await waitUntil(timers, "recovered", () => watch.known("team-a") === "a1");
   assert.deepEqual(
     server.requests.slice(0, 3).map((r) => r.namespaces["team-a"]),
     ["", "", ""],

@@ -13,6 +13,7 @@ import { createContainerHandler } from "../../../src/agent/container-handler.ts"
 import { createImdsFastResponder } from "../../../src/agent/imds-fast-answers.ts";
 import { createImdsHandler } from "../../../src/agent/imds-handler.ts";
 import { pod, surfaceDeps, log, type Source } from "./surface-fixture.ts";
+import { untilTrue } from "../../harness/manual-clock.ts";
 import { podFacingServer } from "../../../src/agent/pod-facing-server.ts";
 import { ImdsFastPath } from "../../../src/agent/imds-fast-path.ts";
 
@@ -239,7 +240,8 @@ test("unknown IP waits then 404; hostNetwork 403; no policy 404; other paths 404
 
 test("a pod appearing while its request waits is served", async () => {
   const p = call("127.0.0.7", "GET", "/latest/meta-data/iam/security-credentials/");
-  setTimeout(() => env.index.upsert(pod("late", "127.0.0.7")), 100);
+  await untilTrue(() => env.index.waiting === 1, "the request waits for its pod");
+  env.index.upsert(pod("late", "127.0.0.7"));
   const r = await p;
   assert.equal(r.status, 200);
   assert.equal(r.body, "role-late");

@@ -1,5 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import { ManualClock } from "../../harness/manual-clock.ts";
 import { PodIndex, type IpHolder, type NodeAttachments, type PodInfo } from "../../../src/agent/pod-index.ts";
 
 function pod(over: Partial<PodInfo> & { uid: string }): PodInfo {
@@ -75,14 +76,18 @@ test("resync removes pods missing from the list and reports them gone", () => {
 });
 
 test("waitFor resolves when the pod appears, or after the timeout", async () => {
-  const idx = new PodIndex();
-  const t0 = Date.now();
-  const none = await idx.waitFor("10.0.0.9", 60);
-  assert.equal(none.kind, "none");
-  assert.ok(Date.now() - t0 >= 50);
+  const clock = new ManualClock();
+  const idx = new PodIndex({ timers: clock });
+  let settled = false;
+  const timedOut = idx.waitFor("10.0.0.9", 60).then((lookup) => ((settled = true), lookup));
+  await clock.advance(59);
+  assert.equal(settled, false, "still waiting 1 ms before the timeout");
+  await clock.advance(1);
+  assert.equal((await timedOut).kind, "none");
   const p = idx.waitFor("10.0.0.9", 5000);
   assert.equal(idx.waiting, 1);
-  setTimeout(() => idx.upsert(pod({ uid: "late", ip: "10.0.0.9" })), 20);
+  await clock.advance(20);
+  idx.upsert(pod({ uid: "late", ip: "10.0.0.9" }));
   const l = await p;
   assert.ok(l.kind === "pod" && l.pod.uid === "late");
   assert.equal(idx.waiting, 0);
@@ -97,7 +102,7 @@ test("a terminating pod whose containers have all stopped no longer answers for 
 });
 
 test("toPodInfo keeps only the needed fields and derives containersDone", async () => {
-  const { toPodInfo } = await import("../../../src/k8s/pod-watch.ts");
+  const { toPodInfo } = await import("../../../src/agent/pod-watch.ts");
   const raw = {
     metadata: {
       uid: "u",
@@ -235,7 +240,7 @@ test("node attachments: a request waiting for an unconfirmed IP is woken by the 
 });
 
 test("toPodInfo: a terminating pod with nothing running is done, whatever its containers' other states", async () => {
-  const { toPodInfo } = await import("../../../src/k8s/pod-watch.ts");
+  const { toPodInfo } = await import("../../../src/agent/pod-watch.ts");
   const base = {
     metadata: { uid: "u", name: "p", namespace: "n", deletionTimestamp: "2026-01-01T00:00:00Z" },
     spec: { nodeName: "n1", containers: [{ name: "a" }, { name: "b" }] },

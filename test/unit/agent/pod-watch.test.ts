@@ -2,12 +2,13 @@
 // errors, field selector, staleness. The real apiserver is exercised in agent-netns.test.ts.
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import { ManualClock } from "../../harness/manual-clock.ts";
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import { ApiClient } from "../../../src/k8s/api-client.ts";
 import { RestConfig } from "../../../src/k8s/rest-config.ts";
 import { pino } from "pino";
-import { PodWatch, type PodInfo } from "../../../src/k8s/pod-watch.ts";
+import { PodWatch, type PodInfo } from "../../../src/agent/pod-watch.ts";
 
 function podObj(name: string, ip: string, rv: string) {
   return {
@@ -70,6 +71,7 @@ test("relists after 410 Gone, applies events, reconnects after a dropped watch",
     remove: (uid: string) => events.push(`remove ${uid}`),
     resync: (pods: PodInfo[]) => events.push(`resync ${pods.map((p) => p.name).join(",")}`),
   };
+  const clock = new ManualClock();
   const w = new PodWatch({
     api,
     nodeName: "n1",
@@ -77,12 +79,12 @@ test("relists after 410 Gone, applies events, reconnects after a dropped watch",
     log: pino({ level: "silent" }),
     backoffInitialMs: 20,
     staleAfterMs: 60_000,
+    clock,
   });
   assert.ok(w.isStale(), "stale before the first list");
   w.start();
-  const deadline = Date.now() + 10_000;
-  while (!events.includes("remove uid-b") && Date.now() < deadline)
-    await new Promise((r) => setTimeout(r, 20));
+  // the backoffs pass on the manual clock, 1 ms a step (at most 20 s of it, well inside staleAfterMs)
+  for (let step = 0; step < 20_000 && !events.includes("remove uid-b"); step++) await clock.advance(1);
   await w.stop();
   api.close();
   server.closeAllConnections();

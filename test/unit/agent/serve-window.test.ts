@@ -14,6 +14,7 @@ import {
 } from "../../../src/api/serve-window.ts";
 import { CredCache, type CredentialsSource } from "../../../src/agent/cred-cache.ts";
 import type { CredentialsResponse, PodRef } from "../../../src/api/contract.ts";
+import { systemClock } from "../../../src/common/clock.ts";
 
 /** STS: 900 s to 12 h. */
 const DURATIONS = Array.from({ length: (43200 - 900) / 60 + 1 }, (_, i) => 900 + i * 60);
@@ -109,7 +110,11 @@ const pod: PodRef = { namespace: "ns", name: "a", uid: "uid-a" };
 test("the agent's cache: a 15-minute session is not served on IMDS with 10 minutes left, still on the container path", async () => {
   const clock = { nowMs: Date.UTC(2030, 0, 1) };
   const src = new ClockedSource(clock, 900);
-  const cache = new CredCache({ source: src, log: pino({ level: "silent" }), now: () => clock.nowMs });
+  const cache = new CredCache({
+    source: src,
+    log: pino({ level: "silent" }),
+    clock: { ...systemClock, now: () => clock.nowMs },
+  });
   assert.ok((await cache.obtain(pod, 1000)).ok);
   clock.nowMs += 200_000; // 700 s left
   assert.ok(cache.fresh(pod.uid, "imds"));
@@ -126,7 +131,7 @@ test("the agent's cache: a 45-minute session is served on IMDS only while botoco
   const cache = new CredCache({
     source: new ClockedSource(clock, 2700),
     log: pino({ level: "silent" }),
-    now: () => clock.nowMs,
+    clock: { ...systemClock, now: () => clock.nowMs },
   });
   assert.ok((await cache.obtain(pod, 1000)).ok);
   clock.nowMs += 1100_000; // 1600 s left

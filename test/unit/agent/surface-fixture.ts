@@ -6,7 +6,7 @@ import { PodIndex } from "../../../src/agent/pod-index.ts";
 import { CredCache, type CredentialsSource } from "../../../src/agent/cred-cache.ts";
 import { ImdsTokens } from "../../../src/agent/imds-token.ts";
 import { AgentMetrics } from "../../../src/agent/metrics.ts";
-import { RateLimiter } from "../../../src/agent/rate-limit.ts";
+import { podRequestLimit } from "../../../src/agent/pod-request-limit.ts";
 import { WaitSlots } from "../../../src/agent/wait-slots.ts";
 import { KeycutterError } from "../../../src/api/errors.ts";
 import type { HandlerConfig, HandlerDeps } from "../../../src/agent/handler-deps.ts";
@@ -72,8 +72,8 @@ export const surfaceCfg: HandlerConfig = {
 };
 
 function floodLimiter(): HandlerDeps["limiter"] {
-  const loose = new RateLimiter(10_000, 10_000);
-  const strict = new RateLimiter(20, 50);
+  const loose = podRequestLimit(10_000, 10_000);
+  const strict = podRequestLimit(20, 50);
   return { take: (ip: string) => (ip === "127.0.0.8" ? strict : loose).take(ip) };
 }
 

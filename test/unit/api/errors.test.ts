@@ -120,6 +120,10 @@ const NOT_STATUSES = new Set([
   "src/server/config.ts:podReviewBudget: { ratePerSecond: 200, burst: ",
   "src/agent/answer-budget.ts:export const DEFAULT_UNKNOWN_POD_WAIT_MS = ",
   "src/agent/answer-budget.ts:export const DEFAULT_CREDENTIAL_WAIT_MS = ",
+  "src/server/k8s/pod-lookup.ts:const q = new URLSearchParams({ limit: String(Math.min(",
+  "src/server/k8s/policy-informers.ts:let delay = ",
+  "src/server/k8s/policy-informers.ts:delay = ",
+  "src/server/k8s/token-review.ts:pod: { ratePerSecond: 200, burst: ",
 ]);
 
 test("no refusal status is chosen outside the catalogue (agent, server, contract)", () => {

@@ -8,7 +8,7 @@ import { registerServerCommands, serverConfigFrom } from "../../../src/cli/comma
 import { ConfigError, type Environment } from "../../../src/cli/flag-source.ts";
 import { SERVER_DEFAULTS, type ServerConfig } from "../../../src/server/config.ts";
 import { DEFAULT_SERVICE_OPTIONS } from "../../../src/server/service.ts";
-import { DEFAULT_REVIEW_BUDGETS } from "../../../src/k8s/token-review.ts";
+import { DEFAULT_REVIEW_BUDGETS } from "../../../src/server/k8s/token-review.ts";
 
 /** The flags as `keycutter server ARGS` hands them to its action. */
 function flagsOf(args: string[]): Record<string, unknown> {

@@ -3,7 +3,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { KeycutterError } from "../../../src/api/errors.ts";
-import { RateLimitTimeout, type Priority } from "../../../src/aws/rate-limit.ts";
+import { RateLimitTimeout, type Priority } from "../../../src/server/fair-queue.ts";
 import { StsError, type AssumeRoleRequest } from "../../../src/aws/sts.ts";
 import { createLogger } from "../../../src/common/logger.ts";
 import type { IssuePlan } from "../../../src/policy/decide.ts";
@@ -207,7 +207,7 @@ test("rate-limit step: refreshes queue behind first issuances; a spent budget is
   const limiter = {
     acquire: (priority: Priority, tenant: string) => {
       asked.push([priority, tenant]);
-      return timeout ? Promise.reject(new RateLimitTimeout()) : Promise.resolve();
+      return timeout ? Promise.reject(new RateLimitTimeout("STS")) : Promise.resolve();
     },
   };
   const step = new RateLimitedIssuer(next, { limiter, history, now: () => NOW });

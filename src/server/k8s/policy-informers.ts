@@ -10,7 +10,7 @@ import {
   type KubernetesObject,
   type ObjectCache,
 } from "@kubernetes/client-node";
-import type { Logger } from "../common/logger.ts";
+import type { Logger } from "../../common/logger.ts";
 import {
   ACCESS_POLICY_PLURAL,
   GROUP,
@@ -18,7 +18,7 @@ import {
   VERSION,
   type AccessPolicy,
   type RoleAllowance,
-} from "../policy/types.ts";
+} from "../../policy/types.ts";
 
 type Inf<T extends KubernetesObject> = Informer<T> & ObjectCache<T>;
 

@@ -11,7 +11,7 @@
 // expired only once leaseDurationSeconds have passed on our clock since then.
 
 import { CoordinationV1Api, V1MicroTime, type KubeConfig, type V1Lease } from "@kubernetes/client-node";
-import type { Logger } from "../common/logger.ts";
+import type { Logger } from "../../common/logger.ts";
 
 export interface LeaderElectorOptions {
   namespace: string;

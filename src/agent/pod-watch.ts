@@ -4,8 +4,9 @@
 // small ApiClient, not the official client, whose weight alone would exceed the agent's budget.
 import type { V1Pod } from "@kubernetes/client-node";
 import type { Logger } from "../common/logger.ts";
-import { ApiError, type ApiClient } from "./api-client.ts";
-import { isMirrorPod } from "./mirror-pod.ts";
+import { systemClock, type Clock, type TimerHandle } from "../common/clock.ts";
+import { ApiError, type ApiClient } from "../k8s/api-client.ts";
+import { isMirrorPod } from "../k8s/mirror-pod.ts";
 
 export interface PodInfo {
   uid: string;
@@ -58,6 +59,8 @@ export interface PodWatchOptions {
   inactivityTimeoutMs?: number;
   /** Called on every restart of the watch loop (metrics). */
   onRestart?: (reason: "gone" | "error" | "closed") => void;
+  /** Staleness, backoff and its jitter; tests pass a manual clock. */
+  clock?: Clock;
 }
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
@@ -123,8 +126,11 @@ export class PodWatch {
   lastActivityMs = 0;
   restarts = 0;
 
+  private readonly clock: Clock;
+
   constructor(opts: PodWatchOptions) {
     this.opts = opts;
+    this.clock = opts.clock ?? systemClock;
   }
 
   get fieldSelector(): string {
@@ -140,20 +146,20 @@ export class PodWatch {
     this.stopped = true;
     this.abort?.abort();
     this.wake?.();
-    let timer: NodeJS.Timeout | undefined;
-    await Promise.race([this.loop, new Promise<void>((r) => (timer = setTimeout(r, 2000)))]);
-    clearTimeout(timer);
+    let timer: TimerHandle | undefined;
+    await Promise.race([this.loop, new Promise<void>((r) => (timer = this.clock.setTimeout(r, 2000)))]);
+    this.clock.clearTimeout(timer);
   }
 
-  isStale(now = Date.now()): boolean {
+  isStale(now = this.clock.now()): boolean {
     return !this.synced || now - this.lastActivityMs > (this.opts.staleAfterMs ?? 5 * 60_000);
   }
 
   private async sleep(ms: number): Promise<void> {
     await new Promise<void>((resolve) => {
-      const t = setTimeout(resolve, ms);
+      const t = this.clock.setTimeout(resolve, ms);
       this.wake = () => {
-        clearTimeout(t);
+        this.clock.clearTimeout(t);
         resolve();
       };
     });
@@ -183,7 +189,7 @@ export class PodWatch {
     this.rv = rv;
     this.opts.handler.resync(pods);
     this.synced = true;
-    this.lastActivityMs = Date.now();
+    this.lastActivityMs = this.clock.now();
     this.opts.log.info({ pods: pods.length, resourceVersion: rv }, "pod list synced");
   }
 
@@ -195,7 +201,7 @@ export class PodWatch {
       resourceVersion: this.rv,
       allowWatchBookmarks: "true",
       // Spread re-opens so that many agents do not reconnect at the same moment.
-      timeoutSeconds: String(Math.floor(timeout * (0.8 + Math.random() * 0.2))),
+      timeoutSeconds: String(Math.floor(timeout * (0.8 + this.clock.random() * 0.2))),
     });
     const abort = new AbortController();
     this.abort = abort;
@@ -205,7 +211,7 @@ export class PodWatch {
     const onEvent = (ev: unknown): void => {
       if (this.stopped || gone || failed) return;
       const { type, object: obj } = (ev ?? {}) as { type?: string; object?: RawPod };
-      this.lastActivityMs = Date.now();
+      this.lastActivityMs = this.clock.now();
       if (type === "ERROR") {
         if (obj?.code === 410) gone = true;
         else failed = new Error(`watch error: ${obj?.message ?? "unknown"}`);
@@ -224,7 +230,7 @@ export class PodWatch {
       const end = await this.opts.api.watch(`/api/v1/pods?${q}`, onEvent, {
         signal: abort.signal,
         inactivityMs: this.opts.inactivityTimeoutMs ?? 75_000,
-        onOpen: () => (this.lastActivityMs = Date.now()),
+        onOpen: () => (this.lastActivityMs = this.clock.now()),
       });
       if (gone) return { kind: "gone" };
       if (failed) return { kind: "error", err: failed };
@@ -253,12 +259,12 @@ export class PodWatch {
           this.opts.log.warn({ err: errMessage(err), backoffMs: backoff }, "pod list failed, retrying");
           this.restarts++;
           this.opts.onRestart?.("error");
-          await this.sleep(backoff * (0.5 + Math.random() * 0.5));
+          await this.sleep(backoff * (0.5 + this.clock.random() * 0.5));
           backoff = Math.min(backoff * 2, max);
           continue;
         }
       }
-      const started = Date.now();
+      const started = this.clock.now();
       const res = await this.watchOnce();
       if (this.stopped || res.kind === "stopped") break;
       this.restarts++;
@@ -268,7 +274,7 @@ export class PodWatch {
         needList = true;
         continue;
       }
-      if (res.kind === "closed" && Date.now() - started > 1000) {
+      if (res.kind === "closed" && this.clock.now() - started > 1000) {
         backoff = initial;
         continue; // normal server-side timeout: re-open from the last resourceVersion
       }
@@ -278,7 +284,7 @@ export class PodWatch {
           "pod watch failed, reconnecting",
         );
       }
-      await this.sleep(backoff * (0.5 + Math.random() * 0.5));
+      await this.sleep(backoff * (0.5 + this.clock.random() * 0.5));
       backoff = Math.min(backoff * 2, max);
     }
   }

@@ -4,9 +4,9 @@
 // Namespaces (for RoleAllowance namespaceSelector) are cached for a short time.
 
 import type { KubeConfig, V1Pod } from "@kubernetes/client-node";
-import { ApiClient, kubeConfigConnection } from "./api-client.ts";
-import type { NamespaceFacts, PodFacts } from "../policy/types.ts";
-import { isMirrorPod } from "./mirror-pod.ts";
+import { ApiClient, kubeConfigConnection } from "../../k8s/api-client.ts";
+import type { NamespaceFacts, PodFacts } from "../../policy/types.ts";
+import { isMirrorPod } from "../../k8s/mirror-pod.ts";
 
 export function isNotFound(err: unknown): boolean {
   return (err as { code?: number })?.code === 404;

@@ -9,10 +9,10 @@
 // Writes only when the condition changed (status subresource, optimistic concurrency).
 
 import { CustomObjectsApi, type KubeConfig } from "@kubernetes/client-node";
-import type { Logger } from "../common/logger.ts";
-import type { PolicyRef } from "../policy/decide.ts";
-import { podSelectorMismatch } from "../policy/match.ts";
-import { accessPolicyReadiness, roleAllowanceReadiness, type ReadyState } from "../policy/readiness.ts";
+import type { Logger } from "../../common/logger.ts";
+import type { PolicyRef } from "../../policy/decide.ts";
+import { podSelectorMismatch } from "../../policy/match.ts";
+import { accessPolicyReadiness, roleAllowanceReadiness, type ReadyState } from "../../policy/readiness.ts";
 import {
   ACCESS_POLICY_PLURAL,
   GROUP,
@@ -23,8 +23,8 @@ import {
   type NamespaceFacts,
   type PodFacts,
   type RoleAllowance,
-} from "../policy/types.ts";
-import { decide } from "../policy/decide.ts";
+} from "../../policy/types.ts";
+import { decide } from "../../policy/decide.ts";
 import { ineligibility, type PodLookup } from "./pod-lookup.ts";
 import type { PolicyInformers } from "./policy-informers.ts";
 

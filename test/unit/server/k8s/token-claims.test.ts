@@ -2,8 +2,8 @@
 // a TokenReview, and that a well-formed token passes to the review (screening never accepts).
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { screenToken } from "../../../src/k8s/token-claims.ts";
-import { forgedToken, junkTokens } from "../../server/flood.ts";
+import { screenToken } from "../../../../src/server/k8s/token-claims.ts";
+import { forgedToken, junkTokens } from "../../../server/flood.ts";
 
 const agents = new Set(["keycutter-system/keycutter-agent"]);
 const agentExpect = { audience: "keycutter", serviceAccounts: agents, requireNode: true };

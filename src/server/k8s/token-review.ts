@@ -13,9 +13,9 @@
 
 import { createHash } from "node:crypto";
 import type { KubeConfig, V1TokenReview } from "@kubernetes/client-node";
-import { ApiClient, kubeConfigConnection } from "./api-client.ts";
-import { RateLimiter, RateLimitQueueFull, RateLimitTimeout } from "../aws/rate-limit.ts";
-import { KeyedTokenBuckets } from "../common/keyed-token-buckets.ts";
+import { ApiClient, kubeConfigConnection } from "../../k8s/api-client.ts";
+import { FairQueue, RateLimitQueueFull, RateLimitTimeout } from "../fair-queue.ts";
+import { KeyedTokenBuckets } from "../../common/keyed-token-buckets.ts";
 import { LRUCache } from "lru-cache";
 import { screenToken } from "./token-claims.ts";
 
@@ -100,7 +100,7 @@ export const DEFAULT_REVIEW_BUDGETS: Record<ReviewKind, ReviewBudget> = {
 const TRUSTED_SOURCE_TTL_MS = 60 * 60_000;
 
 interface KindState {
-  budget: RateLimiter;
+  budget: FairQueue;
   /** Waiters beyond this would time out anyway: refuse untrusted sources at once instead. */
   maxQueued: number;
   perSource: KeyedTokenBuckets;
@@ -127,7 +127,12 @@ export class TokenReviewer {
     this.trustedSources = new LRUCache({ max: maxEntries, ttl: TRUSTED_SOURCE_TTL_MS, perf });
     const maxWaitMs = opts.maxWaitMs ?? 2000;
     const kindState = (budget: ReviewBudget): KindState => ({
-      budget: new RateLimiter({ ratePerSecond: budget.ratePerSecond, burst: budget.burst, maxWaitMs }),
+      budget: new FairQueue({
+        label: "TokenReview",
+        ratePerSecond: budget.ratePerSecond,
+        burst: budget.burst,
+        maxWaitMs,
+      }),
       maxQueued: Math.max(1, Math.ceil((budget.ratePerSecond * maxWaitMs) / 1000)),
       perSource: new KeyedTokenBuckets({
         ratePerSecond: budget.perSourceRatePerSecond,

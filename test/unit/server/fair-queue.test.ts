@@ -1,9 +1,16 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { RateLimiter, RateLimitTimeout } from "../../../src/aws/rate-limit.ts";
+import { FairQueue, RateLimitTimeout } from "../../../src/server/fair-queue.ts";
+import { ManualClock } from "../../harness/manual-clock.ts";
+
+/** A queue on a manual clock: its refill and its timers move only with clock.advance(). */
+function onClock(opts: { ratePerSecond: number; burst: number; maxWaitMs: number }) {
+  const clock = new ManualClock();
+  return { clock, rl: new FairQueue({ label: "STS", ...opts, now: () => clock.now(), timers: clock }) };
+}
 
 test("rate limiter: burst, then first issuances go before refreshes", async () => {
-  const rl = new RateLimiter({ ratePerSecond: 50, burst: 2, maxWaitMs: 2000 });
+  const { clock, rl } = onClock({ ratePerSecond: 50, burst: 2, maxWaitMs: 2000 });
   await rl.acquire("refresh");
   await rl.acquire("refresh");
   const order: string[] = [];
@@ -12,14 +19,17 @@ test("rate limiter: burst, then first issuances go before refreshes", async () =
     rl.acquire("refresh").then(() => order.push("r2")),
     rl.acquire("first").then(() => order.push("f1")),
   ];
+  await clock.advance(60); // three tokens at 50/s
   await Promise.all(waits);
   assert.equal(order[0], "f1", `first issuance jumps the queue: ${order.join(",")}`);
 });
 
 test("rate limiter: a waiter past maxWaitMs is refused", async () => {
-  const rl = new RateLimiter({ ratePerSecond: 1, burst: 1, maxWaitMs: 50 });
+  const { clock, rl } = onClock({ ratePerSecond: 1, burst: 1, maxWaitMs: 50 });
   await rl.acquire("first");
-  await assert.rejects(rl.acquire("refresh"), RateLimitTimeout);
+  const refused = assert.rejects(rl.acquire("refresh"), RateLimitTimeout);
+  await clock.advance(50);
+  await refused;
 });
 
 /** A limiter on a clock the test moves; drain() hands out what the clock has refilled. */
@@ -30,7 +40,7 @@ function stepped(opts: {
   refreshEvery?: number;
 }) {
   let now = 0;
-  const limiter = new RateLimiter({ maxWaitMs: 60_000, ...opts, now: () => now });
+  const limiter = new FairQueue({ label: "STS", maxWaitMs: 60_000, ...opts, now: () => now });
   const order: string[] = [];
   const settle = () => new Promise<void>((resolve) => setImmediate(resolve));
   return {

@@ -1,4 +1,6 @@
-// The token bucket in front of STS, shared fairly between tenants (namespaces).
+// One token bucket (../common/token-bucket.ts) shared fairly between tenants: in front of STS
+// (tenants are namespaces, issue/rate-limit.ts) and of TokenReview (tenants are trusted and
+// untrusted sources, k8s/token-review.ts).
 //
 // STS throttles per account, so one bucket holds the whole budget. Waiters queue per tenant and
 // are served round-robin, so a tenant with a thousand pods asking at once (a job burst, or a
@@ -9,6 +11,9 @@
 // refreshes either. Waiting is bounded three ways: past maxWaitMs a call is refused (Throttled),
 // and a tenant, or everyone together, with too many waiters is refused at once.
 
+import { systemClock, type Timers, type TimerHandle } from "../common/clock.ts";
+import { TokenBucket } from "../common/token-bucket.ts";
+
 export type Priority = "first" | "refresh";
 
 interface Waiter {
@@ -16,25 +21,27 @@ interface Waiter {
   priority: Priority;
   resolve: () => void;
   reject: (e: Error) => void;
-  timer: NodeJS.Timeout;
+  timer: TimerHandle;
 }
 
 export class RateLimitTimeout extends Error {
-  constructor() {
-    super("STS rate limit: waited too long for a slot");
+  constructor(label: string) {
+    super(`${label} rate limit: waited too long for a slot`);
     this.name = "RateLimitTimeout";
   }
 }
 
 /** Refused without waiting: the tenant (or the server) already has as many waiters as allowed. */
 export class RateLimitQueueFull extends Error {
-  constructor(scope: "tenant" | "total") {
-    super(`STS rate limit: too many requests waiting (${scope})`);
+  constructor(label: string, scope: "tenant" | "total") {
+    super(`${label} rate limit: too many requests waiting (${scope})`);
     this.name = "RateLimitQueueFull";
   }
 }
 
-export interface RateLimiterOptions {
+export interface FairQueueOptions {
+  /** What the budget is for, in refusals' messages ("STS", "TokenReview"). */
+  label: string;
   /** Sustained calls per second. */
   ratePerSecond: number;
   /** Bucket size. */
@@ -52,6 +59,8 @@ export interface RateLimiterOptions {
   refreshEvery?: number;
   /** Monotonic milliseconds; injectable for tests. */
   now?: () => number;
+  /** The waiters' timers; injectable for tests. */
+  timers?: Timers;
 }
 
 /** Per-tenant FIFO queues visited round-robin; a tenant is present only while it has waiters. */
@@ -100,27 +109,26 @@ class TenantRing {
   }
 }
 
-export class RateLimiter {
-  private tokens: number;
-  private last: number;
+export class FairQueue {
+  private readonly bucket: TokenBucket;
   private readonly rings: Record<Priority, TenantRing> = {
     first: new TenantRing(),
     refresh: new TenantRing(),
   };
   private firstStreak = 0;
-  private timer: NodeJS.Timeout | undefined;
-  private readonly opts: Required<RateLimiterOptions>;
+  private timer: TimerHandle | undefined;
+  private readonly opts: Required<FairQueueOptions>;
 
-  constructor(opts: RateLimiterOptions) {
+  constructor(opts: FairQueueOptions) {
     this.opts = {
       maxWaitersPerTenant: Math.max(1, Math.ceil((opts.ratePerSecond * opts.maxWaitMs) / 1000)),
       maxWaiters: 10_000,
       refreshEvery: 4,
       now: () => performance.now(),
+      timers: systemClock,
       ...opts,
     };
-    this.tokens = opts.burst;
-    this.last = this.opts.now();
+    this.bucket = new TokenBucket(opts.ratePerSecond, opts.burst, this.opts.now());
   }
 
   get queued(): number {
@@ -131,33 +139,21 @@ export class RateLimiter {
     return this.rings.first.waitersOf(tenant) + this.rings.refresh.waitersOf(tenant);
   }
 
-  private refill(): void {
-    const now = this.opts.now();
-    this.tokens = Math.min(
-      this.opts.burst,
-      this.tokens + ((now - this.last) / 1000) * this.opts.ratePerSecond,
-    );
-    this.last = now;
-  }
-
   /** Resolves when the call may proceed; `tenant` is whom it is for (STS: the namespace). */
   acquire(priority: Priority, tenant = ""): Promise<void> {
-    this.refill();
-    if (this.queued === 0 && this.tokens >= 1) {
-      this.tokens -= 1;
-      return Promise.resolve();
-    }
-    if (this.queued >= this.opts.maxWaiters) return Promise.reject(new RateLimitQueueFull("total"));
+    const { label } = this.opts;
+    if (this.queued === 0 && this.bucket.take(this.opts.now())) return Promise.resolve();
+    if (this.queued >= this.opts.maxWaiters) return Promise.reject(new RateLimitQueueFull(label, "total"));
     if (this.waitersOf(tenant) >= this.opts.maxWaitersPerTenant)
-      return Promise.reject(new RateLimitQueueFull("tenant"));
+      return Promise.reject(new RateLimitQueueFull(label, "tenant"));
     return new Promise<void>((resolve, reject) => {
       const w: Waiter = {
         tenant,
         priority,
         resolve,
         reject,
-        timer: setTimeout(() => {
-          if (this.rings[priority].remove(w)) reject(new RateLimitTimeout());
+        timer: this.opts.timers.setTimeout(() => {
+          if (this.rings[priority].remove(w)) reject(new RateLimitTimeout(label));
         }, this.opts.maxWaitMs),
       };
       this.rings[priority].push(w);
@@ -167,9 +163,8 @@ export class RateLimiter {
 
   private schedule(): void {
     if (this.timer) return;
-    const need = Math.max(0, 1 - this.tokens);
-    const ms = Math.max(1, Math.ceil((need / this.opts.ratePerSecond) * 1000));
-    this.timer = setTimeout(() => {
+    const ms = this.bucket.msUntilToken(this.opts.now());
+    this.timer = this.opts.timers.setTimeout(() => {
       this.timer = undefined;
       this.drain();
     }, ms);
@@ -188,12 +183,10 @@ export class RateLimiter {
 
   /** Grants tokens to waiters in turn; called by the timer, public so tests can drive a fake clock. */
   drain(): void {
-    this.refill();
-    while (this.tokens >= 1) {
-      const w = this.next();
-      if (!w) break;
-      this.tokens -= 1;
-      clearTimeout(w.timer);
+    const now = this.opts.now();
+    while (this.queued > 0 && this.bucket.take(now)) {
+      const w = this.next()!;
+      this.opts.timers.clearTimeout(w.timer);
       w.resolve();
     }
     if (this.queued > 0) this.schedule();

@@ -5,9 +5,9 @@
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { CoordinationV1Api, V1MicroTime } from "@kubernetes/client-node";
-import { startCluster, Kubelet, type Cluster } from "../harness/index.ts";
-import { createLogger } from "../../src/common/logger.ts";
-import { LeaderElector } from "../../src/k8s/leader-election.ts";
+import { startCluster, Kubelet, type Cluster } from "../../harness/index.ts";
+import { createLogger } from "../../../src/common/logger.ts";
+import { LeaderElector } from "../../../src/server/k8s/leader-election.ts";
 
 const NS = "lease-test";
 const HOUR_MS = 3_600_000;
