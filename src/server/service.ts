@@ -5,7 +5,7 @@
 import type { CredentialsRequest, CredentialsResponse, PodRef } from "../api/contract.ts";
 import { KeycutterError } from "../api/errors.ts";
 import type { Logger } from "../common/logger.ts";
-import type { AssumeRoleRequest, AssumedCredentials } from "../aws/sts.ts";
+import { StsError, type AssumeRoleRequest, type AssumedCredentials } from "../aws/sts.ts";
 import type { ReviewedIdentity } from "../k8s/token-review.ts";
 import { ineligibility, type PodRecord } from "../k8s/pod-lookup.ts";
 import { decide, type Decision, type IssuePlan, type PolicyRef } from "../policy/decide.ts";
@@ -143,6 +143,7 @@ export class CredentialService {
       if (!(e instanceof KeycutterError)) this.deps.log.error({ err: e }, "credentials request failed");
       rec.code = ce.code;
       rec.reason = ce.message;
+      if (ce.cause instanceof StsError) rec.stsRequestId = ce.cause.requestId;
       this.deps.metrics.decisions.inc({ outcome: ce.code });
       throw ce;
     } finally {
@@ -176,6 +177,8 @@ export class CredentialService {
     });
     rec.source = source;
     rec.expiration = creds.expiration;
+    rec.accessKeyId = creds.accessKeyId;
+    if (creds.stsRequestId) rec.stsRequestId = creds.stsRequestId;
     const out: CredentialsResponse = {
       credentials: {
         accessKeyId: creds.accessKeyId,

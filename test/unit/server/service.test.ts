@@ -64,6 +64,7 @@ function make(
           secretAccessKey: "s",
           sessionToken: "t",
           expiration: new Date(Date.now() + expiresInS * 1000),
+          requestId: `sts-request-${n}`,
         };
       },
     },
@@ -238,4 +239,16 @@ test("mirror pods and pods without a service account are refused before any poli
     assert.equal(calls.length, 0);
     svc.close();
   }
+});
+
+test("the audit record carries the access key id the caller got and STS's request id, also on a cache hit", async () => {
+  const { svc, audit } = make(async () => ({ expiresInS: 7200 }));
+  const first = await svc.issue({ serviceAccount: "s/a", nodeName: "n1" }, { pod });
+  await svc.issue({ serviceAccount: "s/a", nodeName: "n1" }, { pod });
+  assert.equal(audit[0]?.accessKeyId, first.credentials.accessKeyId);
+  assert.equal(audit[0]?.stsRequestId, "sts-request-1");
+  assert.equal(audit[1]?.source, "memory");
+  assert.equal(audit[1]?.stsRequestId, "sts-request-1");
+  assert.ok(audit.every((a) => !("secretAccessKey" in a) && !("sessionToken" in a)));
+  svc.close();
 });
