@@ -11,6 +11,7 @@ export interface ServerMetrics {
   tokenReviews: Counter<"result">;
   tokenChecks: Counter<"kind" | "outcome">;
   leader: Gauge;
+  events: Counter<"outcome">;
 }
 
 export function createServerMetrics(): ServerMetrics {
@@ -63,6 +64,12 @@ export function createServerMetrics(): ServerMetrics {
     leader: new Gauge({
       name: "keycutter_server_leader",
       help: "1 when this replica holds the status-writer lease",
+      registers: [registry],
+    }),
+    events: new Counter({
+      name: "keycutter_server_events_total",
+      help: "Kubernetes Events by outcome: created, series_updated (written), aggregated (counted into a series), dropped (over a bound), failed",
+      labelNames: ["outcome"],
       registers: [registry],
     }),
   };
