@@ -209,5 +209,19 @@ describe("e2e: audit stream and Kubernetes Events", () => {
       /keycutter_server_events_total\{outcome="aggregated"\} (\d+)/.exec(metrics)?.[1] ?? 0,
     );
     assert.ok(aggregated >= denials - 3, metrics);
+    // the request-duration histogram counted every one, by route and outcome
+    const durations = (outcome: string) =>
+      Number(
+        new RegExp(
+          `keycutter_server_request_duration_seconds_count\\{route="credentials",outcome="${outcome}"\\} (\\d+)`,
+        ).exec(metrics)?.[1] ?? 0,
+      );
+    assert.ok(durations("NoPolicy") >= denials, metrics);
+    assert.ok(durations("ok") >= 1, metrics);
+    assert.match(
+      metrics,
+      /^keycutter_build_info\{component="server",version="[^"]+",nodejs_version="[^"]+"\} 1$/m,
+    );
+    assert.match(metrics, /^process_resident_memory_bytes /m);
   });
 });
