@@ -1,10 +1,18 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { spawnSync } from "node:child_process";
 import { AUDIT_SCHEMA_VERSION, auditEntry, createAuditLogger } from "../../../src/server/audit.ts";
+
+/** Waits (bounded) until the asynchronous file stream has written `lines` lines: a fixed wait is flaky on a busy machine. */
+async function written(file: string, lines: number): Promise<void> {
+  for (let waited = 0; waited < 5000; waited += 20) {
+    if (existsSync(file) && readFileSync(file, "utf8").trim().split("\n").length >= lines) return;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
 
 test("audit records go to their own stream as one JSON line each, with secrets redacted even if misused", async () => {
   const dir = mkdtempSync(join(tmpdir(), "kc-audit-"));
@@ -29,7 +37,7 @@ test("audit records go to their own stream as one JSON line each, with secrets r
       ...({ credentials: { secretAccessKey: "SECRET1", sessionToken: "SECRET2" } } as object),
     } as never);
     logger.flush();
-    await new Promise((r) => setTimeout(r, 200));
+    await written(file, 2);
     const lines = readFileSync(file, "utf8").trim().split("\n");
     assert.equal(lines.length, 2);
     const first = JSON.parse(lines[0] as string);
@@ -77,7 +85,7 @@ test("each written record has its own event id, and the level is a word", async 
     sink({ decision: "denied", code: "NoPolicy", reason: "r" });
     sink({ decision: "denied", code: "NoPolicy", reason: "r" });
     logger.flush();
-    await new Promise((r) => setTimeout(r, 200));
+    await written(file, 2);
     const [first, second] = readFileSync(file, "utf8")
       .trim()
       .split("\n")
