@@ -59,8 +59,8 @@ fi
 step "etcd $ETCD_VERSION and kube-apiserver $K8S_VERSION (built from the Go module proxy, cached)"
 bash "$ROOT/scripts/build-k8s.sh" all
 
-step "helm $HELM_VERSION (renders the chart whose command lines the system runs) and hadolint $HADOLINT_VERSION (cached)"
-bash "$ROOT/scripts/setup-deploy-tools.sh"
+step "helm $HELM_VERSION (renders the chart whose command lines the system runs), hadolint $HADOLINT_VERSION and, for the tests, promtool $PROMTOOL_VERSION (cached)"
+bash "$ROOT/scripts/setup-deploy-tools.sh" "${1:-test}"
 
 # The demo needs only the parts above; the tests need MinIO too.
 if [[ "${1:-test}" != "demo" ]]; then

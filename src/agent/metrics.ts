@@ -1,6 +1,6 @@
 // Agent metrics. The pod-facing hot path (request counts, request durations, cache hits) only
 // updates plain numbers kept per (listener, route); they are published at scrape time: the
-// request and cache-hit counters flush their pending increments into prom-client from their
+// request and cache-lookup counters flush their pending increments into prom-client from their
 // collect() hook, and the duration histogram is a small collector of its own that renders the
 // same series prom-client's Histogram would (same name, labels, buckets, le order). prom-client
 // hashes the label object on every inc()/observe(), even through a labels() child.
@@ -48,7 +48,7 @@ interface Sample {
 
 export class AgentMetrics implements CacheMetrics {
   readonly registry: Registry;
-  private readonly cacheMisses: Counter<"listener">;
+  private readonly cacheLookups: Counter<"listener" | "result">;
   private readonly fetches: Counter<"kind" | "result">;
   private readonly refreshFailures: Counter<"code">;
   private readonly stale: Counter;
@@ -61,7 +61,7 @@ export class AgentMetrics implements CacheMetrics {
     imds: new Map(),
     container: new Map(),
   };
-  /** Cache hits not yet flushed into keycutter_agent_cache_hits_total. */
+  /** Cache hits not yet flushed into keycutter_agent_cache_lookups_total{result="hit"}. */
   private readonly pendingHits: Record<Listener, number> = { imds: 0, container: 0 };
 
   constructor(gauges: {
@@ -77,7 +77,7 @@ export class AgentMetrics implements CacheMetrics {
     /** The node's CNI state as the pod index uses it (cni-state.ts). */
     cniState?: () => CniStateGauges;
   }) {
-    const r = createRegistry("keycutter_agent");
+    const r = createRegistry("agent");
     this.registry = r;
     const routeStats = this.routeStats;
     const pendingHits = this.pendingHits;
@@ -155,24 +155,19 @@ export class AgentMetrics implements CacheMetrics {
       },
     };
     r.registerMetric(duration as unknown as Histogram);
-    new Counter({
-      name: "keycutter_agent_cache_hits_total",
-      help: "Credential requests answered from the cache",
-      labelNames: ["listener"],
+    // one name for both outcomes, as the server's keycutter_server_cache_lookups_total{result}
+    this.cacheLookups = new Counter({
+      name: "keycutter_agent_cache_lookups_total",
+      help: "Credential requests by listener and result: hit (answered from the cache), miss (waited for the credential service)",
+      labelNames: ["listener", "result"],
       registers: [r],
       collect() {
         for (const l of ["imds", "container"] as const)
           if (pendingHits[l] > 0) {
-            this.inc({ listener: l }, pendingHits[l]);
+            this.inc({ listener: l, result: "hit" }, pendingHits[l]);
             pendingHits[l] = 0;
           }
       },
-    });
-    this.cacheMisses = new Counter({
-      name: "keycutter_agent_cache_misses_total",
-      help: "Credential requests that had to wait for the credential service",
-      labelNames: ["listener"],
-      registers: [r],
     });
     this.fetches = new Counter({
       name: "keycutter_agent_credential_fetches_total",
@@ -347,7 +342,7 @@ export class AgentMetrics implements CacheMetrics {
   }
 
   miss(listener: Listener): void {
-    this.cacheMisses.labels(listener).inc();
+    this.cacheLookups.labels(listener, "miss").inc();
   }
 
   limited(listener: Listener): void {

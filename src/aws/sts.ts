@@ -26,6 +26,8 @@ export interface AssumedCredentials {
   expiration: Date;
   accountId?: string;
   assumedRoleArn?: string;
+  /** STS's request id of the AssumeRole that issued them: CloudTrail's `requestID` of that event. */
+  requestId?: string;
 }
 
 /**
@@ -183,6 +185,7 @@ export class StsIssuer {
         };
         if (account && /^\d{12}$/.test(account)) res.accountId = account;
         if (arn) res.assumedRoleArn = arn;
+        if (out.$metadata.requestId) res.requestId = out.$metadata.requestId;
         return res;
       } catch (e) {
         if (e instanceof StsError) throw e;

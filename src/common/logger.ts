@@ -31,12 +31,18 @@ const SECRET_PATHS = [
 ];
 
 export function createLogger(name: string, opts: LoggerOptions = {}): Logger {
-  return pino({
-    name,
-    level: process.env.KEYCUTTER_LOG_LEVEL ?? "info",
-    redact: { paths: SECRET_PATHS, censor: "[redacted]" },
-    base: { component: name },
-    timestamp: pino.stdTimeFunctions.isoTime,
-    ...opts,
-  });
+  return pino(
+    {
+      name,
+      level: process.env.KEYCUTTER_LOG_LEVEL ?? "info",
+      redact: { paths: SECRET_PATHS, censor: "[redacted]" },
+      base: { component: name },
+      timestamp: pino.stdTimeFunctions.isoTime,
+      // words, not pino's numbers: log pipelines and people filter on "warn", not 40
+      formatters: { level: (label) => ({ level: label }) },
+      ...opts,
+    },
+    // stderr: stdout is the server's audit stream by default (server/audit.ts), never mixed with this
+    pino.destination(2),
+  );
 }

@@ -1,9 +1,16 @@
 // One JSON line per credentials decision, on its own pino logger and stream (stdout by default,
-// or a file). Records name who asked, for which pod, under which policy, and what was issued,
-// never a secret: the record type has no field that could hold one, and the shared logger's
-// redaction applies as a second line of defence.
+// where the application log is not: it goes to stderr; or a file). Records name who asked, for
+// which pod, under which policy, and what was issued, never a secret: the entry is built field by
+// field from an allowlist (auditEntry), so a field that could hold a secret cannot reach the
+// stream even if a caller adds one, and the logger's redaction applies as a second line of defence.
+// docs/OPERATIONS.md ("Audit records") documents the schema; a change of a field's meaning or a
+// removal raises AUDIT_SCHEMA_VERSION, an added field does not.
 
+import { randomUUID } from "node:crypto";
 import { pino, type Logger } from "pino";
+
+/** The audit records' schema version (`schemaVersion` of every entry). */
+export const AUDIT_SCHEMA_VERSION = 1;
 
 export interface AuditRecord {
   decision: "allowed" | "denied";
@@ -24,12 +31,56 @@ export interface AuditRecord {
   durationSeconds?: number;
   expiration?: string;
   source?: "memory" | "shared" | "sts";
+  /** The issued credentials' access key ID (public: CloudTrail records every call made with it). */
+  accessKeyId?: string;
+  /** STS's request id of the AssumeRole that issued the credentials or refused them. */
+  stsRequestId?: string;
   latencyMs?: number;
+}
+
+/** What is written: the record's allowlisted fields, the schema version and a unique event ID. */
+export interface AuditEntry extends AuditRecord {
+  schemaVersion: typeof AUDIT_SCHEMA_VERSION;
+  /** A UUID, unique per entry: a shipper's duplicates can be told from repeated decisions. */
+  eventId: string;
 }
 
 export type AuditSink = (r: AuditRecord) => void;
 
-export function createAuditLogger(dest: string): { sink: AuditSink; logger: Logger } {
+const FIELDS = [
+  "decision",
+  "code",
+  "reason",
+  "node",
+  "agent",
+  "pod",
+  "serviceAccount",
+  "podToken",
+  "policy",
+  "allowances",
+  "role",
+  "sessionName",
+  "policySha256",
+  "tags",
+  "durationSeconds",
+  "expiration",
+  "source",
+  "accessKeyId",
+  "stsRequestId",
+  "latencyMs",
+] as const satisfies readonly (keyof AuditRecord)[];
+
+export function auditEntry(record: AuditRecord, eventId: string): AuditEntry {
+  const entry: Record<string, unknown> = { schemaVersion: AUDIT_SCHEMA_VERSION, eventId };
+  for (const field of FIELDS) if (record[field] !== undefined) entry[field] = record[field];
+  return entry as unknown as AuditEntry;
+}
+
+/** `dest`: "stdout" (or "-"), "stderr", or a file path (its directory is created). */
+export function createAuditLogger(
+  dest: string,
+  newEventId: () => string = randomUUID,
+): { sink: AuditSink; logger: Logger } {
   const stream =
     dest === "stdout" || dest === "-"
       ? pino.destination(1)
@@ -41,6 +92,7 @@ export function createAuditLogger(dest: string): { sink: AuditSink; logger: Logg
       base: { kind: "audit", component: "server" },
       timestamp: pino.stdTimeFunctions.isoTime,
       messageKey: "msg",
+      formatters: { level: (label) => ({ level: label }) },
       redact: {
         paths: ["*.secretAccessKey", "*.sessionToken", "*.token", "secretAccessKey", "sessionToken", "token"],
         censor: "[redacted]",
@@ -50,6 +102,10 @@ export function createAuditLogger(dest: string): { sink: AuditSink; logger: Logg
   );
   return {
     logger,
-    sink: (r) => logger.info(r, r.decision === "allowed" ? "credentials issued" : "credentials denied"),
+    sink: (r) =>
+      logger.info(
+        auditEntry(r, newEventId()),
+        r.decision === "allowed" ? "credentials issued" : "credentials denied",
+      ),
   };
 }

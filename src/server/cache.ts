@@ -21,6 +21,8 @@ export interface CachedCredentials {
   /** ISO 8601 */
   expiration: string;
   accountId?: string;
+  /** STS's request id of the AssumeRole that issued them (audit records join CloudTrail by it). */
+  stsRequestId?: string;
 }
 
 /** Loads a 32-byte key: raw 32 bytes, 64 hex chars, or base64 of 32 bytes (whitespace trimmed). */

@@ -176,9 +176,17 @@ export function createApiHandler(opts: ApiOptions): (req: IncomingMessage, res: 
   };
 
   return (req, res) => {
+    const started = performance.now();
+    const path = (req.url ?? "/").split("?")[0];
+    const route =
+      path === CREDENTIALS_PATH ? "credentials" : path === POLICY_EPOCHS_PATH ? "policy_epochs" : "other";
+    // bounded labels: three routes, and "ok", "aborted" or a catalogue code
+    let outcome = "ok";
+    res.once("close", () => {
+      if (!res.writableFinished) outcome = "aborted";
+      opts.metrics.requestDuration.observe({ route, outcome }, (performance.now() - started) / 1000);
+    });
     const handle = async () => {
-      const url = req.url ?? "/";
-      const path = url.split("?")[0];
       if (path === POLICY_EPOCHS_PATH && opts.epochs) return handleEpochs(opts.epochs);
       if (path !== CREDENTIALS_PATH) throw new KeycutterError("NotFound", "no such path");
       const { agent, body } = await authenticatedJson(req);
@@ -197,6 +205,7 @@ export function createApiHandler(opts: ApiOptions): (req: IncomingMessage, res: 
     };
     handle().catch((e: unknown) => {
       if (res.headersSent) return;
+      outcome = e instanceof KeycutterError ? e.code : "Unavailable";
       if (e instanceof KeycutterError) sendError(res, e);
       else {
         opts.log.error({ err: e }, "request failed");

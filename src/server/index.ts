@@ -17,6 +17,9 @@ import { createServerMetrics, type ServerMetrics } from "./metrics.ts";
 import { PolicyEpochs } from "./policy-epochs.ts";
 import { CredentialService, type ServiceOptions } from "./service.ts";
 import { SERVER_DEFAULTS, type ServerConfig } from "./config.ts";
+import { ApiEventWriter } from "./events/api-writer.ts";
+import { credentialEvents } from "./events/credential-events.ts";
+import { EventRecorder } from "./events/recorder.ts";
 
 export type { ServerConfig } from "./config.ts";
 
@@ -98,6 +101,17 @@ export async function startServer(cfg: ServerConfig): Promise<RunningServer> {
     cfg.epochHoldMs !== undefined ? { holdMs: cfg.epochHoldMs } : {},
   );
 
+  const eventWriter = new ApiEventWriter(kc);
+  const recorder = new EventRecorder({
+    writer: eventWriter,
+    reportingInstance: cfg.identity,
+    onOutcome: (outcome) => metrics.events.inc({ outcome }),
+    // debug: the metric counts failures, and a missing RBAC rule must not flood the log
+    onError: (err, event) => log.debug({ err, ...event }, "event write failed"),
+  });
+  recorder.start();
+  const events = credentialEvents(recorder);
+
   const svcOpts: Partial<ServiceOptions> = {
     clusterName: cfg.clusterName,
     maxDurationSeconds: cfg.maxDurationSeconds,
@@ -117,7 +131,11 @@ export async function startServer(cfg: ServerConfig): Promise<RunningServer> {
       audit,
       metrics,
       log,
-      observe: (p, reason, message) => status.observe(p, reason, message),
+      events,
+      observe: (p, reason, message) => {
+        status.observe(p, reason, message);
+        events.policyRefused(p, reason, message);
+      },
     },
     svcOpts,
   );
@@ -207,6 +225,8 @@ export async function startServer(cfg: ServerConfig): Promise<RunningServer> {
     await elector?.stop();
     await informers.stop();
     service.close();
+    recorder.close();
+    eventWriter.close();
     sts.destroy();
     await shared?.close();
     reviewer.close();

@@ -11,10 +11,12 @@ export interface ServerMetrics {
   tokenReviews: Counter<"result">;
   tokenChecks: Counter<"kind" | "outcome">;
   leader: Gauge;
+  events: Counter<"outcome">;
+  requestDuration: Histogram<"route" | "outcome">;
 }
 
 export function createServerMetrics(): ServerMetrics {
-  const registry = createRegistry("keycutter_server");
+  const registry = createRegistry("server");
   return {
     registry,
     decisions: new Counter({
@@ -63,6 +65,20 @@ export function createServerMetrics(): ServerMetrics {
     leader: new Gauge({
       name: "keycutter_server_leader",
       help: "1 when this replica holds the status-writer lease",
+      registers: [registry],
+    }),
+    requestDuration: new Histogram({
+      name: "keycutter_server_request_duration_seconds",
+      help: "API request duration by route (credentials, policy_epochs, other) and outcome (ok, aborted or the error code); policy_epochs are long polls held up to 25 s",
+      labelNames: ["route", "outcome"],
+      // 0.4: the agents' answer budget for a cache miss
+      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.4, 0.5, 1, 2.5, 5, 10, 30],
+      registers: [registry],
+    }),
+    events: new Counter({
+      name: "keycutter_server_events_total",
+      help: "Kubernetes Events by outcome: created, series_updated (written), aggregated (counted into a series), dropped (over a bound), failed",
+      labelNames: ["outcome"],
       registers: [registry],
     }),
   };

@@ -3,9 +3,9 @@
 // the credentials is the issuance chain's job (issue/chain.ts).
 
 import type { CredentialsRequest, CredentialsResponse, PodRef } from "../api/contract.ts";
-import { KeycutterError } from "../api/errors.ts";
+import { KeycutterError, type ErrorCode } from "../api/errors.ts";
 import type { Logger } from "../common/logger.ts";
-import type { AssumeRoleRequest, AssumedCredentials } from "../aws/sts.ts";
+import { StsError, type AssumeRoleRequest, type AssumedCredentials } from "../aws/sts.ts";
 import type { ReviewedIdentity } from "./k8s/token-review.ts";
 import { ineligibility, type PodRecord } from "./k8s/pod-lookup.ts";
 import { decide, type Decision, type IssuePlan, type PolicyRef } from "../policy/decide.ts";
@@ -37,6 +37,8 @@ export interface Deps {
   log: Logger;
   /** The namespace's policy epoch (policy-epochs.ts), sent with the credentials. */
   epochs?: { epochOf(namespace: string): string };
+  /** Kubernetes Events for refusals of a pod that exists (events/credential-events.ts); best-effort, never awaited. */
+  events?: { podDenied(pod: PodRef, code: ErrorCode, message: string): void };
   /** Called with every refusal tied to a policy (the status writer shows the latest). */
   observe?: (policy: PolicyRef, reason: string, message: string) => void;
   /** Wall-clock milliseconds for the issuance chain (freshness, failure cache); injectable for tests. */
@@ -130,8 +132,9 @@ export class CredentialService {
       pod: { ...req.pod },
       podToken: req.podToken !== undefined,
     };
+    const found = { pod: false };
     try {
-      const res = await this.issueInner(agent, req, rec);
+      const res = await this.issueInner(agent, req, rec, found);
       rec.decision = "allowed";
       rec.code = "issued";
       rec.reason = "ok";
@@ -143,6 +146,9 @@ export class CredentialService {
       if (!(e instanceof KeycutterError)) this.deps.log.error({ err: e }, "credentials request failed");
       rec.code = ce.code;
       rec.reason = ce.message;
+      if (ce.cause instanceof StsError) rec.stsRequestId = ce.cause.requestId;
+      // only on a pod that exists with this UID: an Event names its object, and a wrong UID is another pod
+      if (found.pod) this.deps.events?.podDenied(req.pod, ce.code, ce.message);
       this.deps.metrics.decisions.inc({ outcome: ce.code });
       throw ce;
     } finally {
@@ -155,8 +161,9 @@ export class CredentialService {
     agent: AgentIdentity,
     req: CredentialsRequest,
     rec: AuditRecord,
+    found: { pod: boolean },
   ): Promise<CredentialsResponse> {
-    const pod = await this.servablePod(agent, req.pod, rec);
+    const pod = await this.servablePod(agent, req.pod, rec, found);
     if (req.podToken !== undefined) await this.checkPodToken(agent, req.pod, req.podToken, pod);
     const { namespace, uid } = req.pod;
     let ns: NamespaceFacts | undefined;
@@ -176,6 +183,8 @@ export class CredentialService {
     });
     rec.source = source;
     rec.expiration = creds.expiration;
+    rec.accessKeyId = creds.accessKeyId;
+    if (creds.stsRequestId) rec.stsRequestId = creds.stsRequestId;
     const out: CredentialsResponse = {
       credentials: {
         accessKeyId: creds.accessKeyId,
@@ -198,7 +207,12 @@ export class CredentialService {
   }
 
   /** The pod, read live: it exists with this UID, is bound to the agent's node, is eligible and running. */
-  private async servablePod(agent: AgentIdentity, ref: PodRef, rec: AuditRecord): Promise<PodRecord> {
+  private async servablePod(
+    agent: AgentIdentity,
+    ref: PodRef,
+    rec: AuditRecord,
+    found: { pod: boolean },
+  ): Promise<PodRecord> {
     const { namespace, name, uid } = ref;
     let pod: PodRecord | undefined;
     try {
@@ -213,6 +227,7 @@ export class CredentialService {
         "PodNotFound",
         `pod ${namespace}/${name} has a different UID (the pod was replaced)`,
       );
+    found.pod = true;
     rec.serviceAccount = pod.facts.serviceAccountName;
     if (pod.facts.nodeName !== agent.nodeName) {
       throw new KeycutterError(

@@ -544,7 +544,7 @@ test("ops port: /readyz, /healthz, /metrics with request, cache and pod counters
   assert.equal((await fetch(`http://${node.ip}:8182/readyz`)).status, 200);
   const m = await (await fetch(`http://${node.ip}:8182/metrics`)).text();
   assert.match(m, /keycutter_agent_requests_total\{listener="imds",route="credentials",status="200"\} \d+/);
-  assert.match(m, /keycutter_agent_cache_hits_total\{listener="imds"\} [1-9]/);
+  assert.match(m, /keycutter_agent_cache_lookups_total\{listener="imds",result="hit"\} [1-9]/);
   assert.match(m, /keycutter_agent_pods_known [1-9]/);
   assert.match(m, /keycutter_agent_request_duration_seconds_bucket/);
   assert.match(

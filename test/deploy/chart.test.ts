@@ -427,6 +427,22 @@ const SERVICE_MONITOR_CRD = {
   },
 };
 
+// The same for the custom profile's PrometheusRule (the alerts of monitoring/alerts.yaml, which
+// promtool checks in test/deploy/monitoring.test.ts).
+const PROMETHEUS_RULE_CRD = {
+  ...SERVICE_MONITOR_CRD,
+  metadata: { name: "prometheusrules.monitoring.coreos.com" },
+  spec: {
+    ...SERVICE_MONITOR_CRD.spec,
+    names: {
+      plural: "prometheusrules",
+      singular: "prometheusrule",
+      kind: "PrometheusRule",
+      listKind: "PrometheusRuleList",
+    },
+  },
+};
+
 describe("helm chart: a real kube-apiserver validates every render", () => {
   let cluster: Cluster;
   let kubelet: Kubelet;
@@ -438,14 +454,14 @@ describe("helm chart: a real kube-apiserver validates every render", () => {
     const crds = readdirSync(join(CHART_DIR, "crds")).map((f) =>
       parse(readFileSync(join(CHART_DIR, "crds", f), "utf8")),
     );
-    for (const crd of [...crds, SERVICE_MONITOR_CRD]) {
+    for (const crd of [...crds, SERVICE_MONITOR_CRD, PROMETHEUS_RULE_CRD]) {
       const r = await createObject(cluster, crd as K8sObject, { dryRun: false });
       assert.equal(r.status, 201, `CRD ${(crd as K8sObject).metadata.name}: ${JSON.stringify(r.body)}`);
     }
     await waitFor(
       "CRDs established",
       async () => {
-        for (const crd of [...crds, SERVICE_MONITOR_CRD] as K8sObject[]) {
+        for (const crd of [...crds, SERVICE_MONITOR_CRD, PROMETHEUS_RULE_CRD] as K8sObject[]) {
           const r = await apiCall(
             cluster,
             "GET",

@@ -215,12 +215,24 @@ describe("docs/OPERATIONS.md commands", () => {
     const src = allSource();
     const defined = new Set([...src.matchAll(/name: "(keycutter_[a-z_]+)"/g)].map((m) => m[1]!));
     assert.ok(defined.size > 10);
+    // the upgrade notes' "Metrics renamed" may name the old names, and only there
+    const renamedNote = /- \*\*Metrics renamed\*\*[\s\S]*?\n- /.exec(OPERATIONS)?.[0] ?? "";
+    const renamed = new Set(
+      [...renamedNote.matchAll(/\b(keycutter_(?:agent|server)_[a-z_]+)/g)]
+        .map((m) => m[1]!)
+        .filter((n) => !defined.has(n)),
+    );
+    const inRenamedNote = (f: string, at: number) =>
+      f === "OPERATIONS.md" &&
+      at >= OPERATIONS.indexOf(renamedNote) &&
+      at < OPERATIONS.indexOf(renamedNote) + renamedNote.length;
     const missing: string[] = [];
     for (const f of readdirSync(join(ROOT, "docs")).filter((x) => x.endsWith(".md"))) {
       const text = readFileSync(join(ROOT, "docs", f), "utf8");
       for (const m of text.matchAll(/\b(keycutter_(?:agent|server)_[a-z_]+)/g)) {
         const name = m[1]!.replace(/_(bucket|sum|count)$/, "");
-        if (!defined.has(name)) missing.push(`${f}: ${m[1]}`);
+        if (!defined.has(name) && !(renamed.has(m[1]!) && inRenamedNote(f, m.index)))
+          missing.push(`${f}: ${m[1]}`);
       }
     }
     assert.deepEqual(missing, []);

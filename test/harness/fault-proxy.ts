@@ -1,4 +1,4 @@
-import { createServer, request, type Server } from "node:http";
+import { createServer, request, type IncomingMessage, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 
 export type FaultMode = "pass" | "throttle" | "fail" | "slow";
@@ -47,6 +47,7 @@ export class FaultProxy {
           },
           (upRes) => {
             res.writeHead(upRes.statusCode ?? 502, upRes.headers);
+            this.noteRequestId(upRes);
             upRes.pipe(res);
           },
         );
@@ -58,6 +59,23 @@ export class FaultProxy {
       };
       if (mode === "slow") setTimeout(forward, this.slowMs);
       else forward();
+    });
+  }
+
+  /** The request ids STS (moto) answered with, header or body, the latest last (bounded). */
+  readonly requestIds: string[] = [];
+
+  private noteRequestId(upRes: IncomingMessage): void {
+    const header = upRes.headers["x-amzn-requestid"];
+    let body = "";
+    upRes.on("data", (chunk: Buffer) => {
+      if (body.length < 65_536) body += chunk.toString("utf8");
+    });
+    upRes.on("end", () => {
+      const id = (typeof header === "string" && header) || /<RequestId>([^<]+)<\/RequestId>/.exec(body)?.[1];
+      if (!id) return;
+      this.requestIds.push(id);
+      if (this.requestIds.length > 1000) this.requestIds.shift();
     });
   }
 

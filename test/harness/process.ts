@@ -7,6 +7,8 @@ export class ManagedProcess {
   readonly child: ChildProcess;
   private buf: string[] = [];
   private bufBytes = 0;
+  /** Each stream on its own (bounded like the merged buffer): tests of what goes where. */
+  private readonly streams = { stdout: "", stderr: "" };
   private exited: Promise<number | null>;
   private waiters: Array<{ re: RegExp; resolve: (line: string) => void }> = [];
 
@@ -39,6 +41,11 @@ export class ManagedProcess {
         }
       }
     };
+    const keep = (stream: "stdout" | "stderr") => (chunk: Buffer) => {
+      this.streams[stream] = (this.streams[stream] + chunk.toString("utf8")).slice(-2_000_000);
+    };
+    this.child.stdout!.on("data", keep("stdout"));
+    this.child.stderr!.on("data", keep("stderr"));
     this.child.stdout!.on("data", onData);
     this.child.stderr!.on("data", onData);
     this.exited = new Promise((resolve) => {
@@ -60,6 +67,11 @@ export class ManagedProcess {
 
   logs(): string {
     return this.buf.join("");
+  }
+
+  /** What the process wrote to one of its streams. */
+  output(stream: "stdout" | "stderr"): string {
+    return this.streams[stream];
   }
 
   /** Resolves with the first output line matching re (already-printed lines included). */

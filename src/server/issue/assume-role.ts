@@ -77,6 +77,7 @@ export class AssumeRoleIssuer implements Issuer {
       expiration: rfc3339(assumed.expiration),
     };
     if (assumed.accountId) creds.accountId = assumed.accountId;
+    if (assumed.requestId) creds.stsRequestId = assumed.requestId;
     return { creds, source: "sts" };
   }
 

@@ -25,6 +25,7 @@ interface MakeOptions {
   now?: () => number;
   serviceAccountName?: string;
   mirror?: boolean;
+  events?: Deps["events"];
 }
 
 function make(
@@ -64,6 +65,7 @@ function make(
           secretAccessKey: "s",
           sessionToken: "t",
           expiration: new Date(Date.now() + expiresInS * 1000),
+          requestId: `sts-request-${n}`,
         };
       },
     },
@@ -79,6 +81,7 @@ function make(
       },
     }),
     ...(o.now ? { now: o.now } : {}),
+    ...(o.events ? { events: o.events } : {}),
   };
   return { svc: new CredentialService(deps, { maxDurationSeconds }), calls, audit, logLines };
 }
@@ -238,4 +241,37 @@ test("mirror pods and pods without a service account are refused before any poli
     assert.equal(calls.length, 0);
     svc.close();
   }
+});
+
+test("the audit record carries the access key id the caller got and STS's request id, also on a cache hit", async () => {
+  const { svc, audit } = make(async () => ({ expiresInS: 7200 }));
+  const first = await svc.issue({ serviceAccount: "s/a", nodeName: "n1" }, { pod });
+  await svc.issue({ serviceAccount: "s/a", nodeName: "n1" }, { pod });
+  assert.equal(audit[0]?.accessKeyId, first.credentials.accessKeyId);
+  assert.equal(audit[0]?.stsRequestId, "sts-request-1");
+  assert.equal(audit[1]?.source, "memory");
+  assert.equal(audit[1]?.stsRequestId, "sts-request-1");
+  assert.ok(audit.every((a) => !("secretAccessKey" in a) && !("sessionToken" in a)));
+  svc.close();
+});
+
+test("a refusal of an existing pod is reported as an Event on it; one for a pod with another UID is not", async () => {
+  const denied: { pod: unknown; code: string; message: string }[] = [];
+  const { svc } = make(async () => ({ expiresInS: 7200 }), 43200, {
+    policies: () => [],
+    events: { podDenied: (p, code, message) => denied.push({ pod: p, code, message }) },
+  });
+  await assert.rejects(svc.issue({ serviceAccount: "s/a", nodeName: "n1" }, { pod }), { code: "NoPolicy" });
+  assert.equal(denied.length, 1);
+  assert.deepEqual(denied[0]?.pod, pod);
+  assert.equal(denied[0]?.code, "NoPolicy");
+  await assert.rejects(
+    svc.issue(
+      { serviceAccount: "s/a", nodeName: "n1" },
+      { pod: { ...pod, uid: "99999999-2222-3333-4444-555555555555" } },
+    ),
+    { code: "PodNotFound" },
+  );
+  assert.equal(denied.length, 1, "no Event names a pod the request did not prove");
+  svc.close();
 });
