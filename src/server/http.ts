@@ -8,7 +8,6 @@ import {
   type Server as HttpServer,
   type ServerResponse,
 } from "node:http";
-import { readFileSync, unwatchFile, watchFile } from "node:fs";
 import type { AddressInfo } from "node:net";
 import {
   CREDENTIALS_PATH,
@@ -28,10 +27,11 @@ import type { Registry } from "prom-client";
 import type { AgentIdentity, CredentialService } from "./service.ts";
 import type { ServerMetrics } from "./metrics.ts";
 import type { PolicyEpochs } from "./policy-epochs.ts";
+import type { ServingTls } from "./tls/serving.ts";
 
 export interface ApiOptions {
-  tlsCertFile?: string;
-  tlsKeyFile?: string;
+  /** What to serve on HTTPS (required unless insecure); swapped in place when it changes. */
+  tls?: ServingTls;
   /** Serve plain HTTP on the API port (tests/dev only). */
   insecure?: boolean;
   agentServiceAccounts: string[];
@@ -244,33 +244,20 @@ export async function startApiServer(
   if (opts.insecure) {
     server = createHttpServer(handler);
   } else {
-    if (!opts.tlsCertFile || !opts.tlsKeyFile)
-      throw new Error("--tls-cert and --tls-key are required (or --insecure-http for development)");
-    const certFile = opts.tlsCertFile;
-    const keyFile = opts.tlsKeyFile;
-    const https = createHttpsServer(
-      { cert: readFileSync(certFile), key: readFileSync(keyFile), minVersion: "TLSv1.2" },
-      handler,
-    );
-    // Certificates from a Secret are swapped in place by the kubelet: reload on change.
-    const reload = () => {
+    const tls = opts.tls;
+    if (!tls)
+      throw new Error(
+        "TLS is required: --tls-secret, or --tls-cert and --tls-key (or --insecure-http for development)",
+      );
+    const https = createHttpsServer({ ...tls.current(), minVersion: "TLSv1.2" }, handler);
+    // open connections keep their certificate; new handshakes get the new one
+    stopWatch = tls.subscribe((pair) => {
       try {
-        https.setSecureContext({
-          cert: readFileSync(certFile),
-          key: readFileSync(keyFile),
-          minVersion: "TLSv1.2",
-        });
-        opts.log.info("TLS certificate reloaded");
+        https.setSecureContext({ ...pair, minVersion: "TLSv1.2" });
       } catch (e) {
-        opts.log.warn({ err: e }, "TLS certificate reload failed; keeping the old one");
+        opts.log.warn({ err: e }, "TLS certificate swap failed; keeping the old one");
       }
-    };
-    watchFile(certFile, { interval: 5000 }, reload);
-    watchFile(keyFile, { interval: 5000 }, reload);
-    stopWatch = () => {
-      unwatchFile(certFile, reload);
-      unwatchFile(keyFile, reload);
-    };
+    });
     server = https;
   }
   server.requestTimeout = 30_000;

@@ -17,6 +17,7 @@ import { createServerMetrics, type ServerMetrics } from "./metrics.ts";
 import { PolicyEpochs } from "./policy-epochs.ts";
 import { CredentialService, type ServiceOptions } from "./service.ts";
 import { SERVER_DEFAULTS, type ServerConfig } from "./config.ts";
+import { startServingTls } from "./tls/setup.ts";
 
 export type { ServerConfig } from "./config.ts";
 
@@ -127,6 +128,9 @@ export async function startServer(cfg: ServerConfig): Promise<RunningServer> {
   informers.onChange(() => epochs.changed());
 
   let elector: LeaderElector | undefined;
+  // before the listener: it serves nothing until it has a certificate (self-managed: created or
+  // loaded from the Secret); rotation is the leader's, or this replica's without an election
+  const tls = await startServingTls(cfg, kc, log, () => (elector ? elector.isLeader : true));
   if (cfg.leaderElection) {
     elector = new LeaderElector(kc, log, {
       namespace: cfg.leaseNamespace,
@@ -146,8 +150,7 @@ export async function startServer(cfg: ServerConfig): Promise<RunningServer> {
 
   const api: Listening<unknown> = await startApiServer(
     {
-      ...(cfg.tlsCertFile ? { tlsCertFile: cfg.tlsCertFile } : {}),
-      ...(cfg.tlsKeyFile ? { tlsKeyFile: cfg.tlsKeyFile } : {}),
+      ...(tls ? { tls } : {}),
       insecure: cfg.insecureHttp === true,
       agentServiceAccounts: cfg.agentServiceAccounts,
       reviewAgentToken: (token, source) =>
@@ -176,7 +179,7 @@ export async function startServer(cfg: ServerConfig): Promise<RunningServer> {
     {
       apiPort: api.port,
       opsPort: ops.port,
-      tls: !cfg.insecureHttp,
+      tls: cfg.insecureHttp ? "off" : cfg.tlsSecret ? "self-managed" : "files",
       redis: Boolean(shared),
       identity: cfg.identity,
     },
@@ -202,6 +205,7 @@ export async function startServer(cfg: ServerConfig): Promise<RunningServer> {
   const doStop = async () => {
     epochs.close();
     await api.close();
+    tls?.stop();
     await ops.close();
     status.stop();
     await elector?.stop();
