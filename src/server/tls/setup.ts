@@ -55,7 +55,6 @@ export async function startServingTls(
         namespace: cfg.tlsNamespace,
         secretName: cfg.tlsSecret,
         bundleConfigMap: cfg.tlsCaConfigMap,
-        labels: { "app.kubernetes.io/managed-by": "keycutter-server" },
       }),
       settings,
       syncMs: cfg.tlsSyncSeconds * 1000,

@@ -7,6 +7,9 @@ import { CoreV1Api, type KubeConfig, type V1ConfigMap, type V1Secret } from "@ku
 
 export const BUNDLE_KEY = "ca.crt";
 export const NEXT_CA_PUBLISHED_ANNOTATION = "keycutter.dev/next-ca-published-at";
+/** On what the server writes; a Secret without it is someone else's and is never overwritten. */
+export const MANAGED_BY_LABEL = "app.kubernetes.io/managed-by";
+export const MANAGED_BY = "keycutter-server";
 
 /** The Secret's keys; tls.crt/tls.key/ca.crt as cert-manager names them. */
 export interface TlsMaterial {
@@ -34,7 +37,6 @@ export interface TlsStoreLocation {
   namespace: string;
   secretName: string;
   bundleConfigMap: string;
-  labels?: Record<string, string>;
 }
 
 function statusCode(e: unknown): number | undefined {
@@ -125,7 +127,7 @@ export class TlsStore {
       metadata: {
         name: this.at.secretName,
         namespace: this.at.namespace,
-        ...(this.at.labels ? { labels: this.at.labels } : {}),
+        labels: { [MANAGED_BY_LABEL]: MANAGED_BY },
         ...(resourceVersion ? { resourceVersion } : {}),
         ...(nextCaPublishedAtMs !== undefined
           ? { annotations: { [NEXT_CA_PUBLISHED_ANNOTATION]: new Date(nextCaPublishedAtMs).toISOString() } }
@@ -155,7 +157,7 @@ export class TlsStore {
       metadata: {
         name: this.at.bundleConfigMap,
         namespace: this.at.namespace,
-        ...(this.at.labels ? { labels: this.at.labels } : {}),
+        labels: { [MANAGED_BY_LABEL]: MANAGED_BY },
         ...(resourceVersion ? { resourceVersion } : {}),
       },
       data: { [BUNDLE_KEY]: pem },
