@@ -249,11 +249,21 @@ export async function startApiServer(
       throw new Error(
         "TLS is required: --tls-secret, or --tls-cert and --tls-key (or --insecure-http for development)",
       );
-    const https = createHttpsServer({ ...tls.current(), minVersion: "TLSv1.2" }, handler);
-    // open connections keep their certificate; new handshakes get the new one
+    // Connections made before a certificate swap are ended after their next answer
+    // ("connection: close", so the client knows not to reuse them: no request is lost): clients
+    // move to the new certificate within one request, and one that does not trust it fails
+    // now, while the old certificate still works elsewhere, not days later on a reconnect.
+    let generation = 0;
+    const socketGeneration = new WeakMap<object, number>();
+    const https = createHttpsServer({ ...tls.current(), minVersion: "TLSv1.2" }, (req, res) => {
+      if ((socketGeneration.get(req.socket) ?? generation) < generation) res.setHeader("connection", "close");
+      handler(req, res);
+    });
+    https.on("secureConnection", (socket) => socketGeneration.set(socket, generation));
     stopWatch = tls.subscribe((pair) => {
       try {
         https.setSecureContext({ ...pair, minVersion: "TLSv1.2" });
+        generation++;
       } catch (e) {
         opts.log.warn({ err: e }, "TLS certificate swap failed; keeping the old one");
       }
