@@ -138,7 +138,7 @@ export const SERVER_DEFAULTS: ServerDefaults = {
   // a year and is rotated the same way, through the bundle
   tlsCertLifetimeSeconds: 90 * 86_400,
   tlsCaLifetimeSeconds: 365 * 86_400,
-  tlsRenewAtFraction: 2 / 3,
+  tlsRenewAtFraction: 0.6667, // 2/3, as the chart's values can write it
   // the kubelet refreshes a mounted ConfigMap within its sync period plus its cache TTL (about
   // two minutes at the defaults); the agent re-reads the file every few seconds
   tlsBundlePropagationSeconds: 300,
