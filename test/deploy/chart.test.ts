@@ -10,7 +10,7 @@ import { join, basename } from "node:path";
 import { spawnSync } from "node:child_process";
 import { parse } from "yaml";
 import { CoreV1Api, KubeConfig, PatchStrategy, setHeaderOptions } from "@kubernetes/client-node";
-import { ROOT, startCluster, Kubelet, waitFor, type Cluster } from "../harness/index.ts";
+import { CACHE, ROOT, startCluster, Kubelet, versions, waitFor, type Cluster } from "../harness/index.ts";
 import { removeNodeTaint } from "../../src/agent/ready-taint.ts";
 import { ApiClient } from "../../src/k8s/api-client.ts";
 import { kubeconfigFromFile } from "../../src/k8s/rest-config.ts";
@@ -546,6 +546,13 @@ const SERVICE_MONITOR_CRD = {
   },
 };
 
+/** cert-manager's own CRDs (scripts/setup-deploy-tools.sh takes them from its Go module). */
+function certManagerCrds(): K8sObject[] {
+  const dir = join(CACHE, `cert-manager-crds-${versions().CERT_MANAGER_VERSION}`);
+  if (!existsSync(dir)) throw new Error(`${dir} is missing: run scripts/setup-deploy-tools.sh`);
+  return readdirSync(dir).map((f) => parse(readFileSync(join(dir, f), "utf8")) as K8sObject);
+}
+
 describe("helm chart: a real kube-apiserver validates every render", () => {
   let cluster: Cluster;
   let kubelet: Kubelet;
@@ -557,14 +564,14 @@ describe("helm chart: a real kube-apiserver validates every render", () => {
     const crds = readdirSync(join(CHART_DIR, "crds")).map((f) =>
       parse(readFileSync(join(CHART_DIR, "crds", f), "utf8")),
     );
-    for (const crd of [...crds, SERVICE_MONITOR_CRD]) {
+    for (const crd of [...crds, SERVICE_MONITOR_CRD, ...certManagerCrds()]) {
       const r = await createObject(cluster, crd as K8sObject, { dryRun: false });
       assert.equal(r.status, 201, `CRD ${(crd as K8sObject).metadata.name}: ${JSON.stringify(r.body)}`);
     }
     await waitFor(
       "CRDs established",
       async () => {
-        for (const crd of [...crds, SERVICE_MONITOR_CRD] as K8sObject[]) {
+        for (const crd of [...crds, SERVICE_MONITOR_CRD, ...certManagerCrds()] as K8sObject[]) {
           const r = await apiCall(
             cluster,
             "GET",
@@ -599,6 +606,31 @@ describe("helm chart: a real kube-apiserver validates every render", () => {
       assert.deepEqual(failures, []);
     });
   }
+
+  it("cert-manager: the Certificate passes dry-run against cert-manager's own CRDs", async () => {
+    const ns = "kc-cert-manager";
+    await kubelet.ensureNamespace(ns);
+    const objs = renderChart(
+      { server: { tls: { certManager: { enabled: true, issuerRef: { name: "keycutter-ca" } } } } },
+      { namespace: ns },
+    );
+    const failures: string[] = [];
+    for (const o of objs) {
+      const r = await createObject(cluster, o, { dryRun: true, namespace: ns });
+      if (r.status !== 201 || r.warnings.length > 0)
+        failures.push(
+          `${o.kind}/${o.metadata.name}: HTTP ${r.status} ${JSON.stringify(r.body).slice(0, 400)}`,
+        );
+    }
+    assert.deepEqual(failures, []);
+    // the CRD's schema is really applied: a value outside its enum is refused
+    const cert = structuredClone(findObject(objs, "Certificate", "keycutter-server")) as unknown as {
+      spec: { privateKey: { rotationPolicy: string } };
+    };
+    cert.spec.privateKey.rotationPolicy = "Sometimes";
+    const bad = await createObject(cluster, cert as unknown as K8sObject, { dryRun: true, namespace: ns });
+    assert.equal(bad.status, 422, JSON.stringify(bad.body).slice(0, 300));
+  });
 
   it("Pod Security admission: the server's pod passes `restricted`; the agent's needs `privileged`", async () => {
     const core = cluster.kc.makeApiClient(CoreV1Api);
