@@ -79,23 +79,31 @@ export class TlsStore {
     this.at = at;
   }
 
-  /** The Secret as last written; `present` false when it does not exist at all. */
+  /**
+   * The Secret as last written; `present` false when it does not exist. A Secret of that name
+   * that keycutter did not write is an error: the server refuses to start rather than replace it.
+   */
   async readSecret(): Promise<{ present: boolean; stored?: StoredSecret; resourceVersion?: string }> {
+    let secret: V1Secret;
     try {
-      const secret = await this.api.readNamespacedSecret({
+      secret = await this.api.readNamespacedSecret({
         namespace: this.at.namespace,
         name: this.at.secretName,
       });
-      const stored = decode(secret);
-      return {
-        present: true,
-        ...(stored ? { stored } : {}),
-        resourceVersion: secret.metadata?.resourceVersion ?? "",
-      };
     } catch (e) {
       if (statusCode(e) === 404) return { present: false };
       throw e;
     }
+    if (secret.metadata?.labels?.[MANAGED_BY_LABEL] !== MANAGED_BY)
+      throw new Error(
+        `Secret ${this.at.namespace}/${this.at.secretName} exists but keycutter did not make it (no label ${MANAGED_BY_LABEL}=${MANAGED_BY}): not overwriting it; name another with --tls-secret`,
+      );
+    const stored = decode(secret);
+    return {
+      present: true,
+      ...(stored ? { stored } : {}),
+      resourceVersion: secret.metadata?.resourceVersion ?? "",
+    };
   }
 
   async readBundle(): Promise<StoredBundle | undefined> {
