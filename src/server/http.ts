@@ -8,7 +8,7 @@ import {
   type Server as HttpServer,
   type ServerResponse,
 } from "node:http";
-import { readFileSync, unwatchFile, watchFile } from "node:fs";
+import type { AddressInfo } from "node:net";
 import {
   CREDENTIALS_PATH,
   MAX_EPOCH_REQUEST_BYTES,
@@ -29,10 +29,11 @@ import type { Registry } from "prom-client";
 import type { AgentIdentity, CredentialService } from "./service.ts";
 import type { ServerMetrics } from "./metrics.ts";
 import type { PolicyEpochs } from "./policy-epochs.ts";
+import type { ServingTls } from "./tls/serving.ts";
 
 export interface ApiOptions {
-  tlsCertFile?: string;
-  tlsKeyFile?: string;
+  /** What to serve on HTTPS (required unless insecure); swapped in place when it changes. */
+  tls?: ServingTls;
   /** Serve plain HTTP on the API port (tests/dev only). */
   insecure?: boolean;
   agentServiceAccounts: string[];
@@ -226,33 +227,30 @@ export async function startApiServer(
   if (opts.insecure) {
     server = createHttpServer(handler);
   } else {
-    if (!opts.tlsCertFile || !opts.tlsKeyFile)
-      throw new Error("--tls-cert and --tls-key are required (or --insecure-http for development)");
-    const certFile = opts.tlsCertFile;
-    const keyFile = opts.tlsKeyFile;
-    const https = createHttpsServer(
-      { cert: readFileSync(certFile), key: readFileSync(keyFile), minVersion: "TLSv1.2" },
-      handler,
-    );
-    // Certificates from a Secret are swapped in place by the kubelet: reload on change.
-    const reload = () => {
+    const tls = opts.tls;
+    if (!tls)
+      throw new Error(
+        "TLS is required: --tls-secret, or --tls-cert and --tls-key (or --insecure-http for development)",
+      );
+    // Connections made before a certificate swap are ended after their next answer
+    // ("connection: close", so the client knows not to reuse them: no request is lost): clients
+    // move to the new certificate within one request, and one that does not trust it fails
+    // now, while the old certificate still works elsewhere, not days later on a reconnect.
+    let generation = 0;
+    const socketGeneration = new WeakMap<object, number>();
+    const https = createHttpsServer({ ...tls.current(), minVersion: "TLSv1.2" }, (req, res) => {
+      if ((socketGeneration.get(req.socket) ?? generation) < generation) res.setHeader("connection", "close");
+      handler(req, res);
+    });
+    https.on("secureConnection", (socket) => socketGeneration.set(socket, generation));
+    stopWatch = tls.subscribe((pair) => {
       try {
-        https.setSecureContext({
-          cert: readFileSync(certFile),
-          key: readFileSync(keyFile),
-          minVersion: "TLSv1.2",
-        });
-        opts.log.info("TLS certificate reloaded");
+        https.setSecureContext({ ...pair, minVersion: "TLSv1.2" });
+        generation++;
       } catch (e) {
-        opts.log.warn({ err: e }, "TLS certificate reload failed; keeping the old one");
+        opts.log.warn({ err: e }, "TLS certificate swap failed; keeping the old one");
       }
-    };
-    watchFile(certFile, { interval: 5000 }, reload);
-    watchFile(keyFile, { interval: 5000 }, reload);
-    stopWatch = () => {
-      unwatchFile(certFile, reload);
-      unwatchFile(keyFile, reload);
-    };
+    });
     server = https;
   }
   server.requestTimeout = 30_000;

@@ -20,6 +20,7 @@ import { SERVER_DEFAULTS, type ServerConfig } from "./config.ts";
 import { ApiEventWriter } from "./events/api-writer.ts";
 import { credentialEvents } from "./events/credential-events.ts";
 import { EventRecorder } from "./events/recorder.ts";
+import { startServingTls } from "./tls/setup.ts";
 
 export type { ServerConfig } from "./config.ts";
 
@@ -145,6 +146,9 @@ export async function startServer(cfg: ServerConfig): Promise<RunningServer> {
   informers.onChange(() => epochs.changed());
 
   let elector: LeaderElector | undefined;
+  // before the listener: it serves nothing until it has a certificate (self-managed: created or
+  // loaded from the Secret); rotation is the leader's, or this replica's without an election
+  const tls = await startServingTls(cfg, kc, log, () => (elector ? elector.isLeader : true));
   if (cfg.leaderElection) {
     elector = new LeaderElector(kc, log, {
       namespace: cfg.leaseNamespace,
@@ -164,8 +168,7 @@ export async function startServer(cfg: ServerConfig): Promise<RunningServer> {
 
   const api = await startApiServer(
     {
-      ...(cfg.tlsCertFile ? { tlsCertFile: cfg.tlsCertFile } : {}),
-      ...(cfg.tlsKeyFile ? { tlsKeyFile: cfg.tlsKeyFile } : {}),
+      ...(tls ? { tls } : {}),
       insecure: cfg.insecureHttp === true,
       agentServiceAccounts: cfg.agentServiceAccounts,
       reviewAgentToken: (token, source) =>
@@ -194,7 +197,7 @@ export async function startServer(cfg: ServerConfig): Promise<RunningServer> {
     {
       apiPort: api.port,
       opsPort: ops.port,
-      tls: !cfg.insecureHttp,
+      tls: cfg.insecureHttp ? "off" : cfg.tlsSecret ? "self-managed" : "files",
       redis: Boolean(shared),
       identity: cfg.identity,
     },
@@ -220,6 +223,7 @@ export async function startServer(cfg: ServerConfig): Promise<RunningServer> {
   const doStop = async () => {
     epochs.close();
     await api.close();
+    tls?.stop();
     await ops.close();
     status.stop();
     await elector?.stop();

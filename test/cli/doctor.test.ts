@@ -198,7 +198,11 @@ before(async () => {
   // DaemonSet (their status as the controllers would write it), the TLS Secret
   await applyObjects(
     cluster.kc,
-    renderChart({ agent: { hook: { chain: CHAIN } } }, { namespace: SYSTEM_NS }).filter(
+    // an existing TLS Secret (server.tls.secretName), which this test makes
+    renderChart(
+      { agent: { hook: { chain: CHAIN } }, server: { tls: { secretName: "keycutter-server-tls" } } },
+      { namespace: SYSTEM_NS },
+    ).filter(
       (o) => o.metadata.labels?.["app.kubernetes.io/component"] === "server-config",
     ) as KubernetesObject[],
   );

@@ -3,7 +3,8 @@
 // and environment the chart renders (Kubernetes' $(VAR) expansion done as the kubelet does it),
 // under the chart's RBAC and service accounts, with the agent's token minted with the audience
 // the chart's projected volume asks for. Only what a real cluster provides and this machine does
-// not is substituted, each one named below: file paths of mounted Secrets, tokens and the host's CNI result cache, the
+// not is substituted, each one named below: file paths of mounted tokens, the CA bundle ConfigMap
+// (kept in a file as the kubelet does) and the host's CNI result cache, the
 // in-cluster kubeconfig (--kubeconfig appended), the Service DNS name (the URL's host becomes the
 // address the server is reachable at), and the image's iptables PATH directory. Then a pod behind
 // the hook reads its tenant's S3 object with the unmodified AWS CLI, and the chart's uninstall
@@ -23,6 +24,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
   BROKER_USER,
+  ConfigMapVolume,
   Kubelet,
   ManagedProcess,
   MOTO_ACCOUNT_ID,
@@ -32,14 +34,12 @@ import {
   applyObjects,
   buildImageApp,
   freePort,
-  makeServingCert,
   startCluster,
   startMoto,
   waitFor,
   type Cluster,
   type Moto,
   type NodeNet,
-  type TestPki,
 } from "../harness/index.ts";
 import { accessPolicy, roleAllowance } from "../e2e/fixtures.ts";
 import { CHART_DIR, chartRbacObjects, findObject, isHook, renderChart, type K8sObject } from "./render.ts";
@@ -72,7 +72,7 @@ describe("the chart's command lines run the real system", { timeout: 300_000 }, 
   let moto: Moto;
   let net: PodNetwork;
   let kubelet: Kubelet;
-  let pki: TestPki;
+  let caVolume: ConfigMapVolume;
   let dir: string;
   let cniStateDir: string;
   let objs: K8sObject[];
@@ -97,7 +97,9 @@ describe("the chart's command lines run the real system", { timeout: 300_000 }, 
       {
         clusterName: "chart-test",
         aws: { region: moto.region, stsEndpoint: moto.endpoint },
-        server: { port: apiPort, opsPort: serverOps },
+        // the chart's default TLS (self-managed); the address the server is reached at here, as a
+        // value users set for any extra address
+        server: { port: apiPort, opsPort: serverOps, tls: { extraIpAddresses: [net.gatewayIP] } },
         agent: { hook: { podInterfaces: ["cbr0"] } },
       },
       { namespace: NS },
@@ -132,11 +134,15 @@ describe("the chart's command lines run the real system", { timeout: 300_000 }, 
     });
     await moto.enableAuth();
 
-    // the TLS Secret's files; the certificate names the Service and the address it is reached at here
+    // the agents' CA bundle: the ConfigMap the server publishes, in a file as the kubelet mounts it
     const svcHost = new URL(
       argOf(containerOf(findObject(objs, "DaemonSet", "keycutter-agent"), "agent").args, "--server-url"),
     ).hostname;
-    pki = await makeServingCert([net.gatewayIP, "127.0.0.1"], [svcHost]);
+    caVolume = new ConfigMapVolume(
+      cluster.kc,
+      { namespace: NS, name: "keycutter-server-ca", key: "ca.crt" },
+      join(dir, "server-ca", "ca.crt"),
+    ).start();
 
     // ---- the server, as the Deployment runs it
     const dep = findObject(objs, "Deployment", "keycutter-server");
@@ -146,11 +152,7 @@ describe("the chart's command lines run the real system", { timeout: 300_000 }, 
       expirationSeconds: 3600,
     });
     const senv = { POD_NAME: "keycutter-server-0", POD_NAMESPACE: NS };
-    const sargs = expand(sc.args, senv).map((a) =>
-      a
-        .replace("/etc/keycutter/tls/tls.crt", pki.certFile)
-        .replace("/etc/keycutter/tls/tls.key", pki.keyFile),
-    );
+    const sargs = expand(sc.args, senv);
     server = new ManagedProcess(
       "server",
       NODE,
@@ -226,7 +228,7 @@ describe("the chart's command lines run the real system", { timeout: 300_000 }, 
     const aargs = expand(ac.args, aenv).map((a) =>
       a
         .replace("/var/run/secrets/keycutter/token", tokenFile)
-        .replace("/etc/keycutter/ca/ca.crt", pki.caFile)
+        .replace("/etc/keycutter/ca/ca.crt", caVolume.file)
         .replace("/var/lib/cni/results", cniStateDir)
         .replace(`//${svcHost}:`, `//${net.gatewayIP}:`),
     );
@@ -269,6 +271,7 @@ describe("the chart's command lines run the real system", { timeout: 300_000 }, 
   });
 
   after(async () => {
+    caVolume?.stop();
     await agent?.stop();
     await server?.stop();
     await net?.destroy();

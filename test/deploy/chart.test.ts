@@ -10,7 +10,7 @@ import { join, basename } from "node:path";
 import { spawnSync } from "node:child_process";
 import { parse } from "yaml";
 import { CoreV1Api, KubeConfig, PatchStrategy, setHeaderOptions } from "@kubernetes/client-node";
-import { ROOT, startCluster, Kubelet, waitFor, type Cluster } from "../harness/index.ts";
+import { CACHE, ROOT, startCluster, Kubelet, versions, waitFor, type Cluster } from "../harness/index.ts";
 import { removeNodeTaint } from "../../src/agent/ready-taint.ts";
 import { ApiClient } from "../../src/k8s/api-client.ts";
 import { kubeconfigFromFile } from "../../src/k8s/rest-config.ts";
@@ -45,7 +45,7 @@ function renderProfile(profile: string, namespace = NS): string {
 type Container = {
   name: string;
   args?: string[];
-  env?: { name: string; value?: string }[];
+  env?: { name: string; value?: string; valueFrom?: { secretKeyRef?: { name: string; key: string } } }[];
   ports?: { name: string; containerPort: number }[];
   securityContext?: {
     runAsNonRoot?: boolean;
@@ -75,6 +75,8 @@ type PodSpec = {
     name: string;
     projected?: { sources: { serviceAccountToken?: { audience?: string; path: string } }[] };
     hostPath?: { path: string; type?: string };
+    secret?: { secretName: string; optional?: boolean; items?: { key: string; path: string }[] };
+    configMap?: { name: string; optional?: boolean; items?: { key: string; path: string }[] };
   }[];
 };
 const podSpec = (o: K8sObject): PodSpec =>
@@ -178,8 +180,125 @@ describe("helm chart: renders", () => {
     assert.deepEqual(c.livenessProbe?.httpGet, { path: "/healthz", port: "ops" });
     assert.deepEqual(c.readinessProbe?.httpGet, { path: "/readyz", port: "ops" });
     assert.ok(c.resources?.requests?.cpu && c.resources.limits?.memory);
-    assert.equal(flag(c.args!, "--tls-cert"), "/etc/keycutter/tls/tls.crt");
-    assert.ok(c.volumeMounts?.some((m) => m.mountPath === "/etc/keycutter/tls"));
+    // self-managed TLS by default: no certificate files to mount
+    assert.equal(flag(c.args!, "--tls-secret"), "keycutter-server-managed-tls");
+    assert.equal(flag(c.args!, "--tls-cert"), undefined);
+    assert.ok(!c.volumeMounts?.some((m) => m.mountPath === "/etc/keycutter/tls"));
+  });
+
+  it("default install: no Secret or ConfigMap to make by hand (self-managed TLS)", () => {
+    const objs = renderChart();
+    const rendered = new Set(objs.map((o) => `${o.kind}/${o.metadata.name}`));
+    const missing: string[] = [];
+    for (const o of objs) {
+      const spec = (o as unknown as { spec?: { template?: { spec?: PodSpec } } }).spec?.template?.spec;
+      if (!spec) continue;
+      for (const v of spec.volumes ?? []) {
+        if (v.secret && !v.secret.optional && !rendered.has(`Secret/${v.secret.secretName}`))
+          missing.push(`${o.kind}/${o.metadata.name}: Secret ${v.secret.secretName}`);
+        if (v.configMap && !v.configMap.optional && !rendered.has(`ConfigMap/${v.configMap.name}`))
+          missing.push(`${o.kind}/${o.metadata.name}: ConfigMap ${v.configMap.name}`);
+      }
+      for (const c of spec.containers)
+        for (const e of c.env ?? [])
+          if (e.valueFrom?.secretKeyRef) missing.push(`${o.kind}/${o.metadata.name}: env ${e.name}`);
+    }
+    assert.deepEqual(missing, [], "every object a pod needs is rendered or optional");
+    const server = podSpec(findObject(objs, "Deployment", "keycutter-server")).containers[0]!;
+    const sans = flag(server.args!, "--tls-san")!.split(",");
+    assert.deepEqual(sans, [
+      "keycutter-server",
+      "keycutter-server.keycutter-system",
+      "keycutter-server.keycutter-system.svc",
+      "keycutter-server.keycutter-system.svc.cluster.local",
+    ]);
+    const agentUrl = flag(
+      podSpec(findObject(objs, "DaemonSet", "keycutter-agent")).containers[0]!.args!,
+      "--server-url",
+    )!;
+    assert.ok(sans.includes(new URL(agentUrl).hostname), "the agents' URL is one of the certificate's names");
+    // the agents mount the bundle the server publishes, optional until it exists
+    const agentSpec = podSpec(findObject(objs, "DaemonSet", "keycutter-agent"));
+    const ca = agentSpec.volumes?.find((v) => v.name === "server-ca");
+    assert.deepEqual(ca?.configMap, {
+      name: "keycutter-server-ca",
+      optional: true,
+      items: [{ key: "ca.crt", path: "ca.crt" }],
+    });
+    // and the server may touch its own Secret and ConfigMap only
+    const rules = normRules(roleRules(objs, "Role", "keycutter-server-tls"));
+    assert.deepEqual(
+      rules,
+      normRules([
+        { apiGroups: [""], resources: ["secrets", "configmaps"], verbs: ["create"] },
+        {
+          apiGroups: [""],
+          resources: ["secrets"],
+          resourceNames: ["keycutter-server-managed-tls"],
+          verbs: ["get", "update"],
+        },
+        {
+          apiGroups: [""],
+          resources: ["configmaps"],
+          resourceNames: ["keycutter-server-ca"],
+          verbs: ["get", "update"],
+        },
+      ]),
+    );
+  });
+
+  it("cert-manager: a Certificate from the issuerRef; the server mounts its Secret, agents its ca.crt", () => {
+    const values = {
+      server: {
+        tls: { certManager: { enabled: true, issuerRef: { name: "keycutter-ca", kind: "ClusterIssuer" } } },
+      },
+    };
+    const objs = renderChart(values);
+    const cert = findObject(objs, "Certificate", "keycutter-server") as unknown as {
+      apiVersion: string;
+      spec: {
+        secretName: string;
+        dnsNames: string[];
+        issuerRef: unknown;
+        duration: string;
+        renewBefore: string;
+      };
+    };
+    assert.equal(cert.apiVersion, "cert-manager.io/v1");
+    assert.equal(cert.spec.secretName, "keycutter-server-tls");
+    assert.ok(cert.spec.dnsNames.includes("keycutter-server.keycutter-system.svc"));
+    assert.deepEqual(cert.spec.issuerRef, {
+      name: "keycutter-ca",
+      kind: "ClusterIssuer",
+      group: "cert-manager.io",
+    });
+    assert.deepEqual([cert.spec.duration, cert.spec.renewBefore], ["2160h", "720h"]);
+    const server = podSpec(findObject(objs, "Deployment", "keycutter-server"));
+    assert.equal(flag(server.containers[0]!.args!, "--tls-cert"), "/etc/keycutter/tls/tls.crt");
+    assert.equal(flag(server.containers[0]!.args!, "--tls-secret"), undefined);
+    assert.equal(server.volumes?.find((v) => v.name === "tls")?.secret?.secretName, "keycutter-server-tls");
+    const agent = podSpec(findObject(objs, "DaemonSet", "keycutter-agent"));
+    const ca = agent.volumes?.find((v) => v.name === "server-ca")?.secret;
+    assert.equal(ca?.secretName, "keycutter-server-tls");
+    assert.equal(ca?.optional, true, "the agent starts (and hooks) before cert-manager issued");
+    assert.equal(
+      objs.filter((o) => o.kind === "Role" && o.metadata.name === "keycutter-server-tls").length,
+      0,
+    );
+    assert.throws(
+      () => renderChart({ server: { tls: { certManager: { enabled: true } } } }),
+      /issuerRef.name is required/,
+    );
+  });
+
+  it("an existing Secret (server.tls.secretName) is mounted as before", () => {
+    const objs = renderChart({ server: { tls: { secretName: "my-tls", caSecretName: "my-ca" } } });
+    const server = podSpec(findObject(objs, "Deployment", "keycutter-server"));
+    assert.equal(server.volumes?.find((v) => v.name === "tls")?.secret?.secretName, "my-tls");
+    assert.equal(flag(server.containers[0]!.args!, "--tls-key"), "/etc/keycutter/tls/tls.key");
+    const agent = podSpec(findObject(objs, "DaemonSet", "keycutter-agent"));
+    assert.equal(agent.volumes?.find((v) => v.name === "server-ca")?.secret?.secretName, "my-ca");
+    assert.equal(objs.filter((o) => o.kind === "Certificate").length, 0);
   });
 
   it("default values: the agent DaemonSet runs on every node with NET_ADMIN only", () => {
@@ -442,6 +561,12 @@ const PROMETHEUS_RULE_CRD = {
     },
   },
 };
+/** cert-manager's own CRDs (scripts/setup-deploy-tools.sh takes them from its Go module). */
+function certManagerCrds(): K8sObject[] {
+  const dir = join(CACHE, `cert-manager-crds-${versions().CERT_MANAGER_VERSION}`);
+  if (!existsSync(dir)) throw new Error(`${dir} is missing: run scripts/setup-deploy-tools.sh`);
+  return readdirSync(dir).map((f) => parse(readFileSync(join(dir, f), "utf8")) as K8sObject);
+}
 
 describe("helm chart: a real kube-apiserver validates every render", () => {
   let cluster: Cluster;
@@ -454,14 +579,14 @@ describe("helm chart: a real kube-apiserver validates every render", () => {
     const crds = readdirSync(join(CHART_DIR, "crds")).map((f) =>
       parse(readFileSync(join(CHART_DIR, "crds", f), "utf8")),
     );
-    for (const crd of [...crds, SERVICE_MONITOR_CRD, PROMETHEUS_RULE_CRD]) {
+    for (const crd of [...crds, SERVICE_MONITOR_CRD, PROMETHEUS_RULE_CRD, ...certManagerCrds()]) {
       const r = await createObject(cluster, crd as K8sObject, { dryRun: false });
       assert.equal(r.status, 201, `CRD ${(crd as K8sObject).metadata.name}: ${JSON.stringify(r.body)}`);
     }
     await waitFor(
       "CRDs established",
       async () => {
-        for (const crd of [...crds, SERVICE_MONITOR_CRD, PROMETHEUS_RULE_CRD] as K8sObject[]) {
+        for (const crd of [...crds, SERVICE_MONITOR_CRD, PROMETHEUS_RULE_CRD, ...certManagerCrds()] as K8sObject[]) {
           const r = await apiCall(
             cluster,
             "GET",
@@ -496,6 +621,31 @@ describe("helm chart: a real kube-apiserver validates every render", () => {
       assert.deepEqual(failures, []);
     });
   }
+
+  it("cert-manager: the Certificate passes dry-run against cert-manager's own CRDs", async () => {
+    const ns = "kc-cert-manager";
+    await kubelet.ensureNamespace(ns);
+    const objs = renderChart(
+      { server: { tls: { certManager: { enabled: true, issuerRef: { name: "keycutter-ca" } } } } },
+      { namespace: ns },
+    );
+    const failures: string[] = [];
+    for (const o of objs) {
+      const r = await createObject(cluster, o, { dryRun: true, namespace: ns });
+      if (r.status !== 201 || r.warnings.length > 0)
+        failures.push(
+          `${o.kind}/${o.metadata.name}: HTTP ${r.status} ${JSON.stringify(r.body).slice(0, 400)}`,
+        );
+    }
+    assert.deepEqual(failures, []);
+    // the CRD's schema is really applied: a value outside its enum is refused
+    const cert = structuredClone(findObject(objs, "Certificate", "keycutter-server")) as unknown as {
+      spec: { privateKey: { rotationPolicy: string } };
+    };
+    cert.spec.privateKey.rotationPolicy = "Sometimes";
+    const bad = await createObject(cluster, cert as unknown as K8sObject, { dryRun: true, namespace: ns });
+    assert.equal(bad.status, 422, JSON.stringify(bad.body).slice(0, 300));
+  });
 
   it("Pod Security admission: the server's pod passes `restricted`; the agent's needs `privileged`", async () => {
     const core = cluster.kc.makeApiClient(CoreV1Api);
@@ -563,6 +713,8 @@ describe("helm chart: a real kube-apiserver validates every render", () => {
       "ClusterRoleBinding",
       "Role",
       "Role",
+      "Role",
+      "RoleBinding",
       "RoleBinding",
       "RoleBinding",
       "ServiceAccount",
@@ -609,6 +761,28 @@ describe("helm chart: a real kube-apiserver validates every render", () => {
     assert.equal(await can(agent, { verb: "list", resource: "pods" }), true);
     assert.equal(await can(agent, { verb: "watch", resource: "pods", namespace: "tenant-a" }), true);
     assert.equal(await can(agent, { verb: "get", resource: "secrets", namespace: ns }), false);
+    assert.equal(
+      await can(agent, {
+        verb: "get",
+        resource: "secrets",
+        namespace: ns,
+        name: "keycutter-server-managed-tls",
+      }),
+      false,
+      "the agents never read the CA key",
+    );
+    // server, self-managed TLS: its own Secret and bundle by name; no other Secret
+    const tls = { resource: "secrets", namespace: ns };
+    assert.equal(await can(server, { ...tls, verb: "get", name: "keycutter-server-managed-tls" }), true);
+    assert.equal(await can(server, { ...tls, verb: "update", name: "keycutter-server-managed-tls" }), true);
+    assert.equal(await can(server, { ...tls, verb: "get", name: "someone-elses" }), false);
+    assert.equal(await can(server, { ...tls, verb: "list" }), false);
+    assert.equal(
+      await can(server, { ...tls, verb: "get", namespace: "tenant-a", name: "keycutter-server-managed-tls" }),
+      false,
+    );
+    assert.equal(await can(server, { ...config, verb: "update", name: "keycutter-server-ca" }), true);
+    assert.equal(await can(server, { ...config, verb: "update", name: "keycutter-config" }), false);
     assert.equal(
       await can(agent, { verb: "create", resource: "tokenreviews", group: "authentication.k8s.io" }),
       false,

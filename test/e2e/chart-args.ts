@@ -13,6 +13,12 @@ export interface ChartValuesInput {
   stsEndpoint: string;
   redisUrl?: string;
   requireImdsV2: boolean;
+  /**
+   * The chart's default, self-managed TLS (server.tls.selfManaged values, and the addresses the
+   * server is reached at here as extraIpAddresses); undefined: an existing Secret, whose files
+   * the tests make (test/harness/tls.ts).
+   */
+  selfManagedTls?: { values: Record<string, number>; ipAddresses: string[] };
 }
 
 export interface ChartCommandLines {
@@ -44,7 +50,13 @@ export function chartCommandLines(ns: string, v: ChartValuesInput): ChartCommand
     {
       clusterName: "e2e",
       aws: { region: v.region, stsEndpoint: v.stsEndpoint },
-      server: { port: CHART_SERVER_PORT, opsPort: CHART_SERVER_OPS_PORT },
+      server: {
+        port: CHART_SERVER_PORT,
+        opsPort: CHART_SERVER_OPS_PORT,
+        tls: v.selfManagedTls
+          ? { selfManaged: v.selfManagedTls.values, extraIpAddresses: v.selfManagedTls.ipAddresses }
+          : { secretName: "keycutter-server-tls" },
+      },
       agent: { hook: { podInterfaces: ["cbr0"] }, requireImdsV2: v.requireImdsV2 },
       ...(v.redisUrl ? { store: { url: v.redisUrl, encryptionKeySecret: "keycutter-cache-key" } } : {}),
     },

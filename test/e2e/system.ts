@@ -10,6 +10,7 @@ import {
   FaultProxy,
   KEYCUTTER_MAIN,
   type Kubelet,
+  ConfigMapVolume,
   ManagedProcess,
   NODE,
   PodNetwork,
@@ -69,6 +70,12 @@ export interface SystemOptions {
   /** Extra agent flags. */
   agentArgs?: string[];
   serverArgs?: string[];
+  /**
+   * Run the chart's default TLS: the servers make and rotate their own CA and certificate (these
+   * server.tls.selfManaged values), agents read the bundle from the ConfigMap as the kubelet
+   * mounts it (sys.caVolume). Default: an existing Secret's files.
+   */
+  selfManagedTls?: Record<string, number>;
 }
 
 const AGENT_OPS_PORT = 8182;
@@ -94,7 +101,10 @@ export class System {
   /** A kube-proxy stand-in: the Service address agents use, DNATed to ready server replicas. */
   serviceIP = "";
   servicePort = 8443;
-  private opts: Required<Omit<SystemOptions, "agentArgs" | "serverArgs" | "stsFaults">> & SystemOptions;
+  /** Self-managed TLS: the agents' CA bundle file, kept from the server's ConfigMap. */
+  caVolume?: ConfigMapVolume;
+  private opts: Required<Omit<SystemOptions, "agentArgs" | "serverArgs" | "stsFaults" | "selfManagedTls">> &
+    SystemOptions;
 
   constructor(opts: SystemOptions = {}) {
     this.opts = {
@@ -131,7 +141,21 @@ export class System {
       stsEndpoint: this.stsProxy?.url ?? moto.endpoint,
       redisUrl: redis?.url,
       requireImdsV2: this.opts.requireImdsV2,
+      ...(this.opts.selfManagedTls
+        ? {
+            selfManagedTls: {
+              values: this.opts.selfManagedTls,
+              ipAddresses: [this.serviceIP, net.gatewayIP],
+            },
+          }
+        : {}),
     });
+    if (this.opts.selfManagedTls)
+      this.caVolume = new ConfigMapVolume(
+        cluster.kc,
+        { namespace: SYSTEM_NS, name: "keycutter-server-ca", key: "ca.crt" },
+        join(this.dir, "server-ca", "ca.crt"),
+      ).start();
     await worlds.installKeycutterApi(this, chartRbacObjects(SYSTEM_NS) as KubernetesObject[]);
     // the chart's ConfigMap the CLI reads the server's settings from (explain in the demo)
     await applyObjects(this.cluster.kc, [this.chart.serverConfig as KubernetesObject]);
@@ -164,8 +188,10 @@ export class System {
     let chartArgs = expandVars(this.chart.server, { POD_NAME: name, POD_NAMESPACE: SYSTEM_NS });
     chartArgs = setFlag(chartArgs, "--listen", `0.0.0.0:${port}`);
     chartArgs = setFlag(chartArgs, "--ops-listen", `0.0.0.0:${opsPort}`);
-    chartArgs = setFlag(chartArgs, "--tls-cert", this.pki.certFile);
-    chartArgs = setFlag(chartArgs, "--tls-key", this.pki.keyFile);
+    if (!this.opts.selfManagedTls) {
+      chartArgs = setFlag(chartArgs, "--tls-cert", this.pki.certFile);
+      chartArgs = setFlag(chartArgs, "--tls-key", this.pki.keyFile);
+    }
     if (this.redis) chartArgs = setFlag(chartArgs, "--cache-key-file", this.cacheKeyFile);
     const args = [
       KEYCUTTER_MAIN,
@@ -263,7 +289,7 @@ export class System {
   private agentArgs(node: NodeNet, tokenFile: string, kubeconfig: string): string[] {
     let args = expandVars(this.chart.agent, { NODE_NAME: node.name, NODE_IP: node.ip });
     args = setFlag(args, "--server-url", this.serverUrl);
-    args = setFlag(args, "--server-ca-file", this.pki.caFile);
+    args = setFlag(args, "--server-ca-file", this.caVolume?.file ?? this.pki.caFile);
     args = setFlag(args, "--token-file", tokenFile);
     // the host path the chart mounts, here this node's own directory
     args = setFlag(args, "--cni-state-dir", node.cniStateDir!);
@@ -443,6 +469,7 @@ export class System {
   }
 
   async stop(): Promise<void> {
+    this.caVolume?.stop();
     await Promise.all(this.servers.map((s) => s.process.stop()));
     for (const a of this.agents.values()) await a.process.stop();
     await this.net?.destroy();

@@ -23,3 +23,4 @@ export { makeServingCert, type TestPki } from "./tls.ts";
 export { buildImageApp } from "./image-app.ts";
 export { applyObjects, applyFiles, parseYamlObjects } from "./apply.ts";
 export { FaultProxy, type FaultMode } from "./fault-proxy.ts";
+export { ConfigMapVolume } from "./configmap-volume.ts";

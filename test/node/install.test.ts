@@ -5,19 +5,11 @@
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { AppsV1Api, CoreV1Api } from "@kubernetes/client-node";
-import {
-  BROKER_USER,
-  applyObjects,
-  makeServingCert,
-  startMoto,
-  waitFor,
-  type Moto,
-  type TestPki,
-} from "../harness/index.ts";
+import { BROKER_USER, applyObjects, startMoto, waitFor, type Moto } from "../harness/index.ts";
 import { startRealNode, type Leftover, type RealNode } from "../harness/realnode.ts";
 import { CHART_DIR, helmBinary } from "../deploy/render.ts";
 import { BUCKET_A, ROLE_A, accessPolicy, roleAllowance } from "../e2e/fixtures.ts";
@@ -40,7 +32,6 @@ describe(
   () => {
     let node: RealNode | undefined;
     let moto: Moto | undefined;
-    let pki: TestPki | undefined;
     let helmDir: string | undefined;
     let leftovers: Leftover[] | undefined;
     let started = 0;
@@ -58,9 +49,7 @@ describe(
       node = undefined;
       await moto?.stop();
       moto = undefined;
-      if (pki) rmSync(pki.dir, { recursive: true, force: true });
       if (helmDir) rmSync(helmDir, { recursive: true, force: true });
-      pki = undefined;
       helmDir = undefined;
       return left;
     };
@@ -94,24 +83,9 @@ describe(
         Version: "2012-10-17",
         Statement: [{ Effect: "Allow", Action: ["sts:*", "iam:GetRole"], Resource: "*" }],
       });
-      // the TLS Secret a user brings until the chart can make its own
-      pki = await makeServingCert(
-        [],
-        [`keycutter-server.${NS}.svc`, `keycutter-server.${NS}.svc.cluster.local`],
-      );
+      // no TLS Secret: the chart's default is self-managed TLS (the server makes its own)
       await applyObjects(cluster.kc, [
         { apiVersion: "v1", kind: "Namespace", metadata: { name: NS } },
-        {
-          apiVersion: "v1",
-          kind: "Secret",
-          metadata: { name: "keycutter-server-tls", namespace: NS },
-          type: "kubernetes.io/tls",
-          stringData: {
-            "tls.crt": readFileSync(pki.certFile, "utf8"),
-            "tls.key": readFileSync(pki.keyFile, "utf8"),
-            "ca.crt": readFileSync(pki.caFile, "utf8"),
-          },
-        },
         {
           apiVersion: "v1",
           kind: "Secret",

@@ -9,6 +9,8 @@ const SERVICE_ACCOUNT = /^[a-z0-9.-]+\/[a-z0-9.-]+$/;
 const POSITIVE = { min: 1 };
 // rates may be fractions ("0.5" a second), never zero: a zero budget refuses everything
 const POSITIVE_RATE = { above: 0 };
+// self-managed certificate lifetimes: 10 s (tests) to 10 years
+const TLS_LIFETIME = { min: 10, max: 10 * 365 * 86_400 };
 
 /**
  * A TokenReview budget from its two rates; the bursts keep the defaults' proportion to their
@@ -61,6 +63,7 @@ export function serverConfigFrom(
   );
   const tlsCertFile = flags.string("--tls-cert");
   const tlsKeyFile = flags.string("--tls-key");
+  const tlsSecret = flags.string("--tls-secret");
   const kubeconfig = flags.string("--kubeconfig");
   const stsEndpoint = flags.url("--sts-endpoint", ["https:", "http:"], "AWS_ENDPOINT_URL_STS");
   const redisUrl = flags.url("--redis-url", ["redis:", "rediss:"]);
@@ -72,6 +75,33 @@ export function serverConfigFrom(
     opsPort: ops.port,
     ...(tlsCertFile ? { tlsCertFile } : {}),
     ...(tlsKeyFile ? { tlsKeyFile } : {}),
+    ...(tlsSecret ? { tlsSecret } : {}),
+    tlsNamespace: flags.string("--tls-namespace", "POD_NAMESPACE") ?? defaults.tlsNamespace,
+    tlsCaConfigMap: flags.string("--tls-ca-configmap") ?? defaults.tlsCaConfigMap,
+    tlsSans: flags.list("--tls-san", defaults.tlsSans),
+    tlsCertLifetimeSeconds: flags.duration(
+      "--tls-cert-lifetime",
+      "s",
+      defaults.tlsCertLifetimeSeconds,
+      TLS_LIFETIME,
+    ),
+    tlsCaLifetimeSeconds: flags.duration(
+      "--tls-ca-lifetime",
+      "s",
+      defaults.tlsCaLifetimeSeconds,
+      TLS_LIFETIME,
+    ),
+    tlsRenewAtFraction: flags.number("--tls-renew-at", defaults.tlsRenewAtFraction, { above: 0, max: 0.95 }),
+    tlsBundlePropagationSeconds: flags.duration(
+      "--tls-bundle-propagation",
+      "s",
+      defaults.tlsBundlePropagationSeconds,
+      { max: TLS_LIFETIME.max },
+    ),
+    tlsSyncSeconds: flags.duration("--tls-sync-interval", "s", defaults.tlsSyncSeconds, {
+      min: 1,
+      max: 3600,
+    }),
     insecureHttp: flags.boolean("--insecure-http", defaults.insecureHttp),
     ...(kubeconfig ? { kubeconfig } : {}),
     agentServiceAccounts: flags.list(
@@ -125,6 +155,43 @@ export function registerServerCommands(program: Command): void {
     )
     .option("--tls-cert <file>", "PEM certificate chain, reloaded on change [env KEYCUTTER_TLS_CERT]")
     .option("--tls-key <file>", "PEM private key [env KEYCUTTER_TLS_KEY]")
+    .option(
+      "--tls-secret <name>",
+      "self-managed TLS: the Secret holding the server's own CA and certificate, created when absent, rotated before expiry [env KEYCUTTER_TLS_SECRET]",
+    )
+    .option(
+      "--tls-namespace <namespace>",
+      `namespace of --tls-secret and --tls-ca-configmap (default ${d.tlsNamespace}) [env POD_NAMESPACE]`,
+    )
+    .option(
+      "--tls-ca-configmap <name>",
+      `self-managed TLS: the ConfigMap the CA bundle agents trust is published in (default ${d.tlsCaConfigMap})`,
+    )
+    .option(
+      "--tls-san <name>",
+      "self-managed TLS: a DNS name or IP address of the serving certificate (repeatable, comma-separated) [env KEYCUTTER_TLS_SAN]",
+      repeatable,
+    )
+    .option(
+      "--tls-cert-lifetime <seconds>",
+      `self-managed TLS: serving certificate lifetime (default ${d.tlsCertLifetimeSeconds}, 90 days)`,
+    )
+    .option(
+      "--tls-ca-lifetime <seconds>",
+      `self-managed TLS: CA lifetime (default ${d.tlsCaLifetimeSeconds}, 365 days)`,
+    )
+    .option(
+      "--tls-renew-at <fraction>",
+      "self-managed TLS: renew a certificate when this fraction of its lifetime has passed (default 2/3)",
+    )
+    .option(
+      "--tls-bundle-propagation <seconds>",
+      `self-managed TLS: how long a new CA is in the agents' bundle before it signs the served certificate (default ${d.tlsBundlePropagationSeconds})`,
+    )
+    .option(
+      "--tls-sync-interval <seconds>",
+      `self-managed TLS: how often each replica re-reads the Secret (default ${d.tlsSyncSeconds})`,
+    )
     .option("--insecure-http", "serve the API over plain HTTP (development only)")
     .option("--kubeconfig <file>", "kubeconfig (default: in-cluster, then $KUBECONFIG) [env KUBECONFIG]")
     .option(

@@ -128,7 +128,11 @@ export async function checkTlsSecrets(
             w.check,
             "fail",
             `Secret ${cfg.namespace}/${w.secret} not found`,
-            "the server cannot start without it: see docs/OPERATIONS.md, Install, TLS",
+            cfg.data.tlsMode === "selfManaged"
+              ? "the server creates it when it starts (self-managed TLS): is a server replica running? kubectl logs deploy/<release>-server"
+              : cfg.data.tlsMode === "certManager"
+                ? "cert-manager has not issued it yet: kubectl describe certificate -n <namespace>"
+                : "the server cannot start without it: see docs/OPERATIONS.md, Install, TLS",
           ),
         );
         continue;

@@ -48,7 +48,7 @@ describe("serverConfigFrom", () => {
     assert.deepEqual(SERVER_DEFAULTS.podReviewBudget, DEFAULT_REVIEW_BUDGETS.pod);
   });
 
-  it("the chart's default command line is the production defaults with its TLS files", () => {
+  it("the chart's default command line is the production defaults with its self-managed TLS", () => {
     const [command, ...args] = goldenContainerArgs("Deployment", "keycutter-server", "server");
     assert.equal(command, "server");
     const config = configOf(args, {
@@ -57,8 +57,13 @@ describe("serverConfigFrom", () => {
     });
     assert.deepEqual(config, {
       ...defaultsAsConfig(),
-      tlsCertFile: "/etc/keycutter/tls/tls.crt",
-      tlsKeyFile: "/etc/keycutter/tls/tls.key",
+      tlsSecret: "keycutter-server-managed-tls",
+      tlsSans: [
+        "keycutter-server",
+        "keycutter-server.keycutter-system",
+        "keycutter-server.keycutter-system.svc",
+        "keycutter-server.keycutter-system.svc.cluster.local",
+      ],
       identity: "server-0",
     });
   });

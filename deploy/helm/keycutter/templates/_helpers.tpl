@@ -83,8 +83,42 @@ resizePolicy:
 {{- printf "%s://%s.%s.svc:%d" $scheme (include "keycutter.serverName" .) .Release.Namespace (int .Values.server.port) -}}
 {{- end -}}
 
+{{/*
+Where the server's certificate comes from: "off" (plain HTTP), "certManager" (a Certificate the
+chart renders), "secret" (an existing Secret, server.tls.secretName) or "selfManaged" (the
+server makes, stores and rotates its own CA and certificate: the default).
+*/}}
+{{- define "keycutter.tlsMode" -}}
+{{- if not .Values.server.tls.enabled -}}off
+{{- else if .Values.server.tls.certManager.enabled -}}certManager
+{{- else if .Values.server.tls.secretName -}}secret
+{{- else -}}selfManaged
+{{- end -}}
+{{- end -}}
+
+{{/* The Secret with the serving certificate: yours, cert-manager's or the server's own. */}}
+{{- define "keycutter.tlsSecretName" -}}
+{{- $mode := include "keycutter.tlsMode" . -}}
+{{- if eq $mode "secret" -}}{{ .Values.server.tls.secretName }}
+{{- else if eq $mode "certManager" -}}{{ include "keycutter.serverName" . }}-tls
+{{- else if eq $mode "selfManaged" -}}{{ include "keycutter.serverName" . }}-managed-tls
+{{- end -}}
+{{- end -}}
+
+{{/* The ConfigMap the self-managed CA bundle is published in (by the server, not by Helm). */}}
+{{- define "keycutter.caBundleName" -}}{{ include "keycutter.serverName" . }}-ca{{- end -}}
+
+{{/* The Secret agents take the CA from (cert-manager, existing Secret modes). */}}
 {{- define "keycutter.caSecretName" -}}
-{{- default .Values.server.tls.secretName .Values.server.tls.caSecretName -}}
+{{- default (include "keycutter.tlsSecretName" .) .Values.server.tls.caSecretName -}}
+{{- end -}}
+
+{{/* The serving certificate's names: the Service's, as agents and in-cluster clients write them. */}}
+{{- define "keycutter.tlsDnsNames" -}}
+{{- $svc := include "keycutter.serverName" . -}}
+{{- $ns := .Release.Namespace -}}
+{{- $names := list $svc (printf "%s.%s" $svc $ns) (printf "%s.%s.svc" $svc $ns) (printf "%s.%s.svc.%s" $svc $ns .Values.server.tls.clusterDomain) -}}
+{{- concat $names .Values.server.tls.extraDnsNames | uniq | toJson -}}
 {{- end -}}
 
 {{- define "keycutter.storeEnabled" -}}
