@@ -586,7 +586,12 @@ describe("helm chart: a real kube-apiserver validates every render", () => {
     await waitFor(
       "CRDs established",
       async () => {
-        for (const crd of [...crds, SERVICE_MONITOR_CRD, PROMETHEUS_RULE_CRD, ...certManagerCrds()] as K8sObject[]) {
+        for (const crd of [
+          ...crds,
+          SERVICE_MONITOR_CRD,
+          PROMETHEUS_RULE_CRD,
+          ...certManagerCrds(),
+        ] as K8sObject[]) {
           const r = await apiCall(
             cluster,
             "GET",
