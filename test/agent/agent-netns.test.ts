@@ -7,11 +7,8 @@ import assert from "node:assert/strict";
 import { existsSync, mkdtempSync, writeFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { RbacAuthorizationV1Api } from "@kubernetes/client-node";
+import type { Kubelet, PodNetwork } from "../harness/index.ts";
 import {
-  startCluster,
-  Kubelet,
-  PodNetwork,
   makeServingCert,
   waitFor,
   NODE,
@@ -25,6 +22,16 @@ import {
 } from "../harness/index.ts";
 import { startFakeImds, NODE_ACCESS_KEY, type FakeImds } from "../harness/fake-imds.ts";
 import { TestServer } from "./test-server.ts";
+import {
+  addTokenedPod,
+  startAgentNode,
+  agentFlags,
+  agentIdentity,
+  agentReady,
+  removeHook,
+  sdkEnv,
+  spawnAgent,
+} from "../harness/netns-agent.ts";
 import { Passthrough } from "../../src/agent/passthrough.ts";
 
 const FIX = new URL("./fixtures/", import.meta.url).pathname;
@@ -50,17 +57,7 @@ let agentTokenFile: string;
 let cniStateDir: string;
 const pods = new Map<string, { net: PodNet; uid: string; tokenFile: string }>();
 
-function clientEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
-  return {
-    PATH: process.env.PATH,
-    HOME: tmp,
-    AWS_CONFIG_FILE: join(tmp, "no-config"),
-    AWS_SHARED_CREDENTIALS_FILE: join(tmp, "no-credentials"),
-    AWS_METADATA_SERVICE_TIMEOUT: "3",
-    AWS_METADATA_SERVICE_NUM_ATTEMPTS: "1",
-    ...extra,
-  };
-}
+const clientEnv = (extra: Record<string, string> = {}): NodeJS.ProcessEnv => sdkEnv(tmp, extra);
 
 /** The node's IPv4 and IPv6 rules and chains (iptables-save, ip6tables-save), built-ins' policies aside. */
 async function iptablesRules(): Promise<string> {
@@ -79,17 +76,14 @@ async function iptablesRules(): Promise<string> {
     .join("\n");
 }
 
-async function startAgent(extra: string[] = [], args = agentArgs): Promise<ManagedProcess> {
-  const p = net.spawn(node.netns, NODE, [KEYCUTTER_MAIN, "agent", ...args, ...extra], {
-    // the CNI state directory through the environment (same as --cni-state-dir), which an agent
-    // that predates the flag ignores: the IP reuse test then shows what such an agent serves
-    env: { ...process.env, KEYCUTTER_LOG_LEVEL: "info", KEYCUTTER_CNI_STATE_DIR: cniStateDir },
-    name: "agent",
+function startAgent(extra: string[] = [], args = agentArgs): Promise<ManagedProcess> {
+  // the CNI state directory through the environment (same as --cni-state-dir), which an agent
+  // that predates the flag ignores: the IP reuse test then shows what such an agent serves
+  return spawnAgent(net, node, [...args, ...extra], {
+    ...process.env,
+    KEYCUTTER_LOG_LEVEL: "info",
+    KEYCUTTER_CNI_STATE_DIR: cniStateDir,
   });
-  await p.waitForLine(/agent listening/, 30_000).catch((e: unknown) => {
-    throw new Error(`agent did not start: ${(e as Error).message}\n${p.logs()}`);
-  });
-  return p;
 }
 
 /**
@@ -101,28 +95,16 @@ async function addPod(
   name: string,
   opts: { labels?: Record<string, string>; ip?: string; k8s?: boolean } = {},
 ) {
-  let uid = "";
-  const tokenFile = join(tmp, `${name}.token`);
-  let pnet: PodNet;
-  if (opts.k8s !== false) {
-    const bound = await kubelet.createPod({
-      namespace: NS,
-      name,
-      nodeName: "node1",
-      serviceAccountName: "app",
-      labels: opts.labels,
-    });
-    uid = bound.metadata!.uid!;
-    pnet = await net.addPod("node1", name, opts.ip, { namespace: NS, name, uid });
-    await kubelet.setPodIP(NS, name, pnet.ip, node.ip);
-    writeFileSync(
-      tokenFile,
-      await kubelet.requestToken(NS, "app", { podName: name, podUID: uid, audiences: ["keycutter-pod"] }),
-    );
-  } else {
-    pnet = await net.addPod("node1", name, opts.ip);
-  }
-  const entry = { net: pnet, uid, tokenFile };
+  const entry =
+    opts.k8s !== false
+      ? await addTokenedPod(kubelet, net, node, {
+          dir: tmp,
+          namespace: NS,
+          name,
+          labels: opts.labels,
+          ip: opts.ip,
+        })
+      : { net: await net.addPod("node1", name, opts.ip), uid: "", tokenFile: join(tmp, `${name}.token`) };
   pods.set(name, entry);
   return entry;
 }
@@ -172,12 +154,7 @@ function issuedTo(pod: string): string[] {
 
 before(async () => {
   tmp = mkdtempSync(join(tmpdir(), "kc-agent-"));
-  cluster = await startCluster();
-  kubelet = new Kubelet(cluster.kc);
-  net = await PodNetwork.create();
-  cniStateDir = join(tmp, "cni", "results");
-  node = await net.addNode("node1", { cniStateDir });
-  await kubelet.createNode("node1", node.ip, node.podCIDR);
+  ({ cluster, kubelet, net, node, cniStateDir } = await startAgentNode(tmp));
   // the node registers with a startup taint that the agent removes once it is ready
   const n1 = await kubelet.core.readNode({ name: "node1" });
   n1.spec = {
@@ -191,44 +168,16 @@ before(async () => {
   await kubelet.ensureNamespace(NS);
   await kubelet.createServiceAccount(NS, "app");
 
-  // The agent's identity: a service account with get/list/watch on pods, nothing else (RBAC on).
-  await kubelet.createServiceAccount("keycutter-system", "keycutter-agent");
-  const rbac = cluster.kc.makeApiClient(RbacAuthorizationV1Api);
-  await rbac.createClusterRole({
-    body: {
-      metadata: { name: "keycutter-agent-test" },
-      rules: [
-        { apiGroups: [""], resources: ["pods"], verbs: ["get", "list", "watch"] },
-        { apiGroups: [""], resources: ["nodes"], verbs: ["get", "patch"] },
-      ],
-    },
+  // The agent's identity: get/list/watch on pods and its node's taint, nothing else (RBAC on).
+  const { token: agentToken, tokenFile } = await agentIdentity(cluster, kubelet, node, {
+    roleName: "keycutter-agent-test",
+    rules: [
+      { apiGroups: [""], resources: ["pods"], verbs: ["get", "list", "watch"] },
+      { apiGroups: [""], resources: ["nodes"], verbs: ["get", "patch"] },
+    ],
+    dir: tmp,
   });
-  await rbac.createClusterRoleBinding({
-    body: {
-      metadata: { name: "keycutter-agent-test" },
-      roleRef: { apiGroup: "rbac.authorization.k8s.io", kind: "ClusterRole", name: "keycutter-agent-test" },
-      subjects: [{ kind: "ServiceAccount", name: "keycutter-agent", namespace: "keycutter-system" }],
-    },
-  });
-  // As in the DaemonSet: the agent's projected token is bound to the agent's own (hostNetwork)
-  // pod, so TokenReview reports the node name; it serves both the apiserver and the service.
-  const agentPod = await kubelet.createPod({
-    namespace: "keycutter-system",
-    name: "keycutter-agent-node1",
-    nodeName: "node1",
-    serviceAccountName: "keycutter-agent",
-    hostNetwork: true,
-    podIP: node.ip,
-    hostIP: node.ip,
-  });
-  const agentToken = await kubelet.requestToken("keycutter-system", "keycutter-agent", {
-    podName: "keycutter-agent-node1",
-    podUID: agentPod.metadata!.uid!,
-    audiences: [cluster.issuer, "keycutter"],
-  });
-  const tokenFile = join(tmp, "agent.token");
   agentTokenFile = tokenFile;
-  writeFileSync(tokenFile, agentToken);
   const kubeconfig = cluster.kubeconfigFor(net.gatewayIP, agentToken);
 
   pki = await makeServingCert([net.gatewayIP, "127.0.0.1"]);
@@ -247,17 +196,15 @@ before(async () => {
   iptablesBefore = await iptablesRules();
 
   agentArgs = [
-    "--node-name=node1",
-    `--server-url=https://${net.gatewayIP}:${server.port}`,
-    `--server-ca-file=${pki.caFile}`,
-    `--token-file=${tokenFile}`,
-    `--kubeconfig=${kubeconfig}`,
-    "--imds-listen=0.0.0.0:8180",
-    "--container-listen=0.0.0.0:8181",
-    "--ops-listen=0.0.0.0:8182",
-    "--hook-pod-interface=cbr0",
-    `--hook-agent-ip=${node.ip}`,
-    `--hook-chain=${CHAIN}`,
+    ...agentFlags({
+      net,
+      node,
+      serverPort: server.port,
+      serverCaFile: pki.caFile,
+      tokenFile,
+      kubeconfig,
+      chain: CHAIN,
+    }),
     "--unknown-pod-wait-ms=500",
     "--region=eu-west-1",
     "--passthrough=/latest/meta-data/instance-id",
@@ -270,17 +217,12 @@ before(async () => {
   await addPod("a");
   await addPod("b");
   agent = await startAgent();
-  await waitFor("agent ready", async () => {
-    const r = await fetch(`http://${node.ip}:8182/readyz`).catch(() => undefined);
-    return r?.status === 200;
-  });
+  await agentReady(node);
 });
 
 after(async () => {
   if (agent) await agent.stop().catch(() => undefined);
-  await net
-    ?.exec(node.netns, NODE, [KEYCUTTER_MAIN, "hook", "uninstall", `--hook-chain=${CHAIN}`])
-    .catch(() => undefined);
+  await removeHook(net, node, CHAIN);
   await fakeImds?.stop().catch(() => undefined);
   await server?.stop().catch(() => undefined);
   await net?.destroy().catch(() => undefined);
@@ -644,24 +586,17 @@ test("IPv6: a dual-stack pod cannot reach the node's IMDS at fd00:ec2::254 or fd
   await refused();
 });
 
-async function agentReady(what: string): Promise<void> {
-  await waitFor(
-    what,
-    async () => (await fetch(`http://${node.ip}:8182/readyz`).catch(() => undefined))?.status === 200,
-  );
-}
-
 /** Runs `body` against an agent restarted with `extra` flags, then restores the default agent. */
 async function withAgentFlags(extra: string[], body: () => Promise<void>): Promise<void> {
   await agent!.stop();
   agent = await startAgent(extra);
   try {
-    await agentReady(`agent with ${extra.join(" ")} ready`);
+    await agentReady(node, `agent with ${extra.join(" ")} ready`);
     await body();
   } finally {
     await agent.stop();
     agent = await startAgent();
-    await agentReady("default agent ready again");
+    await agentReady(node, "default agent ready again");
   }
 }
 
@@ -862,7 +797,7 @@ test("require-IMDSv2 mode: a v1 client gets 401, IMDSv2 SDKs still work", async 
   } finally {
     await agent.stop();
     agent = await startAgent();
-    await agentReady("agent ready again");
+    await agentReady(node, "agent ready again");
   }
 });
 

@@ -25,6 +25,8 @@ import {
   type TestPki,
 } from "../harness/index.ts";
 import { installCrds } from "../harness/keycutter-server.ts";
+import { agentFlags, agentReady, spawnAgent } from "../harness/netns-agent.ts";
+import { createAccessPolicy, createRoleAllowance } from "../harness/policies.ts";
 import { renderChart } from "../deploy/render.ts";
 
 const SYSTEM_NS = "keycutter-system";
@@ -165,34 +167,26 @@ before(async () => {
 
   const tokenFile = join(tmp, "agent.token");
   writeFileSync(tokenFile, "unused: no pod on this node asks for credentials");
-  agent = net.spawn(
-    node.netns,
-    NODE,
+  agent = await spawnAgent(
+    net,
+    node,
     [
-      KEYCUTTER_MAIN,
-      "agent",
-      "--node-name=node1",
-      `--server-url=https://${net.gatewayIP}:${apiPort}`,
-      `--server-ca-file=${pki.caFile}`,
-      `--token-file=${tokenFile}`,
-      `--kubeconfig=${cluster.kubeconfigFor(net.gatewayIP)}`,
-      "--imds-listen=0.0.0.0:8180",
-      "--container-listen=0.0.0.0:8181",
-      "--ops-listen=0.0.0.0:8182",
-      "--hook-pod-interface=cbr0",
-      `--hook-agent-ip=${node.ip}`,
-      `--hook-chain=${CHAIN}`,
+      ...agentFlags({
+        net,
+        node,
+        serverPort: apiPort,
+        serverCaFile: pki.caFile,
+        tokenFile,
+        kubeconfig: cluster.kubeconfigFor(net.gatewayIP),
+        chain: CHAIN,
+      }),
       // only at start: the test removes the hook and the agent must not put it back
       "--hook-resync-ms=0",
       "--cni-state-dir=",
     ],
-    { env: { ...process.env, KEYCUTTER_LOG_LEVEL: "info" }, name: "agent" },
+    { ...process.env, KEYCUTTER_LOG_LEVEL: "info" },
   );
-  await agent.waitForLine(/agent listening/, 30_000);
-  await waitFor("agent ready", async () => {
-    const r = await fetch(`http://${node.ip}:8182/readyz`).catch(() => undefined);
-    return r?.status === 200;
-  });
+  await agentReady(node);
 
   // the installation as the chart creates it: its published settings, the Deployment and
   // DaemonSet (their status as the controllers would write it), the TLS Secret
@@ -241,38 +235,21 @@ before(async () => {
   ds.status = { desiredNumberScheduled: 3, currentNumberScheduled: 3, numberMisscheduled: 0, numberReady: 2 };
   await apps.replaceNamespacedDaemonSetStatus({ namespace: SYSTEM_NS, name: "keycutter-agent", body: ds });
 
-  const custom = cluster.kc.makeApiClient(CustomObjectsApi);
   await kubelet.ensureNamespace("tenant-a");
   await kubelet.ensureNamespace("tenant-b");
-  await custom.createClusterCustomObject({
-    group: "keycutter.dev",
-    version: "v1alpha1",
-    plural: "roleallowances",
-    body: {
-      apiVersion: "keycutter.dev/v1alpha1",
-      kind: "RoleAllowance",
-      metadata: { name: "tenants" },
-      spec: { namespaces: ["tenant-*"], roleArns: ["arn:aws:iam::123456789012:role/tenant-*"] },
-    },
+  await createRoleAllowance(cluster.kc, "tenants", {
+    namespaces: ["tenant-*"],
+    roleArns: ["arn:aws:iam::123456789012:role/tenant-*"],
   });
   for (const [ns, name, role] of [
     ["tenant-a", "good", "tenant-a"],
     ["tenant-a", "wrong-role", "admin"],
     ["tenant-b", "fresh", "tenant-b"],
-  ] as const) {
-    await custom.createNamespacedCustomObject({
-      group: "keycutter.dev",
-      version: "v1alpha1",
-      namespace: ns,
-      plural: "accesspolicies",
-      body: {
-        apiVersion: "keycutter.dev/v1alpha1",
-        kind: "AccessPolicy",
-        metadata: { name, namespace: ns },
-        spec: { podSelector: {}, roleArn: `arn:aws:iam::123456789012:role/${role}` },
-      },
+  ] as const)
+    await createAccessPolicy(cluster.kc, ns, name, {
+      podSelector: {},
+      roleArn: `arn:aws:iam::123456789012:role/${role}`,
     });
-  }
   // as the server's leader writes them; "fresh" has not been looked at yet
   await setStatus("roleallowances", "tenants", undefined, ready("True", "Valid", "in force"));
   await setStatus("accesspolicies", "good", "tenant-a", ready("True", "Valid", "in force"));
