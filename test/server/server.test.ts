@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { GetObjectCommand, S3Client } from "@aws-sdk/client-s3";
 import { runSimulation } from "@cloud-copilot/iam-simulate";
 import { spawnSync } from "node:child_process";
-import { KEYCUTTER_MAIN, NODE, startRedis, waitFor, type Redis } from "../harness/index.ts";
+import { NODE, startRedis, waitFor, type Redis } from "../harness/index.ts";
 import { copyFileSync, rmSync } from "node:fs";
 import { connect as tlsConnect } from "node:tls";
 import { cacheKeyFile } from "../harness/keycutter-server.ts";
@@ -18,7 +18,9 @@ import {
   createAllowance,
   createPolicy,
   createWorld,
+  explainArgs,
   post,
+  readyConditionOf,
   roleArn,
   startTestServer,
   tenantPolicy,
@@ -337,35 +339,17 @@ describe("keycutter server (real apiserver, moto, redis)", { timeout: 600_000 },
         plural: "accesspolicies",
         name: "claims-team",
       })) as AccessPolicy;
-    const ready = await waitFor(
+    const ready = await readyConditionOf(
+      w,
+      "tagged",
+      "claims-team",
       "TagKeyNotAllowed in the status",
-      async () => {
-        const c = (await readPolicy()).status?.conditions?.find((x) => x.type === "Ready");
-        return c?.reason === "TagKeyNotAllowed" ? c : undefined;
-      },
-      { timeoutMs: 30_000 },
+      (c) => c.reason === "TagKeyNotAllowed",
     );
     assert.equal(ready.status, "False");
     assert.match(ready.message, /"team" \(RoleAllowance tagged\)/);
 
-    const explained = spawnSync(
-      NODE,
-      [
-        KEYCUTTER_MAIN,
-        "explain",
-        "tagged/web-1",
-        "--kubeconfig",
-        w.cluster.kubeconfigPath,
-        // this world's server settings (no chart ConfigMap here)
-        "--cluster-name",
-        "test-cluster",
-        "--max-duration",
-        "3600",
-        "-o",
-        "json",
-      ],
-      { encoding: "utf8" },
-    );
+    const explained = spawnSync(NODE, explainArgs(w, ["tagged/web-1", "-o", "json"]), { encoding: "utf8" });
     assert.equal(explained.status, 3, explained.stderr);
     const e = JSON.parse(explained.stdout);
     assert.equal(e.decision.reason, "TagKeyNotAllowed");
@@ -412,20 +396,12 @@ describe("keycutter server (real apiserver, moto, redis)", { timeout: 600_000 },
       nodeName: "node-1",
       serviceAccountName: "unlabelled",
     });
-    const c = await waitFor(
+    const c = await readyConditionOf(
+      w,
+      "tenant-a",
+      "needs-team",
       "TemplateInvalid from the leader's own evaluation",
-      async () => {
-        const o = (await w.custom.getNamespacedCustomObject({
-          group: "keycutter.dev",
-          version: "v1alpha1",
-          namespace: "tenant-a",
-          plural: "accesspolicies",
-          name: "needs-team",
-        })) as AccessPolicy;
-        const ready = o.status?.conditions?.find((x) => x.type === "Ready");
-        return ready?.status === "False" ? ready : false;
-      },
-      { timeoutMs: 30_000 },
+      (ready) => ready.status === "False",
     );
     assert.equal(c.reason, "TemplateInvalid");
     assert.match(c.message, /no-team-label/);
@@ -807,30 +783,16 @@ describe("keycutter server (real apiserver, moto, redis)", { timeout: 600_000 },
 
   it("keycutter explain: matched policy, why others did not, allowance, rendered policy, and a simulation over role ∩ session", async () => {
     const run = (args: string[], env: Record<string, string> = {}) =>
-      spawnSync(
-        NODE,
-        [
-          KEYCUTTER_MAIN,
-          "explain",
-          ...args,
-          "--kubeconfig",
-          w.cluster.kubeconfigPath,
-          "--cluster-name",
-          "test-cluster",
-          "--max-duration",
-          "3600",
-        ],
-        {
-          encoding: "utf8",
-          env: {
-            ...process.env,
-            AWS_REGION: "us-east-1",
-            AWS_ACCESS_KEY_ID: w.auditorCreds.accessKeyId,
-            AWS_SECRET_ACCESS_KEY: w.auditorCreds.secretAccessKey,
-            ...env,
-          },
+      spawnSync(NODE, explainArgs(w, args), {
+        encoding: "utf8",
+        env: {
+          ...process.env,
+          AWS_REGION: "us-east-1",
+          AWS_ACCESS_KEY_ID: w.auditorCreds.accessKeyId,
+          AWS_SECRET_ACCESS_KEY: w.auditorCreds.secretAccessKey,
+          ...env,
         },
-      );
+      });
     const red = run([
       "tenant-a/web-1",
       "--action",
