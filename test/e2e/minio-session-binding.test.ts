@@ -20,15 +20,10 @@ import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { GetObjectCommand, S3Client } from "@aws-sdk/client-s3";
-import {
-  BROKER_USER,
-  MOTO_ACCOUNT_ID,
-  VENV_BIN,
-  type PodNet,
-  type StaticCredentials,
-} from "../harness/index.ts";
+import { BROKER_USER, MOTO_ACCOUNT_ID, VENV_BIN, type PodNet } from "../harness/index.ts";
 import { hasMinio, minioBinaries, startMinio, type MinioServer } from "../harness/minio.ts";
-import { System, type SystemOptions, type TestPod } from "./system.ts";
+import type { TestPod } from "./system.ts";
+import { MinioSystem } from "./minio-system.ts";
 
 const BUCKET = "bound-bucket";
 const ROLE = `arn:aws:iam::${MOTO_ACCOUNT_ID}:role/bound-reader`;
@@ -37,22 +32,6 @@ const OBJECTS: Record<string, string> = {
   "tenant-a/app-2.txt": "a2\n",
   "service-shape/x.txt": "x\n",
 };
-
-/** The keycutter servers sign their STS calls with the MinIO broker user instead of moto's. */
-class MinioSystem extends System {
-  stsCreds: StaticCredentials;
-  constructor(stsCreds: StaticCredentials, opts: SystemOptions) {
-    super(opts);
-    this.stsCreds = stsCreds;
-  }
-  override serverEnv(): NodeJS.ProcessEnv {
-    return {
-      ...super.serverEnv(),
-      AWS_ACCESS_KEY_ID: this.stsCreds.accessKeyId,
-      AWS_SECRET_ACCESS_KEY: this.stsCreds.secretAccessKey,
-    };
-  }
-}
 
 const BROKER_POLICY = {
   Version: "2012-10-17",

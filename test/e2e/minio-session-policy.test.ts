@@ -20,7 +20,8 @@ import { AssumeRoleCommand, STSClient } from "@aws-sdk/client-sts";
 import { GetObjectCommand, PutObjectCommand, S3Client } from "@aws-sdk/client-s3";
 import { BROKER_USER, MOTO_ACCOUNT_ID, type StaticCredentials } from "../harness/index.ts";
 import { hasMinio, minioBinaries, startMinio, type MinioServer } from "../harness/minio.ts";
-import { System, type SystemOptions, type TestPod } from "./system.ts";
+import type { TestPod } from "./system.ts";
+import { MinioSystem } from "./minio-system.ts";
 
 const BUCKET = "shared-bucket";
 const OTHER_BUCKET = "other-bucket";
@@ -51,22 +52,6 @@ const OBJECTS: Record<string, string> = {
   "tenant-a/app-2/data.txt": "a2-data\n",
   "tenant-b/app-1/data.txt": "b1-data\n",
 };
-
-/** The keycutter servers sign their STS calls with the MinIO broker user instead of moto's. */
-class MinioSystem extends System {
-  stsCreds: StaticCredentials;
-  constructor(stsCreds: StaticCredentials, opts: SystemOptions) {
-    super(opts);
-    this.stsCreds = stsCreds;
-  }
-  override serverEnv(): NodeJS.ProcessEnv {
-    return {
-      ...super.serverEnv(),
-      AWS_ACCESS_KEY_ID: this.stsCreds.accessKeyId,
-      AWS_SECRET_ACCESS_KEY: this.stsCreds.secretAccessKey,
-    };
-  }
-}
 
 function accessPolicy(namespace: string): object {
   return {
