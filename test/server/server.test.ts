@@ -61,6 +61,22 @@ describe("keycutter server (real apiserver, moto, redis)", { timeout: 600_000 },
       body: { pod: w.pods[podKey], ...extra },
     });
 
+  /** A new pod of service account `app` (team blue) on node-1 at `podIP`. */
+  const bluePod = async (namespace: string, name: string, podIP: string) => {
+    const created = await w.kubelet.createPod({
+      namespace,
+      name,
+      nodeName: "node-1",
+      serviceAccountName: "app",
+      labels: { team: "blue" },
+      podIP,
+    });
+    return { namespace, name, uid: created.metadata!.uid! };
+  };
+  /** node-1's agent asks server `port` for `pod`'s credentials. */
+  const askAt = (port: number, pod: { namespace: string; name: string; uid: string }) =>
+    post(port, w.cert.caFile, { token: w.agentToken["node-1"], body: { pod } });
+
   before(async () => {
     w = await createWorld();
     redis = await startRedis();
@@ -294,17 +310,8 @@ describe("keycutter server (real apiserver, moto, redis)", { timeout: 600_000 },
   });
 
   it("a session tag key no allowance permits: 403 RoleNotAllowed (TagKeyNotAllowed) in the answer, the status and explain; a permitted key reaches STS", async () => {
-    const created = await w.kubelet.createPod({
-      namespace: "tagged",
-      name: "web-1",
-      nodeName: "node-1",
-      serviceAccountName: "app",
-      labels: { team: "blue" },
-      podIP: "10.244.1.200",
-    });
-    const podRef = { namespace: "tagged", name: "web-1", uid: created.metadata!.uid! };
-    const askTagged = () =>
-      post(srv.running.apiPort, w.cert.caFile, { token: w.agentToken["node-1"], body: { pod: podRef } });
+    const podRef = await bluePod("tagged", "web-1", "10.244.1.200");
+    const askTagged = () => askAt(srv.running.apiPort, podRef);
     // the platform gives the namespace keys of its own, nothing else
     await createAllowance(w, {
       metadata: { name: "tagged" },
@@ -793,17 +800,20 @@ describe("keycutter server (real apiserver, moto, redis)", { timeout: 600_000 },
           ...env,
         },
       });
-    const red = run([
-      "tenant-a/web-1",
-      "--action",
-      "s3:GetObject",
-      "--resource",
-      "arn:aws:s3:::bucket-a/tenant-a/red/data.txt",
-      "--iam-endpoint",
-      w.moto.endpoint,
-      "-o",
-      "json",
-    ]);
+    /** explain for tenant-a/web-1 with a simulation of s3:GetObject on `resource`, as JSON. */
+    const simulateGet = (resource: string, iamEndpoint = w.moto.endpoint) =>
+      run([
+        "tenant-a/web-1",
+        "--action",
+        "s3:GetObject",
+        "--resource",
+        resource,
+        "--iam-endpoint",
+        iamEndpoint,
+        "-o",
+        "json",
+      ]);
+    const red = simulateGet("arn:aws:s3:::bucket-a/tenant-a/red/data.txt");
     assert.equal(red.status, 0, red.stderr);
     const e = JSON.parse(red.stdout);
     assert.equal(e.decision.ok, true);
@@ -821,43 +831,13 @@ describe("keycutter server (real apiserver, moto, redis)", { timeout: 600_000 },
     assert.equal(e.simulation.basis, "role+session");
     assert.deepEqual(e.simulation.rolePolicies, ["inline:tenant-a-policy"]);
     assert.equal(e.simulation.result, "ImplicitlyDenied");
-    const blue = run([
-      "tenant-a/web-1",
-      "--action",
-      "s3:GetObject",
-      "--resource",
-      "arn:aws:s3:::bucket-a/tenant-a/blue/data.txt",
-      "--iam-endpoint",
-      w.moto.endpoint,
-      "-o",
-      "json",
-    ]);
+    const blue = simulateGet("arn:aws:s3:::bucket-a/tenant-a/blue/data.txt");
     assert.equal(JSON.parse(blue.stdout).simulation.result, "Allowed");
     // B's bucket: the session policy alone would not allow it either, and the role does not
-    const other = run([
-      "tenant-a/web-1",
-      "--action",
-      "s3:GetObject",
-      "--resource",
-      "arn:aws:s3:::bucket-b/tenant-b/blue/data.txt",
-      "--iam-endpoint",
-      w.moto.endpoint,
-      "-o",
-      "json",
-    ]);
+    const other = simulateGet("arn:aws:s3:::bucket-b/tenant-b/blue/data.txt");
     assert.equal(JSON.parse(other.stdout).simulation.result, "ImplicitlyDenied");
     // IAM unreachable: session policy alone, and it says so
-    const noIam = run([
-      "tenant-a/web-1",
-      "--action",
-      "s3:GetObject",
-      "--resource",
-      "arn:aws:s3:::bucket-a/tenant-a/blue/data.txt",
-      "--iam-endpoint",
-      "http://127.0.0.1:9",
-      "-o",
-      "json",
-    ]);
+    const noIam = simulateGet("arn:aws:s3:::bucket-a/tenant-a/blue/data.txt", "http://127.0.0.1:9");
     const ni = JSON.parse(noIam.stdout);
     assert.equal(ni.simulation.basis, "session-only");
     assert.match(ni.simulation.note, /could not be read/);
@@ -887,18 +867,7 @@ describe("keycutter server (real apiserver, moto, redis)", { timeout: 600_000 },
         body: { pod: w.pods.n2 },
       });
       assert.equal(r2.status, 403, "node-1 agent, node-2 pod: refused before STS");
-      const pod = await w.kubelet.createPod({
-        namespace: "tenant-b",
-        name: "web-throttled",
-        nodeName: "node-1",
-        serviceAccountName: "app",
-        labels: { team: "blue" },
-        podIP: "10.244.1.78",
-      });
-      const r3 = await post(t.running.apiPort, w.cert.caFile, {
-        token: w.agentToken["node-1"],
-        body: { pod: { namespace: "tenant-b", name: "web-throttled", uid: pod.metadata!.uid! } },
-      });
+      const r3 = await askAt(t.running.apiPort, await bluePod("tenant-b", "web-throttled", "10.244.1.78"));
       assert.equal(r3.status, 429, r3.raw);
       assert.equal(r3.body.code, "Throttled");
       assert.equal(t.audit.at(-1)?.code, "Throttled");
@@ -913,18 +882,7 @@ describe("keycutter server (real apiserver, moto, redis)", { timeout: 600_000 },
 
   it("keeps serving when Redis is down (per-replica cache, never an outage)", async () => {
     await redis.kill();
-    const pod = await w.kubelet.createPod({
-      namespace: "tenant-a",
-      name: "web-redis-down",
-      nodeName: "node-1",
-      serviceAccountName: "app",
-      labels: { team: "blue" },
-      podIP: "10.244.1.77",
-    });
-    const r = await post(srv.running.apiPort, w.cert.caFile, {
-      token: w.agentToken["node-1"],
-      body: { pod: { namespace: "tenant-a", name: "web-redis-down", uid: pod.metadata!.uid! } },
-    });
+    const r = await askAt(srv.running.apiPort, await bluePod("tenant-a", "web-redis-down", "10.244.1.77"));
     assert.equal(r.status, 200, r.raw);
     const again = await ask("a3");
     assert.equal(again.status, 200, "cached pod still served from memory");
