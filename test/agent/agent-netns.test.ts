@@ -28,6 +28,7 @@ import {
   agentFlags,
   agentIdentity,
   agentReady,
+  hookCommand,
   removeHook,
   sdkEnv,
   spawnAgent,
@@ -196,15 +197,7 @@ before(async () => {
   iptablesBefore = await iptablesRules();
 
   agentArgs = [
-    ...agentFlags({
-      net,
-      node,
-      serverPort: server.port,
-      serverCaFile: pki.caFile,
-      tokenFile,
-      kubeconfig,
-      chain: CHAIN,
-    }),
+    ...agentFlags({ net, node, server, pki, tokenFile, kubeconfig, chain: CHAIN }),
     "--unknown-pod-wait-ms=500",
     "--region=eu-west-1",
     "--passthrough=/latest/meta-data/instance-id",
@@ -504,24 +497,12 @@ test("ops port: /readyz, /healthz, /metrics with request, cache and pod counters
 });
 
 test("a hook rule deleted behind the agent's back is repaired", async () => {
-  const del = await net.exec(node.netns, "iptables", [
-    "-t",
-    "nat",
-    "-D",
-    "PREROUTING",
-    "-m",
-    "comment",
-    "--comment",
-    "keycutter",
-    "-j",
-    CHAIN,
-  ]);
-  assert.equal(del.code, 0, del.stderr);
-  await waitFor("hook repaired", async () => {
-    const r = await net.exec(node.netns, "iptables", [
+  /** iptables `op` (-D delete, -C check) on the hook's jump from PREROUTING. */
+  const jump = (op: "-D" | "-C") =>
+    net.exec(node.netns, "iptables", [
       "-t",
       "nat",
-      "-C",
+      op,
       "PREROUTING",
       "-m",
       "comment",
@@ -530,8 +511,9 @@ test("a hook rule deleted behind the agent's back is repaired", async () => {
       "-j",
       CHAIN,
     ]);
-    return r.code === 0;
-  });
+  const del = await jump("-D");
+  assert.equal(del.code, 0, del.stderr);
+  await waitFor("hook repaired", async () => (await jump("-C")).code === 0);
   await waitFor("repair counted", async () =>
     /keycutter_agent_hook_repairs_total [1-9]/.test(
       await (await fetch(`http://${node.ip}:8182/metrics`)).text(),
@@ -682,14 +664,7 @@ test("the agent's ports take only traffic through the hook: a remote host connec
   }
   const a = await probe("a", "GET", "http://169.254.169.254/latest/meta-data/iam/security-credentials/");
   assert.equal(a.status, 200, JSON.stringify(a));
-  const check = await net.exec(node.netns, NODE, [
-    KEYCUTTER_MAIN,
-    "hook",
-    "check",
-    `--hook-chain=${CHAIN}`,
-    "--hook-pod-interface=cbr0",
-    `--hook-agent-ip=${node.ip}`,
-  ]);
+  const check = await hookCommand(net, node, CHAIN, "check");
   assert.equal(check.code, 0, check.stdout + check.stderr);
 });
 
@@ -781,71 +756,51 @@ test("fail closed whatever the interface: a pod behind one not in --hook-pod-int
 test("require-IMDSv2 mode: a v1 client gets 401, IMDSv2 SDKs still work", async () => {
   // Restart the node's agent in require-v2 mode (the hook stays in place meanwhile: pods are
   // refused, never sent to the real IMDS), then restore the default mode.
-  await agent!.stop();
-  agent = await startAgent(["--require-imdsv2"]);
-  try {
-    await waitFor(
-      "v2 agent ready",
-      async () => (await fetch(`http://${node.ip}:8182/readyz`).catch(() => undefined))?.status === 200,
-    );
+  await withAgentFlags(["--require-imdsv2"], async () => {
     const v1 = await probe("a", "GET", "http://169.254.169.254/latest/meta-data/iam/security-credentials/");
     assert.equal(v1.status, 401, JSON.stringify(v1));
     const v1Boto = await boto("a", { AWS_EC2_METADATA_V1_DISABLED: "false" });
     assert.ok(v1Boto.ak && issuedTo("a").includes(v1Boto.ak), "boto3 uses v2 and succeeds");
     const js = await jsSdk("a", "imds");
     assert.ok(js.ok && issuedTo("a").includes(js.accessKeyId!), js.error);
-  } finally {
-    await agent.stop();
-    agent = await startAgent();
-    await agentReady(node, "agent ready again");
-  }
+  });
 });
 
 test("policy epochs: a moved epoch replaces a pod's credentials within seconds, never served again; with the epoch channel down they revalidate after --policy-epoch-max-age-ms", async () => {
-  await agent!.stop();
-  agent = await startAgent(["--policy-epoch-max-age-ms=3000"]);
-  try {
-    await waitFor(
-      "agent ready",
-      async () => (await fetch(`http://${node.ip}:8182/readyz`).catch(() => undefined))?.status === 200,
-    );
-    const first = (await boto("a")).ak!;
-    assert.ok(issuedTo("a").includes(first));
-    assert.equal((await boto("a")).ak, first, "cached");
+  await withAgentFlags(["--policy-epoch-max-age-ms=3000"], async () => {
+    try {
+      const first = (await boto("a")).ak!;
+      assert.ok(issuedTo("a").includes(first));
+      assert.equal((await boto("a")).ak, first, "cached");
 
-    // the service says pod a's namespace changed policy: new credentials, and never the old again
-    const t0 = Date.now();
-    server.setEpoch(NS, `moved-${t0}`);
-    const moved = await waitFor("new credentials after the epoch moved", async () => {
-      const ak = (await boto("a")).ak;
-      return ak !== first ? ak : undefined;
-    });
-    console.log(`# epoch moved → pod served new credentials after ${Date.now() - t0} ms`);
-    assert.ok(moved && issuedTo("a").includes(moved));
-    for (let i = 0; i < 3; i++) assert.notEqual((await boto("a")).ak, first);
+      // the service says pod a's namespace changed policy: new credentials, and never the old again
+      const t0 = Date.now();
+      server.setEpoch(NS, `moved-${t0}`);
+      const moved = await waitFor("new credentials after the epoch moved", async () => {
+        const ak = (await boto("a")).ak;
+        return ak !== first ? ak : undefined;
+      });
+      console.log(`# epoch moved → pod served new credentials after ${Date.now() - t0} ms`);
+      assert.ok(moved && issuedTo("a").includes(moved));
+      for (let i = 0; i < 3; i++) assert.notEqual((await boto("a")).ak, first);
 
-    // the channel goes down (the credentials call still works): served from cache within the
-    // bound, then revalidated with the service on the next request
-    const calls = server.callsFor("a").length;
-    server.pollsDown = true;
-    assert.equal((await boto("a")).ak, moved, "within the bound: cached");
-    await new Promise((r) => setTimeout(r, 3500));
-    const revalidated = (await boto("a")).ak;
-    assert.ok(server.callsFor("a").length > calls, "asked the service again");
-    assert.notEqual(
-      revalidated,
-      moved,
-      "the stand-in issues anew on every call: the revalidated answer is served",
-    );
-  } finally {
-    server.pollsDown = false;
-    await agent.stop();
-    agent = await startAgent();
-    await waitFor(
-      "agent ready again",
-      async () => (await fetch(`http://${node.ip}:8182/readyz`).catch(() => undefined))?.status === 200,
-    );
-  }
+      // the channel goes down (the credentials call still works): served from cache within the
+      // bound, then revalidated with the service on the next request
+      const calls = server.callsFor("a").length;
+      server.pollsDown = true;
+      assert.equal((await boto("a")).ak, moved, "within the bound: cached");
+      await new Promise((r) => setTimeout(r, 3500));
+      const revalidated = (await boto("a")).ak;
+      assert.ok(server.callsFor("a").length > calls, "asked the service again");
+      assert.notEqual(
+        revalidated,
+        moved,
+        "the stand-in issues anew on every call: the revalidated answer is served",
+      );
+    } finally {
+      server.pollsDown = false; // before the default agent starts again
+    }
+  });
 });
 
 test("credential service unreachable: cached pods keep working, a new pod gets a clear 503; recovery", async () => {
@@ -927,16 +882,9 @@ test("agent down: pods get connection refused, never the real IMDS; uninstall le
   assert.notEqual(s.ak, NODE_ACCESS_KEY);
   assert.equal(s.ak, null);
 
-  const check = await net.exec(node.netns, NODE, [
-    KEYCUTTER_MAIN,
-    "hook",
-    "check",
-    `--hook-chain=${CHAIN}`,
-    "--hook-pod-interface=cbr0",
-    `--hook-agent-ip=${node.ip}`,
-  ]);
+  const check = await hookCommand(net, node, CHAIN, "check");
   assert.equal(check.code, 0, check.stdout + check.stderr);
-  const un = await net.exec(node.netns, NODE, [KEYCUTTER_MAIN, "hook", "uninstall", `--hook-chain=${CHAIN}`]);
+  const un = await hookCommand(net, node, CHAIN, "uninstall");
   assert.equal(un.code, 0, un.stderr);
   assert.equal(await iptablesRules(), iptablesBefore, "iptables back to exactly what it was");
   // …and with the hook gone the fake real IMDS is what a pod would reach: the hook was the barrier.
@@ -977,7 +925,7 @@ test("installing the hook cuts connections already open to the real IMDS", async
     await agent.stop();
     agent = undefined;
   }
-  await net.exec(node.netns, NODE, [KEYCUTTER_MAIN, "hook", "uninstall", `--hook-chain=${CHAIN}`]);
+  await hookCommand(net, node, CHAIN, "uninstall");
   const marker = join(tmp, "hook-installed");
   const fresh = await net.addPod("node1", `keepalive-${Date.now() % 100000}`);
   const run = net.exec(fresh.netns, PY, [join(FIX, "keepalive.py"), marker], {
@@ -997,7 +945,7 @@ test("installing the hook cuts connections already open to the real IMDS", async
     `before the hook the fake IMDS answered: ${out.stdout}`,
   );
   assert.ok(second && !(second.ok && /node-role/.test(second.data ?? "")), `after the hook: ${out.stdout}`);
-  const un = await net.exec(node.netns, NODE, [KEYCUTTER_MAIN, "hook", "uninstall", `--hook-chain=${CHAIN}`]);
+  const un = await hookCommand(net, node, CHAIN, "uninstall");
   assert.equal(un.code, 0, un.stderr);
   assert.equal(await iptablesRules(), iptablesBefore);
 });

@@ -178,16 +178,9 @@ before(async () => {
     env: { ...process.env, GOFLAGS: "-mod=mod" },
     stdio: "pipe",
   });
+  const kubeconfig = cluster.kubeconfigFor(net.gatewayIP, agentToken);
   agentArgs = [
-    ...agentFlags({
-      net,
-      node,
-      serverPort: server.port,
-      serverCaFile: pki.caFile,
-      tokenFile,
-      kubeconfig: cluster.kubeconfigFor(net.gatewayIP, agentToken),
-      chain: CHAIN,
-    }),
+    ...agentFlags({ net, node, server, pki, tokenFile, kubeconfig, chain: CHAIN }),
     "--region=eu-west-1",
     "--require-imdsv2",
     // the simulated clock jumps by minutes: neither the watch nor the epoch channel is judged by it

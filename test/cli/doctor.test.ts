@@ -25,7 +25,7 @@ import {
   type TestPki,
 } from "../harness/index.ts";
 import { installCrds } from "../harness/keycutter-server.ts";
-import { agentFlags, agentReady, spawnAgent } from "../harness/netns-agent.ts";
+import { agentFlags, agentReady, hookCommand, spawnAgent } from "../harness/netns-agent.ts";
 import { createAccessPolicy, createRoleAllowance } from "../harness/policies.ts";
 import { renderChart } from "../deploy/render.ts";
 
@@ -92,16 +92,8 @@ const one = (d: Doctor, check: string): Check => {
   return all[0]!;
 };
 
-async function hookCommand(command: "init" | "uninstall", extra: string[] = []): Promise<void> {
-  const r = await net.exec(node.netns, NODE, [
-    KEYCUTTER_MAIN,
-    "hook",
-    command,
-    `--hook-chain=${CHAIN}`,
-    "--hook-pod-interface=cbr0",
-    `--hook-agent-ip=${node.ip}`,
-    ...extra,
-  ]);
+async function hook(command: "init" | "uninstall", extra: string[] = []): Promise<void> {
+  const r = await hookCommand(net, node, CHAIN, command, extra);
   assert.equal(r.code, 0, r.stderr);
 }
 
@@ -174,8 +166,8 @@ before(async () => {
       ...agentFlags({
         net,
         node,
-        serverPort: apiPort,
-        serverCaFile: pki.caFile,
+        server: { port: apiPort },
+        pki,
         tokenFile,
         kubeconfig: cluster.kubeconfigFor(net.gatewayIP),
         chain: CHAIN,
@@ -265,15 +257,8 @@ after(async () => {
   await agent?.stop().catch(() => undefined);
   await server?.stop().catch(() => undefined);
   for (const iptables of ["iptables-nft", "iptables-legacy"])
-    await net
-      ?.exec(node.netns, NODE, [
-        KEYCUTTER_MAIN,
-        "hook",
-        "uninstall",
-        `--hook-chain=${CHAIN}`,
-        `--iptables=${iptables}`,
-      ])
-      .catch(() => undefined);
+    if (net)
+      await hookCommand(net, node, CHAIN, "uninstall", [`--iptables=${iptables}`]).catch(() => undefined);
   await net?.destroy().catch(() => undefined);
   await cluster?.stop().catch(() => undefined);
   if (tmp) rmSync(tmp, { recursive: true, force: true });
@@ -311,7 +296,7 @@ describe("keycutter doctor on a node", () => {
   });
 
   it("the hook removed: fail, with what to do, exit 3", async () => {
-    await hookCommand("uninstall");
+    await hook("uninstall");
     try {
       const d = await doctorOnNode();
       assert.equal(d.code, 3, d.stdout + d.stderr);
@@ -321,13 +306,13 @@ describe("keycutter doctor on a node", () => {
       assert.match(hook.hint ?? "", /agent/);
       assert.equal(one(d, "agent").status, "ok", "the rest is judged on its own");
     } finally {
-      await hookCommand("init");
+      await hook("init");
     }
   });
 
   it("the hook in the other backend's tables (legacy on an nft node): fail, naming the backend", async () => {
-    await hookCommand("uninstall");
-    await hookCommand("init", ["--iptables=iptables-legacy"]);
+    await hook("uninstall");
+    await hook("init", ["--iptables=iptables-legacy"]);
     try {
       const d = await doctorOnNode(["--iptables=iptables-nft"]);
       assert.equal(d.code, 3, d.stdout + d.stderr);
@@ -336,8 +321,8 @@ describe("keycutter doctor on a node", () => {
       assert.match(hook.message, /found in the legacy tables, not in this node's nft tables/);
       assert.match(hook.hint ?? "", /iptablesMode=nft/);
     } finally {
-      await hookCommand("uninstall", ["--iptables=iptables-legacy"]);
-      await hookCommand("init");
+      await hook("uninstall", ["--iptables=iptables-legacy"]);
+      await hook("init");
     }
     assert.equal(one(await doctorOnNode(), "hook").status, "ok");
   });

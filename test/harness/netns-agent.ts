@@ -16,18 +16,11 @@ import { KEYCUTTER_MAIN, NODE } from "./paths.ts";
 export const AGENT_NS = "keycutter-system";
 export const AGENT_SA = "keycutter-agent";
 
-export interface AgentNode {
-  cluster: Cluster;
-  kubelet: Kubelet;
-  net: PodNetwork;
-  /** node1: its network namespace and its Node object. */
-  node: NodeNet;
-  /** node1's libcni result cache, which the harness writes as the container runtime would. */
-  cniStateDir: string;
-}
-
-/** The real apiserver and one node, node1, in its own network namespace with a CNI result cache under `dir`. */
-export async function startAgentNode(dir: string): Promise<AgentNode> {
+/**
+ * The real apiserver and one node, node1, in its own network namespace and registered, with its
+ * libcni result cache (which the harness writes as the container runtime would) under `dir`.
+ */
+export async function startAgentNode(dir: string) {
   const cluster = await startCluster();
   const kubelet = new Kubelet(cluster.kc);
   const net = await PodNetwork.create();
@@ -41,16 +34,17 @@ export async function startAgentNode(dir: string): Promise<AgentNode> {
 export function agentFlags(o: {
   net: PodNetwork;
   node: NodeNet;
-  serverPort: number;
-  serverCaFile: string;
+  /** The credential service's port on the gateway, and the CA its certificate is checked with. */
+  server: { port: number };
+  pki: { caFile: string };
   tokenFile: string;
   kubeconfig: string;
   chain: string;
 }): string[] {
   return [
     "--node-name=node1",
-    `--server-url=https://${o.net.gatewayIP}:${o.serverPort}`,
-    `--server-ca-file=${o.serverCaFile}`,
+    `--server-url=https://${o.net.gatewayIP}:${o.server.port}`,
+    `--server-ca-file=${o.pki.caFile}`,
     `--token-file=${o.tokenFile}`,
     `--kubeconfig=${o.kubeconfig}`,
     "--imds-listen=0.0.0.0:8180",
@@ -126,11 +120,28 @@ export async function agentIdentity(
   return { token, tokenFile };
 }
 
+/** `keycutter hook <command>` on the node, for the hook `chain` (init and check: on cbr0, DNAT to the node's IP). */
+export function hookCommand(
+  net: PodNetwork,
+  node: NodeNet,
+  chain: string,
+  command: "init" | "check" | "uninstall",
+  extra: string[] = [],
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  const target = command === "uninstall" ? [] : ["--hook-pod-interface=cbr0", `--hook-agent-ip=${node.ip}`];
+  return net.exec(node.netns, NODE, [
+    KEYCUTTER_MAIN,
+    "hook",
+    command,
+    `--hook-chain=${chain}`,
+    ...target,
+    ...extra,
+  ]);
+}
+
 /** Removes the hook `chain` from the node (after a test; errors ignored). */
 export async function removeHook(net: PodNetwork | undefined, node: NodeNet, chain: string): Promise<void> {
-  await net
-    ?.exec(node.netns, NODE, [KEYCUTTER_MAIN, "hook", "uninstall", `--hook-chain=${chain}`])
-    .catch(() => undefined);
+  if (net) await hookCommand(net, node, chain, "uninstall").catch(() => undefined);
 }
 
 /** What an SDK in a pod starts with: no config or credentials files, one quick IMDS attempt. */
