@@ -10,15 +10,11 @@
 import { createHash } from "node:crypto";
 import { POLICY_EPOCH_HOLD_MS } from "../api/contract.ts";
 import type { AccessPolicy, RoleAllowance } from "../policy/types.ts";
+import { systemClock, type TimerHandle, type Timers } from "../common/clock.ts";
 
 export interface PolicySource {
   accessPolicies(ns?: string): AccessPolicy[];
   roleAllowances(): RoleAllowance[];
-}
-
-export interface Timers {
-  setTimeout(fn: () => void, ms: number): unknown;
-  clearTimeout(handle: unknown): void;
 }
 
 export interface PolicyEpochsOptions {
@@ -37,16 +33,17 @@ interface Waiter {
   holder: string;
   known: Record<string, string>;
   resolve: (epochs: Record<string, string>) => void;
-  timer: unknown;
+  timer: TimerHandle | undefined;
 }
 
-const realTimers: Timers = {
+/** Held polls never keep the process alive. */
+const unrefTimers: Timers = {
   setTimeout: (fn, ms) => {
-    const t = setTimeout(fn, ms);
-    t.unref();
-    return t;
+    const timer = systemClock.setTimeout(fn, ms);
+    timer.unref?.();
+    return timer;
   },
-  clearTimeout: (handle) => clearTimeout(handle as NodeJS.Timeout),
+  clearTimeout: (handle) => systemClock.clearTimeout(handle),
 };
 
 function digest(parts: string[]): string {
@@ -76,7 +73,7 @@ export class PolicyEpochs {
     this.maxWaiters = opts.maxWaiters ?? 20_000;
     this.maxWaitersPerHolder = opts.maxWaitersPerHolder ?? 4;
     this.maxMemo = opts.maxMemo ?? 50_000;
-    this.timers = opts.timers ?? realTimers;
+    this.timers = opts.timers ?? unrefTimers;
   }
 
   get waiting(): number {

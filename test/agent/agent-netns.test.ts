@@ -7,11 +7,8 @@ import assert from "node:assert/strict";
 import { existsSync, mkdtempSync, writeFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { RbacAuthorizationV1Api } from "@kubernetes/client-node";
+import type { Kubelet, PodNetwork } from "../harness/index.ts";
 import {
-  startCluster,
-  Kubelet,
-  PodNetwork,
   makeServingCert,
   waitFor,
   NODE,
@@ -25,6 +22,17 @@ import {
 } from "../harness/index.ts";
 import { startFakeImds, NODE_ACCESS_KEY, type FakeImds } from "../harness/fake-imds.ts";
 import { TestServer } from "./test-server.ts";
+import {
+  addTokenedPod,
+  startAgentNode,
+  agentFlags,
+  agentIdentity,
+  agentReady,
+  hookCommand,
+  removeHook,
+  sdkEnv,
+  spawnAgent,
+} from "../harness/netns-agent.ts";
 import { Passthrough } from "../../src/agent/passthrough.ts";
 
 const FIX = new URL("./fixtures/", import.meta.url).pathname;
@@ -50,17 +58,7 @@ let agentTokenFile: string;
 let cniStateDir: string;
 const pods = new Map<string, { net: PodNet; uid: string; tokenFile: string }>();
 
-function clientEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
-  return {
-    PATH: process.env.PATH,
-    HOME: tmp,
-    AWS_CONFIG_FILE: join(tmp, "no-config"),
-    AWS_SHARED_CREDENTIALS_FILE: join(tmp, "no-credentials"),
-    AWS_METADATA_SERVICE_TIMEOUT: "3",
-    AWS_METADATA_SERVICE_NUM_ATTEMPTS: "1",
-    ...extra,
-  };
-}
+const clientEnv = (extra: Record<string, string> = {}): NodeJS.ProcessEnv => sdkEnv(tmp, extra);
 
 /** The node's IPv4 and IPv6 rules and chains (iptables-save, ip6tables-save), built-ins' policies aside. */
 async function iptablesRules(): Promise<string> {
@@ -79,17 +77,14 @@ async function iptablesRules(): Promise<string> {
     .join("\n");
 }
 
-async function startAgent(extra: string[] = [], args = agentArgs): Promise<ManagedProcess> {
-  const p = net.spawn(node.netns, NODE, [KEYCUTTER_MAIN, "agent", ...args, ...extra], {
-    // the CNI state directory through the environment (same as --cni-state-dir), which an agent
-    // that predates the flag ignores: the IP reuse test then shows what such an agent serves
-    env: { ...process.env, KEYCUTTER_LOG_LEVEL: "info", KEYCUTTER_CNI_STATE_DIR: cniStateDir },
-    name: "agent",
+function startAgent(extra: string[] = [], args = agentArgs): Promise<ManagedProcess> {
+  // the CNI state directory through the environment (same as --cni-state-dir), which an agent
+  // that predates the flag ignores: the IP reuse test then shows what such an agent serves
+  return spawnAgent(net, node, [...args, ...extra], {
+    ...process.env,
+    KEYCUTTER_LOG_LEVEL: "info",
+    KEYCUTTER_CNI_STATE_DIR: cniStateDir,
   });
-  await p.waitForLine(/agent listening/, 30_000).catch((e: unknown) => {
-    throw new Error(`agent did not start: ${(e as Error).message}\n${p.logs()}`);
-  });
-  return p;
 }
 
 /**
@@ -101,28 +96,16 @@ async function addPod(
   name: string,
   opts: { labels?: Record<string, string>; ip?: string; k8s?: boolean } = {},
 ) {
-  let uid = "";
-  const tokenFile = join(tmp, `${name}.token`);
-  let pnet: PodNet;
-  if (opts.k8s !== false) {
-    const bound = await kubelet.createPod({
-      namespace: NS,
-      name,
-      nodeName: "node1",
-      serviceAccountName: "app",
-      labels: opts.labels,
-    });
-    uid = bound.metadata!.uid!;
-    pnet = await net.addPod("node1", name, opts.ip, { namespace: NS, name, uid });
-    await kubelet.setPodIP(NS, name, pnet.ip, node.ip);
-    writeFileSync(
-      tokenFile,
-      await kubelet.requestToken(NS, "app", { podName: name, podUID: uid, audiences: ["keycutter-pod"] }),
-    );
-  } else {
-    pnet = await net.addPod("node1", name, opts.ip);
-  }
-  const entry = { net: pnet, uid, tokenFile };
+  const entry =
+    opts.k8s !== false
+      ? await addTokenedPod(kubelet, net, node, {
+          dir: tmp,
+          namespace: NS,
+          name,
+          labels: opts.labels,
+          ip: opts.ip,
+        })
+      : { net: await net.addPod("node1", name, opts.ip), uid: "", tokenFile: join(tmp, `${name}.token`) };
   pods.set(name, entry);
   return entry;
 }
@@ -172,12 +155,7 @@ function issuedTo(pod: string): string[] {
 
 before(async () => {
   tmp = mkdtempSync(join(tmpdir(), "kc-agent-"));
-  cluster = await startCluster();
-  kubelet = new Kubelet(cluster.kc);
-  net = await PodNetwork.create();
-  cniStateDir = join(tmp, "cni", "results");
-  node = await net.addNode("node1", { cniStateDir });
-  await kubelet.createNode("node1", node.ip, node.podCIDR);
+  ({ cluster, kubelet, net, node, cniStateDir } = await startAgentNode(tmp));
   // the node registers with a startup taint that the agent removes once it is ready
   const n1 = await kubelet.core.readNode({ name: "node1" });
   n1.spec = {
@@ -191,44 +169,16 @@ before(async () => {
   await kubelet.ensureNamespace(NS);
   await kubelet.createServiceAccount(NS, "app");
 
-  // The agent's identity: a service account with get/list/watch on pods, nothing else (RBAC on).
-  await kubelet.createServiceAccount("keycutter-system", "keycutter-agent");
-  const rbac = cluster.kc.makeApiClient(RbacAuthorizationV1Api);
-  await rbac.createClusterRole({
-    body: {
-      metadata: { name: "keycutter-agent-test" },
-      rules: [
-        { apiGroups: [""], resources: ["pods"], verbs: ["get", "list", "watch"] },
-        { apiGroups: [""], resources: ["nodes"], verbs: ["get", "patch"] },
-      ],
-    },
+  // The agent's identity: get/list/watch on pods and its node's taint, nothing else (RBAC on).
+  const { token: agentToken, tokenFile } = await agentIdentity(cluster, kubelet, node, {
+    roleName: "keycutter-agent-test",
+    rules: [
+      { apiGroups: [""], resources: ["pods"], verbs: ["get", "list", "watch"] },
+      { apiGroups: [""], resources: ["nodes"], verbs: ["get", "patch"] },
+    ],
+    dir: tmp,
   });
-  await rbac.createClusterRoleBinding({
-    body: {
-      metadata: { name: "keycutter-agent-test" },
-      roleRef: { apiGroup: "rbac.authorization.k8s.io", kind: "ClusterRole", name: "keycutter-agent-test" },
-      subjects: [{ kind: "ServiceAccount", name: "keycutter-agent", namespace: "keycutter-system" }],
-    },
-  });
-  // As in the DaemonSet: the agent's projected token is bound to the agent's own (hostNetwork)
-  // pod, so TokenReview reports the node name; it serves both the apiserver and the service.
-  const agentPod = await kubelet.createPod({
-    namespace: "keycutter-system",
-    name: "keycutter-agent-node1",
-    nodeName: "node1",
-    serviceAccountName: "keycutter-agent",
-    hostNetwork: true,
-    podIP: node.ip,
-    hostIP: node.ip,
-  });
-  const agentToken = await kubelet.requestToken("keycutter-system", "keycutter-agent", {
-    podName: "keycutter-agent-node1",
-    podUID: agentPod.metadata!.uid!,
-    audiences: [cluster.issuer, "keycutter"],
-  });
-  const tokenFile = join(tmp, "agent.token");
   agentTokenFile = tokenFile;
-  writeFileSync(tokenFile, agentToken);
   const kubeconfig = cluster.kubeconfigFor(net.gatewayIP, agentToken);
 
   pki = await makeServingCert([net.gatewayIP, "127.0.0.1"]);
@@ -247,17 +197,7 @@ before(async () => {
   iptablesBefore = await iptablesRules();
 
   agentArgs = [
-    "--node-name=node1",
-    `--server-url=https://${net.gatewayIP}:${server.port}`,
-    `--server-ca-file=${pki.caFile}`,
-    `--token-file=${tokenFile}`,
-    `--kubeconfig=${kubeconfig}`,
-    "--imds-listen=0.0.0.0:8180",
-    "--container-listen=0.0.0.0:8181",
-    "--ops-listen=0.0.0.0:8182",
-    "--hook-pod-interface=cbr0",
-    `--hook-agent-ip=${node.ip}`,
-    `--hook-chain=${CHAIN}`,
+    ...agentFlags({ net, node, server, pki, tokenFile, kubeconfig, chain: CHAIN }),
     "--unknown-pod-wait-ms=500",
     "--region=eu-west-1",
     "--passthrough=/latest/meta-data/instance-id",
@@ -270,17 +210,12 @@ before(async () => {
   await addPod("a");
   await addPod("b");
   agent = await startAgent();
-  await waitFor("agent ready", async () => {
-    const r = await fetch(`http://${node.ip}:8182/readyz`).catch(() => undefined);
-    return r?.status === 200;
-  });
+  await agentReady(node);
 });
 
 after(async () => {
   if (agent) await agent.stop().catch(() => undefined);
-  await net
-    ?.exec(node.netns, NODE, [KEYCUTTER_MAIN, "hook", "uninstall", `--hook-chain=${CHAIN}`])
-    .catch(() => undefined);
+  await removeHook(net, node, CHAIN);
   await fakeImds?.stop().catch(() => undefined);
   await server?.stop().catch(() => undefined);
   await net?.destroy().catch(() => undefined);
@@ -562,24 +497,12 @@ test("ops port: /readyz, /healthz, /metrics with request, cache and pod counters
 });
 
 test("a hook rule deleted behind the agent's back is repaired", async () => {
-  const del = await net.exec(node.netns, "iptables", [
-    "-t",
-    "nat",
-    "-D",
-    "PREROUTING",
-    "-m",
-    "comment",
-    "--comment",
-    "keycutter",
-    "-j",
-    CHAIN,
-  ]);
-  assert.equal(del.code, 0, del.stderr);
-  await waitFor("hook repaired", async () => {
-    const r = await net.exec(node.netns, "iptables", [
+  /** iptables `op` (-D delete, -C check) on the hook's jump from PREROUTING. */
+  const jump = (op: "-D" | "-C") =>
+    net.exec(node.netns, "iptables", [
       "-t",
       "nat",
-      "-C",
+      op,
       "PREROUTING",
       "-m",
       "comment",
@@ -588,8 +511,9 @@ test("a hook rule deleted behind the agent's back is repaired", async () => {
       "-j",
       CHAIN,
     ]);
-    return r.code === 0;
-  });
+  const del = await jump("-D");
+  assert.equal(del.code, 0, del.stderr);
+  await waitFor("hook repaired", async () => (await jump("-C")).code === 0);
   await waitFor("repair counted", async () =>
     /keycutter_agent_hook_repairs_total [1-9]/.test(
       await (await fetch(`http://${node.ip}:8182/metrics`)).text(),
@@ -644,24 +568,17 @@ test("IPv6: a dual-stack pod cannot reach the node's IMDS at fd00:ec2::254 or fd
   await refused();
 });
 
-async function agentReady(what: string): Promise<void> {
-  await waitFor(
-    what,
-    async () => (await fetch(`http://${node.ip}:8182/readyz`).catch(() => undefined))?.status === 200,
-  );
-}
-
 /** Runs `body` against an agent restarted with `extra` flags, then restores the default agent. */
 async function withAgentFlags(extra: string[], body: () => Promise<void>): Promise<void> {
   await agent!.stop();
   agent = await startAgent(extra);
   try {
-    await agentReady(`agent with ${extra.join(" ")} ready`);
+    await agentReady(node, `agent with ${extra.join(" ")} ready`);
     await body();
   } finally {
     await agent.stop();
     agent = await startAgent();
-    await agentReady("default agent ready again");
+    await agentReady(node, "default agent ready again");
   }
 }
 
@@ -747,14 +664,7 @@ test("the agent's ports take only traffic through the hook: a remote host connec
   }
   const a = await probe("a", "GET", "http://169.254.169.254/latest/meta-data/iam/security-credentials/");
   assert.equal(a.status, 200, JSON.stringify(a));
-  const check = await net.exec(node.netns, NODE, [
-    KEYCUTTER_MAIN,
-    "hook",
-    "check",
-    `--hook-chain=${CHAIN}`,
-    "--hook-pod-interface=cbr0",
-    `--hook-agent-ip=${node.ip}`,
-  ]);
+  const check = await hookCommand(net, node, CHAIN, "check");
   assert.equal(check.code, 0, check.stdout + check.stderr);
 });
 
@@ -846,71 +756,51 @@ test("fail closed whatever the interface: a pod behind one not in --hook-pod-int
 test("require-IMDSv2 mode: a v1 client gets 401, IMDSv2 SDKs still work", async () => {
   // Restart the node's agent in require-v2 mode (the hook stays in place meanwhile: pods are
   // refused, never sent to the real IMDS), then restore the default mode.
-  await agent!.stop();
-  agent = await startAgent(["--require-imdsv2"]);
-  try {
-    await waitFor(
-      "v2 agent ready",
-      async () => (await fetch(`http://${node.ip}:8182/readyz`).catch(() => undefined))?.status === 200,
-    );
+  await withAgentFlags(["--require-imdsv2"], async () => {
     const v1 = await probe("a", "GET", "http://169.254.169.254/latest/meta-data/iam/security-credentials/");
     assert.equal(v1.status, 401, JSON.stringify(v1));
     const v1Boto = await boto("a", { AWS_EC2_METADATA_V1_DISABLED: "false" });
     assert.ok(v1Boto.ak && issuedTo("a").includes(v1Boto.ak), "boto3 uses v2 and succeeds");
     const js = await jsSdk("a", "imds");
     assert.ok(js.ok && issuedTo("a").includes(js.accessKeyId!), js.error);
-  } finally {
-    await agent.stop();
-    agent = await startAgent();
-    await agentReady("agent ready again");
-  }
+  });
 });
 
 test("policy epochs: a moved epoch replaces a pod's credentials within seconds, never served again; with the epoch channel down they revalidate after --policy-epoch-max-age-ms", async () => {
-  await agent!.stop();
-  agent = await startAgent(["--policy-epoch-max-age-ms=3000"]);
-  try {
-    await waitFor(
-      "agent ready",
-      async () => (await fetch(`http://${node.ip}:8182/readyz`).catch(() => undefined))?.status === 200,
-    );
-    const first = (await boto("a")).ak!;
-    assert.ok(issuedTo("a").includes(first));
-    assert.equal((await boto("a")).ak, first, "cached");
+  await withAgentFlags(["--policy-epoch-max-age-ms=3000"], async () => {
+    try {
+      const first = (await boto("a")).ak!;
+      assert.ok(issuedTo("a").includes(first));
+      assert.equal((await boto("a")).ak, first, "cached");
 
-    // the service says pod a's namespace changed policy: new credentials, and never the old again
-    const t0 = Date.now();
-    server.setEpoch(NS, `moved-${t0}`);
-    const moved = await waitFor("new credentials after the epoch moved", async () => {
-      const ak = (await boto("a")).ak;
-      return ak !== first ? ak : undefined;
-    });
-    console.log(`# epoch moved → pod served new credentials after ${Date.now() - t0} ms`);
-    assert.ok(moved && issuedTo("a").includes(moved));
-    for (let i = 0; i < 3; i++) assert.notEqual((await boto("a")).ak, first);
+      // the service says pod a's namespace changed policy: new credentials, and never the old again
+      const t0 = Date.now();
+      server.setEpoch(NS, `moved-${t0}`);
+      const moved = await waitFor("new credentials after the epoch moved", async () => {
+        const ak = (await boto("a")).ak;
+        return ak !== first ? ak : undefined;
+      });
+      console.log(`# epoch moved → pod served new credentials after ${Date.now() - t0} ms`);
+      assert.ok(moved && issuedTo("a").includes(moved));
+      for (let i = 0; i < 3; i++) assert.notEqual((await boto("a")).ak, first);
 
-    // the channel goes down (the credentials call still works): served from cache within the
-    // bound, then revalidated with the service on the next request
-    const calls = server.callsFor("a").length;
-    server.pollsDown = true;
-    assert.equal((await boto("a")).ak, moved, "within the bound: cached");
-    await new Promise((r) => setTimeout(r, 3500));
-    const revalidated = (await boto("a")).ak;
-    assert.ok(server.callsFor("a").length > calls, "asked the service again");
-    assert.notEqual(
-      revalidated,
-      moved,
-      "the stand-in issues anew on every call: the revalidated answer is served",
-    );
-  } finally {
-    server.pollsDown = false;
-    await agent.stop();
-    agent = await startAgent();
-    await waitFor(
-      "agent ready again",
-      async () => (await fetch(`http://${node.ip}:8182/readyz`).catch(() => undefined))?.status === 200,
-    );
-  }
+      // the channel goes down (the credentials call still works): served from cache within the
+      // bound, then revalidated with the service on the next request
+      const calls = server.callsFor("a").length;
+      server.pollsDown = true;
+      assert.equal((await boto("a")).ak, moved, "within the bound: cached");
+      await new Promise((r) => setTimeout(r, 3500));
+      const revalidated = (await boto("a")).ak;
+      assert.ok(server.callsFor("a").length > calls, "asked the service again");
+      assert.notEqual(
+        revalidated,
+        moved,
+        "the stand-in issues anew on every call: the revalidated answer is served",
+      );
+    } finally {
+      server.pollsDown = false; // before the default agent starts again
+    }
+  });
 });
 
 test("credential service unreachable: cached pods keep working, a new pod gets a clear 503; recovery", async () => {
@@ -992,16 +882,9 @@ test("agent down: pods get connection refused, never the real IMDS; uninstall le
   assert.notEqual(s.ak, NODE_ACCESS_KEY);
   assert.equal(s.ak, null);
 
-  const check = await net.exec(node.netns, NODE, [
-    KEYCUTTER_MAIN,
-    "hook",
-    "check",
-    `--hook-chain=${CHAIN}`,
-    "--hook-pod-interface=cbr0",
-    `--hook-agent-ip=${node.ip}`,
-  ]);
+  const check = await hookCommand(net, node, CHAIN, "check");
   assert.equal(check.code, 0, check.stdout + check.stderr);
-  const un = await net.exec(node.netns, NODE, [KEYCUTTER_MAIN, "hook", "uninstall", `--hook-chain=${CHAIN}`]);
+  const un = await hookCommand(net, node, CHAIN, "uninstall");
   assert.equal(un.code, 0, un.stderr);
   assert.equal(await iptablesRules(), iptablesBefore, "iptables back to exactly what it was");
   // …and with the hook gone the fake real IMDS is what a pod would reach: the hook was the barrier.
@@ -1042,7 +925,7 @@ test("installing the hook cuts connections already open to the real IMDS", async
     await agent.stop();
     agent = undefined;
   }
-  await net.exec(node.netns, NODE, [KEYCUTTER_MAIN, "hook", "uninstall", `--hook-chain=${CHAIN}`]);
+  await hookCommand(net, node, CHAIN, "uninstall");
   const marker = join(tmp, "hook-installed");
   const fresh = await net.addPod("node1", `keepalive-${Date.now() % 100000}`);
   const run = net.exec(fresh.netns, PY, [join(FIX, "keepalive.py"), marker], {
@@ -1062,7 +945,7 @@ test("installing the hook cuts connections already open to the real IMDS", async
     `before the hook the fake IMDS answered: ${out.stdout}`,
   );
   assert.ok(second && !(second.ok && /node-role/.test(second.data ?? "")), `after the hook: ${out.stdout}`);
-  const un = await net.exec(node.netns, NODE, [KEYCUTTER_MAIN, "hook", "uninstall", `--hook-chain=${CHAIN}`]);
+  const un = await hookCommand(net, node, CHAIN, "uninstall");
   assert.equal(un.code, 0, un.stderr);
   assert.equal(await iptablesRules(), iptablesBefore);
 });

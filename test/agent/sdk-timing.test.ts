@@ -14,15 +14,11 @@ import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { RbacAuthorizationV1Api } from "@kubernetes/client-node";
+import type { Kubelet, PodNetwork } from "../harness/index.ts";
 import {
-  startCluster,
-  Kubelet,
-  PodNetwork,
   makeServingCert,
   waitFor,
   NODE,
-  KEYCUTTER_MAIN,
   VENV_BIN,
   type Cluster,
   type NodeNet,
@@ -31,6 +27,17 @@ import {
   type TestPki,
 } from "../harness/index.ts";
 import { TestServer } from "./test-server.ts";
+import {
+  addTokenedPod,
+  startAgentNode,
+  agentFlags,
+  agentIdentity,
+  agentReady,
+  removeHook,
+  sdkEnv,
+  spawnAgent,
+  type TokenedPod,
+} from "../harness/netns-agent.ts";
 
 const FIX = new URL("./fixtures/", import.meta.url).pathname;
 const PY = join(VENV_BIN, "python");
@@ -87,16 +94,7 @@ function fakeTimeEnv(): Record<string, string> {
 }
 
 function clientEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
-  return {
-    PATH: process.env.PATH,
-    HOME: tmp,
-    AWS_CONFIG_FILE: join(tmp, "no-config"),
-    AWS_SHARED_CREDENTIALS_FILE: join(tmp, "no-credentials"),
-    AWS_METADATA_SERVICE_TIMEOUT: "3",
-    AWS_METADATA_SERVICE_NUM_ATTEMPTS: "1",
-    SERVICE_URL: `http://${net.gatewayIP}:${servicePort}`,
-    ...extra,
-  };
+  return sdkEnv(tmp, { SERVICE_URL: `http://${net.gatewayIP}:${servicePort}`, ...extra });
 }
 
 /**
@@ -142,22 +140,8 @@ function startService(): Promise<void> {
   );
 }
 
-async function addPod(name: string, withIp = true): Promise<{ net: PodNet; uid: string; tokenFile: string }> {
-  const bound = await kubelet.createPod({
-    namespace: NS,
-    name,
-    nodeName: "node1",
-    serviceAccountName: "app",
-  });
-  const uid = bound.metadata!.uid!;
-  const pnet = await net.addPod("node1", name, undefined, { namespace: NS, name, uid });
-  if (withIp) await kubelet.setPodIP(NS, name, pnet.ip, node.ip);
-  const tokenFile = join(tmp, `${name}.token`);
-  writeFileSync(
-    tokenFile,
-    await kubelet.requestToken(NS, "app", { podName: name, podUID: uid, audiences: ["keycutter-pod"] }),
-  );
-  return { net: pnet, uid, tokenFile };
+function addPod(name: string, withIp = true): Promise<TokenedPod> {
+  return addTokenedPod(kubelet, net, node, { dir: tmp, namespace: NS, name, withIp });
 }
 
 before(async () => {
@@ -168,49 +152,14 @@ before(async () => {
   tmp = mkdtempSync(join(tmpdir(), "kc-sdktime-"));
   clockFile = join(tmp, "faketime");
   setOffset(0);
-  cluster = await startCluster();
-  kubelet = new Kubelet(cluster.kc);
-  net = await PodNetwork.create();
-  cniStateDir = join(tmp, "cni", "results");
-  node = await net.addNode("node1", { cniStateDir });
-  await kubelet.createNode("node1", node.ip, node.podCIDR);
+  ({ cluster, kubelet, net, node, cniStateDir } = await startAgentNode(tmp));
   await kubelet.ensureNamespace(NS);
   await kubelet.createServiceAccount(NS, "app");
-  await kubelet.createServiceAccount("keycutter-system", "keycutter-agent");
-  const rbac = cluster.kc.makeApiClient(RbacAuthorizationV1Api);
-  await rbac.createClusterRole({
-    body: {
-      metadata: { name: "keycutter-agent-sdktime" },
-      rules: [{ apiGroups: [""], resources: ["pods"], verbs: ["get", "list", "watch"] }],
-    },
+  const { token: agentToken, tokenFile } = await agentIdentity(cluster, kubelet, node, {
+    roleName: "keycutter-agent-sdktime",
+    rules: [{ apiGroups: [""], resources: ["pods"], verbs: ["get", "list", "watch"] }],
+    dir: tmp,
   });
-  await rbac.createClusterRoleBinding({
-    body: {
-      metadata: { name: "keycutter-agent-sdktime" },
-      roleRef: {
-        apiGroup: "rbac.authorization.k8s.io",
-        kind: "ClusterRole",
-        name: "keycutter-agent-sdktime",
-      },
-      subjects: [{ kind: "ServiceAccount", name: "keycutter-agent", namespace: "keycutter-system" }],
-    },
-  });
-  const agentPod = await kubelet.createPod({
-    namespace: "keycutter-system",
-    name: "keycutter-agent-node1",
-    nodeName: "node1",
-    serviceAccountName: "keycutter-agent",
-    hostNetwork: true,
-    podIP: node.ip,
-    hostIP: node.ip,
-  });
-  const agentToken = await kubelet.requestToken("keycutter-system", "keycutter-agent", {
-    podName: "keycutter-agent-node1",
-    podUID: agentPod.metadata!.uid!,
-    audiences: [cluster.issuer, "keycutter"],
-  });
-  const tokenFile = join(tmp, "agent.token");
-  writeFileSync(tokenFile, agentToken);
   pki = await makeServingCert([net.gatewayIP, "127.0.0.1"]);
   server = new TestServer({
     kc: cluster.kc,
@@ -229,45 +178,27 @@ before(async () => {
     env: { ...process.env, GOFLAGS: "-mod=mod" },
     stdio: "pipe",
   });
+  const kubeconfig = cluster.kubeconfigFor(net.gatewayIP, agentToken);
   agentArgs = [
-    "--node-name=node1",
-    `--server-url=https://${net.gatewayIP}:${server.port}`,
-    `--server-ca-file=${pki.caFile}`,
-    `--token-file=${tokenFile}`,
-    `--kubeconfig=${cluster.kubeconfigFor(net.gatewayIP, agentToken)}`,
-    "--imds-listen=0.0.0.0:8180",
-    "--container-listen=0.0.0.0:8181",
-    "--ops-listen=0.0.0.0:8182",
-    "--hook-pod-interface=cbr0",
-    `--hook-agent-ip=${node.ip}`,
-    `--hook-chain=${CHAIN}`,
+    ...agentFlags({ net, node, server, pki, tokenFile, kubeconfig, chain: CHAIN }),
     "--region=eu-west-1",
     "--require-imdsv2",
     // the simulated clock jumps by minutes: neither the watch nor the epoch channel is judged by it
     "--watch-stale-after-ms=86400000",
     "--policy-epoch-max-age-ms=86400000",
   ];
-  agent = net.spawn(node.netns, NODE, [KEYCUTTER_MAIN, "agent", ...agentArgs], {
-    env: {
-      ...process.env,
-      ...fakeTimeEnv(),
-      KEYCUTTER_LOG_LEVEL: "info",
-      KEYCUTTER_CNI_STATE_DIR: cniStateDir,
-    },
-    name: "agent",
+  agent = await spawnAgent(net, node, agentArgs, {
+    ...process.env,
+    ...fakeTimeEnv(),
+    KEYCUTTER_LOG_LEVEL: "info",
+    KEYCUTTER_CNI_STATE_DIR: cniStateDir,
   });
-  await agent.waitForLine(/agent listening/, 30_000);
-  await waitFor("agent ready", async () => {
-    const r = await fetch(`http://${node.ip}:8182/readyz`).catch(() => undefined);
-    return r?.status === 200;
-  });
+  await agentReady(node);
 });
 
 after(async () => {
   if (agent) await agent.stop().catch(() => undefined);
-  await net
-    ?.exec(node.netns, NODE, [KEYCUTTER_MAIN, "hook", "uninstall", `--hook-chain=${CHAIN}`])
-    .catch(() => undefined);
+  await removeHook(net, node, CHAIN);
   await server?.stop().catch(() => undefined);
   await new Promise((r) => (service ? service.close(r) : r(undefined)));
   await net?.destroy().catch(() => undefined);

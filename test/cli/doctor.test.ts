@@ -25,6 +25,8 @@ import {
   type TestPki,
 } from "../harness/index.ts";
 import { installCrds } from "../harness/keycutter-server.ts";
+import { agentFlags, agentReady, hookCommand, spawnAgent } from "../harness/netns-agent.ts";
+import { createAccessPolicy, createRoleAllowance } from "../harness/policies.ts";
 import { renderChart } from "../deploy/render.ts";
 
 const SYSTEM_NS = "keycutter-system";
@@ -90,16 +92,8 @@ const one = (d: Doctor, check: string): Check => {
   return all[0]!;
 };
 
-async function hookCommand(command: "init" | "uninstall", extra: string[] = []): Promise<void> {
-  const r = await net.exec(node.netns, NODE, [
-    KEYCUTTER_MAIN,
-    "hook",
-    command,
-    `--hook-chain=${CHAIN}`,
-    "--hook-pod-interface=cbr0",
-    `--hook-agent-ip=${node.ip}`,
-    ...extra,
-  ]);
+async function hook(command: "init" | "uninstall", extra: string[] = []): Promise<void> {
+  const r = await hookCommand(net, node, CHAIN, command, extra);
   assert.equal(r.code, 0, r.stderr);
 }
 
@@ -165,34 +159,26 @@ before(async () => {
 
   const tokenFile = join(tmp, "agent.token");
   writeFileSync(tokenFile, "unused: no pod on this node asks for credentials");
-  agent = net.spawn(
-    node.netns,
-    NODE,
+  agent = await spawnAgent(
+    net,
+    node,
     [
-      KEYCUTTER_MAIN,
-      "agent",
-      "--node-name=node1",
-      `--server-url=https://${net.gatewayIP}:${apiPort}`,
-      `--server-ca-file=${pki.caFile}`,
-      `--token-file=${tokenFile}`,
-      `--kubeconfig=${cluster.kubeconfigFor(net.gatewayIP)}`,
-      "--imds-listen=0.0.0.0:8180",
-      "--container-listen=0.0.0.0:8181",
-      "--ops-listen=0.0.0.0:8182",
-      "--hook-pod-interface=cbr0",
-      `--hook-agent-ip=${node.ip}`,
-      `--hook-chain=${CHAIN}`,
+      ...agentFlags({
+        net,
+        node,
+        server: { port: apiPort },
+        pki,
+        tokenFile,
+        kubeconfig: cluster.kubeconfigFor(net.gatewayIP),
+        chain: CHAIN,
+      }),
       // only at start: the test removes the hook and the agent must not put it back
       "--hook-resync-ms=0",
       "--cni-state-dir=",
     ],
-    { env: { ...process.env, KEYCUTTER_LOG_LEVEL: "info" }, name: "agent" },
+    { ...process.env, KEYCUTTER_LOG_LEVEL: "info" },
   );
-  await agent.waitForLine(/agent listening/, 30_000);
-  await waitFor("agent ready", async () => {
-    const r = await fetch(`http://${node.ip}:8182/readyz`).catch(() => undefined);
-    return r?.status === 200;
-  });
+  await agentReady(node);
 
   // the installation as the chart creates it: its published settings, the Deployment and
   // DaemonSet (their status as the controllers would write it), the TLS Secret
@@ -245,38 +231,21 @@ before(async () => {
   ds.status = { desiredNumberScheduled: 3, currentNumberScheduled: 3, numberMisscheduled: 0, numberReady: 2 };
   await apps.replaceNamespacedDaemonSetStatus({ namespace: SYSTEM_NS, name: "keycutter-agent", body: ds });
 
-  const custom = cluster.kc.makeApiClient(CustomObjectsApi);
   await kubelet.ensureNamespace("tenant-a");
   await kubelet.ensureNamespace("tenant-b");
-  await custom.createClusterCustomObject({
-    group: "keycutter.dev",
-    version: "v1alpha1",
-    plural: "roleallowances",
-    body: {
-      apiVersion: "keycutter.dev/v1alpha1",
-      kind: "RoleAllowance",
-      metadata: { name: "tenants" },
-      spec: { namespaces: ["tenant-*"], roleArns: ["arn:aws:iam::123456789012:role/tenant-*"] },
-    },
+  await createRoleAllowance(cluster.kc, "tenants", {
+    namespaces: ["tenant-*"],
+    roleArns: ["arn:aws:iam::123456789012:role/tenant-*"],
   });
   for (const [ns, name, role] of [
     ["tenant-a", "good", "tenant-a"],
     ["tenant-a", "wrong-role", "admin"],
     ["tenant-b", "fresh", "tenant-b"],
-  ] as const) {
-    await custom.createNamespacedCustomObject({
-      group: "keycutter.dev",
-      version: "v1alpha1",
-      namespace: ns,
-      plural: "accesspolicies",
-      body: {
-        apiVersion: "keycutter.dev/v1alpha1",
-        kind: "AccessPolicy",
-        metadata: { name, namespace: ns },
-        spec: { podSelector: {}, roleArn: `arn:aws:iam::123456789012:role/${role}` },
-      },
+  ] as const)
+    await createAccessPolicy(cluster.kc, ns, name, {
+      podSelector: {},
+      roleArn: `arn:aws:iam::123456789012:role/${role}`,
     });
-  }
   // as the server's leader writes them; "fresh" has not been looked at yet
   await setStatus("roleallowances", "tenants", undefined, ready("True", "Valid", "in force"));
   await setStatus("accesspolicies", "good", "tenant-a", ready("True", "Valid", "in force"));
@@ -292,15 +261,8 @@ after(async () => {
   await agent?.stop().catch(() => undefined);
   await server?.stop().catch(() => undefined);
   for (const iptables of ["iptables-nft", "iptables-legacy"])
-    await net
-      ?.exec(node.netns, NODE, [
-        KEYCUTTER_MAIN,
-        "hook",
-        "uninstall",
-        `--hook-chain=${CHAIN}`,
-        `--iptables=${iptables}`,
-      ])
-      .catch(() => undefined);
+    if (net)
+      await hookCommand(net, node, CHAIN, "uninstall", [`--iptables=${iptables}`]).catch(() => undefined);
   await net?.destroy().catch(() => undefined);
   await cluster?.stop().catch(() => undefined);
   if (tmp) rmSync(tmp, { recursive: true, force: true });
@@ -338,7 +300,7 @@ describe("keycutter doctor on a node", () => {
   });
 
   it("the hook removed: fail, with what to do, exit 3", async () => {
-    await hookCommand("uninstall");
+    await hook("uninstall");
     try {
       const d = await doctorOnNode();
       assert.equal(d.code, 3, d.stdout + d.stderr);
@@ -348,13 +310,13 @@ describe("keycutter doctor on a node", () => {
       assert.match(hook.hint ?? "", /agent/);
       assert.equal(one(d, "agent").status, "ok", "the rest is judged on its own");
     } finally {
-      await hookCommand("init");
+      await hook("init");
     }
   });
 
   it("the hook in the other backend's tables (legacy on an nft node): fail, naming the backend", async () => {
-    await hookCommand("uninstall");
-    await hookCommand("init", ["--iptables=iptables-legacy"]);
+    await hook("uninstall");
+    await hook("init", ["--iptables=iptables-legacy"]);
     try {
       const d = await doctorOnNode(["--iptables=iptables-nft"]);
       assert.equal(d.code, 3, d.stdout + d.stderr);
@@ -363,8 +325,8 @@ describe("keycutter doctor on a node", () => {
       assert.match(hook.message, /found in the legacy tables, not in this node's nft tables/);
       assert.match(hook.hint ?? "", /iptablesMode=nft/);
     } finally {
-      await hookCommand("uninstall", ["--iptables=iptables-legacy"]);
-      await hookCommand("init");
+      await hook("uninstall", ["--iptables=iptables-legacy"]);
+      await hook("init");
     }
     assert.equal(one(await doctorOnNode(), "hook").status, "ok");
   });

@@ -16,6 +16,7 @@ import {
 import { parse as parseYaml, stringify } from "yaml";
 import { applyObjects, freePort, Kubelet, NODE, ROOT, startCluster, type Cluster } from "../harness/index.ts";
 import { installCrds } from "../harness/keycutter-server.ts";
+import { createAccessPolicy, createRoleAllowance } from "../harness/policies.ts";
 import { containerArgs, renderChart, type K8sObject } from "../deploy/render.ts";
 
 const PLUGIN = join(ROOT, "bin", "kubectl-keycutter");
@@ -135,41 +136,22 @@ before(async () => {
     nodeName: "node-1",
     serviceAccountName: "nobody",
   });
-  const custom = cluster.kc.makeApiClient(CustomObjectsApi);
-  await custom.createClusterCustomObject({
-    group: "keycutter.dev",
-    version: "v1alpha1",
-    plural: "roleallowances",
-    body: {
-      apiVersion: "keycutter.dev/v1alpha1",
-      kind: "RoleAllowance",
-      metadata: { name: "tenants" },
-      spec: { namespaces: ["tenant-*"], roleArns: ["arn:aws:iam::123456789012:role/tenant-*"] },
-    },
+  await createRoleAllowance(cluster.kc, "tenants", {
+    namespaces: ["tenant-*"],
+    roleArns: ["arn:aws:iam::123456789012:role/tenant-*"],
   });
-  await custom.createNamespacedCustomObject({
-    group: "keycutter.dev",
-    version: "v1alpha1",
-    namespace: "tenant-a",
-    plural: "accesspolicies",
-    body: {
-      apiVersion: "keycutter.dev/v1alpha1",
-      kind: "AccessPolicy",
-      metadata: { name: "reader", namespace: "tenant-a" },
-      spec: {
-        podSelector: { serviceAccountName: "app" },
-        roleArn: ROLE,
-        durationSeconds: 3600,
-        sessionPolicy: {
-          Statement: [
-            {
-              Effect: "Allow",
-              Action: "s3:GetObject",
-              Resource: "arn:aws:s3:::data-${clusterName}/${namespace}/*",
-            },
-          ],
+  await createAccessPolicy(cluster.kc, "tenant-a", "reader", {
+    podSelector: { serviceAccountName: "app" },
+    roleArn: ROLE,
+    durationSeconds: 3600,
+    sessionPolicy: {
+      Statement: [
+        {
+          Effect: "Allow",
+          Action: "s3:GetObject",
+          Resource: "arn:aws:s3:::data-${clusterName}/${namespace}/*",
         },
-      },
+      ],
     },
   });
 });

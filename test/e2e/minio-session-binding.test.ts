@@ -20,15 +20,10 @@ import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { GetObjectCommand, S3Client } from "@aws-sdk/client-s3";
-import {
-  BROKER_USER,
-  MOTO_ACCOUNT_ID,
-  VENV_BIN,
-  type PodNet,
-  type StaticCredentials,
-} from "../harness/index.ts";
-import { hasMinio, minioBinaries, startMinio, type MinioServer } from "../harness/minio.ts";
-import { System, type SystemOptions, type TestPod } from "./system.ts";
+import { MOTO_ACCOUNT_ID, VENV_BIN, type PodNet } from "../harness/index.ts";
+import { hasMinio, minioBinaries, type MinioServer } from "../harness/minio.ts";
+import type { TestPod } from "./system.ts";
+import { startMinioWorld, type MinioSystem } from "./minio-system.ts";
 
 const BUCKET = "bound-bucket";
 const ROLE = `arn:aws:iam::${MOTO_ACCOUNT_ID}:role/bound-reader`;
@@ -37,22 +32,6 @@ const OBJECTS: Record<string, string> = {
   "tenant-a/app-2.txt": "a2\n",
   "service-shape/x.txt": "x\n",
 };
-
-/** The keycutter servers sign their STS calls with the MinIO broker user instead of moto's. */
-class MinioSystem extends System {
-  stsCreds: StaticCredentials;
-  constructor(stsCreds: StaticCredentials, opts: SystemOptions) {
-    super(opts);
-    this.stsCreds = stsCreds;
-  }
-  override serverEnv(): NodeJS.ProcessEnv {
-    return {
-      ...super.serverEnv(),
-      AWS_ACCESS_KEY_ID: this.stsCreds.accessKeyId,
-      AWS_SECRET_ACCESS_KEY: this.stsCreds.secretAccessKey,
-    };
-  }
-}
 
 const BROKER_POLICY = {
   Version: "2012-10-17",
@@ -121,16 +100,11 @@ describe("e2e: sessions bound to the pod's IP, enforced by MinIO", { skip }, () 
   const outcomes: string[] = [];
 
   before(async () => {
-    minio = await startMinio();
-    await minio.createBucket(BUCKET, OBJECTS);
-    const broker = await minio.createUser(BROKER_USER, BROKER_POLICY);
-    sys = new MinioSystem(broker, {
-      nodes: ["node-a", "node-b"],
-      serverReplicas: 1,
-      redis: false,
-      serverArgs: ["--sts-endpoint", minio.endpoint],
-    });
-    await sys.start((m) => console.log(`# ${m}`));
+    ({ minio, sys } = await startMinioWorld({
+      buckets: { [BUCKET]: OBJECTS },
+      brokerPolicy: BROKER_POLICY,
+      system: { nodes: ["node-a", "node-b"], serverReplicas: 1, redis: false },
+    }));
     await sys.apply(BOUND_ALLOWANCE);
     await sys.apply(AWS_SHAPED_ALLOWANCE);
     for (const ns of ["tenant-a", "service-shape"]) {

@@ -18,9 +18,10 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { AssumeRoleCommand, STSClient } from "@aws-sdk/client-sts";
 import { GetObjectCommand, PutObjectCommand, S3Client } from "@aws-sdk/client-s3";
-import { BROKER_USER, MOTO_ACCOUNT_ID, type StaticCredentials } from "../harness/index.ts";
-import { hasMinio, minioBinaries, startMinio, type MinioServer } from "../harness/minio.ts";
-import { System, type SystemOptions, type TestPod } from "./system.ts";
+import { MOTO_ACCOUNT_ID, type StaticCredentials } from "../harness/index.ts";
+import { hasMinio, minioBinaries, type MinioServer } from "../harness/minio.ts";
+import type { TestPod } from "./system.ts";
+import { startMinioWorld, type MinioSystem } from "./minio-system.ts";
 
 const BUCKET = "shared-bucket";
 const OTHER_BUCKET = "other-bucket";
@@ -51,22 +52,6 @@ const OBJECTS: Record<string, string> = {
   "tenant-a/app-2/data.txt": "a2-data\n",
   "tenant-b/app-1/data.txt": "b1-data\n",
 };
-
-/** The keycutter servers sign their STS calls with the MinIO broker user instead of moto's. */
-class MinioSystem extends System {
-  stsCreds: StaticCredentials;
-  constructor(stsCreds: StaticCredentials, opts: SystemOptions) {
-    super(opts);
-    this.stsCreds = stsCreds;
-  }
-  override serverEnv(): NodeJS.ProcessEnv {
-    return {
-      ...super.serverEnv(),
-      AWS_ACCESS_KEY_ID: this.stsCreds.accessKeyId,
-      AWS_SECRET_ACCESS_KEY: this.stsCreds.secretAccessKey,
-    };
-  }
-}
 
 function accessPolicy(namespace: string): object {
   return {
@@ -135,17 +120,11 @@ describe("e2e: per-pod session policies enforced by MinIO", { skip }, () => {
   let n = 0;
 
   before(async () => {
-    minio = await startMinio();
-    await minio.createBucket(BUCKET, OBJECTS);
-    await minio.createBucket(OTHER_BUCKET, { "x.txt": "other\n" });
-    broker = await minio.createUser(BROKER_USER, BROKER_POLICY);
-    sys = new MinioSystem(broker, {
-      nodes: ["node-a", "node-b"],
-      serverReplicas: 2,
-      // appended after the System's own --sts-endpoint (moto): commander keeps the last value
-      serverArgs: ["--sts-endpoint", minio.endpoint],
-    });
-    await sys.start((m) => console.log(`# ${m}`));
+    ({ minio, sys, broker } = await startMinioWorld({
+      buckets: { [BUCKET]: OBJECTS, [OTHER_BUCKET]: { "x.txt": "other\n" } },
+      brokerPolicy: BROKER_POLICY,
+      system: { nodes: ["node-a", "node-b"], serverReplicas: 2 },
+    }));
     await sys.apply(ROLE_ALLOWANCE);
     await sys.apply(STRICT_ALLOWANCE);
     for (const ns of ["tenant-a", "tenant-b", "strict-c"]) {

@@ -13,13 +13,13 @@ import { createLogger } from "../../src/common/logger.ts";
 import { startAgent, type RunningAgent } from "../../src/agent/agent.ts";
 import { agentConfigFrom } from "../../src/cli/commands/agent.ts";
 import { toPodInfo } from "../../src/agent/pod-watch.ts";
-import type { AccessPolicy } from "../../src/policy/types.ts";
 import {
   ACCOUNT,
   createAllowance,
   createPolicy,
   createWorld,
   post,
+  readyConditionOf,
   roleArn,
   startTestServer,
   tenantPolicy,
@@ -221,20 +221,12 @@ describe("attacks on the server's API and issuance (real apiserver, moto)", { ti
       await agent.stop();
     }
 
-    const condition = await waitFor(
+    const condition = await readyConditionOf(
+      w,
+      "locked",
+      "locked",
       "StsDenied in the policy's status",
-      async () => {
-        const o = (await w.custom.getNamespacedCustomObject({
-          group: "keycutter.dev",
-          version: "v1alpha1",
-          namespace: "locked",
-          plural: "accesspolicies",
-          name: "locked",
-        })) as AccessPolicy;
-        const ready = o.status?.conditions?.find((c) => c.type === "Ready");
-        return ready?.reason === "StsDenied" ? ready : undefined;
-      },
-      { timeoutMs: 30_000 },
+      (ready) => ready.reason === "StsDenied",
     );
     assertNoStsText(condition.message, "the status condition");
     // audit records name the role (that is their job), never STS's text

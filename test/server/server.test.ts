@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { GetObjectCommand, S3Client } from "@aws-sdk/client-s3";
 import { runSimulation } from "@cloud-copilot/iam-simulate";
 import { spawnSync } from "node:child_process";
-import { KEYCUTTER_MAIN, NODE, startRedis, waitFor, type Redis } from "../harness/index.ts";
+import { NODE, startRedis, waitFor, type Redis } from "../harness/index.ts";
 import { copyFileSync, rmSync } from "node:fs";
 import { connect as tlsConnect } from "node:tls";
 import { cacheKeyFile } from "../harness/keycutter-server.ts";
@@ -18,7 +18,9 @@ import {
   createAllowance,
   createPolicy,
   createWorld,
+  explainArgs,
   post,
+  readyConditionOf,
   roleArn,
   startTestServer,
   tenantPolicy,
@@ -58,6 +60,22 @@ describe("keycutter server (real apiserver, moto, redis)", { timeout: 600_000 },
       token: w.agentToken[node],
       body: { pod: w.pods[podKey], ...extra },
     });
+
+  /** A new pod of service account `app` (team blue) on node-1 at `podIP`. */
+  const bluePod = async (namespace: string, name: string, podIP: string) => {
+    const created = await w.kubelet.createPod({
+      namespace,
+      name,
+      nodeName: "node-1",
+      serviceAccountName: "app",
+      labels: { team: "blue" },
+      podIP,
+    });
+    return { namespace, name, uid: created.metadata!.uid! };
+  };
+  /** node-1's agent asks server `port` for `pod`'s credentials. */
+  const askAt = (port: number, pod: { namespace: string; name: string; uid: string }) =>
+    post(port, w.cert.caFile, { token: w.agentToken["node-1"], body: { pod } });
 
   before(async () => {
     w = await createWorld();
@@ -292,17 +310,8 @@ describe("keycutter server (real apiserver, moto, redis)", { timeout: 600_000 },
   });
 
   it("a session tag key no allowance permits: 403 RoleNotAllowed (TagKeyNotAllowed) in the answer, the status and explain; a permitted key reaches STS", async () => {
-    const created = await w.kubelet.createPod({
-      namespace: "tagged",
-      name: "web-1",
-      nodeName: "node-1",
-      serviceAccountName: "app",
-      labels: { team: "blue" },
-      podIP: "10.244.1.200",
-    });
-    const podRef = { namespace: "tagged", name: "web-1", uid: created.metadata!.uid! };
-    const askTagged = () =>
-      post(srv.running.apiPort, w.cert.caFile, { token: w.agentToken["node-1"], body: { pod: podRef } });
+    const podRef = await bluePod("tagged", "web-1", "10.244.1.200");
+    const askTagged = () => askAt(srv.running.apiPort, podRef);
     // the platform gives the namespace keys of its own, nothing else
     await createAllowance(w, {
       metadata: { name: "tagged" },
@@ -337,35 +346,17 @@ describe("keycutter server (real apiserver, moto, redis)", { timeout: 600_000 },
         plural: "accesspolicies",
         name: "claims-team",
       })) as AccessPolicy;
-    const ready = await waitFor(
+    const ready = await readyConditionOf(
+      w,
+      "tagged",
+      "claims-team",
       "TagKeyNotAllowed in the status",
-      async () => {
-        const c = (await readPolicy()).status?.conditions?.find((x) => x.type === "Ready");
-        return c?.reason === "TagKeyNotAllowed" ? c : undefined;
-      },
-      { timeoutMs: 30_000 },
+      (c) => c.reason === "TagKeyNotAllowed",
     );
     assert.equal(ready.status, "False");
     assert.match(ready.message, /"team" \(RoleAllowance tagged\)/);
 
-    const explained = spawnSync(
-      NODE,
-      [
-        KEYCUTTER_MAIN,
-        "explain",
-        "tagged/web-1",
-        "--kubeconfig",
-        w.cluster.kubeconfigPath,
-        // this world's server settings (no chart ConfigMap here)
-        "--cluster-name",
-        "test-cluster",
-        "--max-duration",
-        "3600",
-        "-o",
-        "json",
-      ],
-      { encoding: "utf8" },
-    );
+    const explained = spawnSync(NODE, explainArgs(w, ["tagged/web-1", "-o", "json"]), { encoding: "utf8" });
     assert.equal(explained.status, 3, explained.stderr);
     const e = JSON.parse(explained.stdout);
     assert.equal(e.decision.reason, "TagKeyNotAllowed");
@@ -412,20 +403,12 @@ describe("keycutter server (real apiserver, moto, redis)", { timeout: 600_000 },
       nodeName: "node-1",
       serviceAccountName: "unlabelled",
     });
-    const c = await waitFor(
+    const c = await readyConditionOf(
+      w,
+      "tenant-a",
+      "needs-team",
       "TemplateInvalid from the leader's own evaluation",
-      async () => {
-        const o = (await w.custom.getNamespacedCustomObject({
-          group: "keycutter.dev",
-          version: "v1alpha1",
-          namespace: "tenant-a",
-          plural: "accesspolicies",
-          name: "needs-team",
-        })) as AccessPolicy;
-        const ready = o.status?.conditions?.find((x) => x.type === "Ready");
-        return ready?.status === "False" ? ready : false;
-      },
-      { timeoutMs: 30_000 },
+      (ready) => ready.status === "False",
     );
     assert.equal(c.reason, "TemplateInvalid");
     assert.match(c.message, /no-team-label/);
@@ -807,41 +790,30 @@ describe("keycutter server (real apiserver, moto, redis)", { timeout: 600_000 },
 
   it("keycutter explain: matched policy, why others did not, allowance, rendered policy, and a simulation over role ∩ session", async () => {
     const run = (args: string[], env: Record<string, string> = {}) =>
-      spawnSync(
-        NODE,
-        [
-          KEYCUTTER_MAIN,
-          "explain",
-          ...args,
-          "--kubeconfig",
-          w.cluster.kubeconfigPath,
-          "--cluster-name",
-          "test-cluster",
-          "--max-duration",
-          "3600",
-        ],
-        {
-          encoding: "utf8",
-          env: {
-            ...process.env,
-            AWS_REGION: "us-east-1",
-            AWS_ACCESS_KEY_ID: w.auditorCreds.accessKeyId,
-            AWS_SECRET_ACCESS_KEY: w.auditorCreds.secretAccessKey,
-            ...env,
-          },
+      spawnSync(NODE, explainArgs(w, args), {
+        encoding: "utf8",
+        env: {
+          ...process.env,
+          AWS_REGION: "us-east-1",
+          AWS_ACCESS_KEY_ID: w.auditorCreds.accessKeyId,
+          AWS_SECRET_ACCESS_KEY: w.auditorCreds.secretAccessKey,
+          ...env,
         },
-      );
-    const red = run([
-      "tenant-a/web-1",
-      "--action",
-      "s3:GetObject",
-      "--resource",
-      "arn:aws:s3:::bucket-a/tenant-a/red/data.txt",
-      "--iam-endpoint",
-      w.moto.endpoint,
-      "-o",
-      "json",
-    ]);
+      });
+    /** explain for tenant-a/web-1 with a simulation of s3:GetObject on `resource`, as JSON. */
+    const simulateGet = (resource: string, iamEndpoint = w.moto.endpoint) =>
+      run([
+        "tenant-a/web-1",
+        "--action",
+        "s3:GetObject",
+        "--resource",
+        resource,
+        "--iam-endpoint",
+        iamEndpoint,
+        "-o",
+        "json",
+      ]);
+    const red = simulateGet("arn:aws:s3:::bucket-a/tenant-a/red/data.txt");
     assert.equal(red.status, 0, red.stderr);
     const e = JSON.parse(red.stdout);
     assert.equal(e.decision.ok, true);
@@ -859,43 +831,13 @@ describe("keycutter server (real apiserver, moto, redis)", { timeout: 600_000 },
     assert.equal(e.simulation.basis, "role+session");
     assert.deepEqual(e.simulation.rolePolicies, ["inline:tenant-a-policy"]);
     assert.equal(e.simulation.result, "ImplicitlyDenied");
-    const blue = run([
-      "tenant-a/web-1",
-      "--action",
-      "s3:GetObject",
-      "--resource",
-      "arn:aws:s3:::bucket-a/tenant-a/blue/data.txt",
-      "--iam-endpoint",
-      w.moto.endpoint,
-      "-o",
-      "json",
-    ]);
+    const blue = simulateGet("arn:aws:s3:::bucket-a/tenant-a/blue/data.txt");
     assert.equal(JSON.parse(blue.stdout).simulation.result, "Allowed");
     // B's bucket: the session policy alone would not allow it either, and the role does not
-    const other = run([
-      "tenant-a/web-1",
-      "--action",
-      "s3:GetObject",
-      "--resource",
-      "arn:aws:s3:::bucket-b/tenant-b/blue/data.txt",
-      "--iam-endpoint",
-      w.moto.endpoint,
-      "-o",
-      "json",
-    ]);
+    const other = simulateGet("arn:aws:s3:::bucket-b/tenant-b/blue/data.txt");
     assert.equal(JSON.parse(other.stdout).simulation.result, "ImplicitlyDenied");
     // IAM unreachable: session policy alone, and it says so
-    const noIam = run([
-      "tenant-a/web-1",
-      "--action",
-      "s3:GetObject",
-      "--resource",
-      "arn:aws:s3:::bucket-a/tenant-a/blue/data.txt",
-      "--iam-endpoint",
-      "http://127.0.0.1:9",
-      "-o",
-      "json",
-    ]);
+    const noIam = simulateGet("arn:aws:s3:::bucket-a/tenant-a/blue/data.txt", "http://127.0.0.1:9");
     const ni = JSON.parse(noIam.stdout);
     assert.equal(ni.simulation.basis, "session-only");
     assert.match(ni.simulation.note, /could not be read/);
@@ -925,18 +867,7 @@ describe("keycutter server (real apiserver, moto, redis)", { timeout: 600_000 },
         body: { pod: w.pods.n2 },
       });
       assert.equal(r2.status, 403, "node-1 agent, node-2 pod: refused before STS");
-      const pod = await w.kubelet.createPod({
-        namespace: "tenant-b",
-        name: "web-throttled",
-        nodeName: "node-1",
-        serviceAccountName: "app",
-        labels: { team: "blue" },
-        podIP: "10.244.1.78",
-      });
-      const r3 = await post(t.running.apiPort, w.cert.caFile, {
-        token: w.agentToken["node-1"],
-        body: { pod: { namespace: "tenant-b", name: "web-throttled", uid: pod.metadata!.uid! } },
-      });
+      const r3 = await askAt(t.running.apiPort, await bluePod("tenant-b", "web-throttled", "10.244.1.78"));
       assert.equal(r3.status, 429, r3.raw);
       assert.equal(r3.body.code, "Throttled");
       assert.equal(t.audit.at(-1)?.code, "Throttled");
@@ -951,18 +882,7 @@ describe("keycutter server (real apiserver, moto, redis)", { timeout: 600_000 },
 
   it("keeps serving when Redis is down (per-replica cache, never an outage)", async () => {
     await redis.kill();
-    const pod = await w.kubelet.createPod({
-      namespace: "tenant-a",
-      name: "web-redis-down",
-      nodeName: "node-1",
-      serviceAccountName: "app",
-      labels: { team: "blue" },
-      podIP: "10.244.1.77",
-    });
-    const r = await post(srv.running.apiPort, w.cert.caFile, {
-      token: w.agentToken["node-1"],
-      body: { pod: { namespace: "tenant-a", name: "web-redis-down", uid: pod.metadata!.uid! } },
-    });
+    const r = await askAt(srv.running.apiPort, await bluePod("tenant-a", "web-redis-down", "10.244.1.77"));
     assert.equal(r.status, 200, r.raw);
     const again = await ask("a3");
     assert.equal(again.status, 200, "cached pod still served from memory");

@@ -5,11 +5,12 @@
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { KEYCUTTER_MAIN, NODE, waitFor } from "../harness/index.ts";
+import { NODE, waitFor } from "../harness/index.ts";
 import {
   createAllowance,
   createPolicy,
   createWorld,
+  explainArgs,
   post,
   roleArn,
   startTestServer,
@@ -142,26 +143,10 @@ describe("session binding in the server (real apiserver, moto)", { timeout: 600_
 
   it("keycutter explain shows the binding, and simulates from the pod's address", async () => {
     const run = (args: string[]) =>
-      spawnSync(
-        NODE,
-        [
-          KEYCUTTER_MAIN,
-          "explain",
-          `${NS}/web-1`,
-          "--kubeconfig",
-          w.cluster.kubeconfigPath,
-          // no chart installed here: the settings the server of this world runs with
-          "--cluster-name",
-          "test-cluster",
-          "--max-duration",
-          "3600",
-          ...args,
-        ],
-        {
-          encoding: "utf8",
-          env: { ...process.env, AWS_REGION: "us-east-1" },
-        },
-      );
+      spawnSync(NODE, explainArgs(w, [`${NS}/web-1`, ...args]), {
+        encoding: "utf8",
+        env: { ...process.env, AWS_REGION: "us-east-1" },
+      });
     const json = run([
       "--no-role",
       "--action",

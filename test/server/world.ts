@@ -9,7 +9,9 @@ import { CustomObjectsApi, KubeConfig } from "@kubernetes/client-node";
 import type { AssumeRoleCommandInput } from "@aws-sdk/client-sts";
 import {
   defaultTrustPolicy,
+  KEYCUTTER_MAIN,
   MOTO_ACCOUNT_ID,
+  waitFor,
   type Cluster,
   type Kubelet,
   type Moto,
@@ -27,7 +29,7 @@ import { createLogger } from "../../src/common/logger.ts";
 import { startServer, type RunningServer, type ServerConfig } from "../../src/server/index.ts";
 import { SERVER_DEFAULTS } from "../../src/server/config.ts";
 import type { AuditRecord } from "../../src/server/audit.ts";
-import type { AccessPolicy, RoleAllowance } from "../../src/policy/types.ts";
+import type { AccessPolicy, Condition, RoleAllowance } from "../../src/policy/types.ts";
 
 export { SYSTEM_NS } from "../harness/world.ts";
 export const ACCOUNT = MOTO_ACCOUNT_ID;
@@ -135,6 +137,46 @@ export async function createAllowance(w: World, a: RoleAllowance): Promise<void>
     plural: "roleallowances",
     body: { apiVersion: "keycutter.dev/v1alpha1", kind: "RoleAllowance", ...a },
   });
+}
+
+/** Waits (30 s at most) until the AccessPolicy's Ready condition, as the leader writes it, is one `wanted` takes. */
+export function readyConditionOf(
+  w: Pick<World, "custom">,
+  namespace: string,
+  name: string,
+  what: string,
+  wanted: (ready: Condition) => boolean,
+): Promise<Condition> {
+  return waitFor(
+    what,
+    async () => {
+      const policy = (await w.custom.getNamespacedCustomObject({
+        group: "keycutter.dev",
+        version: "v1alpha1",
+        namespace,
+        plural: "accesspolicies",
+        name,
+      })) as AccessPolicy;
+      const ready = policy.status?.conditions?.find((c) => c.type === "Ready");
+      return ready && wanted(ready) ? ready : undefined;
+    },
+    { timeoutMs: 30_000 },
+  );
+}
+
+/** `keycutter explain` (for spawnSync with NODE) with `args`, this world's kubeconfig and its server's settings (no chart ConfigMap here). */
+export function explainArgs(w: Pick<World, "cluster">, args: string[]): string[] {
+  return [
+    KEYCUTTER_MAIN,
+    "explain",
+    ...args,
+    "--kubeconfig",
+    w.cluster.kubeconfigPath,
+    "--cluster-name",
+    "test-cluster",
+    "--max-duration",
+    "3600",
+  ];
 }
 
 export function tenantPolicy(

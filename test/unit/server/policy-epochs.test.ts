@@ -2,7 +2,9 @@
 // does not, and the bounds on held polls and memoised names.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { PolicyEpochs, type Timers } from "../../../src/server/policy-epochs.ts";
+import { PolicyEpochs } from "../../../src/server/policy-epochs.ts";
+import { POLICY_EPOCH_HOLD_MS } from "../../../src/api/contract.ts";
+import { ManualClock } from "../../harness/manual-clock.ts";
 import type { AccessPolicy, RoleAllowance } from "../../../src/policy/types.ts";
 
 const policy = (ns: string, name: string, uid: string, generation: number): AccessPolicy =>
@@ -18,23 +20,6 @@ class Objects {
   }
   roleAllowances(): RoleAllowance[] {
     return this.allowances;
-  }
-}
-
-class FakeTimers implements Timers {
-  pending = new Set<() => void>();
-  setTimeout(fn: () => void): unknown {
-    this.pending.add(fn);
-    return fn;
-  }
-  clearTimeout(handle: unknown): void {
-    this.pending.delete(handle as () => void);
-  }
-  fireAll(): void {
-    for (const fn of [...this.pending]) {
-      this.pending.delete(fn);
-      fn();
-    }
   }
 }
 
@@ -72,7 +57,7 @@ test("an epoch moves with its namespace's policies and with any allowance, not w
 
 test("a poll is held while nothing it names moves, answered on a change, and at the hold time otherwise", async () => {
   const objects = new Objects();
-  const timers = new FakeTimers();
+  const timers = new ManualClock();
   const epochs = new PolicyEpochs(objects, { timers });
   const known = epochs.epochsOf(["a", "b"]);
 
@@ -98,14 +83,15 @@ test("a poll is held while nothing it names moves, answered on a change, and at 
   let quiet: Record<string, string> | undefined;
   const current = epochs.epochsOf(["a"]);
   void epochs.wait("node-1", current).then((e) => (quiet = e));
-  timers.fireAll();
-  await tick();
+  await timers.advance(POLICY_EPOCH_HOLD_MS - 1);
+  assert.equal(quiet, undefined, "held until the hold time");
+  await timers.advance(1);
   assert.deepEqual(quiet, current);
 });
 
 test("held polls are bounded per holder and in total; a client that goes away is forgotten", async () => {
   const objects = new Objects();
-  const timers = new FakeTimers();
+  const timers = new ManualClock();
   const epochs = new PolicyEpochs(objects, { timers, maxWaiters: 6, maxWaitersPerHolder: 2 });
   const current = epochs.epochsOf(["a"]);
   const gone = new AbortController();
