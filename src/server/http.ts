@@ -8,7 +8,6 @@ import {
   type Server as HttpServer,
   type ServerResponse,
 } from "node:http";
-import type { AddressInfo } from "node:net";
 import {
   CREDENTIALS_PATH,
   MAX_EPOCH_REQUEST_BYTES,
