@@ -12,7 +12,8 @@
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { CoreV1Api } from "@kubernetes/client-node";
-import { applyObjects, startMoto, type Moto } from "../harness/index.ts";
+import { MOTO_ACCOUNT_ID, applyObjects, startMoto, type Moto } from "../harness/index.ts";
+import { sessionNameFor } from "../../src/policy/decide.ts";
 import { NODE_ACCESS_KEY } from "../harness/fake-imds.ts";
 import {
   deleteWorkloads,
@@ -246,9 +247,15 @@ describe(
         if (kind === "job") assert.equal(run.pod.status!.phase, "Succeeded", label);
         else assert.equal(run.pod.status!.containerStatuses![0]!.restartCount, 0, `no restart: ${label}`);
         const report = parseReport(run.output);
-        assert.match(
-          report.get("ARN") ?? "",
-          new RegExp(`^arn:aws:sts::\\d+:assumed-role/${tenant.role}/`),
+        // the pod's own session: its role, and a session name of its namespace, name and uid
+        const session = sessionNameFor({
+          namespace: tenant.namespace,
+          name: run.pod.metadata!.name!,
+          uid: run.pod.metadata!.uid!,
+        });
+        assert.equal(
+          report.get("ARN"),
+          `arn:aws:sts::${MOTO_ACCOUNT_ID}:assumed-role/${tenant.role}/${session}`,
           label,
         );
         assert.equal(report.get("OWN"), tenant.ownBody, label);
