@@ -7,7 +7,9 @@
 #   - keycutter: deploy/Dockerfile built by buildah with NODE_IMAGE pointed at that base (its
 #     `npm ci` and `apt-get install` reach npm's registry and Debian's mirror, as in any build);
 #   - pause (upstream pause.c) and CoreDNS, each one static binary FROM scratch;
-#   - aws-clients: the AWS CLI and boto3 (pinned in test/harness/requirements.txt) on the base.
+#   - aws-clients: the AWS CLI and boto3 (pinned in test/harness/requirements.txt) on the base;
+#   - js-sdk: the AWS SDK for JavaScript v3 (the S3 and STS clients, at the versions
+#     package-lock.json resolves) on the base.
 # Needs scripts/build-node.sh first (pause and coredns binaries). Writes .cache/images/images.env
 # (NAME_IMAGE=ref, NAME_ARCHIVE=path) for test/harness/images.ts. buildah keeps its own storage
 # (vfs driver: unlike overlay it leaves no mount behind) in .cache/images/storage.
@@ -46,6 +48,9 @@ KEYCUTTER_RECIPE=2
 STATIC_RECIPE=1
 WORKLOAD_RECIPE=1
 short() { printf '%s' "$*" | sha256sum | cut -c1-12; }
+# a file's content hash without its path, so checkouts at other paths sharing .cache get the
+# same key (and do not rebuild, then drop, each other's images)
+content_sha() { sha256sum <"$1" | cut -c1-64; }
 have_image() { "${BUILDAH[@]}" inspect --type image "$1" >/dev/null 2>&1; }
 
 # Exports $2 to $OUT/$1-<tag>.tar and drops the older archives of $1.
@@ -136,7 +141,7 @@ build_aws_clients() {
   boto3="$(sed -n 's/^boto3==\(.*\)$/\1/p' "$req")"
   [[ -n "$awscli" && -n "$boto3" ]] || { log "no awscli/boto3 pin in $req"; exit 1; }
   local dockerfile="$ROOT/test/node/images/aws-clients.Dockerfile"
-  local ref="localhost/aws-clients:$(short "$(sha256sum "$dockerfile") $awscli $boto3 $BASE_REF $WORKLOAD_RECIPE")"
+  local ref="localhost/aws-clients:$(short "$(content_sha "$dockerfile") $awscli $boto3 $BASE_REF $WORKLOAD_RECIPE")"
   if have_image "$ref"; then log "aws-clients $ref cached"; else
     log "aws-clients: AWS CLI $awscli, boto3 $boto3"
     local started=$SECONDS
@@ -148,11 +153,33 @@ build_aws_clients() {
   export_archive aws-clients "$ref"
 }
 
+# The workload image with the unmodified JS SDK v3 at the versions package-lock.json resolves
+# package.json's ranges to (test/node/images/js-sdk.Dockerfile).
+build_js_sdk() {
+  local s3 sts
+  read -r s3 sts < <("$NODE_BIN" -e '
+    const lock = require(process.argv[1]);
+    const pin = (name) => lock.packages["node_modules/" + name]?.version ?? "";
+    console.log(pin("@aws-sdk/client-s3"), pin("@aws-sdk/client-sts"));' "$ROOT/package-lock.json")
+  [[ -n "$s3" && -n "$sts" ]] || { log "no @aws-sdk/client-s3 / client-sts in package-lock.json"; exit 1; }
+  local dockerfile="$ROOT/test/node/images/js-sdk.Dockerfile"
+  local ref="localhost/js-sdk:$(short "$(content_sha "$dockerfile") $s3 $sts $BASE_REF $WORKLOAD_RECIPE")"
+  if have_image "$ref"; then log "js-sdk $ref cached"; else
+    log "js-sdk: @aws-sdk/client-s3 $s3, @aws-sdk/client-sts $sts"
+    local started=$SECONDS
+    nice -n 19 "${BUILDAH[@]}" bud --quiet --pull-never --network host --layers=false \
+      "${BUILD_CA_VOLUMES[@]}" --build-arg "BASE_IMAGE=$BASE_REF" --build-arg "CLIENT_S3_VERSION=$s3" \
+      --build-arg "CLIENT_STS_VERSION=$sts" -f "$dockerfile" -t "$ref" "$ROOT/test/node/images" >&2
+    log "js-sdk: built $ref in $((SECONDS - started))s"
+  fi
+  export_archive js-sdk "$ref"
+}
+
 # An image of one static binary: $1 name, $2 binary, $3 tag, $4 user
 build_static() {
   local name="$1" bin="$2" tag="$3" user="$4"
   [[ -x "$bin" ]] || { log "$bin missing: run scripts/build-node.sh"; exit 1; }
-  local ref="localhost/$name:$tag-$(short "$(sha256sum "$bin") $user $STATIC_RECIPE")"
+  local ref="localhost/$name:$tag-$(short "$(content_sha "$bin") $user $STATIC_RECIPE")"
   if have_image "$ref"; then log "$name $ref cached"; else
     local ctr
     ctr="$("${BUILDAH[@]}" from --quiet scratch)"
@@ -189,6 +216,7 @@ build_keycutter
 build_static pause "$CACHE/bin/pause-$K8S_VERSION" "$K8S_VERSION" 65535:65535
 build_static coredns "$CACHE/bin/coredns-$COREDNS_VERSION" "$COREDNS_VERSION" 65532:65532
 build_aws_clients
+build_js_sdk
 mv "$OUT/images.env.tmp" "$OUT/images.env"
 "${BUILDAH[@]}" rmi --prune >/dev/null 2>&1 || true
 log "done in ${SECONDS}s: $OUT/images.env"

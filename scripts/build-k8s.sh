@@ -81,8 +81,8 @@ build_apiserver() {
 }
 
 # The node's Kubernetes parts for test/node/: one `go build` of the four main packages, so they
-# share one compile of client-go & co (and the apiserver's build cache). Niced and one package at
-# a time: the machine is shared with timing-sensitive tests.
+# share one compile of client-go & co (and the apiserver's build cache). Niced, and one package at
+# a time unless KEYCUTTER_BUILD_JOBS says more (scripts/setup.sh: the machine's cores).
 NODE_COMPONENTS=(kubelet kube-controller-manager kube-scheduler kube-proxy)
 build_node_components() {
   local name missing=()
@@ -95,9 +95,12 @@ build_node_components() {
   local pkgs=()
   for name in "${missing[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$name"); done
   write_k8s_module k8s-node "${pkgs[@]}"
-  log "${missing[*]} $K8S_VERSION: compiling (niced, -p 1: tens of minutes cold on 2 shared cores)"
+  # KEYCUTTER_BUILD_JOBS as in scripts/build-node.sh: 1 alone, the machine's cores from setup.sh
+  local jobs="${KEYCUTTER_BUILD_JOBS:-1}"
+  [[ "$jobs" =~ ^[1-9][0-9]*$ ]] || { log "KEYCUTTER_BUILD_JOBS=$jobs: want a positive integer"; exit 2; }
+  log "${missing[*]} $K8S_VERSION: compiling (niced, -p $jobs: tens of minutes cold on 2 shared cores)"
   local started=$SECONDS
-  GOMAXPROCS=1 nice -n 19 go build -p 1 -trimpath -ldflags "$(k8s_ldflags)" -o "$dir/out/" "${pkgs[@]}"
+  GOMAXPROCS="$jobs" nice -n 19 go build -p "$jobs" -trimpath -ldflags "$(k8s_ldflags)" -o "$dir/out/" "${pkgs[@]}"
   for name in "${missing[@]}"; do mv "$dir/out/$name" "$BIN/$name-$K8S_VERSION"; done
   log "${missing[*]} $K8S_VERSION: built in $((SECONDS - started))s into $BIN"
 }

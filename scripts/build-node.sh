@@ -6,7 +6,9 @@
 #     crictl CRICTL_VERSION (Go module proxy);
 #   - pause, compiled from the pause.c inside the k8s.io/kubernetes module (build/pause/linux);
 #   - runc and the CNI plugins: Debian 12's packages, installed when missing.
-# Every compile runs niced with one job: the machine's two cores are shared with timing tests.
+# Every compile runs niced (nice 19: the machine's cores are shared with timing tests) with
+# KEYCUTTER_BUILD_JOBS parallel jobs: 1 when run alone, the machine's cores from scripts/setup.sh,
+# which runs nothing else meanwhile.
 # The images the node runs are built by scripts/build-images.sh.
 set -euo pipefail
 
@@ -17,7 +19,9 @@ CACHE="$ROOT/.cache"
 BIN="$CACHE/bin"
 mkdir -p "$BIN"
 export CGO_ENABLED=0
-export GOMAXPROCS=1
+JOBS="${KEYCUTTER_BUILD_JOBS:-1}"
+[[ "$JOBS" =~ ^[1-9][0-9]*$ ]] || { printf 'KEYCUTTER_BUILD_JOBS=%s: want a positive integer\n' "$JOBS" >&2; exit 2; }
+export GOMAXPROCS="$JOBS"
 
 log() { printf '[build-node] %s\n' "$*" >&2; }
 SECONDS=0
@@ -42,10 +46,10 @@ go_install_versioned() {
   if ((${#missing[@]} == 0)); then log "${*##*/} $version cached"; return; fi
   local tmp="$CACHE/build/gobin-${missing[0]##*/}-$version"
   rm -rf "$tmp"; mkdir -p "$tmp"
-  log "${missing[*]##*/} $version: compiling (niced, -p 1)"
+  log "${missing[*]##*/} $version: compiling (niced, -p $JOBS)"
   local started=$SECONDS
   for pkg in "${missing[@]}"; do
-    GOBIN="$tmp" GOFLAGS="-buildvcs=false" nice -n 19 go install -p 1 -trimpath -tags "$tags" \
+    GOBIN="$tmp" GOFLAGS="-buildvcs=false" nice -n 19 go install -p "$JOBS" -trimpath -tags "$tags" \
       -ldflags "-s -w" "$pkg@$version"
     mv "$tmp/${pkg##*/}" "$BIN/${pkg##*/}-$version"
   done

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Installs everything the tests and the demo need, from the project's own files. Idempotent:
 # each step is skipped when its result is already present and current.
-#   scripts/setup.sh        everything (the test suite)
+#   scripts/setup.sh        everything the test suite needs, the real node of test/node/ included
 #   scripts/setup.sh demo   only what the demo needs
-#   scripts/setup.sh node   everything, plus the real node of test/node/ (npm run test:node)
+#   scripts/setup.sh node   the same as the default (kept for the commands that name it)
+# The node's Go builds run niced with KEYCUTTER_BUILD_JOBS jobs, by default every core: setup runs
+# nothing else meanwhile (the build scripts run alone default to one job).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -15,6 +17,7 @@ mkdir -p "$CACHE"
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*" >&2; }
 fail() { printf '\033[31msetup: %s\033[0m\n' "$*" >&2; exit 1; }
 SECONDS=0
+export KEYCUTTER_BUILD_JOBS="${KEYCUTTER_BUILD_JOBS:-$(nproc)}"
 
 step "checking the machine"
 [[ "$(id -u)" == 0 ]] || fail "must run as root: the tests create network namespaces and iptables rules"
@@ -68,11 +71,11 @@ if [[ "${1:-test}" != "demo" ]]; then
   bash "$ROOT/scripts/build-minio.sh"
 fi
 
-# Opt-in: the real node's parts and images (tens of minutes cold; docs/TESTING.md).
-if [[ "${1:-test}" == "node" ]]; then
-  step "a real node: kubelet, controllers, kube-proxy, containerd, CoreDNS, crictl, pause (built, cached)"
+# The real node's parts and images (docs/TESTING.md, "Cost"); the demo does not need them.
+if [[ "${1:-test}" != "demo" ]]; then
+  step "a real node: kubelet, controllers, kube-proxy, containerd, CoreDNS, crictl, pause (built, cached; $KEYCUTTER_BUILD_JOBS jobs)"
   bash "$ROOT/scripts/build-node.sh"
-  step "the node's images: keycutter from deploy/Dockerfile, pause, CoreDNS (buildah, cached by input hash)"
+  step "the node's images: keycutter from deploy/Dockerfile, pause, CoreDNS, the AWS CLI/boto3 and JS SDK workloads (buildah, cached by input hash)"
   bash "$ROOT/scripts/build-images.sh"
 fi
 

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite, on a fresh clone: installs what it needs, then type check, lint, tests.
+# The whole test suite, on a fresh clone: installs what it needs (the real node's parts and images
+# included), then type check, lint, unit, system tests and the real node's suite (test/node).
+# Arguments go to the system tests' `node --test`.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"

@@ -15,7 +15,8 @@ const readBucket = (bucket: string) => ({
   ],
 });
 
-export async function createTenantAws(sys: System): Promise<void> {
+/** The tenants' buckets and roles in moto (only `sys.moto` is used: the real node's suites pass theirs). */
+export async function createTenantAws(sys: Pick<System, "moto">): Promise<void> {
   await sys.moto.createBucket(BUCKET_A, { "tenant-a/report.csv": "a,1\n", "tenant-a/other/x.txt": "x" });
   await sys.moto.createBucket(BUCKET_B, { "tenant-b/secret.csv": "b,2\n" });
   await sys.moto.createRole("tenant-a-reader", readBucket(BUCKET_A));

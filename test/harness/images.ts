@@ -19,6 +19,8 @@ export interface NodeImages {
   coredns: ImageArchive;
   /** The unmodified AWS CLI and boto3 (test/node/images/aws-clients.Dockerfile). */
   awsClients: ImageArchive;
+  /** The unmodified AWS SDK for JavaScript v3, S3 and STS clients (test/node/images/js-sdk.Dockerfile). */
+  jsSdk: ImageArchive;
 }
 
 function parseImagesEnv(text: string): NodeImages {
@@ -38,11 +40,12 @@ function parseImagesEnv(text: string): NodeImages {
     pause: one("PAUSE"),
     coredns: one("COREDNS"),
     awsClients: one("AWS_CLIENTS"),
+    jsSdk: one("JS_SDK"),
   };
 }
 
 /**
- * Builds (or finds cached, by input hash) the keycutter, pause and CoreDNS images through
+ * Builds (or finds cached, by input hash) the keycutter, pause, CoreDNS and workload images through
  * scripts/build-images.sh, which needs no registry and no daemon.
  */
 export async function buildNodeImages(): Promise<NodeImages> {

@@ -452,7 +452,7 @@ async function startContainerd(
     },
     { timeoutMs: 30_000, intervalMs: 200, onTimeout: () => containerd.tail() },
   );
-  for (const image of [images.pause, images.coredns, images.keycutter, images.awsClients]) {
+  for (const image of [images.pause, images.coredns, images.keycutter, images.awsClients, images.jsSdk]) {
     await ctr(["images", "import", "--local", image.archive]);
   }
 }
