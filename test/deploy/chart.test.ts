@@ -10,7 +10,19 @@ import { join, basename } from "node:path";
 import { spawnSync } from "node:child_process";
 import { parse } from "yaml";
 import { CoreV1Api, KubeConfig, PatchStrategy, setHeaderOptions } from "@kubernetes/client-node";
-import { ROOT, startCluster, Kubelet, waitFor, type Cluster } from "../harness/index.ts";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import {
+  CACHE,
+  ROOT,
+  ManagedProcess,
+  freePort,
+  startCluster,
+  Kubelet,
+  versions,
+  waitFor,
+  type Cluster,
+} from "../harness/index.ts";
 import { removeNodeTaint } from "../../src/agent/ready-taint.ts";
 import { ApiClient } from "../../src/k8s/api-client.ts";
 import { kubeconfigFromFile } from "../../src/k8s/rest-config.ts";
@@ -958,6 +970,93 @@ describe("helm chart: a real kube-apiserver validates every render", () => {
       "keycutter-agent@baseline": "refused 403",
       "keycutter-agent@privileged": "admitted",
     });
+  });
+
+  it("rbac.aggregateToDefaultRoles: the aggregation controller adds the rules to edit and view; a user bound to edit may create an AccessPolicy", async () => {
+    const ns = "kc-tenant-rbac";
+    await kubelet.ensureNamespace(ns);
+    const roles = renderChart({ rbac: { aggregateToDefaultRoles: true } }, { namespace: ns }).filter((o) =>
+      o.metadata.name.startsWith("keycutter-accesspolicies-"),
+    );
+    assert.equal(roles.length, 2);
+    for (const o of roles) assert.equal((await createObject(cluster, o, { dryRun: false })).status, 201);
+    const bind = (user: string, role: string) => ({
+      apiVersion: "rbac.authorization.k8s.io/v1",
+      kind: "RoleBinding",
+      metadata: { name: `${user}-${role}`, namespace: ns },
+      roleRef: { apiGroup: "rbac.authorization.k8s.io", kind: "ClusterRole", name: role },
+      subjects: [{ apiGroup: "rbac.authorization.k8s.io", kind: "User", name: user }],
+    });
+    for (const b of [bind("alice", "edit"), bind("bob", "view")])
+      assert.equal((await createObject(cluster, b as K8sObject, { dryRun: false })).status, 201);
+    const policy = (name: string) =>
+      ({
+        apiVersion: "keycutter.dev/v1alpha1",
+        kind: "AccessPolicy",
+        metadata: { name, namespace: ns },
+        spec: { podSelector: {}, roleArn: "arn:aws:iam::123456789012:role/tenant" },
+      }) as K8sObject;
+    const asUser = (user: string, o: K8sObject, dryRun = true) =>
+      createObject(cluster, o, { dryRun, impersonateUser: user });
+    // the built-in roles alone do not cover the CRD: refused before the controller aggregates
+    assert.equal((await asUser("alice", policy("p0"))).status, 403);
+
+    // the ClusterRole aggregation controller (the controller-manager's, alone)
+    const dir = mkdtempSync(join(tmpdir(), "kc-kcm-"));
+    const kcm = new ManagedProcess(
+      "kube-controller-manager",
+      join(CACHE, "bin", `kube-controller-manager-${versions().K8S_VERSION}`),
+      [
+        `--kubeconfig=${cluster.kubeconfigPath}`,
+        `--authentication-kubeconfig=${cluster.kubeconfigPath}`,
+        `--authorization-kubeconfig=${cluster.kubeconfigPath}`,
+        "--bind-address=127.0.0.1",
+        `--secure-port=${await freePort()}`,
+        `--cert-dir=${dir}`,
+        "--leader-elect=false",
+        "--controllers=clusterrole-aggregation",
+      ],
+    );
+    try {
+      await waitFor(
+        "edit aggregates the AccessPolicy rules",
+        async () => {
+          if (!kcm.running) throw new Error(`kube-controller-manager exited:\n${kcm.logs()}`);
+          return (await asUser("alice", policy("p0"))).status === 201;
+        },
+        { timeoutMs: 60_000, onTimeout: () => kcm.logs() },
+      );
+    } finally {
+      await kcm.stop();
+      rmSync(dir, { recursive: true, force: true });
+    }
+    assert.equal((await asUser("alice", policy("p1"), false)).status, 201, "alice (edit) creates one");
+    const list = await apiCall(
+      cluster,
+      "GET",
+      `/apis/keycutter.dev/v1alpha1/namespaces/${ns}/accesspolicies`,
+      undefined,
+      {
+        impersonateUser: "bob",
+      },
+    );
+    assert.equal(list.status, 200, "bob (view) reads them");
+    assert.equal((await asUser("bob", policy("p2"))).status, 403, "bob (view) cannot write");
+    const status = await apiCall(
+      cluster,
+      "PUT",
+      `/apis/keycutter.dev/v1alpha1/namespaces/${ns}/accesspolicies/p1/status`,
+      { ...policy("p1"), status: { conditions: [] } },
+      { impersonateUser: "alice" },
+    );
+    assert.equal(status.status, 403, "the status stays the server's");
+    const allowance = {
+      apiVersion: "keycutter.dev/v1alpha1",
+      kind: "RoleAllowance",
+      metadata: { name: "alice-wants-more" },
+      spec: { namespaces: [ns], roleArns: ["arn:aws:iam::123456789012:role/*"] },
+    } as K8sObject;
+    assert.equal((await asUser("alice", allowance)).status, 403, "RoleAllowances stay the platform's");
   });
 
   it("the dry-run does validate: a wrong field and a bad value are rejected", async () => {
