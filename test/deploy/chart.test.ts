@@ -471,6 +471,15 @@ describe("helm chart: CRDs as templates (upgraded by helm upgrade)", () => {
       "commonLabels reach the CRDs",
     );
     assert.ok(crdsOf(renderChart({ crds: { keep: false } })).every((c) => !c.metadata.annotations));
+    const argo = { "argocd.argoproj.io/sync-options": "Delete=false,ServerSideApply=true" };
+    assert.ok(
+      crdsOf(renderChart({ crds: { annotations: argo } })).every(
+        (c) =>
+          c.metadata.annotations!["argocd.argoproj.io/sync-options"] ===
+            argo["argocd.argoproj.io/sync-options"] &&
+          c.metadata.annotations!["helm.sh/resource-policy"] === "keep",
+      ),
+    );
     assert.deepEqual(crdsOf(renderChart({ crds: { enabled: false } })), []);
   });
 
