@@ -136,15 +136,25 @@ describe("helm install, upgrade and uninstall against a real apiserver", { timeo
         "owned by the release",
       );
     }
-    // kubectl explain reads the apiserver's OpenAPI v3 document of the group version
-    const index = await apiCall(cluster, "GET", "/openapi/v3");
-    const entry = (index.body as { paths: Record<string, { serverRelativeURL: string }> }).paths[
-      `apis/${GROUP_VERSION}`
-    ];
-    assert.ok(entry, "the group version is published");
-    const doc = await apiCall(cluster, "GET", entry.serverRelativeURL);
-    const schemas = (doc.body as { components: { schemas: Record<string, PublishedSchema> } }).components
-      .schemas;
+    // kubectl explain reads the apiserver's OpenAPI v3 document of the group version, which the
+    // apiserver publishes a moment after the CRDs are established
+    type Schemas = Record<string, PublishedSchema>;
+    const schemas = await waitFor(
+      "the CRDs' OpenAPI v3 schemas published",
+      async () => {
+        const index = await apiCall(cluster, "GET", "/openapi/v3");
+        const entry = (index.body as { paths?: Record<string, { serverRelativeURL: string }> }).paths?.[
+          `apis/${GROUP_VERSION}`
+        ];
+        if (!entry) return undefined;
+        const doc = await apiCall(cluster, "GET", entry.serverRelativeURL);
+        const found = (doc.body as { components?: { schemas?: Schemas } }).components?.schemas;
+        return found?.["dev.keycutter.v1alpha1.AccessPolicy"] && found["dev.keycutter.v1alpha1.RoleAllowance"]
+          ? found
+          : undefined;
+      },
+      { timeoutMs: 30_000 },
+    );
     for (const kind of ["AccessPolicy", "RoleAllowance"]) {
       const schema = schemas[`dev.keycutter.v1alpha1.${kind}`];
       assert.ok(schema?.description, `${kind} is described`);
