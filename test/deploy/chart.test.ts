@@ -799,6 +799,13 @@ describe("helm chart: knobs", () => {
       "--server-ops-url=http://keycutter-server.keycutter-system.svc:9999",
     ]);
     assert.equal(pod.spec.restartPolicy, "Never");
+    // placed as the agent is, so that its node has one
+    const agentSpec = podSpec(findObject(objs, "DaemonSet", "keycutter-agent"));
+    assert.deepEqual(pod.spec.tolerations, agentSpec.tolerations);
+    assert.deepEqual(
+      (pod.spec as unknown as { nodeSelector: object }).nodeSelector,
+      (agentSpec as unknown as { nodeSelector: object }).nodeSelector,
+    );
     assert.equal(pod.spec.automountServiceAccountToken, false, "it needs no API access");
     // the NetworkPolicy lets this pod (and only it, by label) read the server's ops port
     const np = findObject(objs, "NetworkPolicy", "keycutter-server") as unknown as {
