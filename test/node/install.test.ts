@@ -285,27 +285,23 @@ describe(
 
     it("helm test: the chart's test pod (keycutter doctor, the chart's image) passes on the fresh install", async () => {
       const started = Date.now();
-      const r = spawnSync(
-        helmBinary(),
-        ["test", "keycutter", "--namespace", NS, "--logs", "--timeout", "180s"],
-        {
-          encoding: "utf8",
-          timeout: 240_000,
-          env: {
-            ...process.env,
-            KUBECONFIG: node!.cluster.kubeconfigPath,
-            HELM_CACHE_HOME: join(helmDir!, "cache"),
-            HELM_CONFIG_HOME: join(helmDir!, "config"),
-            HELM_DATA_HOME: join(helmDir!, "data"),
-          },
+      // (no --logs: helm reads them through the apiserver's node proxy, and this node's name does
+      // not resolve from the apiserver; the doctor's output is checked in chart-system.test.ts)
+      const r = spawnSync(helmBinary(), ["test", "keycutter", "--namespace", NS, "--timeout", "180s"], {
+        encoding: "utf8",
+        timeout: 240_000,
+        env: {
+          ...process.env,
+          KUBECONFIG: node!.cluster.kubeconfigPath,
+          HELM_CACHE_HOME: join(helmDir!, "cache"),
+          HELM_CONFIG_HOME: join(helmDir!, "config"),
+          HELM_DATA_HOME: join(helmDir!, "data"),
         },
-      );
+      });
       const out = `${r.stdout}${r.stderr}`;
       assert.equal(r.status, 0, `helm test\n${out}\n${await node!.describePods(NS)}`);
-      assert.match(out, /keycutter-test/);
-      assert.match(out, /Succeeded/);
-      assert.match(out, /agent.*ready/);
-      assert.match(out, /server.*ready/);
+      assert.match(out, /TEST SUITE:\s+keycutter-test/);
+      assert.match(out, /Phase:\s+Succeeded/);
       console.log(`# helm test in ${Math.round((Date.now() - started) / 1000)} s`);
     });
 
