@@ -11,7 +11,22 @@ export interface ApiResult {
   warnings: string[];
 }
 
-export function apiCall(cluster: Cluster, method: string, path: string, body?: unknown): Promise<ApiResult> {
+export interface CallOptions {
+  /** Content type of the body (default application/json). */
+  contentType?: string;
+  /** Accept header (default application/json), e.g. for the Table kubectl get asks for. */
+  accept?: string;
+  /** Acts as this user (Impersonate-User; the admin token may impersonate anyone). */
+  impersonateUser?: string;
+}
+
+export function apiCall(
+  cluster: Cluster,
+  method: string,
+  path: string,
+  body?: unknown,
+  opts: CallOptions = {},
+): Promise<ApiResult> {
   const ca = readFileSync(cluster.caFile);
   const url = new URL(path, cluster.server);
   return new Promise((resolve, reject) => {
@@ -22,8 +37,9 @@ export function apiCall(cluster: Cluster, method: string, path: string, body?: u
         ca,
         headers: {
           authorization: `Bearer ${cluster.adminToken}`,
-          accept: "application/json",
-          ...(body === undefined ? {} : { "content-type": "application/json" }),
+          accept: opts.accept ?? "application/json",
+          ...(body === undefined ? {} : { "content-type": opts.contentType ?? "application/json" }),
+          ...(opts.impersonateUser ? { "impersonate-user": opts.impersonateUser } : {}),
         },
       },
       (res) => {
@@ -75,18 +91,45 @@ async function resourceFor(cluster: Cluster, apiVersion: string, kind: string): 
   return r;
 }
 
+async function collectionPath(cluster: Cluster, obj: K8sObject, namespace?: string): Promise<string> {
+  const r = await resourceFor(cluster, obj.apiVersion, obj.kind);
+  const base = obj.apiVersion.includes("/") ? `/apis/${obj.apiVersion}` : `/api/${obj.apiVersion}`;
+  const ns = obj.metadata.namespace ?? namespace;
+  if (r.namespaced && !ns) throw new Error(`${obj.kind} ${obj.metadata.name} has no namespace`);
+  return r.namespaced ? `${base}/namespaces/${ns}/${r.name}` : `${base}/${r.name}`;
+}
+
 /** Creates an object; dryRun: the apiserver validates and admits it, and stores nothing. */
 export async function createObject(
   cluster: Cluster,
   obj: K8sObject,
-  opts: { dryRun: boolean; namespace?: string },
+  opts: { dryRun: boolean; namespace?: string; impersonateUser?: string },
 ): Promise<ApiResult> {
-  const r = await resourceFor(cluster, obj.apiVersion, obj.kind);
-  const base = obj.apiVersion.includes("/") ? `/apis/${obj.apiVersion}` : `/api/${obj.apiVersion}`;
-  const ns = obj.metadata.namespace ?? opts.namespace;
-  if (r.namespaced && !ns) throw new Error(`${obj.kind} ${obj.metadata.name} has no namespace`);
-  const path = r.namespaced ? `${base}/namespaces/${ns}/${r.name}` : `${base}/${r.name}`;
+  const path = await collectionPath(cluster, obj, opts.namespace);
   const q = new URLSearchParams({ fieldValidation: "Strict", fieldManager: "keycutter-chart-test" });
   if (opts.dryRun) q.set("dryRun", "All");
-  return apiCall(cluster, "POST", `${path}?${q.toString()}`, obj);
+  return apiCall(cluster, "POST", `${path}?${q.toString()}`, obj, {
+    ...(opts.impersonateUser ? { impersonateUser: opts.impersonateUser } : {}),
+  });
+}
+
+/**
+ * Server-side apply, dry-run: validates an object that may already exist (a CRD the test created
+ * for real) as the update `helm upgrade` would make, with strict field validation.
+ */
+export async function applyObjectDryRun(
+  cluster: Cluster,
+  obj: K8sObject,
+  namespace?: string,
+): Promise<ApiResult> {
+  const path = await collectionPath(cluster, obj, namespace);
+  const q = new URLSearchParams({
+    fieldValidation: "Strict",
+    fieldManager: "keycutter-chart-test",
+    force: "true",
+    dryRun: "All",
+  });
+  return apiCall(cluster, "PATCH", `${path}/${obj.metadata.name}?${q.toString()}`, obj, {
+    contentType: "application/apply-patch+yaml",
+  });
 }

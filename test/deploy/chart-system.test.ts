@@ -11,15 +11,7 @@
 // command removes the hook.
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
-import {
-  mkdirSync,
-  mkdtempSync,
-  readdirSync,
-  readFileSync,
-  rmSync,
-  symlinkSync,
-  writeFileSync,
-} from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
@@ -42,8 +34,7 @@ import {
   type NodeNet,
 } from "../harness/index.ts";
 import { accessPolicy, roleAllowance } from "../e2e/fixtures.ts";
-import { CHART_DIR, chartRbacObjects, findObject, isHook, renderChart, type K8sObject } from "./render.ts";
-import { parse } from "yaml";
+import { chartRbacObjects, findObject, isHook, renderChart, type K8sObject } from "./render.ts";
 
 const NS = "keycutter-system";
 const ROLE = `arn:aws:iam::${MOTO_ACCOUNT_ID}:role/tenant-a-reader`;
@@ -105,11 +96,9 @@ describe("the chart's command lines run the real system", { timeout: 300_000 }, 
       { namespace: NS },
     );
 
-    // the chart's CRDs and RBAC (with its ServiceAccounts)
-    const crds = readdirSync(join(CHART_DIR, "crds")).map((f) =>
-      parse(readFileSync(join(CHART_DIR, "crds", f), "utf8")),
-    );
-    await applyObjects(cluster.kc, crds);
+    // the chart's CRDs (templates, as helm install and upgrade apply them) and RBAC (with its
+    // ServiceAccounts)
+    await applyObjects(cluster.kc, objs.filter((o) => o.kind === "CustomResourceDefinition") as never);
     await kubelet.ensureNamespace(NS);
     await applyObjects(cluster.kc, chartRbacObjects(NS) as never);
 
@@ -412,6 +401,36 @@ describe("the chart's command lines run the real system", { timeout: 300_000 }, 
     await applyObjects(cluster.kc, [
       tagKeys("good-tag-keys", ["${namespace}-*", "cost-center", "app:role/x?"]),
     ]);
+  });
+
+  it("helm test: the chart's test pod command (keycutter doctor) passes on the installed server and agent, and fails without the agent", async () => {
+    const testPod = findObject(objs, "Pod", "keycutter-test") as unknown as {
+      spec: { containers: Container[] };
+    };
+    const c = testPod.spec.containers[0]!;
+    const podNet = await net.addPod("node-a", "helm-test", undefined, {
+      namespace: NS,
+      name: "keycutter-test",
+    });
+    const svcOps = new URL(argOf(c.args, "--server-ops-url")).host;
+    // the kubelet's part: $(NODE_IP) from status.hostIP; the Service's name: the server's address here
+    const args = expand(c.args, { NODE_IP: node.ip }).map((a) =>
+      a.replace(`//${svcOps}`, `//${net.gatewayIP}:${serverOps}`),
+    );
+    const run = () => net.exec(podNet.netns, NODE, [keycutterBin, ...args], { env: { ...process.env } });
+    const ok = await run();
+    assert.equal(ok.code, 0, `${ok.stdout}${ok.stderr}`);
+    assert.match(ok.stdout, /agent.*ready/);
+    assert.match(ok.stdout, /server.*ready/);
+    // the same check with the agent's ops port closed (nothing listening): the test fails, exit 3
+    const down = await net.exec(
+      podNet.netns,
+      NODE,
+      [keycutterBin, ...args.map((a) => a.replace(/^(--agent-ops-url=http:\/\/[^:]+):\d+$/, "$1:1"))],
+      { env: { ...process.env } },
+    );
+    assert.equal(down.code, 3, `${down.stdout}${down.stderr}`);
+    assert.match(down.stdout, /agent.*not reachable/);
   });
 
   it("uninstall: the chart's cleanup command removes every rule once the agent is gone", async () => {

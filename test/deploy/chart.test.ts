@@ -10,7 +10,19 @@ import { join, basename } from "node:path";
 import { spawnSync } from "node:child_process";
 import { parse } from "yaml";
 import { CoreV1Api, KubeConfig, PatchStrategy, setHeaderOptions } from "@kubernetes/client-node";
-import { CACHE, ROOT, startCluster, Kubelet, versions, waitFor, type Cluster } from "../harness/index.ts";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import {
+  CACHE,
+  ROOT,
+  ManagedProcess,
+  freePort,
+  startCluster,
+  Kubelet,
+  versions,
+  waitFor,
+  type Cluster,
+} from "../harness/index.ts";
 import { removeNodeTaint } from "../../src/agent/ready-taint.ts";
 import { ApiClient } from "../../src/k8s/api-client.ts";
 import { kubeconfigFromFile } from "../../src/k8s/rest-config.ts";
@@ -28,7 +40,7 @@ import {
   type K8sObject,
   type PolicyRule,
 } from "./render.ts";
-import { apiCall, createObject } from "./api.ts";
+import { apiCall, applyObjectDryRun, createObject } from "./api.ts";
 
 const PROFILES_DIR = join(ROOT, "test", "deploy", "profiles");
 const GOLDEN_DIR = join(ROOT, "test", "golden", "chart");
@@ -118,9 +130,9 @@ describe("helm chart: renders", () => {
     assert.equal(r.status, 0, r.stdout + r.stderr);
   });
 
-  it("the chart's crds/ are identical to deploy/crds/ (scripts/sync-chart-crds.sh)", () => {
+  it("the chart's files/crds/ are identical to deploy/crds/ (scripts/sync-chart-crds.sh)", () => {
     const src = join(ROOT, "deploy", "crds");
-    const dst = join(CHART_DIR, "crds");
+    const dst = join(CHART_DIR, "files", "crds");
     const names = readdirSync(src)
       .filter((f) => f.endsWith(".yaml"))
       .sort();
@@ -408,7 +420,11 @@ describe("helm chart: renders", () => {
     const c = podSpec(findObject(objs, "DaemonSet", "keycutter-agent")).containers[0]!;
     assert.deepEqual(c.securityContext?.capabilities, { drop: ["ALL"] });
     assert.ok(c.args!.includes("--no-hook"));
-    assert.equal(objs.filter(isHook).length, 0);
+    assert.deepEqual(
+      objs.filter(isHook).map((h) => h.metadata.annotations!["helm.sh/hook"]),
+      ["test"],
+      "only the helm test",
+    );
   });
 
   it("the agent reads the node's CNI result cache from a read-only mount of its parent; empty: neither", () => {
@@ -433,7 +449,7 @@ describe("helm chart: renders", () => {
 
   it("uninstall: post-delete hooks remove the hook on every node with `keycutter hook uninstall`", () => {
     const objs = renderChart();
-    const hooks = objs.filter(isHook);
+    const hooks = objs.filter(isHook).filter((h) => h.metadata.annotations!["helm.sh/hook"] !== "test");
     assert.deepEqual(hooks.map((h) => `${h.kind}/${h.metadata.name}`).sort(), [
       "DaemonSet/keycutter-hook-cleanup",
       "Job/keycutter-hook-cleanup-wait",
@@ -518,6 +534,438 @@ describe("helm chart: renders", () => {
   });
 });
 
+type CrdSchema = {
+  description?: string;
+  type?: string;
+  properties?: Record<string, CrdSchema>;
+  items?: CrdSchema;
+  additionalProperties?: CrdSchema | boolean;
+  pattern?: string;
+  maxLength?: number;
+  minLength?: number;
+};
+type Crd = K8sObject & {
+  spec: {
+    versions: {
+      name: string;
+      additionalPrinterColumns: { name: string; jsonPath: string; priority?: number }[];
+      schema: { openAPIV3Schema: CrdSchema };
+    }[];
+  };
+};
+
+/** Paths of properties (and object-typed array items) without a description: what kubectl explain would show bare. */
+function undocumented(schema: CrdSchema, path: string): string[] {
+  const out: string[] = [];
+  if (!schema.description) out.push(path);
+  for (const [name, child] of Object.entries(schema.properties ?? {}))
+    // metadata is the apiserver's ObjectMeta, described there (a description here is refused)
+    if (path.split(".").length > 1 || name !== "metadata")
+      out.push(...undocumented(child, `${path}.${name}`));
+  if (schema.items && (schema.items.type === "object" || schema.items.properties))
+    out.push(...undocumented(schema.items, `${path}[]`));
+  return out;
+}
+
+const crdsOf = (objs: K8sObject[]): Crd[] =>
+  objs.filter((o) => o.kind === "CustomResourceDefinition") as Crd[];
+const CONDITION_REASON = /^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$/;
+
+describe("helm chart: CRDs as templates (upgraded by helm upgrade)", () => {
+  it("both CRDs are rendered with the chart's labels and the keep policy; crds.keep=false and crds.enabled=false", () => {
+    const crds = crdsOf(renderChart());
+    assert.deepEqual(crds.map((c) => c.metadata.name).sort(), [
+      "accesspolicies.keycutter.dev",
+      "roleallowances.keycutter.dev",
+    ]);
+    for (const c of crds) {
+      assert.equal(c.metadata.labels!["app.kubernetes.io/managed-by"], "Helm");
+      assert.equal(c.metadata.labels!["app.kubernetes.io/instance"], "keycutter");
+      assert.equal(c.metadata.labels!["helm.sh/chart"], "keycutter-0.1.0");
+      assert.equal(c.metadata.annotations!["helm.sh/resource-policy"], "keep");
+    }
+    const withLabels = crdsOf(renderChart({ commonLabels: { team: "platform" } }));
+    assert.ok(
+      withLabels.every((c) => c.metadata.labels!.team === "platform"),
+      "commonLabels reach the CRDs",
+    );
+    assert.ok(crdsOf(renderChart({ crds: { keep: false } })).every((c) => !c.metadata.annotations));
+    const argo = { "argocd.argoproj.io/sync-options": "Delete=false,ServerSideApply=true" };
+    assert.ok(
+      crdsOf(renderChart({ crds: { annotations: argo } })).every(
+        (c) =>
+          c.metadata.annotations!["argocd.argoproj.io/sync-options"] ===
+            argo["argocd.argoproj.io/sync-options"] &&
+          c.metadata.annotations!["helm.sh/resource-policy"] === "keep",
+      ),
+    );
+    assert.deepEqual(crdsOf(renderChart({ crds: { enabled: false } })), []);
+  });
+
+  it("the rendered CRDs are deploy/crds/ plus labels and annotations, nothing lost", () => {
+    const rendered = crdsOf(renderChart());
+    for (const f of readdirSync(join(ROOT, "deploy", "crds"))) {
+      const source = parse(readFileSync(join(ROOT, "deploy", "crds", f), "utf8")) as Crd;
+      const r = structuredClone(rendered.find((c) => c.metadata.name === source.metadata.name)!);
+      delete r.metadata.labels;
+      delete r.metadata.annotations;
+      assert.deepEqual(r, source, f);
+    }
+  });
+
+  it("every field is described (kubectl explain), and the status follows metav1.Condition", () => {
+    for (const crd of crdsOf(renderChart())) {
+      const v = crd.spec.versions[0]!;
+      assert.deepEqual(
+        undocumented(v.schema.openAPIV3Schema, crd.spec.versions[0]!.name),
+        [],
+        crd.metadata.name,
+      );
+      const cond = v.schema.openAPIV3Schema.properties!.status!.properties!.conditions!.items!.properties!;
+      assert.equal(cond.reason!.pattern, CONDITION_REASON.source);
+      assert.equal(cond.reason!.maxLength, 1024);
+      assert.equal(cond.reason!.minLength, 1);
+      assert.equal(cond.message!.maxLength, 32768);
+      assert.equal(cond.type!.maxLength, 316);
+      const message = v.additionalPrinterColumns.find((c) => c.name === "Message");
+      assert.deepEqual(message, {
+        name: "Message",
+        type: "string",
+        priority: 1,
+        jsonPath: '.status.conditions[?(@.type=="Ready")].message',
+      });
+    }
+  });
+
+  it("the checker finds an undescribed field (it is not vacuous)", () => {
+    assert.deepEqual(
+      undocumented({ description: "x", properties: { a: { type: "string" }, b: { description: "b" } } }, "s"),
+      ["s.a"],
+    );
+  });
+});
+
+describe("helm chart: knobs", () => {
+  const server = (values: object) =>
+    podSpec(findObject(renderChart(values), "Deployment", "keycutter-server"));
+  const agent = (values: object) => podSpec(findObject(renderChart(values), "DaemonSet", "keycutter-agent"));
+  type Affinity = Record<string, Record<string, unknown[]>>;
+  const affinityOf = (spec: PodSpec) => (spec as unknown as { affinity?: Affinity }).affinity;
+
+  it("server.affinity is rendered in full: the user's podAffinity and podAntiAffinity terms with the chart's spread", () => {
+    const userAnti = {
+      weight: 50,
+      podAffinityTerm: {
+        topologyKey: "topology.kubernetes.io/zone",
+        labelSelector: { matchLabels: { app: "db" } },
+      },
+    };
+    const userPod = {
+      requiredDuringSchedulingIgnoredDuringExecution: [
+        { topologyKey: "kubernetes.io/hostname", labelSelector: { matchLabels: { app: "cache" } } },
+      ],
+    };
+    const nodeAffinity = {
+      requiredDuringSchedulingIgnoredDuringExecution: {
+        nodeSelectorTerms: [{ matchExpressions: [{ key: "pool", operator: "In", values: ["system"] }] }],
+      },
+    };
+    const a = affinityOf(
+      server({
+        server: {
+          affinity: {
+            nodeAffinity,
+            podAffinity: userPod,
+            podAntiAffinity: { preferredDuringSchedulingIgnoredDuringExecution: [userAnti] },
+          },
+        },
+      }),
+    )!;
+    assert.deepEqual(a.nodeAffinity, nodeAffinity);
+    assert.deepEqual(a.podAffinity, userPod);
+    const preferred = a.podAntiAffinity!.preferredDuringSchedulingIgnoredDuringExecution!;
+    assert.equal(preferred.length, 2);
+    assert.deepEqual(preferred[0], userAnti, "the user's term kept");
+    assert.deepEqual(
+      (preferred[1] as { podAffinityTerm: { topologyKey: string } }).podAffinityTerm.topologyKey,
+      "kubernetes.io/hostname",
+    );
+    // hard: the spread is required, the user's preferred terms stay
+    const hard = affinityOf(
+      server({
+        server: {
+          podAntiAffinity: "hard",
+          affinity: { podAntiAffinity: { preferredDuringSchedulingIgnoredDuringExecution: [userAnti] } },
+        },
+      }),
+    )!;
+    assert.equal(hard.podAntiAffinity!.requiredDuringSchedulingIgnoredDuringExecution!.length, 1);
+    assert.deepEqual(hard.podAntiAffinity!.preferredDuringSchedulingIgnoredDuringExecution, [userAnti]);
+    // none: no affinity at all unless the user gives one
+    assert.equal(affinityOf(server({ server: { podAntiAffinity: "none" } })), undefined);
+  });
+
+  it("the agent (and the server) run on Linux nodes only by default; the selector merges and can be removed", () => {
+    assert.deepEqual((agent({}) as unknown as { nodeSelector: object }).nodeSelector, {
+      "kubernetes.io/os": "linux",
+    });
+    assert.deepEqual((server({}) as unknown as { nodeSelector: object }).nodeSelector, {
+      "kubernetes.io/os": "linux",
+    });
+    assert.deepEqual(
+      (agent({ agent: { nodeSelector: { pool: "a" } } }) as unknown as { nodeSelector: object }).nodeSelector,
+      { "kubernetes.io/os": "linux", pool: "a" },
+    );
+    assert.deepEqual(
+      (
+        agent({ agent: { nodeSelector: { "kubernetes.io/os": null, pool: "a" } } }) as unknown as {
+          nodeSelector: object;
+        }
+      ).nodeSelector,
+      { pool: "a" },
+    );
+    // the uninstall cleanup runs where the agent ran
+    const cleanup = podSpec(findObject(renderChart().filter(isHook), "DaemonSet", "keycutter-hook-cleanup"));
+    assert.deepEqual((cleanup as unknown as { nodeSelector: object }).nodeSelector, {
+      "kubernetes.io/os": "linux",
+    });
+  });
+
+  it("a PDB that would block every drain is refused at render, with what to do", () => {
+    for (const values of [
+      { server: { replicas: 1 } },
+      { server: { replicas: 2, pdb: { minAvailable: 2 } } },
+      { server: { replicas: 2, pdb: { minAvailable: "100%" } } },
+      { server: { replicas: 3, pdb: { minAvailable: "70%" } } }, // rounds up to 3
+    ])
+      assert.throws(
+        () => renderChart(values),
+        (err: Error & { stderr?: string }) =>
+          /would block every node drain/.test(String(err.stderr)) &&
+          /server.replicas to 2 or more/.test(String(err.stderr)),
+        JSON.stringify(values),
+      );
+    for (const values of [
+      { server: { replicas: 1, pdb: { enabled: false } } },
+      { server: { replicas: 1, pdb: { minAvailable: 0 } } },
+      { server: { replicas: 3, pdb: { minAvailable: "60%" } } }, // 2 of 3
+    ])
+      assert.ok(
+        renderChart(values).some((o) => o.kind === "Deployment"),
+        JSON.stringify(values),
+      );
+  });
+
+  it("probes, security contexts and log levels are values", () => {
+    const probe = { httpGet: { path: "/readyz", port: "ops" }, periodSeconds: 17 };
+    const values = {
+      server: {
+        logLevel: "debug",
+        readinessProbe: probe,
+        // values merge with the defaults: another handler needs the default's httpGet nulled
+        livenessProbe: { httpGet: null, tcpSocket: { port: "ops" } },
+        startupProbe: null,
+        podSecurityContext: { runAsNonRoot: true, runAsUser: 20002, fsGroup: 20002 },
+        securityContext: { readOnlyRootFilesystem: true, allowPrivilegeEscalation: false, runAsUser: 20002 },
+      },
+      agent: {
+        logLevel: "warn",
+        readinessProbe: probe,
+        podSecurityContext: { seccompProfile: { type: "Localhost", localhostProfile: "keycutter.json" } },
+        securityContext: {
+          runAsUser: 0,
+          readOnlyRootFilesystem: true,
+          allowPrivilegeEscalation: false,
+          seLinuxOptions: { type: "spc_t" },
+        },
+      },
+    };
+    const s = server(values) as unknown as PodSpec & { securityContext: object };
+    const sc = s.containers[0]! as Container & {
+      startupProbe?: unknown;
+      livenessProbe?: unknown;
+      readinessProbe?: unknown;
+    };
+    assert.deepEqual(sc.readinessProbe, { ...probe, timeoutSeconds: 2, failureThreshold: 2 });
+    assert.deepEqual(sc.livenessProbe, {
+      tcpSocket: { port: "ops" },
+      periodSeconds: 10,
+      timeoutSeconds: 2,
+      failureThreshold: 3,
+    });
+    assert.equal(sc.startupProbe, undefined);
+    // merged into the defaults (Helm's value merge): the changed fields, the rest kept
+    assert.deepEqual(s.securityContext, {
+      runAsNonRoot: true,
+      runAsUser: 20002,
+      runAsGroup: 10001,
+      fsGroup: 20002,
+      seccompProfile: { type: "RuntimeDefault" },
+    });
+    assert.equal(sc.securityContext?.runAsUser, 20002);
+    assert.deepEqual(sc.securityContext?.capabilities, { drop: ["ALL"] });
+    assert.equal(sc.env!.find((e) => e.name === "KEYCUTTER_LOG_LEVEL")?.value, "debug");
+    const a = agent(values) as unknown as PodSpec & { securityContext: object };
+    const ac = a.containers[0]! as Container & { readinessProbe?: unknown };
+    assert.deepEqual(ac.readinessProbe, { ...probe, timeoutSeconds: 2, failureThreshold: 2 });
+    assert.deepEqual(a.securityContext, {
+      seccompProfile: { type: "Localhost", localhostProfile: "keycutter.json" },
+    });
+    // the capabilities stay the chart's
+    assert.deepEqual(ac.securityContext, {
+      runAsUser: 0,
+      runAsNonRoot: false,
+      privileged: false,
+      readOnlyRootFilesystem: true,
+      allowPrivilegeEscalation: false,
+      seLinuxOptions: { type: "spc_t" },
+      capabilities: { drop: ["ALL"], add: ["NET_ADMIN"] },
+    } as never);
+    assert.equal(ac.env!.find((e) => e.name === "KEYCUTTER_LOG_LEVEL")?.value, "warn");
+    // defaults: info on both
+    assert.equal(server({}).containers[0]!.env!.find((e) => e.name === "KEYCUTTER_LOG_LEVEL")?.value, "info");
+    assert.equal(agent({}).containers[0]!.env!.find((e) => e.name === "KEYCUTTER_LOG_LEVEL")?.value, "info");
+    for (const [bad, re] of [
+      [
+        { agent: { securityContext: { capabilities: { add: ["SYS_ADMIN"] } } } },
+        /agent\/securityContext': 'not' failed/,
+      ],
+      [{ server: { logLevel: "verbose" } }, /logLevel': value must be one of/],
+    ] as const)
+      assert.throws(
+        () => renderChart(bad),
+        (err: Error & { stderr?: string }) => re.test(String(err.stderr)),
+        JSON.stringify(bad),
+      );
+  });
+
+  it("commonLabels reach every object and pod template; extraObjects are rendered as templates", () => {
+    const objs = renderChart({
+      commonLabels: { "example.com/team": "platform" },
+      extraObjects: [
+        {
+          apiVersion: "v1",
+          kind: "ConfigMap",
+          metadata: { name: '{{ include "keycutter.fullname" . }}-extra' },
+        },
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: extra-{{ .Release.Namespace }}\n",
+      ],
+    });
+    const extras = objs.filter((o) => o.kind === "ConfigMap" && o.metadata.name.includes("extra"));
+    assert.deepEqual(extras.map((o) => o.metadata.name).sort(), [
+      "extra-keycutter-system",
+      "keycutter-extra",
+    ]);
+    const mine = objs.filter((o) => !extras.includes(o));
+    const unlabelled = mine.filter((o) => o.metadata.labels?.["example.com/team"] !== "platform");
+    assert.deepEqual(
+      unlabelled.map((o) => `${o.kind}/${o.metadata.name}`),
+      [],
+    );
+    for (const o of mine.filter((x) => ["Deployment", "DaemonSet", "Job"].includes(x.kind))) {
+      const labels = (
+        o as unknown as { spec: { template: { metadata: { labels: Record<string, string> } } } }
+      ).spec.template.metadata.labels;
+      assert.equal(labels["example.com/team"], "platform", `${o.kind}/${o.metadata.name} pods`);
+    }
+  });
+
+  it("the agent's maxUnavailable takes a percentage (and a number), nothing else", () => {
+    const ds = (v: unknown) =>
+      (
+        findObject(
+          renderChart({
+            agent: { updateStrategy: { type: "RollingUpdate", rollingUpdate: { maxUnavailable: v } } },
+          }),
+          "DaemonSet",
+          "keycutter-agent",
+        ) as unknown as { spec: { updateStrategy: { rollingUpdate: { maxUnavailable: unknown } } } }
+      ).spec.updateStrategy.rollingUpdate.maxUnavailable;
+    assert.equal(ds("10%"), "10%");
+    assert.equal(ds(3), 3);
+    for (const bad of ["ten", "0%", "101%", 0])
+      assert.throws(
+        () => ds(bad),
+        (err: Error & { stderr?: string }) => /maxUnavailable/.test(String(err.stderr)),
+        String(bad),
+      );
+  });
+
+  it("Chart.yaml names home, sources and maintainers", () => {
+    const chart = parse(readFileSync(join(CHART_DIR, "Chart.yaml"), "utf8")) as {
+      home?: string;
+      sources?: string[];
+      maintainers?: { name: string }[];
+    };
+    assert.match(chart.home ?? "", /^https:\/\//);
+    assert.ok((chart.sources ?? []).length > 0);
+    assert.ok((chart.maintainers ?? []).every((m) => m.name.length > 0) && chart.maintainers!.length > 0);
+  });
+
+  it("helm test: a pod with the chart's image runs keycutter doctor against the server's Service and its node's agent", () => {
+    const objs = renderChart({ server: { opsPort: 9999 }, agent: { opsPort: 8888 } });
+    const pod = findObject(objs, "Pod", "keycutter-test") as unknown as K8sObject & {
+      spec: PodSpec & { restartPolicy: string; automountServiceAccountToken: boolean };
+    };
+    assert.equal(pod.metadata.annotations!["helm.sh/hook"], "test");
+    const c = pod.spec.containers[0]!;
+    assert.equal((c as unknown as { image: string }).image, "keycutter:0.1.0", "the chart's own image");
+    assert.deepEqual(c.args, [
+      "doctor",
+      "--no-cluster",
+      "--no-hook",
+      "--agent-ops-url=http://$(NODE_IP):8888",
+      "--server-ops-url=http://keycutter-server.keycutter-system.svc:9999",
+    ]);
+    assert.equal(pod.spec.restartPolicy, "Never");
+    // placed as the agent is, so that its node has one
+    const agentSpec = podSpec(findObject(objs, "DaemonSet", "keycutter-agent"));
+    assert.deepEqual(pod.spec.tolerations, agentSpec.tolerations);
+    assert.deepEqual(
+      (pod.spec as unknown as { nodeSelector: object }).nodeSelector,
+      (agentSpec as unknown as { nodeSelector: object }).nodeSelector,
+    );
+    assert.equal(pod.spec.automountServiceAccountToken, false, "it needs no API access");
+    // the NetworkPolicy lets this pod (and only it, by label) read the server's ops port
+    const np = findObject(objs, "NetworkPolicy", "keycutter-server") as unknown as {
+      spec: {
+        ingress: {
+          ports: { port: string }[];
+          from?: { podSelector?: { matchLabels: Record<string, string> } }[];
+        }[];
+      };
+    };
+    const rule = np.spec.ingress.find((r) => r.from?.some((f) => f.podSelector));
+    assert.deepEqual(rule?.ports, [{ port: "ops", protocol: "TCP" }] as never);
+    assert.equal(rule?.from?.[0]?.podSelector?.matchLabels["app.kubernetes.io/component"], "test");
+    const off = renderChart({ tests: { enabled: false } });
+    assert.ok(!off.some((o) => o.kind === "Pod"));
+    const offNp = findObject(off, "NetworkPolicy", "keycutter-server") as unknown as typeof np;
+    assert.ok(!offNp.spec.ingress.some((r) => r.from?.some((f) => f.podSelector)));
+  });
+
+  it("rbac.aggregateToDefaultRoles renders AccessPolicy rules labelled for view and edit (off by default)", () => {
+    assert.ok(!renderChart().some((o) => o.metadata.name.startsWith("keycutter-accesspolicies-")));
+    const objs = renderChart({ rbac: { aggregateToDefaultRoles: true } });
+    const view = findObject(objs, "ClusterRole", "keycutter-accesspolicies-view");
+    const edit = findObject(objs, "ClusterRole", "keycutter-accesspolicies-edit");
+    assert.equal(view.metadata.labels!["rbac.authorization.k8s.io/aggregate-to-view"], "true");
+    assert.equal(edit.metadata.labels!["rbac.authorization.k8s.io/aggregate-to-edit"], "true");
+    assert.deepEqual(normRules(roleRules(objs, "ClusterRole", "keycutter-accesspolicies-view")), [
+      "keycutter.dev|accesspolicies/status|get|",
+      "keycutter.dev|accesspolicies/status|list|",
+      "keycutter.dev|accesspolicies/status|watch|",
+      "keycutter.dev|accesspolicies|get|",
+      "keycutter.dev|accesspolicies|list|",
+      "keycutter.dev|accesspolicies|watch|",
+    ]);
+    const editRules = normRules(roleRules(objs, "ClusterRole", "keycutter-accesspolicies-edit"));
+    assert.ok(editRules.includes("keycutter.dev|accesspolicies|create|"));
+    assert.ok(!editRules.some((r) => r.includes("status")), "tenants never write the server's status");
+    assert.ok(!editRules.some((r) => r.includes("roleallowances")), "RoleAllowances stay the platform's");
+  });
+});
+
 // A minimal ServiceMonitor CRD (monitoring.coreos.com/v1), so that the custom profile's
 // ServiceMonitors are admitted by a cluster without the Prometheus Operator. Its schema
 // preserves unknown fields: the apiserver checks group, version, kind and metadata, not the
@@ -575,10 +1023,8 @@ describe("helm chart: a real kube-apiserver validates every render", () => {
   before(async () => {
     cluster = await startCluster();
     kubelet = new Kubelet(cluster.kc);
-    // CRDs for real (the chart's crds/ dir, as helm install applies them), then wait until served
-    const crds = readdirSync(join(CHART_DIR, "crds")).map((f) =>
-      parse(readFileSync(join(CHART_DIR, "crds", f), "utf8")),
-    );
+    // CRDs for real (as the chart renders them), then wait until served
+    const crds = crdsOf(renderChart());
     for (const crd of [...crds, SERVICE_MONITOR_CRD, PROMETHEUS_RULE_CRD, ...certManagerCrds()]) {
       const r = await createObject(cluster, crd as K8sObject, { dryRun: false });
       assert.equal(r.status, 201, `CRD ${(crd as K8sObject).metadata.name}: ${JSON.stringify(r.body)}`);
@@ -609,15 +1055,29 @@ describe("helm chart: a real kube-apiserver validates every render", () => {
   });
   after(async () => cluster?.stop());
 
+  // what the controller-manager (not run here) makes in every namespace; the helm test pod uses it
+  const createDefaultServiceAccount = async (ns: string) => {
+    const sa = { apiVersion: "v1", kind: "ServiceAccount", metadata: { name: "default", namespace: ns } };
+    const r = await createObject(cluster, sa, { dryRun: false });
+    assert.equal(r.status, 201, JSON.stringify(r.body));
+  };
+
   for (const profile of PROFILES) {
     it(`profile ${profile}: every object passes server-side dry-run with strict field validation`, async () => {
       const ns = `kc-${profile}`;
       await kubelet.ensureNamespace(ns);
+      await createDefaultServiceAccount(ns);
       const objs = parseObjects(renderProfile(profile, ns));
       assert.ok(objs.length > 10);
       const failures: string[] = [];
+      assert.equal(crdsOf(objs).length, 2);
       for (const o of objs) {
-        const r = await createObject(cluster, o, { dryRun: true, namespace: ns });
+        // the CRDs exist (created above): validated as the update helm upgrade makes
+        const r =
+          o.kind === "CustomResourceDefinition"
+            ? await applyObjectDryRun(cluster, o)
+            : await createObject(cluster, o, { dryRun: true, namespace: ns });
+        if (o.kind === "CustomResourceDefinition" && r.status === 200 && r.warnings.length === 0) continue;
         if (r.status !== 201 || r.warnings.length > 0)
           failures.push(
             `${o.kind}/${o.metadata.name}: HTTP ${r.status} ${r.warnings.join("; ")} ${JSON.stringify(r.body).slice(0, 400)}`,
@@ -672,6 +1132,7 @@ describe("helm chart: a real kube-apiserver validates every render", () => {
         body: { metadata: { name: ns, labels: { "pod-security.kubernetes.io/enforce": level } } },
       });
       const objs = renderChart({}, { namespace: ns });
+      await createDefaultServiceAccount(ns);
       for (const o of objs)
         if (o.kind === "ServiceAccount") await createObject(cluster, o, { dryRun: false });
       for (const [kind, name] of [
@@ -681,8 +1142,14 @@ describe("helm chart: a real kube-apiserver validates every render", () => {
         const r = await createObject(cluster, podFrom(findObject(objs, kind, name), ns), { dryRun: true });
         outcomes[`${name}@${level}`] = r.status === 201 ? "admitted" : `refused ${r.status}`;
       }
+      const testPod = findObject(objs, "Pod", "keycutter-test");
+      const r = await createObject(cluster, testPod, { dryRun: true });
+      outcomes[`keycutter-test@${level}`] = r.status === 201 ? "admitted" : `refused ${r.status}`;
     }
     assert.deepEqual(outcomes, {
+      "keycutter-test@restricted": "admitted",
+      "keycutter-test@baseline": "admitted",
+      "keycutter-test@privileged": "admitted",
       "keycutter-server@restricted": "admitted",
       "keycutter-server@baseline": "admitted",
       "keycutter-server@privileged": "admitted",
@@ -690,6 +1157,93 @@ describe("helm chart: a real kube-apiserver validates every render", () => {
       "keycutter-agent@baseline": "refused 403",
       "keycutter-agent@privileged": "admitted",
     });
+  });
+
+  it("rbac.aggregateToDefaultRoles: the aggregation controller adds the rules to edit and view; a user bound to edit may create an AccessPolicy", async () => {
+    const ns = "kc-tenant-rbac";
+    await kubelet.ensureNamespace(ns);
+    const roles = renderChart({ rbac: { aggregateToDefaultRoles: true } }, { namespace: ns }).filter((o) =>
+      o.metadata.name.startsWith("keycutter-accesspolicies-"),
+    );
+    assert.equal(roles.length, 2);
+    for (const o of roles) assert.equal((await createObject(cluster, o, { dryRun: false })).status, 201);
+    const bind = (user: string, role: string) => ({
+      apiVersion: "rbac.authorization.k8s.io/v1",
+      kind: "RoleBinding",
+      metadata: { name: `${user}-${role}`, namespace: ns },
+      roleRef: { apiGroup: "rbac.authorization.k8s.io", kind: "ClusterRole", name: role },
+      subjects: [{ apiGroup: "rbac.authorization.k8s.io", kind: "User", name: user }],
+    });
+    for (const b of [bind("alice", "edit"), bind("bob", "view")])
+      assert.equal((await createObject(cluster, b as K8sObject, { dryRun: false })).status, 201);
+    const policy = (name: string) =>
+      ({
+        apiVersion: "keycutter.dev/v1alpha1",
+        kind: "AccessPolicy",
+        metadata: { name, namespace: ns },
+        spec: { podSelector: {}, roleArn: "arn:aws:iam::123456789012:role/tenant" },
+      }) as K8sObject;
+    const asUser = (user: string, o: K8sObject, dryRun = true) =>
+      createObject(cluster, o, { dryRun, impersonateUser: user });
+    // the built-in roles alone do not cover the CRD: refused before the controller aggregates
+    assert.equal((await asUser("alice", policy("p0"))).status, 403);
+
+    // the ClusterRole aggregation controller (the controller-manager's, alone)
+    const dir = mkdtempSync(join(tmpdir(), "kc-kcm-"));
+    const kcm = new ManagedProcess(
+      "kube-controller-manager",
+      join(CACHE, "bin", `kube-controller-manager-${versions().K8S_VERSION}`),
+      [
+        `--kubeconfig=${cluster.kubeconfigPath}`,
+        `--authentication-kubeconfig=${cluster.kubeconfigPath}`,
+        `--authorization-kubeconfig=${cluster.kubeconfigPath}`,
+        "--bind-address=127.0.0.1",
+        `--secure-port=${await freePort()}`,
+        `--cert-dir=${dir}`,
+        "--leader-elect=false",
+        "--controllers=clusterrole-aggregation",
+      ],
+    );
+    try {
+      await waitFor(
+        "edit aggregates the AccessPolicy rules",
+        async () => {
+          if (!kcm.running) throw new Error(`kube-controller-manager exited:\n${kcm.logs()}`);
+          return (await asUser("alice", policy("p0"))).status === 201;
+        },
+        { timeoutMs: 60_000, onTimeout: () => kcm.logs() },
+      );
+    } finally {
+      await kcm.stop();
+      rmSync(dir, { recursive: true, force: true });
+    }
+    assert.equal((await asUser("alice", policy("p1"), false)).status, 201, "alice (edit) creates one");
+    const list = await apiCall(
+      cluster,
+      "GET",
+      `/apis/keycutter.dev/v1alpha1/namespaces/${ns}/accesspolicies`,
+      undefined,
+      {
+        impersonateUser: "bob",
+      },
+    );
+    assert.equal(list.status, 200, "bob (view) reads them");
+    assert.equal((await asUser("bob", policy("p2"))).status, 403, "bob (view) cannot write");
+    const status = await apiCall(
+      cluster,
+      "PUT",
+      `/apis/keycutter.dev/v1alpha1/namespaces/${ns}/accesspolicies/p1/status`,
+      { ...policy("p1"), status: { conditions: [] } },
+      { impersonateUser: "alice" },
+    );
+    assert.equal(status.status, 403, "the status stays the server's");
+    const allowance = {
+      apiVersion: "keycutter.dev/v1alpha1",
+      kind: "RoleAllowance",
+      metadata: { name: "alice-wants-more" },
+      spec: { namespaces: [ns], roleArns: ["arn:aws:iam::123456789012:role/*"] },
+    } as K8sObject;
+    assert.equal((await asUser("alice", allowance)).status, 403, "RoleAllowances stay the platform's");
   });
 
   it("the dry-run does validate: a wrong field and a bad value are rejected", async () => {

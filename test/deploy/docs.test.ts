@@ -1,7 +1,7 @@
 // Runs the commands in docs/OPERATIONS.md that are marked `<!-- test:NAME -->` (the fenced block
 // right after the marker) and checks their results, and checks that every metric the docs name
 // exists in the code.
-import { describe, it } from "node:test";
+import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
@@ -12,7 +12,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parse } from "yaml";
 import { parser as promql } from "@prometheus-io/lezer-promql";
-import { ROOT } from "../harness/index.ts";
+import { AssumeRoleCommand, STSClient } from "@aws-sdk/client-sts";
+import { BROKER_USER, MOTO_ACCOUNT_ID, ROOT, startMoto, type Moto } from "../harness/index.ts";
 import { CONTAINER_IP } from "../../src/agent/hook/iptables.ts";
 import { loadKey } from "../../src/server/cache.ts";
 import { findObject, helmBinary, parseObjects, renderChart, containerArgs } from "./render.ts";
@@ -244,3 +245,77 @@ function flagOf(args: string[], name: string): string {
   assert.ok(a, `${name} in ${args.join(" ")}`);
   return a.slice(name.length + 1);
 }
+
+/** The JSON block after `<!-- test:name -->` in docs/OPERATIONS.md. */
+function jsonBlock(name: string): { Statement: Record<string, unknown>[] } {
+  const m = new RegExp(`<!-- test:${name} -->\\s*\\n\\s*\`\`\`json\\n([\\s\\S]*?)\\n\\s*\`\`\``).exec(
+    OPERATIONS,
+  );
+  assert.ok(m, `docs/OPERATIONS.md has a JSON block marked test:${name}`);
+  return JSON.parse(m[1]!) as { Statement: Record<string, unknown>[] };
+}
+
+describe(
+  "docs/OPERATIONS.md IAM policies, in moto's IAM and STS with authorization on",
+  { timeout: 120_000 },
+  () => {
+    let moto: Moto;
+    let server: { accessKeyId: string; secretAccessKey: string };
+    const tenantRole = `arn:aws:iam::${MOTO_ACCOUNT_ID}:role/tenant-a-reader`;
+    // moto's broker is an IAM user where the docs name the server's IRSA role
+    const serverPrincipal = `arn:aws:iam::${MOTO_ACCOUNT_ID}:user/${BROKER_USER}`;
+    const withPrincipal = (doc: object) =>
+      JSON.parse(
+        JSON.stringify(doc).replaceAll(
+          `arn:aws:iam::${MOTO_ACCOUNT_ID}:role/keycutter-server`,
+          serverPrincipal,
+        ),
+      ) as object;
+
+    before(async () => {
+      moto = await startMoto();
+      const boundary = jsonBlock("iam-boundary");
+      assert.ok(boundary.Statement.some((s) => s.Effect === "Deny"));
+      await moto.createRole("tenant-a-reader", boundary, withPrincipal(jsonBlock("iam-tenant-trust")));
+      await moto.createRole("other-team", boundary, withPrincipal(jsonBlock("iam-tenant-trust")));
+      await moto.createRole("tenant-z-other", boundary, jsonBlock("iam-tenant-trust"));
+      server = await moto.createUser(BROKER_USER, jsonBlock("iam-server-permissions"));
+      await moto.enableAuth();
+    });
+    after(async () => moto?.stop());
+
+    const assume = (roleArn: string, namespace: string, sourceIdentity = "tenant-a.reader") =>
+      new STSClient({ endpoint: moto.endpoint, region: moto.region, credentials: server }).send(
+        new AssumeRoleCommand({
+          RoleArn: roleArn,
+          RoleSessionName: "tenant-a.reader",
+          SourceIdentity: sourceIdentity,
+          Tags: [
+            { Key: "kubernetes-namespace", Value: namespace },
+            { Key: "kubernetes-pod-name", Value: "reader" },
+          ],
+          DurationSeconds: 900,
+        }),
+      );
+
+    it("the server's permission policy and the tenant role's trust policy let it assume the role with tags and a source identity", async () => {
+      const res = await assume(tenantRole, "tenant-a");
+      assert.match(res.Credentials!.AccessKeyId!, /^ASIA/);
+      // (moto does not echo SourceIdentity; STS accepted the request that carries it)
+    });
+
+    it("the trust policy is what lets the server in: a role trusting another principal refuses it", async () => {
+      await assert.rejects(
+        assume(`arn:aws:iam::${MOTO_ACCOUNT_ID}:role/tenant-z-other`, "tenant-a"),
+        /AccessDenied|not authorized/,
+      );
+    });
+
+    it("the server's permission policy covers tenant-* roles only", async () => {
+      await assert.rejects(
+        assume(`arn:aws:iam::${MOTO_ACCOUNT_ID}:role/other-team`, "tenant-a"),
+        /AccessDenied|not authorized/,
+      );
+    });
+  },
+);

@@ -5,12 +5,41 @@
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
+import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { ApiextensionsV1Api, AppsV1Api, BatchV1Api, CoreV1Api } from "@kubernetes/client-node";
+import {
+  ApiextensionsV1Api,
+  AppsV1Api,
+  BatchV1Api,
+  CoreV1Api,
+  CustomObjectsApi,
+} from "@kubernetes/client-node";
+import { parseDocument } from "yaml";
 import { startCluster, waitFor, type Cluster } from "../harness/index.ts";
 import { CHART_DIR, helmBinary } from "./render.ts";
+import { apiCall } from "./api.ts";
+
+interface PublishedSchema {
+  description?: string;
+  properties?: Record<string, PublishedSchema>;
+  items?: PublishedSchema;
+  allOf?: PublishedSchema[];
+  type?: string;
+}
+
+/** Fields of a published (OpenAPI v3) schema without a description: what kubectl explain shows bare. */
+function bareFields(schema: PublishedSchema, path: string): string[] {
+  const out: string[] = [];
+  for (const [name, child] of Object.entries(schema.properties ?? {})) {
+    if (!child.description) out.push(`${path}.${name}`);
+    out.push(...bareFields(child, `${path}.${name}`));
+  }
+  if (schema.items?.properties) out.push(...bareFields(schema.items, `${path}[]`));
+  return out;
+}
+
+const GROUP_VERSION = "keycutter.dev/v1alpha1";
 
 const NS = "keycutter-system";
 
@@ -94,6 +123,120 @@ describe("helm install, upgrade and uninstall against a real apiserver", { timeo
     );
   });
 
+  it("install: the CRDs carry the chart's labels and the keep policy, and kubectl explain has a description for every field", async () => {
+    const ext = cluster.kc.makeApiClient(ApiextensionsV1Api);
+    for (const name of ["accesspolicies.keycutter.dev", "roleallowances.keycutter.dev"]) {
+      const crd = await ext.readCustomResourceDefinition({ name });
+      assert.equal(crd.metadata!.labels!["app.kubernetes.io/managed-by"], "Helm");
+      assert.equal(crd.metadata!.labels!["app.kubernetes.io/instance"], "keycutter");
+      assert.equal(crd.metadata!.annotations!["helm.sh/resource-policy"], "keep");
+      assert.equal(
+        crd.metadata!.annotations!["meta.helm.sh/release-name"],
+        "keycutter",
+        "owned by the release",
+      );
+    }
+    // kubectl explain reads the apiserver's OpenAPI v3 document of the group version, which the
+    // apiserver publishes a moment after the CRDs are established
+    type Schemas = Record<string, PublishedSchema>;
+    const schemas = await waitFor(
+      "the CRDs' OpenAPI v3 schemas published",
+      async () => {
+        const index = await apiCall(cluster, "GET", "/openapi/v3");
+        const entry = (index.body as { paths?: Record<string, { serverRelativeURL: string }> }).paths?.[
+          `apis/${GROUP_VERSION}`
+        ];
+        if (!entry) return undefined;
+        const doc = await apiCall(cluster, "GET", entry.serverRelativeURL);
+        const found = (doc.body as { components?: { schemas?: Schemas } }).components?.schemas;
+        return found?.["dev.keycutter.v1alpha1.AccessPolicy"] && found["dev.keycutter.v1alpha1.RoleAllowance"]
+          ? found
+          : undefined;
+      },
+      { timeoutMs: 30_000 },
+    );
+    for (const kind of ["AccessPolicy", "RoleAllowance"]) {
+      const schema = schemas[`dev.keycutter.v1alpha1.${kind}`];
+      assert.ok(schema?.description, `${kind} is described`);
+      const spec = schema.properties!.spec!;
+      const status = schema.properties!.status!;
+      assert.ok(spec.description && status.description);
+      assert.deepEqual([...bareFields(spec, `${kind}.spec`), ...bareFields(status, `${kind}.status`)], []);
+    }
+    const ap = schemas[`dev.keycutter.v1alpha1.AccessPolicy`]!;
+    assert.match(ap.properties!.spec!.properties!.roleArn!.description!, /RoleAllowance must cover it/);
+  });
+
+  it("the AccessPolicy status takes only metav1.Condition reasons; -o wide has the message", async () => {
+    const custom = cluster.kc.makeApiClient(CustomObjectsApi);
+    const created = (await custom.createNamespacedCustomObject({
+      group: "keycutter.dev",
+      version: "v1alpha1",
+      namespace: NS,
+      plural: "accesspolicies",
+      body: {
+        apiVersion: GROUP_VERSION,
+        kind: "AccessPolicy",
+        metadata: { name: "conditions" },
+        spec: { podSelector: {}, roleArn: "arn:aws:iam::123456789012:role/r" },
+      },
+    })) as { metadata: { resourceVersion: string } };
+    const writeStatus = (reason: string, message = "m") =>
+      apiCall(cluster, "PUT", `/apis/${GROUP_VERSION}/namespaces/${NS}/accesspolicies/conditions/status`, {
+        apiVersion: GROUP_VERSION,
+        kind: "AccessPolicy",
+        metadata: { name: "conditions", namespace: NS, resourceVersion: created.metadata.resourceVersion },
+        spec: { podSelector: {}, roleArn: "arn:aws:iam::123456789012:role/r" },
+        status: {
+          observedGeneration: 1,
+          conditions: [
+            {
+              type: "Ready",
+              status: "False",
+              reason,
+              message,
+              lastTransitionTime: "2026-01-01T00:00:00Z",
+              observedGeneration: 1,
+            },
+          ],
+        },
+      });
+    for (const bad of ["pod not found", "Bad-Reason", "", "x".repeat(1025)]) {
+      const r = await writeStatus(bad);
+      assert.equal(
+        r.status,
+        422,
+        `reason ${JSON.stringify(bad.slice(0, 20))}: ${JSON.stringify(r.body).slice(0, 200)}`,
+      );
+    }
+    assert.equal((await writeStatus("RoleNotAllowed", "x".repeat(32769))).status, 422, "message over 32768");
+    const ok = await writeStatus("RoleNotAllowed", "no RoleAllowance covers it");
+    assert.equal(ok.status, 200, JSON.stringify(ok.body));
+    // the Table the apiserver serves kubectl: the message column, at priority 1 (-o wide)
+    const table = await fetchTable(`/apis/${GROUP_VERSION}/namespaces/${NS}/accesspolicies`);
+    const col = table.columnDefinitions.findIndex((c) => c.name === "Message");
+    assert.equal(table.columnDefinitions[col]?.priority, 1);
+    assert.equal(table.rows[0]!.cells[col], "no RoleAllowance covers it");
+    await custom.deleteNamespacedCustomObject({
+      group: "keycutter.dev",
+      version: "v1alpha1",
+      namespace: NS,
+      plural: "accesspolicies",
+      name: "conditions",
+    });
+  });
+
+  const fetchTable = async (path: string) => {
+    const r = await apiCall(cluster, "GET", path, undefined, {
+      accept: "application/json;as=Table;v=v1;g=meta.k8s.io",
+    });
+    assert.equal(r.status, 200, JSON.stringify(r.body).slice(0, 300));
+    return r.body as {
+      columnDefinitions: { name: string; priority: number }[];
+      rows: { cells: unknown[] }[];
+    };
+  };
+
   it("upgrade: changed values reach the workloads (IMDSv1 opted in, a Redis store, 3 replicas)", async () => {
     assert.ok((await agentArgs()).includes("--require-imdsv2"), "IMDSv2 required by default");
     helm(
@@ -134,6 +277,79 @@ describe("helm install, upgrade and uninstall against a real apiserver", { timeo
         [2, "deployed"],
       ],
     );
+  });
+
+  it("upgrade: a chart whose CRD adds a field reaches the cluster (--reset-then-reuse-values)", async () => {
+    const custom = cluster.kc.makeApiClient(CustomObjectsApi);
+    const policy = (name: string) => ({
+      group: "keycutter.dev",
+      version: "v1alpha1",
+      namespace: NS,
+      plural: "accesspolicies",
+      body: {
+        apiVersion: GROUP_VERSION,
+        kind: "AccessPolicy",
+        metadata: { name },
+        spec: { podSelector: {}, roleArn: "arn:aws:iam::123456789012:role/r", upgradeProbe: "kept" },
+      },
+    });
+    const probeOf = async (name: string) =>
+      (
+        (await custom.getNamespacedCustomObject({ ...policy(name), name })) as {
+          spec: { upgradeProbe?: string };
+        }
+      ).spec.upgradeProbe;
+    // today's CRD does not know the field: the apiserver prunes it
+    await custom.createNamespacedCustomObject(policy("before-upgrade"));
+    assert.equal(await probeOf("before-upgrade"), undefined);
+
+    // the next chart version: its CRD (files/crds, synced from deploy/crds) has the field
+    const next = join(dir, "chart-next");
+    cpSync(CHART_DIR, next, { recursive: true });
+    const crdFile = join(next, "files", "crds", "keycutter.dev_accesspolicies.yaml");
+    const crd = parseDocument(readFileSync(crdFile, "utf8"));
+    crd.setIn(
+      [
+        "spec",
+        "versions",
+        0,
+        "schema",
+        "openAPIV3Schema",
+        "properties",
+        "spec",
+        "properties",
+        "upgradeProbe",
+      ],
+      {
+        description: "A field the next version adds.",
+        type: "string",
+      },
+    );
+    writeFileSync(crdFile, crd.toString());
+    const chartFile = join(next, "Chart.yaml");
+    writeFileSync(chartFile, readFileSync(chartFile, "utf8").replace(/^version: .*$/m, "version: 0.1.1"));
+    helm("upgrade", "keycutter", next, "--namespace", NS, "--reset-then-reuse-values");
+
+    const ext = cluster.kc.makeApiClient(ApiextensionsV1Api);
+    const live = await ext.readCustomResourceDefinition({ name: "accesspolicies.keycutter.dev" });
+    const props = live.spec.versions[0]!.schema!.openAPIV3Schema!.properties!.spec!.properties!;
+    assert.equal(props.upgradeProbe?.description, "A field the next version adds.");
+    assert.equal(live.metadata!.labels!["helm.sh/chart"], "keycutter-0.1.1", "labels follow the chart");
+    // the field is stored now; the object created before is untouched
+    await waitFor(
+      "the new schema in force",
+      async () => {
+        await custom
+          .deleteNamespacedCustomObject({ ...policy("after-upgrade"), name: "after-upgrade" })
+          .catch(() => undefined);
+        await custom.createNamespacedCustomObject(policy("after-upgrade"));
+        return (await probeOf("after-upgrade")) === "kept";
+      },
+      { timeoutMs: 20_000 },
+    );
+    assert.equal(await probeOf("before-upgrade"), undefined);
+    // --reset-then-reuse-values kept the values of the previous upgrade
+    assert.ok((await agentArgs()).includes("--no-require-imdsv2"));
   });
 
   it("uninstall: workloads go first, then the cleanup DaemonSet and Job run, then everything is gone but the CRDs", async () => {

@@ -186,7 +186,7 @@ export async function checkPolicies(kc: KubeConfig, namespace?: string): Promise
             "policies",
             "fail",
             `the ${kind} CRD is not installed`,
-            "install the chart (its crds/) or kubectl apply -f deploy/crds/",
+            "install the chart (it installs the CRDs unless crds.enabled=false) or kubectl apply --server-side -f deploy/crds/",
           ),
         );
       else throw err;

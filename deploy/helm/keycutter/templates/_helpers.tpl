@@ -40,12 +40,18 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: keycutter
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
 {{- end -}}
 
 {{/* Labels of pod templates besides the selector's. */}}
 {{- define "keycutter.podLabels" -}}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/part-of: keycutter
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
 {{- end -}}
 
 {{- define "keycutter.serverSelector" -}}
@@ -155,4 +161,26 @@ capabilities:
   {{- else if .Values.agent.hook.enabled }}
   add: ["NET_ADMIN"]
   {{- end }}
+{{- end -}}
+
+{{/*
+The server's affinity: the user's server.affinity in full (nodeAffinity, podAffinity and
+podAntiAffinity), with the chart's spread of replicas across nodes (server.podAntiAffinity: soft,
+hard or none) added to the user's anti-affinity terms rather than replacing them.
+*/}}
+{{- define "keycutter.serverAffinity" -}}
+{{- $affinity := deepCopy (.Values.server.affinity | default dict) -}}
+{{- $spread := dict "topologyKey" "kubernetes.io/hostname" "labelSelector" (dict "matchLabels" (include "keycutter.serverSelector" . | fromYaml)) -}}
+{{- if ne .Values.server.podAntiAffinity "none" -}}
+{{- $anti := get $affinity "podAntiAffinity" | default dict -}}
+{{- if eq .Values.server.podAntiAffinity "hard" -}}
+{{- $_ := set $anti "requiredDuringSchedulingIgnoredDuringExecution" (append (get $anti "requiredDuringSchedulingIgnoredDuringExecution" | default list) $spread) -}}
+{{- else -}}
+{{- $_ := set $anti "preferredDuringSchedulingIgnoredDuringExecution" (append (get $anti "preferredDuringSchedulingIgnoredDuringExecution" | default list) (dict "weight" 100 "podAffinityTerm" $spread)) -}}
+{{- end -}}
+{{- $_ := set $affinity "podAntiAffinity" $anti -}}
+{{- end -}}
+{{- if $affinity }}
+{{- toYaml $affinity }}
+{{- end }}
 {{- end -}}
