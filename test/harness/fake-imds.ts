@@ -12,7 +12,8 @@ const execFileP = promisify(execFile);
 
 export const NODE_ACCESS_KEY = "ASIANODEROLEKEY00000";
 
-const SCRIPT = `
+/** The fake's program (node -e), listening on argv[1] and the container-credentials address. */
+export const FAKE_IMDS_SCRIPT = `
 const http = require("node:http");
 const creds = JSON.stringify({ Code: "Success", LastUpdated: new Date().toISOString().replace(/\\.\\d{3}Z$/, "Z"),
   Type: "AWS-HMAC", AccessKeyId: "${NODE_ACCESS_KEY}", SecretAccessKey: "node-secret", Token: "node-session",
@@ -46,7 +47,7 @@ export async function startFakeImds(net: PodNetwork, netns: string): Promise<Fak
   await ip("addr", "add", "169.254.170.23/32", "dev", "lo");
   await ip("-6", "addr", "add", "fd00:ec2::254/128", "dev", "lo", "nodad");
   await ip("-6", "addr", "add", "fd00:ec2::23/128", "dev", "lo", "nodad");
-  const p = net.spawn(netns, NODE, ["-e", SCRIPT, "169.254.169.254"], { name: "fake-imds" });
+  const p = net.spawn(netns, NODE, ["-e", FAKE_IMDS_SCRIPT, "169.254.169.254"], { name: "fake-imds" });
   await p.waitForLine(/fake imds listening/, 10_000);
   return {
     process: p,
