@@ -382,21 +382,36 @@ describe("helm chart: renders", () => {
     }
   });
 
-  it("every container of every profile declares in-place resizePolicy for cpu and memory", () => {
+  it("every container of every profile declares in-place resizePolicy: memory restarts the server, not the agent", () => {
+    // V8 sizes its heap at start (test/node/lifecycle.test.ts measures it): the server restarts
+    // on a memory resize, the agent (whose heap limit is V8's floor below 512 Mi) does not
+    const expected = (memory: string) => [
+      { resourceName: "cpu", restartPolicy: "NotRequired" },
+      { resourceName: "memory", restartPolicy: memory },
+    ];
     for (const profile of PROFILES) {
       for (const o of parseObjects(renderProfile(profile))) {
         if (!["Deployment", "DaemonSet"].includes(o.kind) || isHook(o)) continue;
         for (const c of podSpec(o).containers)
           assert.deepEqual(
             c.resizePolicy,
-            [
-              { resourceName: "cpu", restartPolicy: "NotRequired" },
-              { resourceName: "memory", restartPolicy: "NotRequired" },
-            ],
+            expected(o.kind === "Deployment" ? "RestartContainer" : "NotRequired"),
             `${profile}: ${o.kind}/${c.name}`,
           );
       }
     }
+    const custom = renderChart({
+      agent: { resizePolicy: [{ resourceName: "memory", restartPolicy: "RestartContainer" }] },
+      server: { resizePolicy: [] },
+    });
+    assert.deepEqual(
+      podSpec(findObject(custom, "DaemonSet", "keycutter-agent")).containers[0]!.resizePolicy,
+      [{ resourceName: "memory", restartPolicy: "RestartContainer" }],
+    );
+    assert.equal(
+      podSpec(findObject(custom, "Deployment", "keycutter-server")).containers[0]!.resizePolicy,
+      undefined,
+    );
   });
 
   it("legacy iptables adds NET_RAW and puts iptables-legacy first in PATH, for the agent and the cleanup", () => {

@@ -74,13 +74,12 @@ app.kubernetes.io/component: agent
 {{- end -}}
 {{- end -}}
 
-{{/* In-place resize: CPU and memory can change without a container restart. */}}
+{{/* In-place resize (a container's resizePolicy list, from values); nothing when empty. */}}
 {{- define "keycutter.resizePolicy" -}}
+{{- with . -}}
 resizePolicy:
-  - resourceName: cpu
-    restartPolicy: NotRequired
-  - resourceName: memory
-    restartPolicy: NotRequired
+  {{- toYaml . | nindent 2 }}
+{{- end -}}
 {{- end -}}
 
 {{/* The server's URL as the agents reach it. */}}
