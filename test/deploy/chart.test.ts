@@ -195,8 +195,8 @@ describe("helm chart: renders", () => {
     assert.equal(c.securityContext?.privileged, false);
     assert.equal(c.securityContext?.allowPrivilegeEscalation, false);
     assert.equal(c.securityContext?.readOnlyRootFilesystem, true);
-    assert.deepEqual(c.livenessProbe?.httpGet, { path: "/healthz", port: "ops" });
-    assert.deepEqual(c.readinessProbe?.httpGet, { path: "/readyz", port: "ops" });
+    assert.deepEqual(c.livenessProbe?.httpGet, { path: "/healthz", port: 8182 });
+    assert.deepEqual(c.readinessProbe?.httpGet, { path: "/readyz", port: 8182 });
     assert.equal(flag(c.args!, "--ops-listen"), "$(NODE_IP):8182", "every listener on the node IP only");
     assert.equal(flag(c.args!, "--imds-listen"), "$(NODE_IP):8180");
     assert.ok(c.args!.includes("--require-imdsv2"), "IMDSv2 required by default");
@@ -290,6 +290,38 @@ describe("helm chart: renders", () => {
     assert.deepEqual(c.securityContext?.capabilities, { drop: ["ALL"] });
     assert.ok(c.args!.includes("--no-hook"));
     assert.equal(objs.filter(isHook).length, 0);
+  });
+
+  it("agent upgrades: surge by default, the hand-over socket's host directory, no host ports to conflict", () => {
+    const ds = findObject(renderChart(), "DaemonSet", "keycutter-agent") as unknown as {
+      spec: { updateStrategy: unknown };
+    };
+    assert.deepEqual(ds.spec.updateStrategy, {
+      type: "RollingUpdate",
+      rollingUpdate: { maxSurge: 1, maxUnavailable: 0 },
+    });
+    const spec = podSpec(ds as unknown as K8sObject);
+    const c = spec.containers[0]!;
+    assert.equal(flag(c.args!, "--handover-dir"), "/run/keycutter");
+    assert.equal(flag(c.args!, "--handover-port-offset"), "10");
+    assert.equal(c.ports, undefined, "a surge pod's host ports would conflict with the old pod's");
+    assert.deepEqual(
+      c.volumeMounts!.find((m) => m.name === "handover"),
+      {
+        name: "handover",
+        mountPath: "/run/keycutter",
+      },
+    );
+    assert.deepEqual(spec.volumes!.find((v) => v.name === "handover")?.hostPath, {
+      path: "/run/keycutter",
+      type: "DirectoryOrCreate",
+    });
+    const off = podSpec(
+      findObject(renderChart({ agent: { handover: { enabled: false } } }), "DaemonSet", "keycutter-agent"),
+    );
+    assert.ok(!off.containers[0]!.args!.some((a) => a.startsWith("--handover-dir")));
+    assert.ok(off.containers[0]!.ports?.some((p) => p.name === "imds"));
+    assert.ok(!off.volumes!.some((v) => v.name === "handover"));
   });
 
   it("the agent reads the node's CNI result cache from a read-only mount of its parent; empty: neither", () => {

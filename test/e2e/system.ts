@@ -267,6 +267,8 @@ export class System {
     args = setFlag(args, "--token-file", tokenFile);
     // the host path the chart mounts, here this node's own directory
     args = setFlag(args, "--cni-state-dir", node.cniStateDir!);
+    // the chart's host directory, here this node's own (nodes share this machine's filesystem)
+    args = setFlag(args, "--handover-dir", join(this.dir, "handover", node.name));
     return [KEYCUTTER_MAIN, ...args, `--kubeconfig=${kubeconfig}`, ...(this.opts.agentArgs ?? [])];
   }
 
@@ -307,6 +309,33 @@ export class System {
   async restartAgent(node: string): Promise<void> {
     const inst = this.agents.get(node)!;
     await inst.process.stop();
+    inst.process = this.spawnAgent(inst.node, inst.tokenFile, this.agentKubeconfigs.get(node)!);
+    await this.waitAgentReady(inst);
+  }
+
+  /**
+   * The chart's rolling update (maxSurge 1, maxUnavailable 0): a second agent starts next to the
+   * running one, takes over, then the old one gets SIGTERM (the controller deletes its pod).
+   * Returns how long the successor took from start to owning the hook.
+   */
+  async rolloutAgent(node: string): Promise<{ takeOverMs: number }> {
+    const inst = this.agents.get(node)!;
+    const old = inst.process;
+    const t0 = Date.now();
+    const next = this.spawnAgent(inst.node, inst.tokenFile, this.agentKubeconfigs.get(node)!);
+    await next.waitForLine(/hand-over complete/, 60_000);
+    const takeOverMs = Date.now() - t0;
+    await old.waitForLine(/drained: only the ops listener is left/, 30_000);
+    await old.stop();
+    inst.process = next;
+    await this.waitAgentReady(inst);
+    return { takeOverMs };
+  }
+
+  /** SIGKILL of the agent (a crash, an OOM kill) and the kubelet's immediate restart of it. */
+  async crashAgent(node: string): Promise<void> {
+    const inst = this.agents.get(node)!;
+    await inst.process.kill();
     inst.process = this.spawnAgent(inst.node, inst.tokenFile, this.agentKubeconfigs.get(node)!);
     await this.waitAgentReady(inst);
   }
