@@ -255,7 +255,10 @@ describe("e2e: faults with clients running", () => {
     const nodeImds = await startFakeImds(sys.net, sys.agents.get("node-a")!.node.netns);
     try {
       const t0 = Date.now();
-      const s = await during("SIGKILL the agent on node-a", () => sys.crashAgent("node-a"));
+      let restart = { listeningAfterMs: 0, readyAfterMs: 0 };
+      const s = await during("SIGKILL the agent on node-a", async () => {
+        restart = await sys.crashAgent("node-a");
+      });
       const nodeA = clients.filter((c) => c.pod.node === "node-a").map((c) => lines(c.poller));
       const after = nodeA.map((ls) => ls.filter((l) => l.t >= t0));
       // the window: from the kill to each poller's first successful call after its first failure
@@ -266,7 +269,7 @@ describe("e2e: faults with clients running", () => {
         return (back?.t ?? Date.now()) - t0;
       });
       console.log(
-        `# agent crash: refused for at most ${Math.max(...windows)} ms; errors ${JSON.stringify(s.endpointErrorKinds)}`,
+        `# agent crash: refused for at most ${Math.max(...windows)} ms; restarted agent listening after ${restart.listeningAfterMs} ms, ready after ${restart.readyAfterMs} ms; errors ${JSON.stringify(s.endpointErrorKinds)}`,
       );
       assert.ok(
         after.flat().every((l) => l.key !== NODE_ACCESS_KEY),

@@ -333,11 +333,15 @@ export class System {
   }
 
   /** SIGKILL of the agent (a crash, an OOM kill) and the kubelet's immediate restart of it. */
-  async crashAgent(node: string): Promise<void> {
+  async crashAgent(node: string): Promise<{ listeningAfterMs: number; readyAfterMs: number }> {
     const inst = this.agents.get(node)!;
+    const t0 = Date.now();
     await inst.process.kill();
     inst.process = this.spawnAgent(inst.node, inst.tokenFile, this.agentKubeconfigs.get(node)!);
+    await inst.process.waitForLine(/"agent listening"/, 30_000);
+    const listeningAfterMs = Date.now() - t0;
     await this.waitAgentReady(inst);
+    return { listeningAfterMs, readyAfterMs: Date.now() - t0 };
   }
 
   /** A pod in its own network namespace on `node`, known to the apiserver with that IP. */
