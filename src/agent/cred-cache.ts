@@ -166,11 +166,13 @@ export class CredCache {
     for (const e of this.entries.values()) {
       if (e.gone || !e.creds) continue;
       const c = e.creds;
+      const acceptedTokens = e.tokens?.acceptedEntries(this.o.now());
       out.push({
         pod: e.pod,
         response: c.response,
         requestedAtMs: c.requestedAtMs,
         fetchedAtMs: c.fetchedAtMs,
+        ...(acceptedTokens?.length ? { acceptedTokens } : {}),
       });
     }
     return out;
@@ -190,6 +192,11 @@ export class CredCache {
       const e = this.ensure(h.pod);
       if (e.creds) continue;
       e.creds = creds;
+      if (h.acceptedTokens?.length) {
+        const memo = (e.tokens ??= new PodTokenMemo(this.o.maxTokensPerPod));
+        for (const [digest, untilMs] of h.acceptedTokens)
+          memo.accept(digest, Math.min(untilMs, creds.expirationMs));
+      }
       this.schedule(e, this.refreshDelay(creds, now));
       adopted++;
     }

@@ -25,6 +25,11 @@ export interface HandedOverCreds {
   response: CredentialsResponse;
   requestedAtMs: number;
   fetchedAtMs: number;
+  /**
+   * The pod's own tokens the server accepted (container-credentials path), as sha256 digests
+   * with the time until which that acceptance is trusted: the successor validates none again.
+   */
+  acceptedTokens?: Array<[string, number]>;
 }
 
 export interface HandoverState {
@@ -98,7 +103,8 @@ export function parseState(m: Record<string, unknown>, node: string): HandoverSt
       typeof pod.name !== "string" ||
       !isCredentialsResponse(e?.response) ||
       typeof e?.requestedAtMs !== "number" ||
-      typeof e.fetchedAtMs !== "number"
+      typeof e.fetchedAtMs !== "number" ||
+      !validDigests(e.acceptedTokens)
     )
       throw new Error("hand-over with a malformed credentials entry");
     out.push({
@@ -106,9 +112,27 @@ export function parseState(m: Record<string, unknown>, node: string): HandoverSt
       response: e.response,
       requestedAtMs: e.requestedAtMs,
       fetchedAtMs: e.fetchedAtMs,
+      acceptedTokens: e.acceptedTokens,
     });
   }
   return { node, generation, slot, tokenKey, creds: out };
+}
+
+/** Digests of the sha256 (base64url) form, at most a pod memo's worth. */
+function validDigests(v: unknown): boolean {
+  if (v === undefined) return true;
+  return (
+    Array.isArray(v) &&
+    v.length <= 256 &&
+    v.every(
+      (d) =>
+        Array.isArray(d) &&
+        d.length === 2 &&
+        typeof d[0] === "string" &&
+        /^[A-Za-z0-9_-]{43}$/.test(d[0]) &&
+        typeof d[1] === "number",
+    )
+  );
 }
 
 /** The owner's side: what it hands over, and what it does when asked to pause and to step down. */

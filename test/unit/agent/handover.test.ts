@@ -67,6 +67,19 @@ test("a successor serves the predecessor's credentials without asking the server
   assert.ok(served.ok && first.ok);
   assert.equal(served.creds.imdsBody.toString(), first.creds.imdsBody.toString());
   assert.equal(newSource.calls, 0, "no re-issuance for what the old agent held");
+  // the container-credentials path: a pod token the server accepted for the old agent
+  const podToken = "eyJ.pod.token";
+  const viaToken = await old.obtainWithToken(pod, podToken, 1000);
+  assert.ok(viaToken.ok);
+  const later = new CredCache({ source: newSource, log });
+  later.adopt(old.handOver());
+  assert.ok(later.tokenValid(pod.uid, podToken), "the accepted token digest is handed over");
+  assert.ok(!later.tokenValid(pod.uid, "another.token"));
+  const served2 = await later.obtainWithToken(pod, podToken, 1000);
+  assert.ok(served2.ok);
+  assert.equal(newSource.calls, 0, "no TokenReview or credentials request for it either");
+  assert.ok(!JSON.stringify(old.handOver()).includes(podToken), "tokens only as digests");
+  later.dropAll();
   // expired entries are not adopted
   const stale = [{ pod, response: answer("AKIAOLD", -1000), requestedAtMs: 0, fetchedAtMs: 0 }];
   assert.equal(new CredCache({ source: newSource, log }).adopt(stale), 0);
@@ -213,4 +226,9 @@ test("malformed hand-over states are refused", () => {
   assert.throws(() => parseState({ ...good, slot: 2 }, "node-a"), /slot/);
   assert.throws(() => parseState({ ...good, tokenKey: "c2hvcnQ=" }, "node-a"), /token key/);
   assert.throws(() => parseState({ ...good, creds: [{ pod }] }, "node-a"), /malformed/);
+  const entry = state.creds[0]!;
+  assert.throws(
+    () => parseState({ ...good, creds: [{ ...entry, acceptedTokens: [["not a digest", 1]] }] }, "node-a"),
+    /malformed/,
+  );
 });
