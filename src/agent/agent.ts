@@ -356,6 +356,8 @@ export async function startAgent(
     repairLoop?.stop();
     drain.draining = true;
     fastPath?.drain();
+    // the successor answers the node's probes from now on (both listen on the ops port)
+    opsServer.close();
     log.info({ successor: g }, "handed over: draining kept-alive connections");
     drainTimer = setTimeout(() => {
       // conntrack sends no new connection here any more; what is left are idle kept-alive ones

@@ -8,7 +8,7 @@
 // paused, bye. A successor that goes away between pause and took-over gives the hook back to the
 // owner's repair loop.
 import { createConnection, createServer, type Server, type Socket } from "node:net";
-import { chmodSync, mkdirSync, unlinkSync } from "node:fs";
+import { chmodSync, mkdirSync, statSync, unlinkSync } from "node:fs";
 import { join } from "node:path";
 import type { CredentialsResponse, PodRef } from "../api/contract.ts";
 import { isCredentialsResponse } from "../api/contract.ts";
@@ -148,12 +148,15 @@ export interface OwnerRole {
 
 export class HandoverServer {
   private readonly server: Server;
+  private readonly path: string;
+  private inode = -1;
   private successor: Socket | undefined;
   private tookOver = false;
   private readonly waiters: Array<() => void> = [];
 
-  private constructor(server: Server) {
+  private constructor(server: Server, path: string) {
     this.server = server;
+    this.path = path;
   }
 
   /** Listens on `dir`/agent.sock (replacing a previous owner's path; its listener keeps its fd). */
@@ -167,7 +170,7 @@ export class HandoverServer {
       // none yet
     }
     const server = createServer();
-    const self = new HandoverServer(server);
+    const self = new HandoverServer(server, path);
     server.on("connection", (socket) => self.accept(socket, role, log));
     await new Promise<void>((resolve, reject) => {
       server.once("error", reject);
@@ -177,6 +180,7 @@ export class HandoverServer {
       });
     });
     chmodSync(path, 0o600);
+    self.inode = statSync(path).ino;
     return self;
   }
 
@@ -254,8 +258,24 @@ export class HandoverServer {
     );
   }
 
+  /**
+   * Stops listening. Closing a unix listener unlinks its path (libuv), which after a hand-over
+   * is the successor's socket: then the listener (reachable by nobody, its file is gone) is only
+   * unreferenced and goes with the process.
+   */
   close(): Promise<void> {
     this.successor?.destroy();
+    let ours: boolean;
+    try {
+      ours = statSync(this.path).ino === this.inode;
+    } catch {
+      // the path is gone: closing unlinks nothing
+      ours = true;
+    }
+    if (!ours) {
+      this.server.unref();
+      return Promise.resolve();
+    }
     return new Promise((resolve) => this.server.close(() => resolve()));
   }
 }

@@ -193,7 +193,16 @@ test("hand-over over the unix socket: state, pause, took-over; root-only socket"
     await p.tookOver(3);
     assert.equal(await waited, true);
     assert.deepEqual(role.events, ["pause", "step-down 3"]);
-    await server.close();
+    // the successor becomes the owner on the same path; the old one's close must leave it there
+    const next = await HandoverServer.listen(dir, ownerRole({ ...state, generation: 3, slot: 1 }), log);
+    try {
+      await server.close();
+      const third = await Predecessor.connect(dir, "node-a", 5000);
+      third?.close();
+      assert.equal(third?.state.generation, 3, "the next hand-over reaches the new owner");
+    } finally {
+      await next.close();
+    }
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
