@@ -349,6 +349,7 @@ export async function startAgent(
   let repairLoop: RepairLoop | undefined;
   let handover: HandoverServer | undefined;
   let drainTimer: NodeJS.Timeout | undefined;
+  let drained: Promise<void> = Promise.resolve();
   /** A successor owns the DNAT now: never touch the rules again, let the clients leave, close. */
   const stepDown = (g: number): void => {
     if (handedOverTo !== undefined) return;
@@ -359,14 +360,17 @@ export async function startAgent(
     // the successor answers the node's probes from now on (both listen on the ops port)
     opsServer.close();
     log.info({ successor: g }, "handed over: draining kept-alive connections");
+    let drainEnd = (): void => undefined;
+    drained = new Promise((resolve) => (drainEnd = resolve));
     drainTimer = setTimeout(() => {
+      drainEnd();
       // conntrack sends no new connection here any more; what is left are idle kept-alive ones
       for (const server of [imdsServer, containerServer]) server?.close();
       imdsServer.closeAllConnections();
       containerServer?.closeAllConnections();
       fastPath?.closeAll();
       void handover?.close();
-      log.info("drained: only the ops listener is left, waiting for SIGTERM");
+      log.info("drained: waiting for SIGTERM");
     }, cfg.handoverDrainMs ?? AGENT_DEFAULTS.handoverDrainMs);
     drainTimer.unref();
   };
@@ -526,6 +530,9 @@ export async function startAgent(
           log.info("stopping: waiting for the successor to take over");
           await handover.waitForTakeOver(cfg.handoverStopWaitMs ?? AGENT_DEFAULTS.handoverStopWaitMs);
         }
+        // handed over: SIGTERM comes as soon as the new pod is Ready, maybe mid-drain; its
+        // clients leave between two requests, not by a reset
+        await drained;
         if (drainTimer) clearTimeout(drainTimer);
         repairLoop?.stop();
         await handover?.close();

@@ -325,7 +325,7 @@ export class System {
     const next = this.spawnAgent(inst.node, inst.tokenFile, this.agentKubeconfigs.get(node)!);
     await next.waitForLine(/hand-over complete/, 60_000);
     const takeOverMs = Date.now() - t0;
-    await old.waitForLine(/drained: only the ops listener is left/, 30_000);
+    await old.waitForLine(/drained: waiting for SIGTERM/, 30_000);
     await old.stop();
     inst.process = next;
     await this.waitAgentReady(inst);
