@@ -279,9 +279,12 @@ describe("e2e: faults with clients running", () => {
         after
           .flat()
           .every(
-            (l) => l.ok || /ECONNREFUSED|ECONNRESET|UND_ERR_SOCKET|token 401|role 401/.test(l.err ?? ""),
+            (l) =>
+              l.ok ||
+              /ECONNREFUSED|ECONNRESET|UND_ERR_SOCKET|TimeoutError|token 401|role 401/.test(l.err ?? ""),
           ),
-        `failures are refusals: ${JSON.stringify(s.endpointErrorKinds)}`,
+        // refused before the restarted agent listens; unanswered in time while it starts
+        `failures are refusals or time-outs, no answer from elsewhere: ${JSON.stringify(s.endpointErrorKinds)}`,
       );
       assert.equal(s.holderErrors, 0, "clients holding credentials see nothing");
       const late = await newPodGetsCredentials("node-a");
