@@ -212,7 +212,7 @@ export async function killContainerProcess(
 ): Promise<number> {
   const pods = (await node.crictl(["pods", "--name", podName, "-q"])).trim().split("\n").filter(Boolean);
   if (pods.length !== 1) throw new Error(`pod sandbox ${podName}: ${pods.length} found`);
-  const id = (await node.crictl(["ps", "--pod", pods[0]!, "--name", container, "--state", "Running", "-q"]))
+  const id = (await node.crictl(["ps", "--pod", pods[0]!, "--name", container, "--state", "running", "-q"]))
     .trim()
     .split("\n")[0];
   if (!id) throw new Error(`no running container ${container} in ${podName}`);
