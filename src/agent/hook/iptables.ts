@@ -56,31 +56,14 @@ export interface HookOwner {
   imdsPort: number;
 }
 
+/** Runs a command, `input` (iptables-restore's) on its standard input when given. */
 export type Runner = (
   cmd: string,
   args: string[],
+  input?: string,
 ) => Promise<{ code: number; stdout: string; stderr: string }>;
 
-export const defaultRunner: Runner = (cmd, args) =>
-  new Promise((resolve) => {
-    execFile(cmd, args, { timeout: 30_000 }, (err, stdout, stderr) => {
-      const code = err
-        ? typeof (err as { code?: unknown }).code === "number"
-          ? (err as { code: number }).code
-          : 127
-        : 0;
-      resolve({ code, stdout: String(stdout), stderr: String(stderr) });
-    });
-  });
-
-/** A command fed `input` on its standard input (iptables-restore). */
-export type InputRunner = (
-  cmd: string,
-  args: string[],
-  input: string,
-) => Promise<{ code: number; stdout: string; stderr: string }>;
-
-export const defaultInputRunner: InputRunner = (cmd, args, input) =>
+export const defaultRunner: Runner = (cmd, args, input) =>
   new Promise((resolve) => {
     const child = execFile(cmd, args, { timeout: 30_000 }, (err, stdout, stderr) => {
       const code = err
@@ -91,7 +74,7 @@ export const defaultInputRunner: InputRunner = (cmd, args, input) =>
       resolve({ code, stdout: String(stdout), stderr: String(stderr) });
     });
     child.stdin?.on("error", () => undefined);
-    child.stdin?.end(input);
+    child.stdin?.end(input ?? "");
   });
 
 const COMMENT = "keycutter";
@@ -270,14 +253,12 @@ interface Family {
 export class Hook {
   private readonly o: HookOptions;
   private readonly run: Runner;
-  private readonly runInput: InputRunner;
   private readonly families: Family[];
 
-  constructor(o: HookOptions, run: Runner = defaultRunner, runInput: InputRunner = defaultInputRunner) {
+  constructor(o: HookOptions, run: Runner = defaultRunner) {
     validateHookOptions(o);
     this.o = o;
     this.run = run;
-    this.runInput = runInput;
     const fc = `${o.chain}-FC`;
     const ipt = o.iptables ?? "iptables";
     // fail-closed chains first, so that no window exists where pod traffic reaches the real IMDS
@@ -356,7 +337,7 @@ export class Hook {
       "COMMIT",
       "",
     ];
-    const r = await this.runInput(restoreFor(f.bin), ["-w", "5", "--noflush"], text.join("\n"));
+    const r = await this.run(restoreFor(f.bin), ["-w", "5", "--noflush"], text.join("\n"));
     if (r.code !== 0)
       throw new Error(`${restoreFor(f.bin)} --noflush failed (${r.code}): ${r.stderr.trim()}`);
   }
