@@ -274,6 +274,8 @@ describe(
         aws: { region: moto.region, stsEndpoint: moto.endpointFor(node.hostIP) },
         server: { envFrom: [{ secretRef: { name: "keycutter-aws" } }] },
         agent: { hook: { podInterfaces: ["cni0"] } },
+        // the agents reach the server's API port from the node's address (hostNetwork)
+        networkPolicy: { nodeCidrs: [`${node.nodeIP}/32`] },
       };
       helm("install", values);
       await waitDaemonSetRolledOut(node, NS, "keycutter-agent");
