@@ -95,6 +95,8 @@ export interface AgentConfig extends HandlerConfig {
   handoverWarmTimeoutMs?: number;
   /** On SIGTERM with a successor connected, wait this long for it to take over. */
   handoverStopWaitMs?: number;
+  /** On SIGTERM with no successor connected, wait this long for one to connect. */
+  handoverSuccessorWaitMs?: number;
 }
 
 /** The ops listener's connection caps: probes and a scraper need a handful. */
@@ -525,6 +527,12 @@ export async function startAgent(
       hook,
       ready,
       async stop() {
+        // A surge pod's probes on the shared ops port may have been answered by this agent, so
+        // its pod can be Ready (and this one deleted) before its process connected: wait for it.
+        if (handover && handedOverTo === undefined)
+          await handover.waitForSuccessor(
+            cfg.handoverSuccessorWaitMs ?? AGENT_DEFAULTS.handoverSuccessorWaitMs,
+          );
         // a successor is warming up: keep serving (and the hook ours) until it has taken over
         if (handover?.successorPending) {
           log.info("stopping: waiting for the successor to take over");

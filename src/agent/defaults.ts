@@ -47,6 +47,8 @@ export const AGENT_DEFAULTS = {
   handoverDrainMs: 6_000,
   handoverWarmTimeoutMs: 60_000,
   handoverStopWaitMs: 30_000,
+  // a surge pod's process starts within seconds of its pod being created
+  handoverSuccessorWaitMs: 10_000,
 } as const;
 
 /** The availability zone served when none is given: the region's first. */

@@ -153,6 +153,7 @@ export class HandoverServer {
   private successor: Socket | undefined;
   private tookOver = false;
   private readonly waiters: Array<() => void> = [];
+  private readonly connectWaiters: Array<() => void> = [];
 
   private constructor(server: Server, path: string) {
     this.server = server;
@@ -189,6 +190,22 @@ export class HandoverServer {
     return this.successor !== undefined && !this.tookOver;
   }
 
+  /**
+   * Resolves true once a successor is connected (now or within `ms`), else false. On SIGTERM the
+   * new pod may already be Ready while its process is still starting: the node's probes on the
+   * shared ops port were answered by this agent.
+   */
+  waitForSuccessor(ms: number): Promise<boolean> {
+    if (this.successor || this.tookOver) return Promise.resolve(true);
+    return new Promise((resolve) => {
+      const t = setTimeout(() => resolve(this.successor !== undefined || this.tookOver), ms);
+      this.connectWaiters.push(() => {
+        clearTimeout(t);
+        resolve(true);
+      });
+    });
+  }
+
   /** Resolves when the successor took over (true) or went away, or after `ms` (false). */
   waitForTakeOver(ms: number): Promise<boolean> {
     if (this.tookOver) return Promise.resolve(true);
@@ -212,6 +229,7 @@ export class HandoverServer {
       return;
     }
     this.successor = socket;
+    for (const w of this.connectWaiters.splice(0)) w();
     let paused = false;
     const timer = setTimeout(() => socket.destroy(), HANDOVER_TIMEOUT_MS);
     timer.unref();

@@ -102,6 +102,7 @@ export function agentConfigFrom(opts: ParsedFlags, env: Environment = process.en
     handoverDrainMs: defaults.handoverDrainMs,
     handoverWarmTimeoutMs: defaults.handoverWarmTimeoutMs,
     handoverStopWaitMs: defaults.handoverStopWaitMs,
+    handoverSuccessorWaitMs: defaults.handoverSuccessorWaitMs,
   };
 }
 

@@ -183,7 +183,10 @@ test("hand-over over the unix socket: state, pause, took-over; root-only socket"
     const server = await HandoverServer.listen(dir, role, log);
     assert.equal(statSync(dir).mode & 0o777, 0o700);
     assert.equal(statSync(join(dir, "agent.sock")).mode & 0o777, 0o600);
+    assert.equal(await server.waitForSuccessor(20), false, "nobody connected");
+    const coming = server.waitForSuccessor(5000);
     const p = await Predecessor.connect(dir, "node-a", 5000);
+    assert.equal(await coming, true, "a SIGTERMed owner learns that its successor connected");
     assert.ok(p);
     assert.equal(p.state.generation, 2);
     assert.equal(p.state.creds[0]!.response.credentials.accessKeyId, "AKIAHELD");

@@ -78,6 +78,7 @@ function productionDefaults(): AgentConfig {
     handoverDrainMs: d.handoverDrainMs,
     handoverWarmTimeoutMs: d.handoverWarmTimeoutMs,
     handoverStopWaitMs: d.handoverStopWaitMs,
+    handoverSuccessorWaitMs: d.handoverSuccessorWaitMs,
   };
 }
 
