@@ -448,7 +448,7 @@ describe(
       for (const l of failures)
         assert.match(
           l.err ?? "",
-          /ECONNREFUSED|ECONNRESET|UND_ERR_SOCKET|other side closed|TimeoutError|aborted|401/,
+          /ECONNREFUSED|ECONNRESET|UND_ERR_SOCKET|other side closed|TimeoutError|aborted| (401|404|503)$/,
           `fail closed: ${JSON.stringify(l)}`,
         );
       // the window: the kill to each steady poller's first success after its first failure
