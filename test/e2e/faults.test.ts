@@ -250,6 +250,16 @@ describe("e2e: faults with clients running", () => {
     assert.ok(late.ms < 5000);
   });
 
+  it("an agent rolls over while the old one is already SIGTERMed: it serves until the new one took over", async () => {
+    const issuedBefore = await serverIssued();
+    const s = await during("roll the agent on node-a, SIGTERM at the start", async () => {
+      await sys.rolloutAgent("node-a", { sigtermAtStart: true });
+    });
+    assert.equal(s.endpointErrors, 0, "no metadata call fails");
+    assert.equal(s.endpointTokensRefused, 0, "the token key was handed over");
+    assert.equal((await serverIssued()) - issuedBefore, 0, "nothing fetched again");
+  });
+
   it("an agent crashes (SIGKILL): pods are refused meanwhile, never the node's credentials", async () => {
     // a stand-in real IMDS with the node's credentials: what a pod would get without the hook
     const nodeImds = await startFakeImds(sys.net, sys.agents.get("node-a")!.node.netns);

@@ -318,15 +318,21 @@ export class System {
    * running one, takes over, then the old one gets SIGTERM (the controller deletes its pod).
    * Returns how long the successor took from start to owning the hook.
    */
-  async rolloutAgent(node: string): Promise<{ takeOverMs: number }> {
+  async rolloutAgent(node: string, opts: { sigtermAtStart?: boolean } = {}): Promise<{ takeOverMs: number }> {
     const inst = this.agents.get(node)!;
     const old = inst.process;
     const t0 = Date.now();
     const next = this.spawnAgent(inst.node, inst.tokenFile, this.agentKubeconfigs.get(node)!);
+    // the controller deletes the old pod as soon as the new one looks Ready, which the old agent
+    // itself can answer on the shared ops port: SIGTERM before the new process even connected
+    const stopping = opts.sigtermAtStart ? old.stop(60_000) : undefined;
     await next.waitForLine(/hand-over complete/, 60_000);
     const takeOverMs = Date.now() - t0;
-    await old.waitForLine(/drained: waiting for SIGTERM/, 30_000);
-    await old.stop();
+    if (stopping) await stopping;
+    else {
+      await old.waitForLine(/drained: waiting for SIGTERM/, 30_000);
+      await old.stop();
+    }
     inst.process = next;
     await this.waitAgentReady(inst);
     return { takeOverMs };
