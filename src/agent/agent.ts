@@ -25,6 +25,9 @@ import { POD_FACING_LIMITS, podFacingServer, timeoutOptions } from "./pod-facing
 import { limitConnectionsPerSource } from "./connection-limit.ts";
 import { WaitSlots } from "./wait-slots.ts";
 import { Hook, type HookOptions } from "./hook/iptables.ts";
+import { HandoverServer, Predecessor, HANDOVER_TIMEOUT_MS, type OwnerRole } from "./handover.ts";
+import { otherSlot, slotOfPort, slotPorts, waitUntil, type Slot } from "./handover-slots.ts";
+import { RepairLoop } from "./hook-repair.ts";
 import { removeNodeTaint } from "./ready-taint.ts";
 import { notReadyReasons } from "./readiness.ts";
 import { closeServer, listen } from "../common/listen.ts";
@@ -79,6 +82,22 @@ export interface AgentConfig extends HandlerConfig {
    * revalidated with the server on next use (default 60 s).
    */
   policyEpochMaxAgeMs?: number;
+  /**
+   * Root-only host directory of the hand-over socket (handover.ts): a successor agent takes the
+   * token key, the credentials and the hook from this one; undefined: no hand-over (a restart
+   * starts cold, on the same ports).
+   */
+  handoverDir?: string;
+  /** The second port slot is the configured IMDS and container ports plus this. */
+  handoverPortOffset?: number;
+  /** After handing over, keep the old listeners this long for kept-alive connections to leave. */
+  handoverDrainMs?: number;
+  /** A successor that is not ready within this long exits without taking over. */
+  handoverWarmTimeoutMs?: number;
+  /** On SIGTERM with a successor connected, wait this long for it to take over. */
+  handoverStopWaitMs?: number;
+  /** On SIGTERM with no successor connected, wait this long for one to connect. */
+  handoverSuccessorWaitMs?: number;
 }
 
 /** The ops listener's connection caps: probes and a scraper need a handful. */
@@ -98,8 +117,8 @@ export interface RunningAgent {
 }
 
 /** Binds `server` to `hp`; the address it got. */
-async function listenOn(server: Server, hp: HostPort): Promise<AddressInfo> {
-  return (await listen(server, hp.host, hp.port)).address;
+async function listenOn(server: Server, hp: HostPort, reusePort = false): Promise<AddressInfo> {
+  return (await listen(server, hp.host, hp.port, { reusePort })).address;
 }
 
 export async function startAgent(
@@ -183,7 +202,27 @@ export async function startAgent(
     },
   });
 
-  const tokens = new ImdsTokens(cfg.imdsTokenKeyFile ? readFileSync(cfg.imdsTokenKeyFile) : undefined);
+  // A hand-over needs the hook: it is the DNAT that moves from one agent to the other.
+  const handoverDir = cfg.hook ? cfg.handoverDir : undefined;
+  const portOffset = cfg.handoverPortOffset ?? AGENT_DEFAULTS.handoverPortOffset;
+  let predecessor: Predecessor | undefined;
+  if (handoverDir) {
+    try {
+      predecessor = await Predecessor.connect(handoverDir, cfg.nodeName, HANDOVER_TIMEOUT_MS);
+    } catch (err) {
+      log.warn({ err: (err as Error).message }, "hand-over from the running agent failed: starting cold");
+    }
+  }
+  const handedKey = predecessor ? Buffer.from(predecessor.state.tokenKey, "base64") : undefined;
+  const tokens = new ImdsTokens(cfg.imdsTokenKeyFile ? readFileSync(cfg.imdsTokenKeyFile) : handedKey);
+  if (predecessor) {
+    // before the pod watch starts, so that its prefetches find these and ask the server nothing
+    const adopted = cache.adopt(predecessor.state.creds);
+    log.info(
+      { adopted, generation: predecessor.state.generation },
+      "hand-over received: token key and credentials",
+    );
+  }
   const passthrough =
     cfg.passthroughPaths.length > 0 ? new Passthrough(cfg.upstreamImdsUrl, cfg.passthroughPaths) : undefined;
   const deps = {
@@ -198,13 +237,14 @@ export async function startAgent(
     log,
   };
   const limits = { ...POD_FACING_LIMITS, maxConnections: cfg.maxConnections };
-  const imdsServer = podFacingServer(createImdsHandler(deps), log, limits);
+  const drain = { draining: false };
+  const imdsServer = podFacingServer(createImdsHandler(deps), log, limits, drain);
   const fastPath = cfg.imdsFastPath ? new ImdsFastPath(imdsServer, createImdsFastResponder(deps)) : undefined;
   late.fastPath = fastPath;
   // after the fast path, so that a connection is counted once, whoever ends up serving it
   limitConnectionsPerSource(imdsServer, cfg.maxConnectionsPerSource, () => metrics.connectionRefused("imds"));
   const containerServer = cfg.containerListen
-    ? podFacingServer(createContainerHandler(deps), log, limits)
+    ? podFacingServer(createContainerHandler(deps), log, limits, drain)
     : undefined;
   if (containerServer)
     limitConnectionsPerSource(containerServer, cfg.maxConnectionsPerSource, () =>
@@ -226,6 +266,7 @@ export async function startAgent(
   // With the hook on, not ready until it is in place: pods must not be scheduled onto a node
   // (startup taint) or counted as served while their metadata traffic is not yet ours.
   let hookInPlace = !cfg.hook;
+  let handedOverTo: number | undefined;
   // Not a readiness condition: without the CNI state the agent works as it did before it (the
   // pod watch alone attributes IPs); /readyz and the metrics say which way it runs.
   const cniStateLine = (): string => {
@@ -241,8 +282,20 @@ export async function startAgent(
       watchSynced: watch.synced,
       watchStale: watch.isStale(),
       serverReachable: client.reachable,
+      handedOverTo,
     });
   const ready = (): boolean => notReady().length === 0;
+  /** Ready but for the hook: what a successor waits for before it moves the DNAT to itself. */
+  const readyToTakeOver = (): boolean =>
+    notReadyReasons({
+      hookInPlace: true,
+      watchSynced: watch.synced,
+      watchStale: watch.isStale(),
+      serverReachable: client.reachable,
+    }).length === 0 &&
+    cache.fetching === 0 &&
+    // adopted credentials older than the epoch bound are served only once the channel confirmed them
+    (cache.size === 0 || epochWatch.ageMs() !== Number.POSITIVE_INFINITY);
   // Reachable by anything that reaches the node IP (probes, Prometheus): the same timeouts as the
   // pod-facing servers, and few connections, so that nobody can hold it open against the probes.
   const opsServer = createServer(
@@ -272,15 +325,77 @@ export async function startAgent(
     await closing;
   };
   let hook: Hook | undefined;
+  let repairLoop: RepairLoop | undefined;
+  let handover: HandoverServer | undefined;
+  let drainTimer: NodeJS.Timeout | undefined;
+  let drained: Promise<void> = Promise.resolve();
+  /** A successor owns the DNAT now: never touch the rules again, let the clients leave, close. */
+  const stepDown = (g: number): void => {
+    if (handedOverTo !== undefined) return;
+    handedOverTo = g;
+    repairLoop?.stop();
+    drain.draining = true;
+    fastPath?.drain();
+    // the successor answers the node's probes from now on (both listen on the ops port)
+    opsServer.close();
+    log.info({ successor: g }, "handed over: draining kept-alive connections");
+    let drainEnd = (): void => undefined;
+    drained = new Promise((resolve) => (drainEnd = resolve));
+    drainTimer = setTimeout(() => {
+      drainEnd();
+      // conntrack sends no new connection here any more; what is left are idle kept-alive ones
+      for (const server of [imdsServer, containerServer]) server?.close();
+      imdsServer.closeAllConnections();
+      containerServer?.closeAllConnections();
+      fastPath?.closeAll();
+      void handover?.close();
+      log.info("drained: waiting for SIGTERM");
+    }, cfg.handoverDrainMs ?? AGENT_DEFAULTS.handoverDrainMs);
+    drainTimer.unref();
+  };
   try {
-    const imds = await listenOn(imdsServer, cfg.imdsListen);
-    servers.push(imdsServer);
-    let container: AddressInfo | undefined;
-    if (containerServer && cfg.containerListen) {
-      container = await listenOn(containerServer, cfg.containerListen);
-      servers.push(containerServer);
+    // The slot: the other one than a predecessor's; after a crash the one the rules point at,
+    // so that pods are served again the moment this process listens.
+    let slot: Slot = 0;
+    let generation = 0;
+    if (predecessor) {
+      slot = otherSlot(predecessor.state.slot);
+      generation = predecessor.state.generation + 1;
+    } else if (handoverDir && cfg.hook) {
+      const reader = new Hook({ ...cfg.hook, imdsPort: cfg.imdsListen.port, containerPort: undefined });
+      const owner = await reader.owner();
+      if (owner) {
+        slot = slotOfPort(owner.imdsPort, cfg.imdsListen, portOffset) ?? 0;
+        generation = owner.generation + 1;
+      } else generation = 1;
     }
-    const ops = await listenOn(opsServer, cfg.opsListen);
+    const bindSlot = async (s: Slot): Promise<{ imds: AddressInfo; container: AddressInfo | undefined }> => {
+      const ports = slotPorts(s, cfg.imdsListen, cfg.containerListen, portOffset);
+      const imds = await listenOn(imdsServer, ports.imds);
+      servers.push(imdsServer);
+      let container: AddressInfo | undefined;
+      if (containerServer && ports.container) {
+        container = await listenOn(containerServer, ports.container);
+        servers.push(containerServer);
+      }
+      return { imds, container };
+    };
+    let bound: { imds: AddressInfo; container: AddressInfo | undefined };
+    try {
+      bound = await bindSlot(slot);
+    } catch (err) {
+      // a live agent holds the slot without answering the hand-over socket: take the other and
+      // move the rules to it at a higher generation, which that agent's repair loop respects
+      if ((err as NodeJS.ErrnoException).code !== "EADDRINUSE" || !handoverDir || predecessor) throw err;
+      log.warn({ slot }, "the hook's slot is held by an agent that did not hand over: using the other");
+      await closeServers();
+      servers.length = 0;
+      slot = otherSlot(slot);
+      bound = await bindSlot(slot);
+    }
+    const { imds, container } = bound;
+    // two agents answer the probes on the node's ops port during a hand-over
+    const ops = await listenOn(opsServer, cfg.opsListen, handoverDir !== undefined);
     servers.push(opsServer);
     // the node's CNI state is read before the first pod is known, so no request is ever
     // answered from the watch alone where that state exists
@@ -298,32 +413,65 @@ export async function startAgent(
     probeTimer = setInterval(probe, 10_000);
     probeTimer.unref();
     if (cfg.hook) {
-      hook = new Hook({ ...cfg.hook, imdsPort: imds.port, containerPort: container?.port });
-      await hook.install();
+      const other = slotPorts(otherSlot(slot), cfg.imdsListen, cfg.containerListen, portOffset);
+      const h = new Hook({
+        ...cfg.hook,
+        imdsPort: imds.port,
+        containerPort: container?.port,
+        extraGuardedPorts: handoverDir
+          ? [other.imds.port, ...(other.container ? [other.container.port] : [])]
+          : undefined,
+        generation: handoverDir ? generation : undefined,
+      });
+      hook = h;
+      if (predecessor) {
+        const p = predecessor;
+        // the predecessor serves meanwhile; the DNAT moves only to an agent that is ready
+        if (
+          !(await waitUntil(
+            readyToTakeOver,
+            cfg.handoverWarmTimeoutMs ?? AGENT_DEFAULTS.handoverWarmTimeoutMs,
+          ))
+        )
+          throw new Error(`not ready to take over within the warm-up time: ${notReady().join("; ")}`);
+        cache.retain((uid) => index.getByUid(uid) !== undefined);
+        await p.pause();
+        await h.install({ keepConntrack: true });
+        await p.tookOver(generation);
+        log.info({ generation, slot, imds: imds.port }, "hand-over complete: the hook points at this agent");
+      } else await h.install();
       hookInPlace = true;
       log.info(
-        { chain: cfg.hook.chain, agentIp: cfg.hook.agentIp, ipv6: hook.ipv6 },
+        { chain: cfg.hook.chain, agentIp: cfg.hook.agentIp, ipv6: h.ipv6, generation, slot },
         "iptables hook installed",
       );
+      const repair = new RepairLoop(h, generation, {
+        onRepaired: () => {
+          metrics.hookRepairs.inc();
+          log.warn({ chain: cfg.hook?.chain }, "iptables hook was missing or altered: repaired");
+        },
+        onError: (err) => log.error({ err }, "iptables hook check failed"),
+        onSuperseded: (g) => stepDown(g),
+      });
+      repairLoop = repair;
       if (cfg.hookResyncMs > 0) {
-        const h = hook;
-        let busy = false;
-        hookTimer = setInterval(() => {
-          if (busy) return;
-          busy = true;
-          h.install()
-            .then(
-              (changed) => {
-                if (changed) {
-                  metrics.hookRepairs.inc();
-                  log.warn({ chain: cfg.hook?.chain }, "iptables hook was missing or altered: repaired");
-                }
-              },
-              (err: unknown) => log.error({ err }, "iptables hook check failed"),
-            )
-            .finally(() => (busy = false));
-        }, cfg.hookResyncMs);
+        hookTimer = setInterval(() => repair.tick(), cfg.hookResyncMs);
         hookTimer.unref();
+      }
+      if (handoverDir) {
+        const role: OwnerRole = {
+          state: () => ({
+            node: cfg.nodeName,
+            generation,
+            slot,
+            tokenKey: tokens.keyBytes.toString("base64"),
+            creds: cache.handOver(),
+          }),
+          pauseRepair: () => repair.pause(),
+          resumeRepair: () => repair.resume(),
+          stepDown: (g) => stepDown(g),
+        };
+        handover = await HandoverServer.listen(handoverDir, role, log);
       }
     }
     log.info({ node: cfg.nodeName, imds, container, ops }, "agent listening");
@@ -356,6 +504,23 @@ export async function startAgent(
       hook,
       ready,
       async stop() {
+        // A surge pod's probes on the shared ops port may have been answered by this agent, so
+        // its pod can be Ready (and this one deleted) before its process connected: wait for it.
+        if (handover && handedOverTo === undefined)
+          await handover.waitForSuccessor(
+            cfg.handoverSuccessorWaitMs ?? AGENT_DEFAULTS.handoverSuccessorWaitMs,
+          );
+        // a successor is warming up: keep serving (and the hook ours) until it has taken over
+        if (handover?.successorPending) {
+          log.info("stopping: waiting for the successor to take over");
+          await handover.waitForTakeOver(cfg.handoverStopWaitMs ?? AGENT_DEFAULTS.handoverStopWaitMs);
+        }
+        // handed over: SIGTERM comes as soon as the new pod is Ready, maybe mid-drain; its
+        // clients leave between two requests, not by a reset
+        await drained;
+        if (drainTimer) clearTimeout(drainTimer);
+        repairLoop?.stop();
+        await handover?.close();
         if (probeTimer) clearInterval(probeTimer);
         if (taintTimer) clearTimeout(taintTimer);
         if (hookTimer) clearInterval(hookTimer);
@@ -367,10 +532,13 @@ export async function startAgent(
         client.close();
         kube.close();
         passthrough?.close();
-        if (hook && cfg.uninstallHookOnExit) await hook.uninstall();
+        // after a hand-over the rules are the successor's
+        if (hook && cfg.uninstallHookOnExit && handedOverTo === undefined) await hook.uninstall();
       },
     };
   } catch (err) {
+    predecessor?.close();
+    await handover?.close();
     if (probeTimer) clearInterval(probeTimer);
     if (hookTimer) clearInterval(hookTimer);
     await watch.stop();

@@ -13,6 +13,7 @@ import { serialiseCredentials, type CachedCreds } from "./imds-documents.ts";
 import { PodTokenMemo, hashToken } from "./pod-token-memo.ts";
 import * as sdkServeWindow from "../api/serve-window.ts";
 import type { CredentialPath } from "../api/serve-window.ts";
+import type { HandedOverCreds } from "./handover.ts";
 
 export type { CachedCreds };
 
@@ -159,6 +160,61 @@ export class CredCache {
     e.creds = undefined;
     e.tokens?.forgetAccepted();
     this.entries.delete(uid);
+  }
+
+  /** The credentials held, as a successor agent adopts them (handover.ts). */
+  handOver(): HandedOverCreds[] {
+    const out: HandedOverCreds[] = [];
+    for (const e of this.entries.values()) {
+      if (e.gone || !e.creds) continue;
+      const c = e.creds;
+      const acceptedTokens = e.tokens?.acceptedEntries(this.o.clock.now());
+      out.push({
+        pod: e.pod,
+        response: c.response,
+        requestedAtMs: c.requestedAtMs,
+        fetchedAtMs: c.fetchedAtMs,
+        ...(acceptedTokens?.length ? { acceptedTokens } : {}),
+      });
+    }
+    return out;
+  }
+
+  /**
+   * Takes over a predecessor's credentials as if fetched here when it fetched them: served and
+   * refreshed on the same schedule, never asked of the server again. Expired ones are skipped.
+   * Returns how many were adopted.
+   */
+  adopt(list: HandedOverCreds[]): number {
+    const now = this.o.clock.now();
+    let adopted = 0;
+    for (const h of list) {
+      const creds = serialiseCredentials(h.response, h.fetchedAtMs, h.requestedAtMs);
+      if (!Number.isFinite(creds.expirationMs) || creds.expirationMs <= now) continue;
+      const e = this.ensure(h.pod);
+      if (e.creds) continue;
+      e.creds = creds;
+      if (h.acceptedTokens?.length) {
+        const memo = (e.tokens ??= new PodTokenMemo(this.o.maxTokensPerPod));
+        for (const [digest, untilMs] of h.acceptedTokens)
+          memo.accept(digest, Math.min(untilMs, creds.expirationMs));
+      }
+      this.schedule(e, this.refreshDelay(creds, now));
+      adopted++;
+    }
+    return adopted;
+  }
+
+  /** Pods whose fetch is in flight (a successor takes traffic once its prefetches settled). */
+  get fetching(): number {
+    let n = 0;
+    for (const e of this.entries.values()) if (e.inflight) n++;
+    return n;
+  }
+
+  /** Drops every entry whose pod `keep` does not know (adopted for pods gone since). */
+  retain(keep: (uid: string) => boolean): void {
+    for (const uid of [...this.entries.keys()]) if (!keep(uid)) this.drop(uid);
   }
 
   dropAll(): void {

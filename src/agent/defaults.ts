@@ -40,6 +40,15 @@ export const AGENT_DEFAULTS = {
   cniStateDir: DEFAULT_CNI_STATE_DIR,
   cniRescanMs: 10_000,
   policyEpochMaxAgeMs: 60_000,
+  // hand-over (handover.ts): off unless a directory is given (the chart gives /run/keycutter)
+  handoverDir: "",
+  handoverPortOffset: 10,
+  // the pod-facing keep-alive timeout (5 s) and a second: idle clients leave on their own
+  handoverDrainMs: 6_000,
+  handoverWarmTimeoutMs: 60_000,
+  handoverStopWaitMs: 30_000,
+  // a surge pod's process starts within seconds of its pod being created
+  handoverSuccessorWaitMs: 10_000,
 } as const;
 
 /** The availability zone served when none is given: the region's first. */

@@ -23,6 +23,8 @@ export interface CachedCreds {
   policyEpoch: string | undefined;
   /** When the request that brought these credentials was sent. */
   requestedAtMs: number;
+  /** The server's answer itself: what a hand-over passes to a successor (handover.ts). */
+  response: CredentialsResponse;
 }
 
 /** RFC 3339 in UTC to the second, as IMDS writes times. */
@@ -88,5 +90,6 @@ export function serialiseCredentials(
     roleNameBody: Buffer.from(res.roleName),
     policyEpoch: res.policyEpoch,
     requestedAtMs,
+    response: res,
   };
 }

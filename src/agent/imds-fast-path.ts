@@ -62,7 +62,8 @@ export class ImdsFastPath {
   private readonly respond: FastResponder;
   private readonly httpConnection: (socket: Socket) => void;
   private readonly held = new Set<Socket>();
-  private readonly keepAliveHeader: string;
+  private keepAliveHeader: string;
+  private draining = false;
   private dateSecond = -1;
   private date = "";
 
@@ -80,6 +81,15 @@ export class ImdsFastPath {
     this.keepAliveHeader = `Connection: keep-alive\r\nKeep-Alive: timeout=${Math.floor(server.keepAliveTimeout / 1000)}\r\n\r\n`;
     server.removeAllListeners("connection");
     server.on("connection", (socket: Socket) => this.adopt(socket));
+  }
+
+  /**
+   * From now on every answer says `Connection: close` and its socket is ended after it: the
+   * clients of an agent that handed over leave for the new one between two requests.
+   */
+  drain(): void {
+    this.draining = true;
+    this.keepAliveHeader = "Connection: close\r\n\r\n";
   }
 
   /** Closes the idle keep-alive sockets held here (node:http closes the ones it was handed). */
@@ -144,6 +154,10 @@ export class ImdsFastPath {
         if (reply === undefined) return handOver(chunk.subarray(pos));
         this.stats.served++;
         socket.write(this.format(reply));
+        if (this.draining) {
+          socket.end();
+          return;
+        }
         pos = end + 4;
       }
       // a client that pipelines without reading its answers is not read further until it does

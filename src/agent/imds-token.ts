@@ -12,6 +12,8 @@ const VERIFIED_MAX = 8192;
 
 export class ImdsTokens {
   private readonly key: KeyObject;
+  /** The raw key, for a hand-over to a successor agent (handover.ts). */
+  readonly keyBytes: Buffer;
   private readonly verified = new Map<string, { uid: string; expMs: number }>();
   /** Last token issued per pod: a second request in the same second gets the same token. */
   private readonly lastIssued = new Map<string, { exp: number; token: string }>();
@@ -19,6 +21,7 @@ export class ImdsTokens {
   constructor(key: Buffer = randomBytes(32)) {
     if (key.length < 16) throw new Error("IMDS token key must have at least 16 bytes");
     this.key = createSecretKey(key);
+    this.keyBytes = Buffer.from(key);
   }
 
   /** Token for `uid`, valid until now + ttlSeconds. */

@@ -37,10 +37,16 @@ export function timeoutOptions(limits: ConnectionLimits): ServerOptions {
   };
 }
 
+/** Set once the agent handed its traffic over: answers then close their connection. */
+export interface DrainFlag {
+  draining: boolean;
+}
+
 export function podFacingServer(
   handler: (req: IncomingMessage, res: ServerResponse) => void,
   log: Logger,
   limits: ConnectionLimits = POD_FACING_LIMITS,
+  drain: DrainFlag = { draining: false },
 ): Server {
   const s = createServer(
     {
@@ -51,6 +57,8 @@ export function podFacingServer(
       requireHostHeader: false,
     },
     (req, res) => {
+      // node:http then writes `Connection: close` and ends the socket after this answer
+      if (drain.draining) res.shouldKeepAlive = false;
       try {
         handler(req, res);
       } catch (err) {

@@ -36,6 +36,14 @@ export class PodTokenMemo<Answer> {
     this.accepted.set(digest, untilMs);
   }
 
+  /** The accepted digests with their trust deadlines, for a hand-over to a successor agent. */
+  acceptedEntries(nowMs: number): Array<[string, number]> {
+    const out: Array<[string, number]> = [];
+    for (const [digest, until] of this.accepted?.entries() ?? [])
+      if (until > nowMs) out.push([digest, until]);
+    return out;
+  }
+
   /** The server no longer serves the pod: no token of it is trusted until the server says so again. */
   forgetAccepted(): void {
     this.accepted = undefined;

@@ -10,10 +10,17 @@ export interface Listening<S extends HttpServer = HttpServer> {
   close(): Promise<void>;
 }
 
-export function listen<S extends HttpServer>(server: S, host: string, port: number): Promise<Listening<S>> {
+/** `reusePort`: another process may bind the same port (two agents answer a node's probes during
+ *  a hand-over). */
+export function listen<S extends HttpServer>(
+  server: S,
+  host: string,
+  port: number,
+  options: { reusePort?: boolean } = {},
+): Promise<Listening<S>> {
   return new Promise((resolve, reject) => {
     server.once("error", reject);
-    server.listen(port, host, () => {
+    server.listen({ port, host, reusePort: options.reusePort === true }, () => {
       server.off("error", reject);
       const address = server.address() as AddressInfo;
       resolve({ server, address, port: address.port, close: () => closeServer(server) });

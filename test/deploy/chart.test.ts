@@ -326,8 +326,8 @@ describe("helm chart: renders", () => {
     assert.equal(c.securityContext?.privileged, false);
     assert.equal(c.securityContext?.allowPrivilegeEscalation, false);
     assert.equal(c.securityContext?.readOnlyRootFilesystem, true);
-    assert.deepEqual(c.livenessProbe?.httpGet, { path: "/healthz", port: "ops" });
-    assert.deepEqual(c.readinessProbe?.httpGet, { path: "/readyz", port: "ops" });
+    assert.deepEqual(c.livenessProbe?.httpGet, { path: "/healthz", port: 8182 });
+    assert.deepEqual(c.readinessProbe?.httpGet, { path: "/readyz", port: 8182 });
     assert.equal(flag(c.args!, "--ops-listen"), "$(NODE_IP):8182", "every listener on the node IP only");
     assert.equal(flag(c.args!, "--imds-listen"), "$(NODE_IP):8180");
     assert.ok(c.args!.includes("--require-imdsv2"), "IMDSv2 required by default");
@@ -440,6 +440,38 @@ describe("helm chart: renders", () => {
       ["test"],
       "only the helm test",
     );
+  });
+
+  it("agent upgrades: surge by default, the hand-over socket's host directory, no host ports to conflict", () => {
+    const ds = findObject(renderChart(), "DaemonSet", "keycutter-agent") as unknown as {
+      spec: { updateStrategy: unknown };
+    };
+    assert.deepEqual(ds.spec.updateStrategy, {
+      type: "RollingUpdate",
+      rollingUpdate: { maxSurge: 1, maxUnavailable: 0 },
+    });
+    const spec = podSpec(ds as unknown as K8sObject);
+    const c = spec.containers[0]!;
+    assert.equal(flag(c.args!, "--handover-dir"), "/run/keycutter");
+    assert.equal(flag(c.args!, "--handover-port-offset"), "10");
+    assert.equal(c.ports, undefined, "a surge pod's host ports would conflict with the old pod's");
+    assert.deepEqual(
+      c.volumeMounts!.find((m) => m.name === "handover"),
+      {
+        name: "handover",
+        mountPath: "/run/keycutter",
+      },
+    );
+    assert.deepEqual(spec.volumes!.find((v) => v.name === "handover")?.hostPath, {
+      path: "/run/keycutter",
+      type: "DirectoryOrCreate",
+    });
+    const off = podSpec(
+      findObject(renderChart({ agent: { handover: { enabled: false } } }), "DaemonSet", "keycutter-agent"),
+    );
+    assert.ok(!off.containers[0]!.args!.some((a) => a.startsWith("--handover-dir")));
+    assert.ok(off.containers[0]!.ports?.some((p) => p.name === "imds"));
+    assert.ok(!off.volumes!.some((v) => v.name === "handover"));
   });
 
   it("the agent reads the node's CNI result cache from a read-only mount of its parent; empty: neither", () => {
@@ -822,7 +854,13 @@ describe("helm chart: knobs", () => {
     assert.equal(sc.env!.find((e) => e.name === "KEYCUTTER_LOG_LEVEL")?.value, "debug");
     const a = agent(values) as unknown as PodSpec & { securityContext: object };
     const ac = a.containers[0]! as Container & { readinessProbe?: unknown };
-    assert.deepEqual(ac.readinessProbe, { ...probe, timeoutSeconds: 2, failureThreshold: 2 });
+    // the agent's `port: ops` is its number: with the hand-over the pod declares no ports
+    assert.deepEqual(ac.readinessProbe, {
+      ...probe,
+      httpGet: { ...probe.httpGet, port: 8182 },
+      timeoutSeconds: 2,
+      failureThreshold: 2,
+    });
     assert.deepEqual(a.securityContext, {
       seccompProfile: { type: "Localhost", localhostProfile: "keycutter.json" },
     });
@@ -885,12 +923,17 @@ describe("helm chart: knobs", () => {
     }
   });
 
-  it("the agent's maxUnavailable takes a percentage (and a number), nothing else", () => {
+  it("the agent's maxUnavailable and maxSurge take a percentage or a number, not both zero", () => {
     const ds = (v: unknown) =>
       (
         findObject(
           renderChart({
-            agent: { updateStrategy: { type: "RollingUpdate", rollingUpdate: { maxUnavailable: v } } },
+            agent: {
+              updateStrategy: {
+                type: "RollingUpdate",
+                rollingUpdate: { maxSurge: v === 0 ? 1 : 0, maxUnavailable: v },
+              },
+            },
           }),
           "DaemonSet",
           "keycutter-agent",
@@ -898,12 +941,32 @@ describe("helm chart: knobs", () => {
       ).spec.updateStrategy.rollingUpdate.maxUnavailable;
     assert.equal(ds("10%"), "10%");
     assert.equal(ds(3), 3);
-    for (const bad of ["ten", "0%", "101%", 0])
+    // 0 is the default beside maxSurge 1 (the hand-over's surge)
+    assert.equal(ds(0), 0);
+    for (const bad of ["ten", "101%", -1])
       assert.throws(
         () => ds(bad),
         (err: Error & { stderr?: string }) => /maxUnavailable/.test(String(err.stderr)),
         String(bad),
       );
+    // a DaemonSet takes one of the two: a clear message at render, not the apiserver's 422
+    assert.throws(
+      () =>
+        renderChart({
+          agent: { updateStrategy: { type: "RollingUpdate", rollingUpdate: { maxUnavailable: 1 } } },
+        }),
+      (err: Error & { stderr?: string }) => /set maxSurge: 0/.test(String(err.stderr)),
+    );
+    // a rollout that may neither add nor remove a pod never progresses
+    assert.throws(
+      () =>
+        renderChart({
+          agent: {
+            updateStrategy: { type: "RollingUpdate", rollingUpdate: { maxSurge: 0, maxUnavailable: "0%" } },
+          },
+        }),
+      (err: Error & { stderr?: string }) => /rollingUpdate/.test(String(err.stderr)),
+    );
   });
 
   it("Chart.yaml names home, sources and maintainers", () => {

@@ -117,6 +117,8 @@ describe("deploy/Dockerfile", () => {
     const dir = agentEnv.find((e) => e.name === "PATH")!.value!.split(":")[0]!;
     assert.ok(run.includes(`ln -s /usr/sbin/iptables-nft ${dir}/iptables`), dir);
     assert.ok(run.includes(`ln -s /usr/sbin/ip6tables-nft ${dir}/ip6tables`), dir);
+    // a hand-over moves the DNAT in one iptables-restore transaction, of the same backend
+    assert.ok(run.includes(`ln -s /usr/sbin/iptables-nft-restore ${dir}/iptables-restore`), dir);
     const legacy = renderChart({ agent: { hook: { iptablesMode: "legacy" } } });
     const ldir = (
       findObject(legacy, "DaemonSet", "keycutter-agent") as unknown as {
@@ -125,6 +127,7 @@ describe("deploy/Dockerfile", () => {
     ).spec.template.spec.containers[0]!.env.find((e) => e.name === "PATH")!.value!.split(":")[0]!;
     assert.ok(run.includes(`ln -s /usr/sbin/iptables-legacy ${ldir}/iptables`), ldir);
     assert.ok(run.includes(`ln -s /usr/sbin/ip6tables-legacy ${ldir}/ip6tables`), ldir);
+    assert.ok(run.includes(`ln -s /usr/sbin/iptables-legacy-restore ${ldir}/iptables-restore`), ldir);
   });
 
   it("runs as a non-root user (the uid the chart's server runs as) with node bin/keycutter.js", () => {
@@ -287,6 +290,7 @@ describe("the image's contents run what the chart runs", () => {
       mkdirSync(join(lib, `iptables-${mode}`), { recursive: true });
       symlinkSync(`/usr/sbin/iptables-${mode}`, join(lib, `iptables-${mode}`, "iptables"));
       symlinkSync(`/usr/sbin/ip6tables-${mode}`, join(lib, `iptables-${mode}`, "ip6tables"));
+      symlinkSync(`/usr/sbin/iptables-${mode}-restore`, join(lib, `iptables-${mode}`, "iptables-restore"));
     }
     execFileSync("ip", ["netns", "add", ns]);
     try {

@@ -6,6 +6,7 @@ import { join } from "node:path";
 import { CoreV1Api } from "@kubernetes/client-node";
 import { NODE, waitFor, type ManagedProcess } from "../harness/index.ts";
 import { System, IMDS, type TestPod } from "./system.ts";
+import { startFakeImds, NODE_ACCESS_KEY } from "../harness/fake-imds.ts";
 import { BUCKET_A, BUCKET_B, applyTenantPolicies, createTenantAws } from "./fixtures.ts";
 
 interface Line {
@@ -14,6 +15,7 @@ interface Line {
   ms: number;
   key?: string;
   err?: string;
+  tokenRefused?: boolean;
 }
 interface Client {
   pod: TestPod;
@@ -41,7 +43,7 @@ describe("e2e: faults with clients running", () => {
       env,
       name: `holder ${pod.namespace}/${pod.name}`,
     });
-    const poller = sys.net.spawn(pod.net.netns, NODE, [join(clientsDir, "poller.ts"), "250"], {
+    const poller = sys.net.spawn(pod.net.netns, NODE, [join(clientsDir, "poller.ts"), "250", "keep-token"], {
       env,
       name: `poller ${pod.namespace}/${pod.name}`,
     });
@@ -69,6 +71,7 @@ describe("e2e: faults with clients running", () => {
       holderErrorSamples: [...new Set(holders.filter((l) => !l.ok).map((l) => l.err))].slice(0, 3),
       endpointCalls: pollers.length,
       endpointErrors: pollers.filter((l) => !l.ok).length,
+      endpointTokensRefused: pollers.filter((l) => l.tokenRefused).length,
       endpointErrorKinds: [...new Set(pollers.filter((l) => !l.ok).map((l) => l.err))].slice(0, 4),
       endpointP99ms: Math.round(
         pct(
@@ -217,11 +220,88 @@ describe("e2e: faults with clients running", () => {
     assert.ok(late.ms < 10_000);
   });
 
-  it("an agent restarts", async () => {
-    const s = await during("restart the agent on node-a", () => sys.restartAgent("node-a"));
+  /** Credential answers the server replicas gave so far (keycutter_server_decisions_total{outcome="issued"}). */
+  const serverIssued = async (): Promise<number> => {
+    let total = 0;
+    for (const r of sys.servers) {
+      if (!r.process.running) continue;
+      const text = await (await fetch(`http://127.0.0.1:${r.opsPort}/metrics`)).text();
+      const m = /^keycutter_server_decisions_total\{outcome="issued"\} (\d+)/m.exec(text);
+      total += Number(m?.[1] ?? 0);
+    }
+    return total;
+  };
+
+  it("an agent rolls over (surge + hand-over): no call fails, tokens and credentials carried over", async () => {
+    const issuedBefore = await serverIssued();
+    let takeOverMs = 0;
+    const s = await during("roll the agent on node-a", async () => {
+      takeOverMs = (await sys.rolloutAgent("node-a")).takeOverMs;
+    });
+    const issuedDuring = (await serverIssued()) - issuedBefore;
+    console.log(
+      `# agent roll-over: successor took over after ${takeOverMs} ms; server answers ${issuedDuring}`,
+    );
     assert.equal(s.holderErrors, 0, "clients holding credentials see nothing");
+    assert.equal(s.endpointErrors, 0, "no metadata call fails during the roll-over");
+    assert.equal(s.endpointTokensRefused, 0, "IMDSv2 tokens of the old agent work with the new one");
+    assert.equal(issuedDuring, 0, "the new agent asked the server for nothing the old one held");
     const late = await newPodGetsCredentials("node-a");
     assert.ok(late.ms < 5000);
+  });
+
+  it("an agent rolls over while the old one is already SIGTERMed: it serves until the new one took over", async () => {
+    const issuedBefore = await serverIssued();
+    const s = await during("roll the agent on node-a, SIGTERM at the start", async () => {
+      await sys.rolloutAgent("node-a", { sigtermAtStart: true });
+    });
+    assert.equal(s.endpointErrors, 0, "no metadata call fails");
+    assert.equal(s.endpointTokensRefused, 0, "the token key was handed over");
+    assert.equal((await serverIssued()) - issuedBefore, 0, "nothing fetched again");
+  });
+
+  it("an agent crashes (SIGKILL): pods are refused meanwhile, never the node's credentials", async () => {
+    // a stand-in real IMDS with the node's credentials: what a pod would get without the hook
+    const nodeImds = await startFakeImds(sys.net, sys.agents.get("node-a")!.node.netns);
+    try {
+      const t0 = Date.now();
+      let restart = { listeningAfterMs: 0, readyAfterMs: 0 };
+      const s = await during("SIGKILL the agent on node-a", async () => {
+        restart = await sys.crashAgent("node-a");
+      });
+      const nodeA = clients.filter((c) => c.pod.node === "node-a").map((c) => lines(c.poller));
+      const after = nodeA.map((ls) => ls.filter((l) => l.t >= t0));
+      // the window: from the kill to each poller's first successful call after its first failure
+      const windows = after.map((ls) => {
+        const firstFail = ls.find((l) => !l.ok);
+        if (!firstFail) return 0;
+        const back = ls.find((l) => l.ok && l.t > firstFail.t);
+        return (back?.t ?? Date.now()) - t0;
+      });
+      console.log(
+        `# agent crash: refused for at most ${Math.max(...windows)} ms; restarted agent listening after ${restart.listeningAfterMs} ms, ready after ${restart.readyAfterMs} ms; errors ${JSON.stringify(s.endpointErrorKinds)}`,
+      );
+      assert.ok(
+        after.flat().every((l) => l.key !== NODE_ACCESS_KEY),
+        "no pod ever receives the node's credentials",
+      );
+      assert.ok(
+        after
+          .flat()
+          .every(
+            (l) =>
+              l.ok ||
+              /ECONNREFUSED|ECONNRESET|UND_ERR_SOCKET|TimeoutError|token 401|role 401/.test(l.err ?? ""),
+          ),
+        // refused before the restarted agent listens; unanswered in time while it starts
+        `failures are refusals or time-outs, no answer from elsewhere: ${JSON.stringify(s.endpointErrorKinds)}`,
+      );
+      assert.equal(s.holderErrors, 0, "clients holding credentials see nothing");
+      const late = await newPodGetsCredentials("node-a");
+      assert.ok(late.ms < 5000);
+    } finally {
+      await nodeImds.stop();
+    }
   });
 
   it("every server is down: cached credentials keep being served, a new pod gets a clear error", async () => {

@@ -293,6 +293,8 @@ export class System {
     args = setFlag(args, "--token-file", tokenFile);
     // the host path the chart mounts, here this node's own directory
     args = setFlag(args, "--cni-state-dir", node.cniStateDir!);
+    // the chart's host directory, here this node's own (nodes share this machine's filesystem)
+    args = setFlag(args, "--handover-dir", join(this.dir, "handover", node.name));
     return [KEYCUTTER_MAIN, ...args, `--kubeconfig=${kubeconfig}`, ...(this.opts.agentArgs ?? [])];
   }
 
@@ -335,6 +337,43 @@ export class System {
     await inst.process.stop();
     inst.process = this.spawnAgent(inst.node, inst.tokenFile, this.agentKubeconfigs.get(node)!);
     await this.waitAgentReady(inst);
+  }
+
+  /**
+   * The chart's rolling update (maxSurge 1, maxUnavailable 0): a second agent starts next to the
+   * running one, takes over, then the old one gets SIGTERM (the controller deletes its pod).
+   * Returns how long the successor took from start to owning the hook.
+   */
+  async rolloutAgent(node: string, opts: { sigtermAtStart?: boolean } = {}): Promise<{ takeOverMs: number }> {
+    const inst = this.agents.get(node)!;
+    const old = inst.process;
+    const t0 = Date.now();
+    const next = this.spawnAgent(inst.node, inst.tokenFile, this.agentKubeconfigs.get(node)!);
+    // the controller deletes the old pod as soon as the new one looks Ready, which the old agent
+    // itself can answer on the shared ops port: SIGTERM before the new process even connected
+    const stopping = opts.sigtermAtStart ? old.stop(60_000) : undefined;
+    await next.waitForLine(/hand-over complete/, 60_000);
+    const takeOverMs = Date.now() - t0;
+    if (stopping) await stopping;
+    else {
+      await old.waitForLine(/drained: waiting for SIGTERM/, 30_000);
+      await old.stop();
+    }
+    inst.process = next;
+    await this.waitAgentReady(inst);
+    return { takeOverMs };
+  }
+
+  /** SIGKILL of the agent (a crash, an OOM kill) and the kubelet's immediate restart of it. */
+  async crashAgent(node: string): Promise<{ listeningAfterMs: number; readyAfterMs: number }> {
+    const inst = this.agents.get(node)!;
+    const t0 = Date.now();
+    await inst.process.kill();
+    inst.process = this.spawnAgent(inst.node, inst.tokenFile, this.agentKubeconfigs.get(node)!);
+    await inst.process.waitForLine(/"agent listening"/, 30_000);
+    const listeningAfterMs = Date.now() - t0;
+    await this.waitAgentReady(inst);
+    return { listeningAfterMs, readyAfterMs: Date.now() - t0 };
   }
 
   /** A pod in its own network namespace on `node`, known to the apiserver with that IP. */

@@ -40,7 +40,7 @@ export interface FakeImds {
 }
 
 /** Starts the fake IMDS (and a fake 169.254.170.23) in `netns`. */
-export async function startFakeImds(net: PodNetwork, netns: string): Promise<FakeImds> {
+export async function startFakeImds(net: Pick<PodNetwork, "spawn">, netns: string): Promise<FakeImds> {
   const ip = (...args: string[]) => execFileP("ip", ["-n", netns, ...args]);
   // (no dummy interface module here: the loopback of the node namespace carries the addresses)
   await ip("addr", "add", "169.254.169.254/32", "dev", "lo");

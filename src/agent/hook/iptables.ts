@@ -37,16 +37,35 @@ export interface HookOptions {
   /** Whether this node has IPv6 (default: /proc/net/if_inet6 exists); without it, no IPv6 rules. */
   ipv6?: boolean;
   conntrack?: string;
+  /**
+   * Further agent ports the fail-closed chain guards like imdsPort and containerPort: the other
+   * hand-over slot's (handover.ts), so that whichever agent owns the DNAT, no connection from
+   * off the node reaches either.
+   */
+  extraGuardedPorts?: number[];
+  /**
+   * The hand-over generation written into the DNAT rules' comment (`keycutter:gen=N`): the
+   * ownership marker, which only moves forward; undefined: plain `keycutter`.
+   */
+  generation?: number;
 }
 
+/** Who the DNAT rules point at, read back from the nat chain. */
+export interface HookOwner {
+  generation: number;
+  imdsPort: number;
+}
+
+/** Runs a command, `input` (iptables-restore's) on its standard input when given. */
 export type Runner = (
   cmd: string,
   args: string[],
+  input?: string,
 ) => Promise<{ code: number; stdout: string; stderr: string }>;
 
-export const defaultRunner: Runner = (cmd, args) =>
+export const defaultRunner: Runner = (cmd, args, input) =>
   new Promise((resolve) => {
-    execFile(cmd, args, { timeout: 30_000 }, (err, stdout, stderr) => {
+    const child = execFile(cmd, args, { timeout: 30_000 }, (err, stdout, stderr) => {
       const code = err
         ? typeof (err as { code?: unknown }).code === "number"
           ? (err as { code: number }).code
@@ -54,6 +73,8 @@ export const defaultRunner: Runner = (cmd, args) =>
         : 0;
       resolve({ code, stdout: String(stdout), stderr: String(stderr) });
     });
+    child.stdin?.on("error", () => undefined);
+    child.stdin?.end(input ?? "");
   });
 
 const COMMENT = "keycutter";
@@ -98,7 +119,7 @@ export function natRules(o: HookOptions): string[][] {
         "-m",
         "comment",
         "--comment",
-        COMMENT,
+        o.generation === undefined ? COMMENT : `${COMMENT}:gen=${o.generation}`,
         "-j",
         "DNAT",
         "--to-destination",
@@ -113,7 +134,8 @@ const REJECT_TAIL = ["-m", "comment", "--comment", COMMENT, "-j", "REJECT", "--r
 
 /** The agent's pod-facing ports: the only ports the hook guards on INPUT. */
 function agentPorts(o: HookOptions): number[] {
-  return o.containerPort === undefined ? [o.imdsPort] : [o.imdsPort, o.containerPort];
+  const own = o.containerPort === undefined ? [o.imdsPort] : [o.imdsPort, o.containerPort];
+  return [...own, ...(o.extraGuardedPorts ?? []).filter((p) => !own.includes(p))];
 }
 
 /**
@@ -174,6 +196,24 @@ export function filterRules6(o: HookOptions): string[][] {
   }
   rules.push(...agentPortRules(o, []));
   return rules;
+}
+
+/** iptables-restore of the same backend as `iptables` (iptables-nft → iptables-nft-restore). */
+export function restoreFor(iptables: string): string {
+  return `${iptables}-restore`;
+}
+
+/** The owner marker of DNAT rules in `iptables -S` words, or undefined when they carry none. */
+export function ownerOf(rules: string[][]): HookOwner | undefined {
+  for (const words of rules) {
+    const comment = words[words.indexOf("--comment") + 1]?.replace(/^"(.*)"$/, "$1") ?? "";
+    const gen = /^keycutter:gen=([0-9]{1,15})$/.exec(comment);
+    const to = words[words.indexOf("--to-destination") + 1] ?? "";
+    const port = /:([0-9]{1,5})$/.exec(to);
+    if (gen && port && words.includes("DNAT"))
+      return { generation: Number(gen[1]), imdsPort: Number(port[1]) };
+  }
+  return undefined;
 }
 
 /** ip6tables of the same backend as `iptables` (same directory, same suffix). */
@@ -274,6 +314,12 @@ export class Hook {
     if (!(await this.chainExists(f, table, chain))) await this.ipt(f, ["-t", table, "-N", chain]);
     const have = await this.chainRules(f, table, chain);
     if (sameRules(have, want)) return false;
+    if (table === "nat") {
+      // One transaction: the DNAT target moves from one agent to the other with no moment where
+      // a new connection finds neither (a hand-over switches exactly this chain).
+      await this.restore(f, table, chain, want);
+      return true;
+    }
     // Append the new rules first, then delete the old ones from the top: there is never a
     // moment where the chain is empty.
     for (const r of want) await this.ipt(f, ["-t", table, "-A", chain, ...r]);
@@ -281,8 +327,34 @@ export class Hook {
     return true;
   }
 
-  /** Installs (or repairs) the hook. Returns true when something changed. */
-  async install(): Promise<boolean> {
+  /** Replaces `chain`'s rules with `rules` in one iptables-restore --noflush transaction. */
+  private async restore(f: Family, table: string, chain: string, rules: string[][]): Promise<void> {
+    // declaring an existing chain in --noflush mode flushes just that chain, inside the commit
+    const text = [
+      `*${table}`,
+      `:${chain} - [0:0]`,
+      ...rules.map((r) => `-A ${chain} ${r.join(" ")}`),
+      "COMMIT",
+      "",
+    ];
+    const r = await this.run(restoreFor(f.bin), ["-w", "5", "--noflush"], text.join("\n"));
+    if (r.code !== 0)
+      throw new Error(`${restoreFor(f.bin)} --noflush failed (${r.code}): ${r.stderr.trim()}`);
+  }
+
+  /** The owner marker the DNAT rules carry now; undefined: no nat chain, or rules without one. */
+  async owner(): Promise<HookOwner | undefined> {
+    const f = this.families[0]!;
+    if (!(await this.chainExists(f, "nat", this.o.chain))) return undefined;
+    return ownerOf(await this.chainRules(f, "nat", this.o.chain));
+  }
+
+  /**
+   * Installs (or repairs) the hook. Returns true when something changed. `keepConntrack`: a
+   * hand-over's switch, where the tracked connections are the old agent's established ones,
+   * which it drains (flushing them would reset them mid-request).
+   */
+  async install(opts: { keepConntrack?: boolean } = {}): Promise<boolean> {
     let changed = false;
     for (const f of this.families) {
       for (const c of f.chains) changed = (await this.syncChain(f, c.table, c.chain, c.rules)) || changed;
@@ -295,7 +367,7 @@ export class Hook {
       }
     }
     // Connections opened before the DNAT existed would keep reaching the real IMDS: cut them.
-    if (this.o.flushConntrack && changed) await this.flushConntrack();
+    if (this.o.flushConntrack && changed && !opts.keepConntrack) await this.flushConntrack();
     return changed;
   }
 

@@ -94,6 +94,15 @@ export function agentConfigFrom(opts: ParsedFlags, env: Environment = process.en
     cniStateDir: (flags.string("--cni-state-dir") ?? defaults.cniStateDir) || undefined,
     cniRescanMs: defaults.cniRescanMs,
     policyEpochMaxAgeMs: flags.duration("--policy-epoch-max-age-ms", "ms", defaults.policyEpochMaxAgeMs),
+    handoverDir: (flags.string("--handover-dir") ?? defaults.handoverDir) || undefined,
+    handoverPortOffset: flags.integer("--handover-port-offset", defaults.handoverPortOffset, {
+      min: 1,
+      max: 1000,
+    }),
+    handoverDrainMs: defaults.handoverDrainMs,
+    handoverWarmTimeoutMs: defaults.handoverWarmTimeoutMs,
+    handoverStopWaitMs: defaults.handoverStopWaitMs,
+    handoverSuccessorWaitMs: defaults.handoverSuccessorWaitMs,
   };
 }
 
@@ -199,6 +208,14 @@ export function registerAgentCommands(program: Command): void {
       "re-check and repair the hook this often (0 = only at start; default 30000)",
     )
     .option("--ready-taint <key>", "remove this taint from the node once ready (needs get/patch on nodes)")
+    .option(
+      "--handover-dir <dir>",
+      "root-only host directory of the hand-over socket: a new agent on the node takes over the token key, credentials and hook from the running one (empty: off)",
+    )
+    .option(
+      "--handover-port-offset <n>",
+      "the second port slot agents alternate to across hand-overs: IMDS and container ports plus this (default 10)",
+    )
     .option(
       "--cni-state-dir <dir>",
       `the node's CNI result cache, which tells which pod holds an IP before the pod watch does (default ${DEFAULT_CNI_STATE_DIR}; empty: off)`,

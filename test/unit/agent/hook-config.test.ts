@@ -174,3 +174,31 @@ test("agent config: flags win over env; env fallbacks; hook needs an agent IP", 
   assert.equal(agentConfigFrom({ maxConnectionsPerSource: "8" }, env).maxConnectionsPerSource, 8);
   assert.throws(() => agentConfigFrom({ maxConnectionsPerSource: "0" }, env), /at least 1/);
 });
+
+test("the nat chain is replaced in one iptables-restore --noflush transaction, with the owner's generation", async () => {
+  const restores: Array<{ cmd: string; args: string[]; input: string | undefined }> = [];
+  const calls: string[] = [];
+  const fake = fakeIptables(calls);
+  const run: Runner = async (cmd, args, input) => {
+    if (cmd.endsWith("-restore")) {
+      restores.push({ cmd, args, input });
+      return { code: 0, stdout: "", stderr: "" };
+    }
+    return fake(cmd, args);
+  };
+  await new Hook(
+    { ...base, iptables: "iptables-nft", generation: 4, extraGuardedPorts: [8190, 8191] },
+    run,
+  ).install();
+  assert.equal(restores.length, 1);
+  assert.equal(restores[0]!.cmd, "iptables-nft-restore", "the same backend as the other rules");
+  assert.deepEqual(restores[0]!.args, ["-w", "5", "--noflush"]);
+  const lines = restores[0]!.input!.split("\n");
+  assert.deepEqual(lines.slice(0, 2), ["*nat", ":KEYCUTTER - [0:0]"]);
+  assert.ok(lines.includes("COMMIT"));
+  assert.equal(lines.filter((l) => l.includes("--comment keycutter:gen=4 -j DNAT")).length, 2);
+  assert.ok(!calls.some((c) => c.includes("-t nat -A KEYCUTTER")), "no rule-by-rule nat writes");
+  // the fail-closed chain guards the other slot's ports too
+  assert.ok(calls.some((c) => c.includes("-A KEYCUTTER-FC") && c.includes("--dport 8190")));
+  assert.ok(calls.some((c) => c.includes("-A KEYCUTTER-FC") && c.includes("--dport 8191")));
+});

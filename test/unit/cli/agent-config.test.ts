@@ -73,6 +73,12 @@ function productionDefaults(): AgentConfig {
     cniStateDir: d.cniStateDir,
     cniRescanMs: d.cniRescanMs,
     policyEpochMaxAgeMs: d.policyEpochMaxAgeMs,
+    handoverDir: undefined,
+    handoverPortOffset: d.handoverPortOffset,
+    handoverDrainMs: d.handoverDrainMs,
+    handoverWarmTimeoutMs: d.handoverWarmTimeoutMs,
+    handoverStopWaitMs: d.handoverStopWaitMs,
+    handoverSuccessorWaitMs: d.handoverSuccessorWaitMs,
   };
 }
 
@@ -98,6 +104,8 @@ describe("agentConfigFrom", () => {
       opsListen: { ...defaults.opsListen, ...node },
       requireImdsV2: true,
       hook: { ...defaults.hook!, podInterfaces: ["eni+", "veth+", "cni0", "cbr0"] },
+      // the chart turns the hand-over on (agent.handover)
+      handoverDir: "/run/keycutter",
     });
   });
 

@@ -183,3 +183,16 @@ hard or none) added to the user's anti-affinity terms rather than replacing them
 {{- toYaml $affinity }}
 {{- end }}
 {{- end -}}
+
+{{/*
+One of the agent's probes. `port: ops` becomes the agent's opsPort number: with the hand-over the
+agent declares no container ports (two agents of a node share its ports during a rollout), so a
+named port would not resolve.
+*/}}
+{{- define "keycutter.agentProbe" -}}
+{{- $probe := deepCopy .probe -}}
+{{- if and $probe.httpGet (eq (toString $probe.httpGet.port) "ops") -}}
+{{- $_ := set $probe.httpGet "port" (int .opsPort) -}}
+{{- end -}}
+{{- toYaml $probe -}}
+{{- end -}}

@@ -1,0 +1,246 @@
+// The hand-over between two agents of a node: the protocol over a real unix socket, the cache's
+// export and adoption, the ownership marker and the repair loop that must not fight a successor.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { mkdtempSync, rmSync, statSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import {
+  HandoverServer,
+  Predecessor,
+  parseState,
+  type HandoverState,
+  type OwnerRole,
+} from "../../../src/agent/handover.ts";
+import { CredCache } from "../../../src/agent/cred-cache.ts";
+import { ImdsTokens } from "../../../src/agent/imds-token.ts";
+import { natRules, ownerOf } from "../../../src/agent/hook/iptables.ts";
+import { RepairLoop } from "../../../src/agent/hook-repair.ts";
+import { slotOfPort, slotPorts } from "../../../src/agent/handover-slots.ts";
+import { createLogger } from "../../../src/common/logger.ts";
+import type { CredentialsResponse } from "../../../src/api/contract.ts";
+
+const log = createLogger("test");
+const pod = { namespace: "tenant-a", name: "web-1", uid: "uid-1" };
+
+function answer(key: string, expiresInMs = 3600_000): CredentialsResponse {
+  return {
+    credentials: {
+      accessKeyId: key,
+      secretAccessKey: "secret",
+      sessionToken: "token",
+      expiration: new Date(Date.now() + expiresInMs).toISOString(),
+    },
+    roleArn: "arn:aws:iam::123456789012:role/reader",
+    roleName: "reader",
+    sessionName: "s",
+    policy: { namespace: "tenant-a", name: "p", generation: 1 },
+  };
+}
+
+function countingSource(): { calls: number; credentials(): Promise<CredentialsResponse> } {
+  const s = {
+    calls: 0,
+    credentials: async () => {
+      s.calls++;
+      return answer(`AKIA${s.calls}`);
+    },
+  };
+  return s;
+}
+
+async function until(cond: () => boolean): Promise<void> {
+  for (let i = 0; i < 200 && !cond(); i++) await new Promise((r) => setTimeout(r, 10));
+  assert.ok(cond());
+}
+
+test("a successor serves the predecessor's credentials without asking the server", async () => {
+  const oldSource = countingSource();
+  const old = new CredCache({ source: oldSource, log });
+  const first = await old.obtain(pod, 1000);
+  assert.ok(first.ok);
+  const newSource = countingSource();
+  const successor = new CredCache({ source: newSource, log });
+  assert.equal(successor.adopt(old.handOver()), 1);
+  successor.prefetch(pod);
+  const served = await successor.obtain(pod, 1000);
+  assert.ok(served.ok && first.ok);
+  assert.equal(served.creds.imdsBody.toString(), first.creds.imdsBody.toString());
+  assert.equal(newSource.calls, 0, "no re-issuance for what the old agent held");
+  // the container-credentials path: a pod token the server accepted for the old agent
+  const podToken = "eyJ.pod.token";
+  const viaToken = await old.obtainWithToken(pod, podToken, 1000);
+  assert.ok(viaToken.ok);
+  const later = new CredCache({ source: newSource, log });
+  later.adopt(old.handOver());
+  assert.ok(later.tokenValid(pod.uid, podToken), "the accepted token digest is handed over");
+  assert.ok(!later.tokenValid(pod.uid, "another.token"));
+  const served2 = await later.obtainWithToken(pod, podToken, 1000);
+  assert.ok(served2.ok);
+  assert.equal(newSource.calls, 0, "no TokenReview or credentials request for it either");
+  assert.ok(!JSON.stringify(old.handOver()).includes(podToken), "tokens only as digests");
+  later.dropAll();
+  // expired entries are not adopted
+  const stale = [{ pod, response: answer("AKIAOLD", -1000), requestedAtMs: 0, fetchedAtMs: 0 }];
+  assert.equal(new CredCache({ source: newSource, log }).adopt(stale), 0);
+  old.dropAll();
+  successor.dropAll();
+});
+
+test("IMDSv2 tokens issued with the handed-over key verify in the successor", () => {
+  const old = new ImdsTokens();
+  const token = old.issue("uid-1", 21600);
+  const successor = new ImdsTokens(Buffer.from(old.keyBytes.toString("base64"), "base64"));
+  assert.ok(successor.verify(token, "uid-1"));
+  assert.ok(!successor.verify(token, "uid-2"));
+  assert.ok(!new ImdsTokens().verify(token, "uid-1"), "a cold agent does not accept it");
+});
+
+test("the DNAT rules carry the owner's generation; slots map ports both ways", () => {
+  const o = {
+    chain: "KEYCUTTER",
+    podInterfaces: ["cbr0"],
+    podCidrs: [],
+    agentIp: "10.1.255.10",
+    imdsPort: 8190,
+    containerPort: 8191,
+    flushConntrack: false,
+    generation: 7,
+  };
+  assert.deepEqual(ownerOf(natRules(o)), { generation: 7, imdsPort: 8190 });
+  assert.equal(ownerOf(natRules({ ...o, generation: undefined })), undefined);
+  const imds = { host: "0.0.0.0", port: 8180 };
+  assert.equal(slotPorts(1, imds, { host: "0.0.0.0", port: 8181 }, 10).container?.port, 8191);
+  assert.equal(slotOfPort(8190, imds, 10), 1);
+  assert.equal(slotOfPort(8180, imds, 10), 0);
+  assert.equal(slotOfPort(9999, imds, 10), undefined);
+});
+
+test("the repair loop steps down for a higher generation and never repairs while paused", async () => {
+  let owner = { generation: 3, imdsPort: 8180 };
+  let installs = 0;
+  let release: (() => void) | undefined;
+  const hook = {
+    owner: async () => owner,
+    install: () =>
+      new Promise<boolean>((resolve) => {
+        installs++;
+        release = () => resolve(false);
+      }),
+  };
+  const superseded: number[] = [];
+  const loop = new RepairLoop(hook, 3, {
+    onRepaired: () => undefined,
+    onError: (err) => assert.fail(String(err)),
+    onSuperseded: (g) => superseded.push(g),
+  });
+  const first = loop.tick();
+  await until(() => installs === 1);
+  let pausedDone = false;
+  const paused = loop.pause().then(() => (pausedDone = true));
+  await new Promise((r) => setTimeout(r, 20));
+  assert.equal(pausedDone, false, "pause waits for the repair in flight");
+  release!();
+  await paused;
+  await first;
+  await loop.tick();
+  assert.equal(installs, 1, "no repair while paused");
+  owner = { generation: 4, imdsPort: 8190 };
+  loop.resume();
+  await loop.tick();
+  assert.deepEqual(superseded, [4]);
+  assert.equal(installs, 1, "superseded: the successor's rules are left alone");
+  await loop.tick();
+  assert.equal(installs, 1);
+  assert.equal(loop.active, false);
+});
+
+function ownerRole(state: HandoverState): OwnerRole & { events: string[] } {
+  const events: string[] = [];
+  return {
+    events,
+    state: () => state,
+    pauseRepair: async () => {
+      events.push("pause");
+    },
+    resumeRepair: () => events.push("resume"),
+    stepDown: (g) => events.push(`step-down ${g}`),
+  };
+}
+
+const state: HandoverState = {
+  node: "node-a",
+  generation: 2,
+  slot: 0,
+  tokenKey: Buffer.alloc(32, 7).toString("base64"),
+  creds: [{ pod, response: answer("AKIAHELD"), requestedAtMs: 1, fetchedAtMs: 2 }],
+};
+
+test("hand-over over the unix socket: state, pause, took-over; root-only socket", async () => {
+  const dir = join(mkdtempSync(join(tmpdir(), "handover-")), "run");
+  try {
+    const role = ownerRole(state);
+    const server = await HandoverServer.listen(dir, role, log);
+    assert.equal(statSync(dir).mode & 0o777, 0o700);
+    assert.equal(statSync(join(dir, "agent.sock")).mode & 0o777, 0o600);
+    assert.equal(await server.waitForSuccessor(20), false, "nobody connected");
+    const coming = server.waitForSuccessor(5000);
+    const p = await Predecessor.connect(dir, "node-a", 5000);
+    assert.equal(await coming, true, "a SIGTERMed owner learns that its successor connected");
+    assert.ok(p);
+    assert.equal(p.state.generation, 2);
+    assert.equal(p.state.creds[0]!.response.credentials.accessKeyId, "AKIAHELD");
+    assert.ok(server.successorPending);
+    const waited = server.waitForTakeOver(5000);
+    await p.pause();
+    await p.tookOver(3);
+    assert.equal(await waited, true);
+    assert.deepEqual(role.events, ["pause", "step-down 3"]);
+    // the successor becomes the owner on the same path; the old one's close must leave it there
+    const next = await HandoverServer.listen(dir, ownerRole({ ...state, generation: 3, slot: 1 }), log);
+    try {
+      await server.close();
+      const third = await Predecessor.connect(dir, "node-a", 5000);
+      third?.close();
+      assert.equal(third?.state.generation, 3, "the next hand-over reaches the new owner");
+    } finally {
+      await next.close();
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("a successor that leaves after pause gives the hook back; other nodes and nobody are refused", async () => {
+  const dir = join(mkdtempSync(join(tmpdir(), "handover-")), "run");
+  try {
+    assert.equal(await Predecessor.connect(dir, "node-a", 1000), undefined, "nobody listening: cold start");
+    const role = ownerRole(state);
+    const server = await HandoverServer.listen(dir, role, log);
+    await assert.rejects(Predecessor.connect(dir, "node-b", 1000));
+    const p = await Predecessor.connect(dir, "node-a", 5000);
+    await p!.pause();
+    p!.close();
+    await until(() => role.events.includes("resume"));
+    assert.ok(!server.successorPending);
+    assert.deepEqual(role.events, ["pause", "resume"]);
+    await server.close();
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("malformed hand-over states are refused", () => {
+  const good = { ...state } as unknown as Record<string, unknown>;
+  assert.equal(parseState(good, "node-a").creds.length, 1);
+  assert.throws(() => parseState(good, "node-b"), /another node/);
+  assert.throws(() => parseState({ ...good, generation: -1 }, "node-a"), /generation/);
+  assert.throws(() => parseState({ ...good, slot: 2 }, "node-a"), /slot/);
+  assert.throws(() => parseState({ ...good, tokenKey: "c2hvcnQ=" }, "node-a"), /token key/);
+  assert.throws(() => parseState({ ...good, creds: [{ pod }] }, "node-a"), /malformed/);
+  const entry = state.creds[0]!;
+  assert.throws(
+    () => parseState({ ...good, creds: [{ ...entry, acceptedTokens: [["not a digest", 1]] }] }, "node-a"),
+    /malformed/,
+  );
+});
