@@ -353,7 +353,10 @@ describe(
           image: { repository, tag, pullPolicy: "Never" },
           aws: { region: moto!.region, stsEndpoint: moto!.endpointFor(node!.hostIP) },
           server: {
+            // one replica, so that scaling it to 0 leaves the agent without a server; the chart
+            // refuses a PodDisruptionBudget that would then block every drain
             replicas: 1,
+            pdb: { enabled: false },
             envFrom: [{ secretRef: { name: "keycutter-aws" } }],
             // see docs/TESTING.md: the server must tolerate the taint on a node that has it
             tolerations: [TAINT_TOLERATION],
