@@ -142,6 +142,9 @@ export async function startAgentProcess(o: {
     `${host === "0.0.0.0" ? "0.0.0.0" : "127.0.0.1"}:${opsPort}`,
     "--imds-token-key-file",
     keyFile,
+    // no container runtime here: the pods exist only in the apiserver, so the host's libcni cache
+    // (a real node's leftovers in /var/lib/cni/results) must not be read as this node's attachments
+    "--cni-state-dir=",
     ...(o.extraArgs ?? ["--no-hook"]),
   ];
   // run as the chart runs it (its NODE_OPTIONS), unless the caller says otherwise
