@@ -170,23 +170,79 @@ async function chooseLayout(opts: RealNodeOptions): Promise<NodeLayout> {
   const prefix = `kn${randomBytes(2).toString("hex")}`;
   const prefixLength = opts.podPrefixLength ?? 26;
   if (prefixLength < 20 || prefixLength > 29) throw new Error(`podPrefixLength ${prefixLength}: want 20..29`);
-  const dir = mkdtempSync(join(tmpdir(), `kc-node-${prefix}-`));
+  const dir = mkdtempSync(join(tmpdir(), `${NODE_DIR_STEM}${prefix}-`));
+  writeFileSync(join(dir, OWNER_FILE), String(process.pid));
   return {
-    prefix,
+    ...hostNames(prefix),
     name: opts.name ?? "kc-node",
-    netns: `${prefix}-node`,
-    netnsPath: `/run/netns/${prefix}-node`,
-    hostLink: `${prefix}h`,
     hostIP: `10.${octet}.255.1`,
     nodeIP: `10.${octet}.255.2`,
     podSubnet: `10.${octet}.0.0/${prefixLength}`,
     podGateway: `10.${octet}.0.1`,
     bridge: "cni0",
-    cniNetwork: `kc-${prefix}`,
-    cgroupRoot: `/kc-${prefix}`,
     dir,
     socket: join(dir, "containerd", "containerd.sock"),
   };
+}
+
+const NODE_DIR_STEM = "kc-node-";
+/** The PID of the test process that made a node, in its directory: alive means the node is in use. */
+const OWNER_FILE = "owner.pid";
+
+/** What a node's prefix names on the machine (so that a dead run's leftovers can be found by it). */
+function hostNames(prefix: string) {
+  return {
+    prefix,
+    netns: `${prefix}-node`,
+    netnsPath: `/run/netns/${prefix}-node`,
+    hostLink: `${prefix}h`,
+    cniNetwork: `kc-${prefix}`,
+    cgroupRoot: `/kc-${prefix}`,
+  };
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
+/**
+ * Removes what a node whose test process is gone left on the machine (a run killed by a timeout
+ * or a restart never reaches its teardown): its processes, mounts, cgroups, network namespace,
+ * veth, libcni result files and log links. Left in place, they make the next run's figures (and
+ * agents that read /var/lib/cni/results) depend on that dead run.
+ */
+export async function sweepDeadNodes(): Promise<string[]> {
+  const swept: string[] = [];
+  for (const entry of readdirSync(tmpdir())) {
+    const match = new RegExp(`^${NODE_DIR_STEM}(kn[0-9a-f]{4})-`).exec(entry);
+    if (!match) continue;
+    const dir = join(tmpdir(), entry);
+    const names = hostNames(match[1]!);
+    const inode = existsSync(names.netnsPath) ? netnsInode(names.netnsPath) : undefined;
+    const owned = ownedProcesses({ dir, netnsInode: inode, cgroupRoot: names.cgroupRoot });
+    const ownerFile = join(dir, OWNER_FILE);
+    // without an owner file (a node from before it was written), only a node with no process left
+    if (existsSync(ownerFile) ? isAlive(Number(readFileSync(ownerFile, "utf8"))) : owned.length > 0) continue;
+    await killProcesses(owned);
+    await unmountAll(dir);
+    removeCgroupRoot(names.cgroupRoot);
+    await run("ip", ["netns", "del", names.netns]).catch(() => undefined);
+    await run("ip", ["link", "del", names.hostLink]).catch(() => undefined);
+    // containerd's loopback attachment of each of its sandboxes is cached under the same ID
+    const results = filesWithPrefix(CNI_CACHE_DIR, `${names.cniNetwork}-`);
+    const sandboxIds = results.flatMap((file) => /-([0-9a-f]{64})-[^-]+$/.exec(file)?.[1] ?? []);
+    removeFiles(results);
+    removeFiles(sandboxIds.flatMap((id) => filesWithPrefix(CNI_CACHE_DIR, `cni-loopback-${id}-`)));
+    removeFiles(symlinksInto(KUBELET_CONTAINER_LOG_LINKS, dir));
+    rmSync(dir, { recursive: true, force: true });
+    swept.push(names.prefix);
+  }
+  return swept;
 }
 
 async function createNodeNetwork(layout: NodeLayout): Promise<void> {
@@ -240,6 +296,7 @@ class NodeParts {
 /** Starts the node; on any failure it tears down what it started and throws with the logs. */
 export async function startRealNode(opts: RealNodeOptions = {}): Promise<RealNode> {
   const images = await buildNodeImages();
+  await sweepDeadNodes();
   const layout = await chooseLayout(opts);
   const parts = new NodeParts(layout);
   const sysctlsBefore = readSysctls(KUBELET_KERNEL_TUNABLES);
