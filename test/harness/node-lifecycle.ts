@@ -1,48 +1,12 @@
 /**
- * Helpers for the real node's lifecycle suite (test/node/lifecycle.test.ts): a stand-in for the
- * node's real IMDS, helm runs, a watch on the CNI's address allocations, pods that poll their
- * credentials from their first instant, and iptables snapshots to compare before and after.
+ * Helpers for the real node's lifecycle suite (test/node/lifecycle.test.ts): helm runs, a watch on
+ * the CNI's address allocations, pods that poll their credentials from their first instant, and
+ * iptables snapshots to compare before and after (the stand-in real IMDS is node-workloads.ts').
  */
 import { spawnSync } from "node:child_process";
 import { existsSync, readFileSync, readdirSync } from "node:fs";
 import { join } from "node:path";
-import { FAKE_IMDS_SCRIPT } from "./fake-imds.ts";
-import { NODE } from "./paths.ts";
-import { ManagedProcess } from "./process.ts";
-import { run } from "./node-host.ts";
 import type { RealNode } from "./realnode.ts";
-
-const METADATA_ADDRESSES = ["169.254.169.254/32", "169.254.170.23/32"];
-
-export interface NodeImds {
-  stop(): Promise<void>;
-}
-
-/**
- * The node's "real" IMDS, answering with the node's credentials (fake-imds.ts' program), on the
- * node namespace's loopback: a pod whose metadata traffic is not DNATed to the agent reaches it,
- * as it would reach EC2's on a real node.
- */
-export async function startNodeImds(node: RealNode): Promise<NodeImds> {
-  for (const address of METADATA_ADDRESSES)
-    await run("ip", ["-n", node.netns, "addr", "add", address, "dev", "lo"]);
-  const proc = new ManagedProcess("node-imds", "nsenter", [
-    `--net=/run/netns/${node.netns}`,
-    "--",
-    NODE,
-    "-e",
-    FAKE_IMDS_SCRIPT,
-    "169.254.169.254",
-  ]);
-  await proc.waitForLine(/fake imds listening/, 10_000);
-  return {
-    async stop() {
-      await proc.stop();
-      for (const address of METADATA_ADDRESSES)
-        await run("ip", ["-n", node.netns, "addr", "del", address, "dev", "lo"]).catch(() => undefined);
-    },
-  };
-}
 
 export interface HelmContext {
   kubeconfig: string;

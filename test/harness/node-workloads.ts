@@ -5,7 +5,7 @@
  * node, which pods must never reach.
  */
 import { spawnSync } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { AppsV1Api, BatchV1Api, CoreV1Api, type V1Pod } from "@kubernetes/client-node";
@@ -15,7 +15,6 @@ import { BROKER_USER, type Moto } from "./moto.ts";
 import { NODE } from "./paths.ts";
 import { ManagedProcess, waitFor } from "./process.ts";
 import type { RealNode } from "./realnode.ts";
-import { makeServingCert } from "./tls.ts";
 import { CHART_DIR, helmBinary } from "../deploy/render.ts";
 
 export const KEYCUTTER_NAMESPACE = "keycutter-system";
@@ -25,7 +24,7 @@ export interface Installed {
   readyMs: number;
   /** Runs helm against the node's cluster (its own cache/config dirs); throws on failure. */
   helm(args: string[], values?: object): string;
-  /** Removes the helm home and TLS material (the release goes with the node). */
+  /** Removes the helm home (the release goes with the node). */
   cleanup(): void;
 }
 
@@ -35,10 +34,42 @@ export interface InstallOptions {
 }
 
 /**
- * `helm install` of deploy/helm/keycutter with the values a user sets on this node (image,
- * region, moto's STS endpoint, the broker's keys and the TLS Secret the user brings, the bridge's
- * `cni0` as the pods' interface, the node's address as `networkPolicy.nodeCidrs`): resolves once the server Deployment and the agent DaemonSet
- * are Ready. test/node/install.test.ts says why `podInterfaces` is `cni0` here.
+ * What a user of this node brings before `helm install`: the release's namespace with the
+ * broker's AWS keys (moto) as the Secret `keycutter-aws`, and returns the values a user sets:
+ * image (imported, never pulled), region, moto's STS endpoint, that Secret, the bridge's `cni0` as
+ * the pods' interface, the node's address as `networkPolicy.nodeCidrs`. No TLS Secret: the chart's
+ * default is self-managed TLS.
+ */
+export async function userInstallValues(node: RealNode, moto: Moto): Promise<Record<string, unknown>> {
+  const broker = await moto.createUser(BROKER_USER, {
+    Version: "2012-10-17",
+    Statement: [{ Effect: "Allow", Action: ["sts:*", "iam:GetRole"], Resource: "*" }],
+  });
+  await applyObjects(node.cluster.kc, [
+    { apiVersion: "v1", kind: "Namespace", metadata: { name: KEYCUTTER_NAMESPACE } },
+    {
+      apiVersion: "v1",
+      kind: "Secret",
+      metadata: { name: "keycutter-aws", namespace: KEYCUTTER_NAMESPACE },
+      stringData: { AWS_ACCESS_KEY_ID: broker.accessKeyId, AWS_SECRET_ACCESS_KEY: broker.secretAccessKey },
+    },
+  ] as never);
+  const [repository, tag] = node.images.keycutter.ref.split(/:(?=[^:]+$)/) as [string, string];
+  return {
+    image: { repository, tag, pullPolicy: "Never" },
+    aws: { region: moto.region, stsEndpoint: moto.endpointFor(node.hostIP) },
+    server: { envFrom: [{ secretRef: { name: "keycutter-aws" } }] },
+    // The bridge plugin's pods reach the node through cni0: iptables sees the bridge as the
+    // in-interface (-i), not the pod's veth (the chart's default veth+ matches no pod here).
+    agent: { hook: { podInterfaces: ["cni0"] } },
+    // the agents run in the node's network: the server's API port is limited to it
+    networkPolicy: { nodeCidrs: [`${node.nodeIP}/32`] },
+  };
+}
+
+/**
+ * `helm install` of deploy/helm/keycutter with userInstallValues (and `opts.values` over them):
+ * resolves once the server Deployment and the agent DaemonSet are Ready.
  */
 export async function installKeycutter(
   node: RealNode,
@@ -46,22 +77,9 @@ export async function installKeycutter(
   opts: InstallOptions = {},
 ): Promise<Installed> {
   const cluster = node.cluster;
-  const broker = await moto.createUser(BROKER_USER, {
-    Version: "2012-10-17",
-    Statement: [{ Effect: "Allow", Action: ["sts:*", "iam:GetRole"], Resource: "*" }],
-  });
-  const pki = await makeServingCert(
-    [],
-    [
-      `keycutter-server.${KEYCUTTER_NAMESPACE}.svc`,
-      `keycutter-server.${KEYCUTTER_NAMESPACE}.svc.cluster.local`,
-    ],
-  );
+  const base = await userInstallValues(node, moto);
   const helmDir = mkdtempSync(join(tmpdir(), "kc-node-helm-"));
-  const cleanup = (): void => {
-    rmSync(pki.dir, { recursive: true, force: true });
-    rmSync(helmDir, { recursive: true, force: true });
-  };
+  const cleanup = (): void => rmSync(helmDir, { recursive: true, force: true });
   const helm = (args: string[], values?: object): string => {
     const result = spawnSync(helmBinary(), [...args, ...(values ? ["--values", "-"] : [])], {
       input: values ? JSON.stringify(values) : undefined,
@@ -79,35 +97,6 @@ export async function installKeycutter(
     return result.stdout;
   };
   try {
-    await applyObjects(cluster.kc, [
-      { apiVersion: "v1", kind: "Namespace", metadata: { name: KEYCUTTER_NAMESPACE } },
-      {
-        apiVersion: "v1",
-        kind: "Secret",
-        metadata: { name: "keycutter-server-tls", namespace: KEYCUTTER_NAMESPACE },
-        type: "kubernetes.io/tls",
-        stringData: {
-          "tls.crt": readFileSync(pki.certFile, "utf8"),
-          "tls.key": readFileSync(pki.keyFile, "utf8"),
-          "ca.crt": readFileSync(pki.caFile, "utf8"),
-        },
-      },
-      {
-        apiVersion: "v1",
-        kind: "Secret",
-        metadata: { name: "keycutter-aws", namespace: KEYCUTTER_NAMESPACE },
-        stringData: { AWS_ACCESS_KEY_ID: broker.accessKeyId, AWS_SECRET_ACCESS_KEY: broker.secretAccessKey },
-      },
-    ] as never);
-    const [repository, tag] = node.images.keycutter.ref.split(/:(?=[^:]+$)/) as [string, string];
-    const base = {
-      image: { repository, tag, pullPolicy: "Never" },
-      aws: { region: moto.region, stsEndpoint: moto.endpointFor(node.hostIP) },
-      server: { envFrom: [{ secretRef: { name: "keycutter-aws" } }] },
-      agent: { hook: { podInterfaces: ["cni0"] } },
-      // the agents run in the node's network: the server's API port is limited to it
-      networkPolicy: { nodeCidrs: [`${node.nodeIP}/32`] },
-    };
     const started = Date.now();
     helm(
       ["install", "keycutter", CHART_DIR, "--namespace", KEYCUTTER_NAMESPACE],

@@ -9,8 +9,9 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { AppsV1Api, CoreV1Api } from "@kubernetes/client-node";
-import { BROKER_USER, applyObjects, startMoto, waitFor, type Moto } from "../harness/index.ts";
+import { applyObjects, startMoto, waitFor, type Moto } from "../harness/index.ts";
 import { startRealNode, type Leftover, type RealNode } from "../harness/realnode.ts";
+import { mergeValues, userInstallValues } from "../harness/node-workloads.ts";
 import { CHART_DIR, helmBinary } from "../deploy/render.ts";
 import { BUCKET_A, ROLE_A, accessPolicy, roleAllowance } from "../e2e/fixtures.ts";
 
@@ -79,37 +80,13 @@ describe(
 
     it("helm install: the server Deployment and agent DaemonSet become Ready on the node", async () => {
       const cluster = node!.cluster;
-      const broker = await moto!.createUser(BROKER_USER, {
-        Version: "2012-10-17",
-        Statement: [{ Effect: "Allow", Action: ["sts:*", "iam:GetRole"], Resource: "*" }],
+      // what a user sets (no TLS Secret: the server makes its own); no server toleration: with
+      // agent.startupTaint.enabled the chart adds it (on a node that registers with the taint,
+      // here the only one, the server would stay Pending, the agent never become Ready without
+      // it, and never remove the taint)
+      const values = mergeValues(await userInstallValues(node!, moto!), {
+        agent: { startupTaint: { enabled: true } },
       });
-      // no TLS Secret: the chart's default is self-managed TLS (the server makes its own)
-      await applyObjects(cluster.kc, [
-        { apiVersion: "v1", kind: "Namespace", metadata: { name: NS } },
-        {
-          apiVersion: "v1",
-          kind: "Secret",
-          metadata: { name: "keycutter-aws", namespace: NS },
-          stringData: {
-            AWS_ACCESS_KEY_ID: broker.accessKeyId,
-            AWS_SECRET_ACCESS_KEY: broker.secretAccessKey,
-          },
-        },
-      ] as never);
-      const [repository, tag] = node!.images.keycutter.ref.split(/:(?=[^:]+$)/) as [string, string];
-      const values = {
-        image: { repository, tag, pullPolicy: "Never" },
-        aws: { region: moto!.region, stsEndpoint: moto!.endpointFor(node!.hostIP) },
-        // no server toleration: with agent.startupTaint.enabled the chart adds the server's own
-        // (on a node that registers with the taint, here the only one, the server would stay
-        // Pending, the agent never become Ready without it, and never remove the taint)
-        server: { envFrom: [{ secretRef: { name: "keycutter-aws" } }] },
-        // the node's addresses (the bridge CNI enforces no NetworkPolicy, but the chart needs them)
-        networkPolicy: { nodeCidrs: ["10.0.0.0/8"] },
-        // The bridge plugin's pods reach the node through cni0: iptables sees the bridge as the
-        // in-interface (-i), not the pod's veth (the chart's default veth+ matches no pod here).
-        agent: { hook: { podInterfaces: ["cni0"] }, startupTaint: { enabled: true } },
-      };
       const started = Date.now();
       const helm = spawnSync(
         helmBinary(),

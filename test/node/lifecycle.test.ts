@@ -7,7 +7,7 @@
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
@@ -18,16 +18,9 @@ import {
   type KubernetesObject,
   type V1Pod,
 } from "@kubernetes/client-node";
-import {
-  BROKER_USER,
-  MOTO_ACCOUNT_ID,
-  applyObjects,
-  makeServingCert,
-  parseYamlObjects,
-  startMoto,
-  waitFor,
-} from "../harness/index.ts";
-import type { Moto, TestPki } from "../harness/index.ts";
+import { MOTO_ACCOUNT_ID, applyObjects, parseYamlObjects, startMoto, waitFor } from "../harness/index.ts";
+import type { Moto } from "../harness/index.ts";
+import { mergeValues, startNodeImds, userInstallValues, type NodeImds } from "../harness/node-workloads.ts";
 import { startRealNode, type RealNode } from "../harness/realnode.ts";
 import {
   AddressWatch,
@@ -37,9 +30,7 @@ import {
   parsePollSamples,
   pollerPod,
   reuseFigures,
-  startNodeImds,
   type HelmContext,
-  type NodeImds,
   type PollSample,
   type RuleSnapshot,
 } from "../harness/node-lifecycle.ts";
@@ -79,7 +70,6 @@ describe(
   () => {
     let node: RealNode | undefined;
     let moto: Moto | undefined;
-    let pki: TestPki | undefined;
     let imds: NodeImds | undefined;
     let helmCtx: HelmContext | undefined;
     let rulesBeforeInstall: RuleSnapshot | undefined;
@@ -119,9 +109,7 @@ describe(
       node = undefined;
       await moto?.stop();
       moto = undefined;
-      if (pki) rmSync(pki.dir, { recursive: true, force: true });
       if (helmCtx) rmSync(helmCtx.home, { recursive: true, force: true });
-      pki = undefined;
       helmCtx = undefined;
       return left;
     };
@@ -328,53 +316,12 @@ describe(
         );
         assert.match(pending.message ?? "", /untolerated taint/, JSON.stringify(pending));
 
-        const broker = await moto!.createUser(BROKER_USER, {
-          Version: "2012-10-17",
-          Statement: [{ Effect: "Allow", Action: ["sts:*", "iam:GetRole"], Resource: "*" }],
+        installValues = mergeValues(await userInstallValues(node!, moto!), {
+          // one replica, so that scaling it to 0 leaves the agent without a server; the chart
+          // refuses a PodDisruptionBudget that would then block every drain
+          server: { replicas: 1, pdb: { enabled: false } },
+          agent: { startupTaint: { enabled: true } },
         });
-        pki = await makeServingCert(
-          [],
-          [`keycutter-server.${NS}.svc`, `keycutter-server.${NS}.svc.cluster.local`],
-        );
-        await applyObjects(cluster.kc, [
-          {
-            apiVersion: "v1",
-            kind: "Secret",
-            metadata: { name: "keycutter-server-tls", namespace: NS },
-            type: "kubernetes.io/tls",
-            stringData: {
-              "tls.crt": readFileSync(pki.certFile, "utf8"),
-              "tls.key": readFileSync(pki.keyFile, "utf8"),
-              "ca.crt": readFileSync(pki.caFile, "utf8"),
-            },
-          },
-          {
-            apiVersion: "v1",
-            kind: "Secret",
-            metadata: { name: "keycutter-aws", namespace: NS },
-            stringData: {
-              AWS_ACCESS_KEY_ID: broker.accessKeyId,
-              AWS_SECRET_ACCESS_KEY: broker.secretAccessKey,
-            },
-          },
-        ] as never);
-        const [repository, tag] = node!.images.keycutter.ref.split(/:(?=[^:]+$)/) as [string, string];
-        installValues = {
-          image: { repository, tag, pullPolicy: "Never" },
-          aws: { region: moto!.region, stsEndpoint: moto!.endpointFor(node!.hostIP) },
-          server: {
-            // one replica, so that scaling it to 0 leaves the agent without a server; the chart
-            // refuses a PodDisruptionBudget that would then block every drain
-            replicas: 1,
-            pdb: { enabled: false },
-            envFrom: [{ secretRef: { name: "keycutter-aws" } }],
-            // see docs/TESTING.md: the server must tolerate the taint on a node that has it
-            tolerations: [TAINT_TOLERATION],
-          },
-          agent: { hook: { podInterfaces: ["cni0"] }, startupTaint: { enabled: true } },
-          // the agents' source address (hostNetwork) is the node's
-          networkPolicy: { nodeCidrs: [`${node!.nodeIP}/32`] },
-        };
         // when the taint goes, seen within 100 ms (the DaemonSet reports Ready seconds later)
         let taintGoneAt: number | undefined;
         const taintWatch = setInterval(() => {

@@ -7,20 +7,11 @@
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { AppsV1Api, CoreV1Api, PatchStrategy, setHeaderOptions } from "@kubernetes/client-node";
-import {
-  BROKER_USER,
-  ManagedProcess,
-  applyObjects,
-  makeServingCert,
-  startMoto,
-  waitFor,
-  type Moto,
-  type TestPki,
-} from "../harness/index.ts";
+import { ManagedProcess, applyObjects, startMoto, waitFor, type Moto } from "../harness/index.ts";
 import { startRealNode, type RealNode } from "../harness/realnode.ts";
 import { startFakeImds, NODE_ACCESS_KEY, type FakeImds } from "../harness/fake-imds.ts";
 import {
@@ -32,6 +23,7 @@ import {
   waitDaemonSetRolledOut,
   type PollLine,
 } from "../harness/node-rollout.ts";
+import { userInstallValues } from "../harness/node-workloads.ts";
 import { CHART_DIR, helmBinary } from "../deploy/render.ts";
 import { BUCKET_A, BUCKET_B, ROLE_A, ROLE_B, accessPolicy, roleAllowance } from "../e2e/fixtures.ts";
 
@@ -50,7 +42,6 @@ describe(
   () => {
     let node: RealNode | undefined;
     let moto: Moto | undefined;
-    let pki: TestPki | undefined;
     let helmDir: string | undefined;
     let nodeImds: FakeImds | undefined;
     let values: Record<string, unknown> = {};
@@ -245,47 +236,8 @@ describe(
       node = await startRealNode();
       moto = await startMoto();
       helmDir = mkdtempSync(join(tmpdir(), "kc-rollout-helm-"));
-      const broker = await moto.createUser(BROKER_USER, {
-        Version: "2012-10-17",
-        Statement: [{ Effect: "Allow", Action: ["sts:*", "iam:GetRole"], Resource: "*" }],
-      });
-      pki = await makeServingCert(
-        [],
-        [`keycutter-server.${NS}.svc`, `keycutter-server.${NS}.svc.cluster.local`],
-      );
-      await applyObjects(node.cluster.kc, [
-        { apiVersion: "v1", kind: "Namespace", metadata: { name: NS } },
-        {
-          apiVersion: "v1",
-          kind: "Secret",
-          metadata: { name: "keycutter-server-tls", namespace: NS },
-          type: "kubernetes.io/tls",
-          stringData: {
-            "tls.crt": readFileSync(pki.certFile, "utf8"),
-            "tls.key": readFileSync(pki.keyFile, "utf8"),
-            "ca.crt": readFileSync(pki.caFile, "utf8"),
-          },
-        },
-        {
-          apiVersion: "v1",
-          kind: "Secret",
-          metadata: { name: "keycutter-aws", namespace: NS },
-          stringData: {
-            AWS_ACCESS_KEY_ID: broker.accessKeyId,
-            AWS_SECRET_ACCESS_KEY: broker.secretAccessKey,
-          },
-        },
-      ] as never);
-      const [repository, tag] = node.images.keycutter.ref.split(/:(?=[^:]+$)/) as [string, string];
       // only what a user sets; the update strategy and the hand-over are the chart's defaults
-      values = {
-        image: { repository, tag, pullPolicy: "Never" },
-        aws: { region: moto.region, stsEndpoint: moto.endpointFor(node.hostIP) },
-        server: { envFrom: [{ secretRef: { name: "keycutter-aws" } }] },
-        agent: { hook: { podInterfaces: ["cni0"] } },
-        // the agents reach the server's API port from the node's address (hostNetwork)
-        networkPolicy: { nodeCidrs: [`${node.nodeIP}/32`] },
-      };
+      values = await userInstallValues(node, moto);
       helm("install", values);
       await waitDaemonSetRolledOut(node, NS, "keycutter-agent");
       await waitFor(
@@ -366,7 +318,6 @@ describe(
       await nodeImds?.stop();
       const left = (await node?.stop()) ?? [];
       await moto?.stop();
-      if (pki) rmSync(pki.dir, { recursive: true, force: true });
       if (helmDir) rmSync(helmDir, { recursive: true, force: true });
       // the agents' hand-over socket stays behind their SIGKILL at teardown
       if (!handoverDirExisted) rmSync(HANDOVER_DIR, { recursive: true, force: true });
