@@ -464,7 +464,7 @@ export async function startAgent(
             node: cfg.nodeName,
             generation,
             slot,
-            tokenKey: tokens.keyBytes.toString("base64"),
+            tokenKey: tokens.exportKey().toString("base64"),
             creds: cache.handOver(),
           }),
           pauseRepair: () => repair.pause(),

@@ -12,8 +12,6 @@ const VERIFIED_MAX = 8192;
 
 export class ImdsTokens {
   private readonly key: KeyObject;
-  /** The raw key, for a hand-over to a successor agent (handover.ts). */
-  readonly keyBytes: Buffer;
   private readonly verified = new Map<string, { uid: string; expMs: number }>();
   /** Last token issued per pod: a second request in the same second gets the same token. */
   private readonly lastIssued = new Map<string, { exp: number; token: string }>();
@@ -21,7 +19,11 @@ export class ImdsTokens {
   constructor(key: Buffer = randomBytes(32)) {
     if (key.length < 16) throw new Error("IMDS token key must have at least 16 bytes");
     this.key = createSecretKey(key);
-    this.keyBytes = Buffer.from(key);
+  }
+
+  /** The raw key, for a hand-over to a successor agent (handover.ts); not kept in a second copy. */
+  exportKey(): Buffer {
+    return this.key.export();
   }
 
   /** Token for `uid`, valid until now + ttlSeconds. */
