@@ -69,6 +69,17 @@ export interface ServerConfig {
   log?: Logger;
 }
 
+/** The self-managed certificate's settings (all have defaults), as tls/setup.ts reads them. */
+export type SelfManagedTlsSetting =
+  | "tlsNamespace"
+  | "tlsCaConfigMap"
+  | "tlsSans"
+  | "tlsCertLifetimeSeconds"
+  | "tlsCaLifetimeSeconds"
+  | "tlsRenewAtFraction"
+  | "tlsBundlePropagationSeconds"
+  | "tlsSyncSeconds";
+
 /** Every setting that has a default; the rest (identity, files, URLs) have none or come from the environment. */
 export type ServerDefaults = Required<
   Pick<
@@ -94,14 +105,7 @@ export type ServerDefaults = Required<
     | "leaseNamespace"
     | "leaseName"
     | "statusIntervalMs"
-    | "tlsNamespace"
-    | "tlsCaConfigMap"
-    | "tlsSans"
-    | "tlsCertLifetimeSeconds"
-    | "tlsCaLifetimeSeconds"
-    | "tlsRenewAtFraction"
-    | "tlsBundlePropagationSeconds"
-    | "tlsSyncSeconds"
+    | SelfManagedTlsSetting
   >
 > & { agentReviewBudget: ReviewBudget; podReviewBudget: ReviewBudget };
 

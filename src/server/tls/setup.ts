@@ -4,7 +4,7 @@
 
 import type { KubeConfig } from "@kubernetes/client-node";
 import type { Logger } from "../../common/logger.ts";
-import type { ServerConfig } from "../config.ts";
+import type { SelfManagedTlsSetting, ServerConfig } from "../config.ts";
 import { subjectNames } from "./certificates.ts";
 import { checkTlsPlanSettings, type TlsPlanSettings } from "./plan.ts";
 import { SelfManagedTls } from "./self-managed.ts";
@@ -13,18 +13,7 @@ import { TlsStore } from "./store.ts";
 
 export type TlsConfig = Pick<
   ServerConfig,
-  | "insecureHttp"
-  | "tlsCertFile"
-  | "tlsKeyFile"
-  | "tlsSecret"
-  | "tlsNamespace"
-  | "tlsCaConfigMap"
-  | "tlsSans"
-  | "tlsCertLifetimeSeconds"
-  | "tlsCaLifetimeSeconds"
-  | "tlsRenewAtFraction"
-  | "tlsBundlePropagationSeconds"
-  | "tlsSyncSeconds"
+  "insecureHttp" | "tlsCertFile" | "tlsKeyFile" | "tlsSecret" | SelfManagedTlsSetting
 >;
 
 export function tlsPlanSettings(cfg: TlsConfig): TlsPlanSettings {
