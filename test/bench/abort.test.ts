@@ -61,7 +61,11 @@ it("SIGTERM mid-section: every process, namespace and rule the section started i
     const started = marked(mark).length;
     assert.ok(started > 5, `processes of this run: ${started}`);
     run.kill("SIGTERM");
-    const [code] = (await Promise.race([exited, sleep(120_000).then(() => [undefined])])) as [number | null];
+    // unref'd: a pending 2-minute timer would hold the test file open after the test passed
+    const [code] = (await Promise.race([
+      exited,
+      sleep(120_000, undefined, { ref: false }).then(() => [undefined]),
+    ])) as [number | null];
     assert.equal(code, 130, `exit code; stderr:\n${err.slice(-3000)}`);
     assert.match(err, /SIGTERM: stopping what this run started/);
     await sleep(500);
