@@ -12,27 +12,11 @@ import {
   createTenantAws,
   ROLE_A,
 } from "./fixtures.ts";
+import { banner, bold, cyan, dim, green, indent, red, say, step } from "./demo-output.ts";
 
 const execFileP = promisify(execFile);
-const tty = process.stdout.isTTY;
-const c = (code: string) => (s: string) => (tty ? `\x1b[${code}m${s}\x1b[0m` : s);
-const bold = c("1");
-const dim = c("2");
-const green = c("32");
-const red = c("31");
-const cyan = c("36");
-
-let stepNo = 0;
-const step = (title: string) => console.log(`\n${bold(`${++stepNo}. ${title}`)}`);
-const say = (s: string) => console.log(`   ${s}`);
 const shell = (pod: TestPod, cmd: string) =>
   console.log(`   ${cyan(`${pod.namespace}/${pod.name} $`)} ${cmd}`);
-const indent = (s: string) =>
-  s
-    .trimEnd()
-    .split("\n")
-    .map((l) => `     ${l}`)
-    .join("\n");
 
 export async function runDemo(opts: { keep: boolean }): Promise<void> {
   const sys = new System({ nodes: ["node-1"], serverReplicas: 2 });
@@ -47,10 +31,11 @@ export async function runDemo(opts: { keep: boolean }): Promise<void> {
   process.once("SIGTERM", onSignal);
 
   try {
-    console.log(
-      bold("keycutter demo") + dim(" — every part is real: etcd, kube-apiserver, moto (STS/S3), Redis,"),
+    banner(
+      "keycutter demo",
+      "every part is real: etcd, kube-apiserver, moto (STS/S3), Redis,",
+      "keycutter server ×2 and a node agent as processes, pods in network namespaces.",
     );
-    console.log(dim("  keycutter server ×2 and a node agent as processes, pods in network namespaces."));
     step("Bringing the system up");
     const t0 = Date.now();
     await sys.start((m) => say(dim(`· ${m}`)));
