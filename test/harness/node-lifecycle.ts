@@ -1,37 +1,12 @@
 /**
- * Helpers for the real node's lifecycle suite (test/node/lifecycle.test.ts): helm runs, a watch on
- * the CNI's address allocations, pods that poll their credentials from their first instant, and
+ * Helpers for the real node's lifecycle suite (test/node/lifecycle.test.ts): a watch on the CNI's
+ * address allocations, pods that poll their credentials from their first instant, and
  * iptables snapshots to compare before and after (the stand-in real IMDS is node-workloads.ts').
  */
-import { spawnSync } from "node:child_process";
 import { existsSync, readFileSync, readdirSync } from "node:fs";
 import { join } from "node:path";
+import { jsonLines } from "./node-workloads.ts";
 import type { RealNode } from "./realnode.ts";
-
-export interface HelmContext {
-  kubeconfig: string;
-  /** A directory of the run's own for helm's cache, config and data. */
-  home: string;
-}
-
-/** Runs helm; values (if any) go in as JSON on stdin. Throws with helm's output on failure. */
-export function helm(binary: string, ctx: HelmContext, args: string[], values?: object): string {
-  const result = spawnSync(binary, values ? [...args, "--values", "-"] : args, {
-    input: values ? JSON.stringify(values) : undefined,
-    encoding: "utf8",
-    timeout: 600_000,
-    env: {
-      ...process.env,
-      KUBECONFIG: ctx.kubeconfig,
-      HELM_CACHE_HOME: join(ctx.home, "cache"),
-      HELM_CONFIG_HOME: join(ctx.home, "config"),
-      HELM_DATA_HOME: join(ctx.home, "data"),
-    },
-  });
-  if (result.status !== 0)
-    throw new Error(`helm ${args.join(" ")} (${result.status})\n${result.stdout}${result.stderr}`);
-  return result.stdout;
-}
 
 /** One address as host-local handed it out: to which container, from when until when (ms). */
 export interface AddressHolding {
@@ -173,29 +148,15 @@ export interface PollSample {
 }
 
 export function parsePollSamples(log: string): PollSample[] {
-  const samples: PollSample[] = [];
-  for (const line of log.split("\n")) {
-    if (!line.startsWith("{")) continue;
-    try {
-      const parsed = JSON.parse(line) as {
-        t: number;
-        role?: string;
-        key?: string;
-        arn?: string;
-        err?: string;
-      };
-      samples.push({
-        at: Math.round(parsed.t * 1000),
-        role: parsed.role,
-        key: parsed.key,
-        arn: parsed.arn,
-        err: parsed.err,
-      });
-    } catch {
-      // a line cut by the container's end
-    }
-  }
-  return samples;
+  return jsonLines<{ t: number; role?: string; key?: string; arn?: string; err?: string }>(log).map(
+    (parsed) => ({
+      at: Math.round(parsed.t * 1000),
+      role: parsed.role,
+      key: parsed.key,
+      arn: parsed.arn,
+      err: parsed.err,
+    }),
+  );
 }
 
 export interface PollerOptions {

@@ -2,6 +2,7 @@
 // SDK does every 100 ms and log each call, the agent DaemonSet's rollout state, and a SIGKILL of
 // the agent's process on the real node.
 import { AppsV1Api, CoreV1Api } from "@kubernetes/client-node";
+import { jsonLines } from "./node-workloads.ts";
 import type { RealNode } from "./realnode.ts";
 import { waitFor } from "./process.ts";
 
@@ -76,16 +77,7 @@ export interface PollLine {
 }
 
 export function parsePollLines(text: string): PollLine[] {
-  const out: PollLine[] = [];
-  for (const line of text.split("\n")) {
-    if (!line.startsWith("{")) continue;
-    try {
-      out.push(JSON.parse(line) as PollLine);
-    } catch {
-      // a line cut by the log rotation or the container's end
-    }
-  }
-  return out;
+  return jsonLines<PollLine>(text);
 }
 
 /** The ConfigMap with the poller, for a namespace's poller pods. */

@@ -2,57 +2,24 @@
 // (kubelet, containerd, the CNI bridge, kube-proxy, CoreDNS) with keycutter installed by
 // `helm install`, the workloads the unmodified AWS CLI in Jobs. Needs the node's parts and images
 // (scripts/demo.sh --node builds them); cleans up after itself, also on Ctrl-C.
-import { startMoto, applyObjects, type Moto } from "../harness/index.ts";
-import {
-  deleteWorkloads,
-  installKeycutter,
-  jobFinished,
-  jobObject,
-  type Installed,
-} from "../harness/node-workloads.ts";
-import { startRealNode, type RealNode } from "../harness/realnode.ts";
-import {
-  BUCKET_A,
-  BUCKET_B,
-  ROLE_A,
-  ROLE_B,
-  accessPolicy,
-  createTenantAws,
-  roleAllowance,
-} from "../e2e/fixtures.ts";
+import { applyObjects, type Moto } from "../harness/index.ts";
+import { deleteWorkloads, jobFinished, jobObject } from "../harness/node-workloads.ts";
+import { secondsSince, startNodeWithTenants, type Installed, type NodeSuite } from "../harness/node-suite.ts";
+import type { RealNode } from "../harness/realnode.ts";
+import { BUCKET_A, BUCKET_B, ROLE_A, accessPolicy } from "../e2e/fixtures.ts";
 import { launch } from "./programs.ts";
-
-const tty = process.stdout.isTTY;
-const paint = (code: string) => (text: string) => (tty ? `\x1b[${code}m${text}\x1b[0m` : text);
-const bold = paint("1");
-const dim = paint("2");
-const green = paint("32");
-const red = paint("31");
-const cyan = paint("36");
-
-let stepNumber = 0;
-const step = (title: string) => console.log(`\n${bold(`${++stepNumber}. ${title}`)}`);
-const say = (text: string) => console.log(`   ${text}`);
-const indent = (text: string) =>
-  text
-    .trimEnd()
-    .split("\n")
-    .filter((line) => line.trim())
-    .map((line) => `     ${line}`)
-    .join("\n");
+import { banner, bold, cyan, dim, green, indent, red, say, step } from "../e2e/demo-output.ts";
 
 export async function runNodeDemo(opts: { keep: boolean }): Promise<void> {
+  let suite: NodeSuite | undefined;
   let node: RealNode | undefined;
   let moto: Moto | undefined;
-  let installed: Installed | undefined;
   let cleaning: Promise<void> | undefined;
   const cleanup = () =>
     (cleaning ??= (async () => {
       console.log(dim("\ncleaning up: the node's pods, processes, mounts, cgroups, namespace and rules…"));
       const left =
-        (await node?.stop().catch((err: Error) => [{ kind: "teardown", what: err.message }])) ?? [];
-      await moto?.stop();
-      installed?.cleanup();
+        (await suite?.stop().catch((err: Error) => [{ kind: "teardown", what: err.message }])) ?? [];
       if (left.length) console.error(red(`left behind: ${JSON.stringify(left)}`));
     })());
   const onSignal = () => void cleanup().then(() => process.exit(130));
@@ -82,36 +49,23 @@ export async function runNodeDemo(opts: { keep: boolean }): Promise<void> {
   };
 
   try {
-    console.log(
-      bold("keycutter demo --node") + dim(" — a real kubelet, containerd, CNI bridge, kube-proxy and"),
+    banner(
+      "keycutter demo --node",
+      "a real kubelet, containerd, CNI bridge, kube-proxy and",
+      "CoreDNS on this machine, keycutter installed with helm from the image built here.",
     );
-    console.log(dim("  CoreDNS on this machine, keycutter installed with helm from the image built here."));
     step("Bringing the node up and installing the chart");
     const started = Date.now();
-    node = await startRealNode();
-    say(
-      dim(`· node ${node.name} Ready (${node.nodeIP}, pods in ${node.podSubnet}) in ${seconds(started)} s`),
-    );
-    moto = await startMoto();
-    installed = await installKeycutter(node, moto);
+    let installed: Installed;
+    ({ suite, installed } = await startNodeWithTenants({
+      quiet: true,
+      serviceAccounts: ["reader", "batch"],
+    }));
+    ({ node, moto } = suite);
+    say(dim(`· node ${node.name} (${node.nodeIP}, pods in ${node.podSubnet})`));
     say(dim(`· helm install keycutter: server and agent Ready in ${Math.round(installed.readyMs / 1000)} s`));
-    await createTenantAws({ moto });
-    await moto.enableAuth();
-    const objects: object[] = [roleAllowance()];
-    for (const namespace of ["tenant-a", "tenant-b"]) {
-      objects.push(
-        { apiVersion: "v1", kind: "Namespace", metadata: { name: namespace } },
-        { apiVersion: "v1", kind: "ServiceAccount", metadata: { name: "reader", namespace } },
-        { apiVersion: "v1", kind: "ServiceAccount", metadata: { name: "batch", namespace } },
-      );
-    }
-    objects.push(
-      accessPolicy("tenant-a", "readers", ROLE_A, BUCKET_A),
-      accessPolicy("tenant-b", "readers", ROLE_B, BUCKET_B),
-    );
-    await applyObjects(node.cluster.kc, objects as never);
     say(`· two tenants, each with a bucket and an IAM role; ${dim("RoleAllowance 'tenants' bounds them")}`);
-    say(green(`ready in ${seconds(started)} s`));
+    say(green(`ready in ${secondsSince(started)} s`));
 
     step("Tenant A's pod reads its data with the unmodified AWS CLI");
     say(dim("No credentials in the pod: the CLI asks 169.254.169.254, which the agent's hook in the"));
@@ -141,12 +95,8 @@ export async function runNodeDemo(opts: { keep: boolean }): Promise<void> {
       console.log(`\nkubeconfig: ${node.cluster.kubeconfigPath}  — Ctrl-C to stop.`);
       await new Promise(() => undefined);
     }
-    console.log(bold(`\nThat's keycutter on a real node (${seconds(started)} s).`));
+    console.log(bold(`\nThat's keycutter on a real node (${secondsSince(started)} s).`));
   } finally {
     await cleanup();
   }
-}
-
-function seconds(sinceMs: number): number {
-  return Math.round((Date.now() - sinceMs) / 1000);
 }

@@ -7,8 +7,6 @@
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
   AppsV1Api,
@@ -18,36 +16,44 @@ import {
   type KubernetesObject,
   type V1Pod,
 } from "@kubernetes/client-node";
-import { MOTO_ACCOUNT_ID, applyObjects, parseYamlObjects, startMoto, waitFor } from "../harness/index.ts";
+import { MOTO_ACCOUNT_ID, applyObjects, parseYamlObjects, waitFor } from "../harness/index.ts";
 import type { Moto } from "../harness/index.ts";
-import { mergeValues, startNodeImds, userInstallValues, type NodeImds } from "../harness/node-workloads.ts";
-import { startRealNode, type RealNode } from "../harness/realnode.ts";
+import { mergeValues } from "../harness/node-workloads.ts";
+import {
+  KEYCUTTER_NAMESPACE as NS,
+  STARTUP_TAINT,
+  describeOnNode,
+  nodeHasStartupTaint,
+  TENANTS,
+  secondsSince,
+  startNodeSuite,
+  tenantNamespaces,
+  tenantPolicies,
+  userInstallValues,
+  waitStartupTaintRemoved,
+  type NodeSuite,
+  type Tenant,
+} from "../harness/node-suite.ts";
+import type { RealNode } from "../harness/realnode.ts";
 import {
   AddressWatch,
   diffSnapshots,
-  helm,
   iptablesSnapshot,
   parsePollSamples,
   pollerPod,
   reuseFigures,
-  type HelmContext,
   type PollSample,
   type RuleSnapshot,
 } from "../harness/node-lifecycle.ts";
 import { NODE_ACCESS_KEY } from "../harness/fake-imds.ts";
-import { CHART_DIR, helmBinary } from "../deploy/render.ts";
-import { BUCKET_A, BUCKET_B, ROLE_A, ROLE_B, accessPolicy, roleAllowance } from "../e2e/fixtures.ts";
+import { CHART_DIR } from "../deploy/render.ts";
+import { createTenantAws } from "../e2e/fixtures.ts";
 import { sessionNameFor } from "../../src/policy/decide.ts";
 
-const NS = "keycutter-system";
 const RELEASE = "keycutter";
-const STARTUP_TAINT = { key: "keycutter.dev/agent-not-ready", effect: "NoSchedule" };
 const TAINT_TOLERATION = { key: STARTUP_TAINT.key, operator: "Exists", effect: STARTUP_TAINT.effect };
-const TENANTS = ["tenant-a", "tenant-b"] as const;
-type Tenant = (typeof TENANTS)[number];
 const ROLE_OF: Record<Tenant, string> = { "tenant-a": "tenant-a-reader", "tenant-b": "tenant-b-reader" };
 const NODE_KEY_HASH = createHash("sha256").update(NODE_ACCESS_KEY).digest("hex").slice(0, 12);
-const enabled = process.env.KEYCUTTER_TEST_NODE === "1";
 
 /** What one poll got, relative to the pod that made it. */
 type Verdict = "own" | "node" | "foreign" | "refused";
@@ -58,36 +64,30 @@ function verdictOf(sample: PollSample, expectedArn: string): Verdict {
   return sample.arn === expectedArn ? "own" : "foreign";
 }
 
+function containerIdOf(pod: V1Pod): string {
+  return pod.status!.containerStatuses![0]!.containerID!.replace(/^\w+:\/\//, "");
+}
+
 function countVerdicts(samples: PollSample[], expectedArn: string): Record<Verdict, number> {
   const counts: Record<Verdict, number> = { own: 0, node: 0, foreign: 0, refused: 0 };
   for (const sample of samples) counts[verdictOf(sample, expectedArn)]++;
   return counts;
 }
 
-describe(
+describeOnNode(
   "a real node: keycutter's lifecycle (pods before the agent, IP reuse, resize, upgrade and uninstall)",
-  { skip: !enabled && "run by npm run test:node (KEYCUTTER_TEST_NODE=1)", timeout: 3_600_000 },
   () => {
+    let suite: NodeSuite | undefined;
     let node: RealNode | undefined;
     let moto: Moto | undefined;
-    let imds: NodeImds | undefined;
-    let helmCtx: HelmContext | undefined;
     let rulesBeforeInstall: RuleSnapshot | undefined;
     let installValues: Record<string, unknown> = {};
-    let started = 0;
+    const started = Date.now();
 
     before(async () => {
-      started = Date.now();
       // a /29: five addresses for CoreDNS, the server and the workloads, so they are reused
-      node = await startRealNode({ registerWithTaints: [STARTUP_TAINT], podPrefixLength: 29 });
-      console.log(
-        `# node Ready in ${Math.round((Date.now() - started) / 1000)} s, pods in ${node.podSubnet}`,
-      );
-      moto = await startMoto();
-      helmCtx = {
-        kubeconfig: node.cluster.kubeconfigPath,
-        home: mkdtempSync(join(tmpdir(), "kc-lifecycle-helm-")),
-      };
+      suite = await startNodeSuite({ registerWithTaints: [STARTUP_TAINT], podPrefixLength: 29 });
+      ({ node, moto } = suite);
       // a settled node's rules: CoreDNS tolerates the startup taint and may still be starting when
       // the node is Ready, and kube-proxy's rules change once it has endpoints
       rulesBeforeInstall = await waitFor(
@@ -99,23 +99,12 @@ describe(
         },
         { timeoutMs: 120_000, intervalMs: 500 },
       );
-      imds = await startNodeImds(node);
     });
-
-    const stopAll = async () => {
-      await imds?.stop();
-      imds = undefined;
-      const left = (await node?.stop()) ?? [];
-      node = undefined;
-      await moto?.stop();
-      moto = undefined;
-      if (helmCtx) rmSync(helmCtx.home, { recursive: true, force: true });
-      helmCtx = undefined;
-      return left;
-    };
     after(async () => {
-      await stopAll();
+      await suite?.stop();
     });
+    /** helm on the node: `command` of the release, with the current install values where it takes them. */
+    const helm = (args: string[], values?: object) => suite!.helm.run(args, values ? { values } : {});
 
     const core = () => node!.cluster.kc.makeApiClient(CoreV1Api);
     const apps = () => node!.cluster.kc.makeApiClient(AppsV1Api);
@@ -273,21 +262,11 @@ describe(
     describe("5. a pod scheduled before the agent is Ready never gets the node's credentials", () => {
       it("with the startup taint: the pod waits for the agent; a pod that ignores the taint shows the hole it closes", async () => {
         const cluster = node!.cluster;
-        await moto!.createRole("tenant-a-reader", {
-          Version: "2012-10-17",
-          Statement: [{ Effect: "Allow", Action: ["s3:GetObject", "s3:ListBucket"], Resource: "*" }],
-        });
-        await moto!.createRole("tenant-b-reader", {
-          Version: "2012-10-17",
-          Statement: [{ Effect: "Allow", Action: ["s3:GetObject", "s3:ListBucket"], Resource: "*" }],
-        });
-        const objects: object[] = [{ apiVersion: "v1", kind: "Namespace", metadata: { name: NS } }];
-        for (const tenant of TENANTS) {
-          objects.push(
-            { apiVersion: "v1", kind: "Namespace", metadata: { name: tenant } },
-            { apiVersion: "v1", kind: "ServiceAccount", metadata: { name: "reader", namespace: tenant } },
-          );
-        }
+        await createTenantAws(suite!);
+        const objects: object[] = [
+          { apiVersion: "v1", kind: "Namespace", metadata: { name: NS } },
+          ...tenantNamespaces(TENANTS),
+        ];
         await applyObjects(cluster.kc, objects as never);
 
         // Before the chart: a pod that tolerates the taint (as every pod does on a node without
@@ -316,7 +295,7 @@ describe(
         );
         assert.match(pending.message ?? "", /untolerated taint/, JSON.stringify(pending));
 
-        installValues = mergeValues(await userInstallValues(node!, moto!), {
+        installValues = mergeValues(await userInstallValues(suite!), {
           // one replica, so that scaling it to 0 leaves the agent without a server; the chart
           // refuses a PodDisruptionBudget that would then block every drain
           server: { replicas: 1, pdb: { enabled: false } },
@@ -325,32 +304,18 @@ describe(
         // when the taint goes, seen within 100 ms (the DaemonSet reports Ready seconds later)
         let taintGoneAt: number | undefined;
         const taintWatch = setInterval(() => {
-          void core()
-            .readNode({ name: node!.name })
-            .then(
-              (current) => {
-                const tainted = (current.spec?.taints ?? []).some((taint) => taint.key === STARTUP_TAINT.key);
-                if (!tainted) taintGoneAt ??= Date.now();
-              },
-              () => undefined,
-            );
+          void nodeHasStartupTaint(node!).then(
+            (tainted) => {
+              if (!tainted) taintGoneAt ??= Date.now();
+            },
+            () => undefined,
+          );
         }, 100);
         const installStarted = Date.now();
-        helm(helmBinary(), helmCtx!, ["install", RELEASE, CHART_DIR, "--namespace", NS], installValues);
-        await applyObjects(cluster.kc, [
-          roleAllowance(),
-          accessPolicy("tenant-a", "readers", ROLE_A, BUCKET_A),
-          accessPolicy("tenant-b", "readers", ROLE_B, BUCKET_B),
-        ] as never);
+        helm(["install", RELEASE, CHART_DIR, "--namespace", NS], installValues);
+        await applyObjects(cluster.kc, tenantPolicies() as never);
         await waitAgentReady("the agent DaemonSet Ready");
-        await waitFor(
-          "the agent to remove the startup taint",
-          async () => {
-            const current = await core().readNode({ name: node!.name });
-            return !(current.spec?.taints ?? []).some((taint) => taint.key === STARTUP_TAINT.key);
-          },
-          { timeoutMs: 60_000, intervalMs: 250 },
-        );
+        await waitStartupTaintRemoved(node!);
         clearInterval(taintWatch);
         const untainted = taintGoneAt ?? Date.now();
         const tainted = await awaitOwnCredentials("tenant-a", "tainted-early", 3);
@@ -504,7 +469,6 @@ describe(
     describe("6. in-place resize of the agent while clients poll", () => {
       const resizeAgent = async (resources: object) => {
         const pod = await agentPod();
-        const containerId = pod.status!.containerStatuses![0]!.containerID!.replace(/^\w+:\/\//, "");
         const restartsBefore = pod.status!.containerStatuses![0]!.restartCount;
         const resizeStarted = Date.now();
         await core().patchNamespacedPodResize({
@@ -538,7 +502,7 @@ describe(
         const status = done.status!.containerStatuses![0]!;
         return {
           pod: done,
-          containerId,
+          containerId: containerIdOf(done),
           restartsBefore,
           restartsAfter: status.restartCount,
           resizeStarted,
@@ -568,6 +532,13 @@ describe(
         for (const tenant of TENANTS) await startPoller(tenant, `${label}-client`);
         for (const tenant of TENANTS) await awaitOwnCredentials(tenant, `${label}-client`, 2);
       };
+      /** Clients of both tenants polling, the agent resized, and what they got around it. */
+      const resizeWithClients = async (label: string, resources: object, settleMs: number) => {
+        await startClients(label);
+        const resized = await resizeAgent(resources);
+        await new Promise((resolve) => setTimeout(resolve, settleMs));
+        return { resized, window: await clientWindow(label, resized.resizeStarted - 2000, Date.now()) };
+      };
       const clientWindow = async (label: string, from: number, until: number) => {
         const out: Record<Tenant, Record<Verdict, number>> = {} as never;
         for (const tenant of TENANTS) {
@@ -583,19 +554,17 @@ describe(
       it("NotRequired: CPU and memory change without a restart and no client call fails", async () => {
         await removePollers();
         const before = await agentPod();
-        const containerId = before.status!.containerStatuses![0]!.containerID!.replace(/^\w+:\/\//, "");
+        const containerId = containerIdOf(before);
         const heapBefore = await heapLimitMiB(containerId);
         const cgroupBefore = await inAgent(containerId, [
           "cat",
           "/sys/fs/cgroup/memory/memory.limit_in_bytes",
         ]);
-        await startClients("notreq");
-        const resized = await resizeAgent({
-          requests: { cpu: "100m", memory: "64Mi" },
-          limits: { memory: "384Mi" },
-        });
-        await new Promise((resolve) => setTimeout(resolve, 2000));
-        const window = await clientWindow("notreq", resized.resizeStarted - 2000, Date.now());
+        const { resized, window } = await resizeWithClients(
+          "notreq",
+          { requests: { cpu: "100m", memory: "64Mi" }, limits: { memory: "384Mi" } },
+          2000,
+        );
         const cgroupAfter = await inAgent(resized.containerId, [
           "cat",
           "/sys/fs/cgroup/memory/memory.limit_in_bytes",
@@ -609,7 +578,7 @@ describe(
             `clients ${JSON.stringify(window)}`,
         );
         assert.equal(resized.restartsAfter, resized.restartsBefore, "not restarted");
-        assert.equal(resized.containerId, containerId, "the same container");
+        assert.equal(resized.containerId, containerId, "the same container, resized in place");
         if (!cgroupAfter.startsWith("unreadable"))
           assert.equal(cgroupAfter, String(384 * 2 ** 20), "the kubelet applied the new limit to the cgroup");
         if (!cpuShares.startsWith("unreadable")) assert.equal(cpuShares, "102", "100m of CPU is 102 shares");
@@ -636,28 +605,20 @@ describe(
             ],
           },
         };
-        helm(helmBinary(), helmCtx!, ["upgrade", RELEASE, CHART_DIR, "--namespace", NS], installValues);
+        helm(["upgrade", RELEASE, CHART_DIR, "--namespace", NS], installValues);
         await waitAgentReady("the agent rolled with the RestartContainer policy");
         const before = await agentPod();
         assert.deepEqual(
           before.spec!.containers[0]!.resizePolicy?.map((policy) => policy.restartPolicy),
           ["NotRequired", "RestartContainer"],
         );
-        const heapBefore = await heapLimitMiB(
-          before.status!.containerStatuses![0]!.containerID!.replace(/^\w+:\/\//, ""),
+        const heapBefore = await heapLimitMiB(containerIdOf(before));
+        const { resized, window } = await resizeWithClients(
+          "restart",
+          { requests: { cpu: "50m", memory: "64Mi" }, limits: { memory: "384Mi" } },
+          3000,
         );
-        await startClients("restart");
-        const resized = await resizeAgent({
-          requests: { cpu: "50m", memory: "64Mi" },
-          limits: { memory: "384Mi" },
-        });
-        await new Promise((resolve) => setTimeout(resolve, 3000));
-        const window = await clientWindow("restart", resized.resizeStarted - 2000, Date.now());
-        const containerIdAfter = resized.pod.status!.containerStatuses![0]!.containerID!.replace(
-          /^\w+:\/\//,
-          "",
-        );
-        const heapAfter = await heapLimitMiB(containerIdAfter);
+        const heapAfter = await heapLimitMiB(resized.containerId);
         // the longest run of refused polls: the time pods were refused while the agent restarted
         let outage = 0;
         for (const tenant of TENANTS) {
@@ -697,7 +658,7 @@ describe(
         agent: { ...(installValues.agent as object), podAnnotations: { "keycutter.dev/rollout": "2" } },
       };
       const upgradeStarted = Date.now();
-      helm(helmBinary(), helmCtx!, ["upgrade", RELEASE, CHART_DIR, "--namespace", NS], installValues);
+      helm(["upgrade", RELEASE, CHART_DIR, "--namespace", NS], installValues);
       await waitAgentReady("the agent DaemonSet rolled");
       const rolled = await agentPod();
       assert.notEqual(rolled.metadata!.uid, before.metadata!.uid, "a new agent pod");
@@ -713,8 +674,8 @@ describe(
 
       // everything the release made (its manifest and its hooks), to check each is gone after
       let objects = [
-        ...parseYamlObjects(helm(helmBinary(), helmCtx!, ["get", "manifest", RELEASE, "--namespace", NS])),
-        ...parseYamlObjects(helm(helmBinary(), helmCtx!, ["get", "hooks", RELEASE, "--namespace", NS])),
+        ...parseYamlObjects(helm(["get", "manifest", RELEASE, "--namespace", NS])),
+        ...parseYamlObjects(helm(["get", "hooks", RELEASE, "--namespace", NS])),
       ].filter((obj) => obj?.kind);
       // the CRDs stay by design (helm.sh/resource-policy: keep): deleting them deletes every policy
       const kept = objects.filter((obj) => obj.metadata?.annotations?.["helm.sh/resource-policy"] === "keep");
@@ -726,7 +687,7 @@ describe(
       objects = objects.filter((obj) => !kept.includes(obj));
       assert.ok(objects.length > 10, `${objects.length} objects in the release`);
       const uninstallStarted = Date.now();
-      helm(helmBinary(), helmCtx!, ["uninstall", RELEASE, "--namespace", NS, "--wait", "--timeout", "5m"]);
+      helm(["uninstall", RELEASE, "--namespace", NS, "--wait", "--timeout", "5m"]);
       const uninstallMs = Date.now() - uninstallStarted;
 
       const generic = KubernetesObjectApi.makeApiClient(cluster.kc);
@@ -783,9 +744,9 @@ describe(
     });
 
     it("teardown leaves no process, mount, namespace, veth, cgroup or iptables rule behind", async () => {
-      const left = await stopAll();
+      const left = await suite!.stop();
       assert.deepEqual(left, []);
-      console.log(`# whole file ${Math.round((Date.now() - started) / 1000)} s`);
+      console.log(`# whole file ${secondsSince(started)} s`);
     });
   },
 );
