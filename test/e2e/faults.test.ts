@@ -7,7 +7,7 @@ import { CoreV1Api } from "@kubernetes/client-node";
 import { NODE, waitFor, type ManagedProcess } from "../harness/index.ts";
 import { System, IMDS, type TestPod } from "./system.ts";
 import { startFakeImds, NODE_ACCESS_KEY } from "../harness/fake-imds.ts";
-import { BUCKET_A, BUCKET_B, applyTenantPolicies, createTenantAws } from "./fixtures.ts";
+import { BUCKET_A, BUCKET_B, startWithTenants } from "./fixtures.ts";
 
 interface Line {
   t: number;
@@ -102,10 +102,7 @@ describe("e2e: faults with clients running", () => {
   };
 
   before(async () => {
-    await sys.start((m) => console.log(`# ${m}`));
-    await createTenantAws(sys);
-    await sys.moto.enableAuth();
-    await applyTenantPolicies(sys);
+    await startWithTenants(sys);
     const a1 = await sys.addPod("node-a", "tenant-a", "steady-a1", { serviceAccount: "reader" });
     const b1 = await sys.addPod("node-a", "tenant-b", "steady-b1", { serviceAccount: "reader" });
     const a2 = await sys.addPod("node-b", "tenant-a", "steady-a2", { serviceAccount: "reader" });

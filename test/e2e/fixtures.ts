@@ -73,3 +73,14 @@ export async function applyTenantPolicies(sys: System): Promise<void> {
   await sys.apply(accessPolicy("tenant-a", "readers", ROLE_A, BUCKET_A));
   await sys.apply(accessPolicy("tenant-b", "readers", ROLE_B, BUCKET_B));
 }
+
+/**
+ * Starts `sys` with both tenants as most suites want them: buckets and roles in moto, which checks
+ * every request's signature and the caller's policies from then on, and applyTenantPolicies().
+ */
+export async function startWithTenants(sys: System): Promise<void> {
+  await sys.start((m) => console.log(`# ${m}`));
+  await createTenantAws(sys);
+  await sys.moto.enableAuth();
+  await applyTenantPolicies(sys);
+}

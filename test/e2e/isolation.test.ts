@@ -3,7 +3,7 @@
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { System, IMDS } from "./system.ts";
-import { BUCKET_A, BUCKET_B, applyTenantPolicies, createTenantAws } from "./fixtures.ts";
+import { BUCKET_A, BUCKET_B, startWithTenants } from "./fixtures.ts";
 import type { TestPod } from "./system.ts";
 
 describe("e2e: tenant isolation with real clients", () => {
@@ -11,10 +11,7 @@ describe("e2e: tenant isolation with real clients", () => {
   let a1: TestPod, b1: TestPod, a2: TestPod, nobody: TestPod;
 
   before(async () => {
-    await sys.start((m) => console.log(`# ${m}`));
-    await createTenantAws(sys);
-    await sys.moto.enableAuth();
-    await applyTenantPolicies(sys);
+    await startWithTenants(sys);
     a1 = await sys.addPod("node-a", "tenant-a", "app-1", { serviceAccount: "reader" });
     b1 = await sys.addPod("node-a", "tenant-b", "app-1", { serviceAccount: "reader" });
     a2 = await sys.addPod("node-b", "tenant-a", "app-2", { serviceAccount: "reader" });

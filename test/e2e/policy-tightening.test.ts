@@ -10,14 +10,7 @@ import { CustomObjectsApi, PatchStrategy, setHeaderOptions } from "@kubernetes/c
 import { canonicalJson } from "../../src/policy/decide.ts";
 import { MOTO_ACCOUNT_ID, waitFor } from "../harness/index.ts";
 import { System, type TestPod } from "./system.ts";
-import {
-  BUCKET_A,
-  ROLE_A,
-  accessPolicy,
-  applyTenantPolicies,
-  createTenantAws,
-  roleAllowance,
-} from "./fixtures.ts";
+import { BUCKET_A, ROLE_A, accessPolicy, roleAllowance, startWithTenants } from "./fixtures.ts";
 
 /** Within this, a change must have reached the pod; today's agent keeps old credentials for tens of minutes. */
 const DEADLINE_MS = 15_000;
@@ -106,11 +99,8 @@ describe("e2e: policy tightening reaches running pods", () => {
     custom.patchClusterCustomObject({ ...GROUP, plural: "roleallowances", name, body: { spec } }, mergePatch);
 
   before(async () => {
-    await sys.start((m) => console.log(`# ${m}`));
+    await startWithTenants(sys);
     custom = sys.cluster.kc.makeApiClient(CustomObjectsApi);
-    await createTenantAws(sys);
-    await sys.moto.enableAuth();
-    await applyTenantPolicies(sys);
     a1 = await sys.addPod("node-a", "tenant-a", "reader-1", { serviceAccount: "reader" });
     a2 = await sys.addPod("node-a", "tenant-a", "reader-2", { serviceAccount: "reader" });
     b1 = await sys.addPod("node-a", "tenant-b", "reader-1", { serviceAccount: "reader" });

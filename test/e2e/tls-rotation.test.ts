@@ -11,7 +11,7 @@ import { X509Certificate } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { connect } from "node:tls";
 import { System, CONTAINER_CREDS_URL, type TestPod } from "./system.ts";
-import { applyTenantPolicies, createTenantAws } from "./fixtures.ts";
+import { startWithTenants } from "./fixtures.ts";
 
 const LIFETIMES = {
   certLifetimeSeconds: 20,
@@ -57,10 +57,7 @@ describe(
     const figures: string[] = [];
 
     before(async () => {
-      await sys.start((m) => console.log(`# ${m}`));
-      await createTenantAws(sys);
-      await sys.moto.enableAuth();
-      await applyTenantPolicies(sys);
+      await startWithTenants(sys);
       pod = await sys.addPod("node-a", "tenant-a", "reader-1", { serviceAccount: "reader" });
     });
     after(async () => {
