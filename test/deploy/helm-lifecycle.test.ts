@@ -43,6 +43,22 @@ const GROUP_VERSION = "keycutter.dev/v1alpha1";
 
 const NS = "keycutter-system";
 
+/** An AccessPolicy in NS as the custom objects API takes it, with `spec` over a minimal one. */
+function policyRequest(name: string, spec: Record<string, unknown> = {}) {
+  return {
+    group: "keycutter.dev",
+    version: "v1alpha1",
+    namespace: NS,
+    plural: "accesspolicies",
+    body: {
+      apiVersion: GROUP_VERSION,
+      kind: "AccessPolicy",
+      metadata: { name },
+      spec: { podSelector: {}, roleArn: "arn:aws:iam::123456789012:role/r", ...spec },
+    },
+  };
+}
+
 describe("helm install, upgrade and uninstall against a real apiserver", { timeout: 300_000 }, () => {
   let cluster: Cluster;
   let dir: string;
@@ -169,18 +185,9 @@ describe("helm install, upgrade and uninstall against a real apiserver", { timeo
 
   it("the AccessPolicy status takes only metav1.Condition reasons; -o wide has the message", async () => {
     const custom = cluster.kc.makeApiClient(CustomObjectsApi);
-    const created = (await custom.createNamespacedCustomObject({
-      group: "keycutter.dev",
-      version: "v1alpha1",
-      namespace: NS,
-      plural: "accesspolicies",
-      body: {
-        apiVersion: GROUP_VERSION,
-        kind: "AccessPolicy",
-        metadata: { name: "conditions" },
-        spec: { podSelector: {}, roleArn: "arn:aws:iam::123456789012:role/r" },
-      },
-    })) as { metadata: { resourceVersion: string } };
+    const created = (await custom.createNamespacedCustomObject(policyRequest("conditions"))) as {
+      metadata: { resourceVersion: string };
+    };
     const writeStatus = (reason: string, message = "m") =>
       apiCall(cluster, "PUT", `/apis/${GROUP_VERSION}/namespaces/${NS}/accesspolicies/conditions/status`, {
         apiVersion: GROUP_VERSION,
@@ -281,18 +288,7 @@ describe("helm install, upgrade and uninstall against a real apiserver", { timeo
 
   it("upgrade: a chart whose CRD adds a field reaches the cluster (--reset-then-reuse-values)", async () => {
     const custom = cluster.kc.makeApiClient(CustomObjectsApi);
-    const policy = (name: string) => ({
-      group: "keycutter.dev",
-      version: "v1alpha1",
-      namespace: NS,
-      plural: "accesspolicies",
-      body: {
-        apiVersion: GROUP_VERSION,
-        kind: "AccessPolicy",
-        metadata: { name },
-        spec: { podSelector: {}, roleArn: "arn:aws:iam::123456789012:role/r", upgradeProbe: "kept" },
-      },
-    });
+    const policy = (name: string) => policyRequest(name, { upgradeProbe: "kept" });
     const probeOf = async (name: string) =>
       (
         (await custom.getNamespacedCustomObject({ ...policy(name), name })) as {
