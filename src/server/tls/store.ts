@@ -133,55 +133,60 @@ export class TlsStore {
       kind: "Secret",
       type: "kubernetes.io/tls",
       metadata: {
-        name: this.at.secretName,
-        namespace: this.at.namespace,
-        labels: { [MANAGED_BY_LABEL]: MANAGED_BY },
-        ...(resourceVersion ? { resourceVersion } : {}),
+        ...this.managedMetadata(this.at.secretName, resourceVersion),
         ...(nextCaPublishedAtMs !== undefined
           ? { annotations: { [NEXT_CA_PUBLISHED_ANNOTATION]: new Date(nextCaPublishedAtMs).toISOString() } }
           : {}),
       },
       data: encode(material),
     };
-    try {
-      if (resourceVersion)
-        await this.api.replaceNamespacedSecret({
-          namespace: this.at.namespace,
-          name: this.at.secretName,
-          body,
-        });
-      else await this.api.createNamespacedSecret({ namespace: this.at.namespace, body });
-      return "written";
-    } catch (e) {
-      if (statusCode(e) === 409) return "conflict";
-      throw e;
-    }
+    const { namespace, secretName: name } = this.at;
+    return writeUnlessChanged(() =>
+      resourceVersion
+        ? this.api.replaceNamespacedSecret({ namespace, name, body })
+        : this.api.createNamespacedSecret({ namespace, body }),
+    );
+  }
+
+  /** An object's metadata as this store writes it: labelled as keycutter's, at `resourceVersion`. */
+  private managedMetadata(
+    name: string,
+    resourceVersion: string | undefined,
+  ): NonNullable<V1Secret["metadata"]> {
+    return {
+      name,
+      namespace: this.at.namespace,
+      labels: { [MANAGED_BY_LABEL]: MANAGED_BY },
+      ...(resourceVersion ? { resourceVersion } : {}),
+    };
   }
 
   async writeBundle(pem: string, resourceVersion: string | undefined): Promise<WriteOutcome> {
     const body: V1ConfigMap = {
       apiVersion: "v1",
       kind: "ConfigMap",
-      metadata: {
-        name: this.at.bundleConfigMap,
-        namespace: this.at.namespace,
-        labels: { [MANAGED_BY_LABEL]: MANAGED_BY },
-        ...(resourceVersion ? { resourceVersion } : {}),
-      },
+      metadata: this.managedMetadata(this.at.bundleConfigMap, resourceVersion),
       data: { [BUNDLE_KEY]: pem },
     };
-    try {
-      if (resourceVersion)
-        await this.api.replaceNamespacedConfigMap({
-          namespace: this.at.namespace,
-          name: this.at.bundleConfigMap,
-          body,
-        });
-      else await this.api.createNamespacedConfigMap({ namespace: this.at.namespace, body });
-      return "written";
-    } catch (e) {
-      if (statusCode(e) === 409) return "conflict";
-      throw e;
-    }
+    const { namespace, bundleConfigMap: name } = this.at;
+    return writeUnlessChanged(() =>
+      resourceVersion
+        ? this.api.replaceNamespacedConfigMap({ namespace, name, body })
+        : this.api.createNamespacedConfigMap({ namespace, body }),
+    );
+  }
+}
+
+/**
+ * A create (no resourceVersion) or a replace at the resourceVersion read: "conflict" when another
+ * replica wrote first (409 either way), so that the caller reads again instead of overwriting.
+ */
+async function writeUnlessChanged(write: () => Promise<unknown>): Promise<WriteOutcome> {
+  try {
+    await write();
+    return "written";
+  } catch (err) {
+    if (statusCode(err) === 409) return "conflict";
+    throw err;
   }
 }
