@@ -8,6 +8,9 @@ export const VERSION = "v1alpha1";
 export const API_VERSION = `${GROUP}/${VERSION}`;
 export const ACCESS_POLICY_PLURAL = "accesspolicies";
 export const ROLE_ALLOWANCE_PLURAL = "roleallowances";
+/** Where the custom objects API finds each kind. */
+export const ACCESS_POLICIES = { group: GROUP, version: VERSION, plural: ACCESS_POLICY_PLURAL } as const;
+export const ROLE_ALLOWANCES = { group: GROUP, version: VERSION, plural: ROLE_ALLOWANCE_PLURAL } as const;
 
 export interface LabelSelectorRequirement {
   key: string;

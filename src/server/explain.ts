@@ -9,10 +9,8 @@ import { decide, refusedTagKeys, type BoundSession, type Decision } from "../pol
 import { allowanceCoversNamespace, allowanceCoversRole } from "../policy/match.ts";
 import { simulate, type SimulationOutcome } from "../policy/simulate.ts";
 import {
-  ACCESS_POLICY_PLURAL,
-  GROUP,
-  ROLE_ALLOWANCE_PLURAL,
-  VERSION,
+  ACCESS_POLICIES,
+  ROLE_ALLOWANCES,
   type AccessPolicy,
   type Condition,
   type PodFacts,
@@ -140,20 +138,12 @@ export async function explain(input: ExplainInput): Promise<Explanation> {
   const ns = await core.readNamespace({ name: input.namespace });
   const nsFacts = { name: input.namespace, labels: { ...(ns.metadata?.labels ?? {}) } };
   const policies = (
-    (await custom.listNamespacedCustomObject({
-      group: GROUP,
-      version: VERSION,
-      namespace: input.namespace,
-      plural: ACCESS_POLICY_PLURAL,
-    })) as { items: AccessPolicy[] }
+    (await custom.listNamespacedCustomObject({ ...ACCESS_POLICIES, namespace: input.namespace })) as {
+      items: AccessPolicy[];
+    }
   ).items;
-  const allowances = (
-    (await custom.listClusterCustomObject({
-      group: GROUP,
-      version: VERSION,
-      plural: ROLE_ALLOWANCE_PLURAL,
-    })) as { items: RoleAllowance[] }
-  ).items;
+  const allowances = ((await custom.listClusterCustomObject(ROLE_ALLOWANCES)) as { items: RoleAllowance[] })
+    .items;
   const pod: PodFacts = rec.facts;
   const d: Decision = decide(
     { pod, namespace: nsFacts, policies, allowances },

@@ -1,13 +1,7 @@
 // What the apiserver knows: the installation (its published configuration), the server's and the
 // agents' rollout, the TLS Secrets' certificates, and every policy that is not Ready, with why.
 import { AppsV1Api, CoreV1Api, CustomObjectsApi, type KubeConfig } from "@kubernetes/client-node";
-import {
-  ACCESS_POLICY_PLURAL,
-  GROUP,
-  ROLE_ALLOWANCE_PLURAL,
-  VERSION,
-  type Condition,
-} from "../../policy/types.ts";
+import { ACCESS_POLICIES, ROLE_ALLOWANCES, type Condition } from "../../policy/types.ts";
 import { apiStatusMessage, errorLine } from "../errors.ts";
 import type { ServerConfig } from "../server-config.ts";
 import { result, type CheckResult } from "./report.ts";
@@ -161,20 +155,12 @@ export async function checkPolicies(kc: KubeConfig, namespace?: string): Promise
   const custom = kc.makeApiClient(CustomObjectsApi);
   const lists: Array<{ kind: string; items: PolicyObject[] }> = [];
   const accessPolicies = namespace
-    ? custom.listNamespacedCustomObject({
-        group: GROUP,
-        version: VERSION,
-        namespace,
-        plural: ACCESS_POLICY_PLURAL,
-      })
-    : custom.listClusterCustomObject({ group: GROUP, version: VERSION, plural: ACCESS_POLICY_PLURAL });
+    ? custom.listNamespacedCustomObject({ ...ACCESS_POLICIES, namespace })
+    : custom.listClusterCustomObject(ACCESS_POLICIES);
   const out: CheckResult[] = [];
   for (const [kind, request] of [
     ["AccessPolicy", accessPolicies],
-    [
-      "RoleAllowance",
-      custom.listClusterCustomObject({ group: GROUP, version: VERSION, plural: ROLE_ALLOWANCE_PLURAL }),
-    ],
+    ["RoleAllowance", custom.listClusterCustomObject(ROLE_ALLOWANCES)],
   ] as const) {
     try {
       lists.push({ kind, items: ((await request) as { items: PolicyObject[] }).items });
