@@ -4,6 +4,7 @@
 //   node bench/handler-micro.ts [SRC_DIR]   (default src/; e.g. a checkout of an older commit's src/)
 import { join, resolve } from "node:path";
 import { ROOT } from "../test/harness/index.ts";
+import { IDLE_AGENT_GAUGES } from "../test/harness/agent-gauges.ts";
 import { AGENT_DEFAULTS } from "../src/agent/defaults.ts";
 
 const srcDir = resolve(process.argv[2] ?? join(ROOT, "src"));
@@ -19,13 +20,7 @@ const { createLogger } = await imp("common/logger.ts");
 
 const log = createLogger("bench", { level: "warn" });
 const index = new PodIndex();
-const metrics = new AgentMetrics({
-  podsKnown: () => 0,
-  podsWaiting: () => 0,
-  cacheEntries: () => 0,
-  watchStale: () => false,
-  serverReachable: () => true,
-});
+const metrics = new AgentMetrics(IDLE_AGENT_GAUGES);
 const expiration = new Date(Date.now() + 3600_000).toISOString().replace(/\.\d{3}Z$/, "Z");
 const cache = new CredCache({
   log,

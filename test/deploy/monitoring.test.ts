@@ -13,6 +13,7 @@ import { parse, stringify } from "yaml";
 import { parser as promql } from "@prometheus-io/lezer-promql";
 import type { Registry } from "prom-client";
 import { CACHE, ROOT, versions } from "../harness/paths.ts";
+import { IDLE_AGENT_GAUGES } from "../harness/agent-gauges.ts";
 import { AgentMetrics } from "../../src/agent/metrics.ts";
 import { createServerMetrics } from "../../src/server/metrics.ts";
 import { VERSION } from "../../src/common/version.ts";
@@ -54,15 +55,7 @@ const rules = (): Rule[] =>
 
 /** Every metric and label each component exports, histograms with their series suffixes. */
 async function exported(): Promise<Map<string, Set<string>>> {
-  const agent = new AgentMetrics({
-    podsKnown: () => 0,
-    podsWaiting: () => 0,
-    cacheEntries: () => 0,
-    watchStale: () => false,
-    serverReachable: () => true,
-    policyEpochAgeSeconds: () => 0,
-    cniState: () => ({ active: true, attachments: 0, ignoredFiles: 0, unconfirmedIps: 0 }),
-  });
+  const agent = new AgentMetrics(IDLE_AGENT_GAUGES);
   const registries: Registry[] = [createServerMetrics().registry, agent.registry];
   const names = new Map<string, Set<string>>();
   for (const registry of registries)
