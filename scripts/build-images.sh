@@ -133,28 +133,35 @@ build_keycutter() {
   export_archive keycutter "$ref"
 }
 
-# The workload image with the unmodified AWS CLI and boto3 at the versions
-# test/harness/requirements.txt pins (test/node/images/aws-clients.Dockerfile).
+# A workload image on the base image, from test/node/images/$1.Dockerfile: $2 the client
+# versions it pins (part of its tag), then its build arguments as NAME=VALUE.
+build_workload() {
+  local name="$1" pins="$2" arg build_args=()
+  shift 2
+  for arg in "$@"; do build_args+=(--build-arg "$arg"); done
+  local dockerfile="$ROOT/test/node/images/$name.Dockerfile"
+  local ref="localhost/$name:$(short "$(content_sha "$dockerfile") $pins $BASE_REF $WORKLOAD_RECIPE")"
+  if have_image "$ref"; then log "$name $ref cached"; else
+    log "$name: $*"
+    local started=$SECONDS
+    nice -n 19 "${BUILDAH[@]}" bud --quiet --pull-never --network host --layers=false \
+      "${BUILD_CA_VOLUMES[@]}" --build-arg "BASE_IMAGE=$BASE_REF" "${build_args[@]}" \
+      -f "$dockerfile" -t "$ref" "$ROOT/test/node/images" >&2
+    log "$name: built $ref in $((SECONDS - started))s"
+  fi
+  export_archive "$name" "$ref"
+}
+
+# The unmodified AWS CLI and boto3 at the versions test/harness/requirements.txt pins.
 build_aws_clients() {
   local req="$ROOT/test/harness/requirements.txt" awscli boto3
   awscli="$(sed -n 's/^awscli==\(.*\)$/\1/p' "$req")"
   boto3="$(sed -n 's/^boto3==\(.*\)$/\1/p' "$req")"
   [[ -n "$awscli" && -n "$boto3" ]] || { log "no awscli/boto3 pin in $req"; exit 1; }
-  local dockerfile="$ROOT/test/node/images/aws-clients.Dockerfile"
-  local ref="localhost/aws-clients:$(short "$(content_sha "$dockerfile") $awscli $boto3 $BASE_REF $WORKLOAD_RECIPE")"
-  if have_image "$ref"; then log "aws-clients $ref cached"; else
-    log "aws-clients: AWS CLI $awscli, boto3 $boto3"
-    local started=$SECONDS
-    nice -n 19 "${BUILDAH[@]}" bud --quiet --pull-never --network host --layers=false \
-      "${BUILD_CA_VOLUMES[@]}" --build-arg "BASE_IMAGE=$BASE_REF" --build-arg "AWSCLI_VERSION=$awscli" \
-      --build-arg "BOTO3_VERSION=$boto3" -f "$dockerfile" -t "$ref" "$ROOT/test/node/images" >&2
-    log "aws-clients: built $ref in $((SECONDS - started))s"
-  fi
-  export_archive aws-clients "$ref"
+  build_workload aws-clients "$awscli $boto3" "AWSCLI_VERSION=$awscli" "BOTO3_VERSION=$boto3"
 }
 
-# The workload image with the unmodified JS SDK v3 at the versions package-lock.json resolves
-# package.json's ranges to (test/node/images/js-sdk.Dockerfile).
+# The unmodified JS SDK v3 at the versions package-lock.json resolves package.json's ranges to.
 build_js_sdk() {
   local s3 sts
   read -r s3 sts < <("$NODE_BIN" -e '
@@ -162,17 +169,7 @@ build_js_sdk() {
     const pin = (name) => lock.packages["node_modules/" + name]?.version ?? "";
     console.log(pin("@aws-sdk/client-s3"), pin("@aws-sdk/client-sts"));' "$ROOT/package-lock.json")
   [[ -n "$s3" && -n "$sts" ]] || { log "no @aws-sdk/client-s3 / client-sts in package-lock.json"; exit 1; }
-  local dockerfile="$ROOT/test/node/images/js-sdk.Dockerfile"
-  local ref="localhost/js-sdk:$(short "$(content_sha "$dockerfile") $s3 $sts $BASE_REF $WORKLOAD_RECIPE")"
-  if have_image "$ref"; then log "js-sdk $ref cached"; else
-    log "js-sdk: @aws-sdk/client-s3 $s3, @aws-sdk/client-sts $sts"
-    local started=$SECONDS
-    nice -n 19 "${BUILDAH[@]}" bud --quiet --pull-never --network host --layers=false \
-      "${BUILD_CA_VOLUMES[@]}" --build-arg "BASE_IMAGE=$BASE_REF" --build-arg "CLIENT_S3_VERSION=$s3" \
-      --build-arg "CLIENT_STS_VERSION=$sts" -f "$dockerfile" -t "$ref" "$ROOT/test/node/images" >&2
-    log "js-sdk: built $ref in $((SECONDS - started))s"
-  fi
-  export_archive js-sdk "$ref"
+  build_workload js-sdk "$s3 $sts" "CLIENT_S3_VERSION=$s3" "CLIENT_STS_VERSION=$sts"
 }
 
 # An image of one static binary: $1 name, $2 binary, $3 tag, $4 user
