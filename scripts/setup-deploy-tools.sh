@@ -18,42 +18,37 @@ mkdir -p "$CACHE/bin"
 exec 8>"$CACHE/deploy-tools.lock"
 flock 8
 
-out="$CACHE/bin/helm-$HELM_VERSION"
-if [[ -x "$out" ]]; then
-  echo "helm $HELM_VERSION cached" >&2
-else
-  tmp="$CACHE/build/helm-$HELM_VERSION"
+# A Go command from the module proxy into .cache/bin/$1-$2 unless it is there: $3 its package at
+# the version, $4 extra -ldflags, then further `go install` arguments.
+go_tool() {
+  local name="$1" version="$2" package="$3" ldflags="$4"
+  shift 4
+  local out="$CACHE/bin/$name-$version" tmp="$CACHE/build/$name-$version"
+  if [[ -x "$out" ]]; then
+    echo "$name $version cached" >&2
+    return
+  fi
   rm -rf "$tmp"
   mkdir -p "$tmp"
-  major="${HELM_VERSION%%.*}"
-  echo "helm $HELM_VERSION: compiling (a few minutes the first time)" >&2
-  GOBIN="$tmp" CGO_ENABLED=0 GOFLAGS="-buildvcs=false" go install -trimpath \
-    -ldflags "-s -w -X helm.sh/helm/$major/internal/version.version=$HELM_VERSION" \
-    "helm.sh/helm/$major/cmd/helm@$HELM_VERSION"
-  mv "$tmp/helm" "$out"
+  echo "$name $version: compiling (minutes the first time)" >&2
+  # niced: the machine's cores are shared with timing-sensitive tests
+  GOBIN="$tmp" CGO_ENABLED=0 GOFLAGS="-buildvcs=false" nice -n 19 go install -trimpath \
+    -ldflags "-s -w $ldflags" "$@" "$package"
+  mv "$tmp/$name" "$out"
   rm -rf "$tmp"
-  echo "helm $HELM_VERSION: built $out" >&2
-fi
+  echo "$name $version: built $out" >&2
+}
 
-out="$CACHE/bin/promtool-$PROMTOOL_VERSION"
-if [[ "${1:-all}" == "demo" ]]; then
-  : # the demo renders the chart but checks no rules
-elif [[ -x "$out" ]]; then
-  echo "promtool $PROMTOOL_VERSION cached" >&2
-else
-  tmp="$CACHE/build/promtool-$PROMTOOL_VERSION"
-  rm -rf "$tmp"
-  mkdir -p "$tmp"
-  echo "promtool $PROMTOOL_VERSION: compiling (several minutes the first time)" >&2
-  # niced and serial: the machine's cores are shared with timing-sensitive tests
-  # remove_all_sd leaves out Prometheus's service-discovery plugins (cloud SDKs): promtool only
-  # checks and tests rule files here, and the build takes about a third of the time
-  GOBIN="$tmp" CGO_ENABLED=0 GOMAXPROCS=1 GOFLAGS="-buildvcs=false -p=1" nice -n 19 go install -trimpath \
-    -tags remove_all_sd -ldflags "-s -w -X github.com/prometheus/common/version.Version=$PROMTOOL_VERSION" \
-    "github.com/prometheus/prometheus/cmd/promtool@$PROMTOOL_VERSION"
-  mv "$tmp/promtool" "$out"
-  rm -rf "$tmp"
-  echo "promtool $PROMTOOL_VERSION: built $out" >&2
+major="${HELM_VERSION%%.*}"
+go_tool helm "$HELM_VERSION" "helm.sh/helm/$major/cmd/helm@$HELM_VERSION" \
+  "-X helm.sh/helm/$major/internal/version.version=$HELM_VERSION"
+
+if [[ "${1:-all}" != "demo" ]]; then # the demo renders the chart but checks no rules
+  # serial as well; remove_all_sd leaves out Prometheus's service-discovery plugins (cloud SDKs):
+  # promtool only checks and tests rule files here, and the build takes about a third of the time
+  GOMAXPROCS=1 go_tool promtool "$PROMTOOL_VERSION" \
+    "github.com/prometheus/prometheus/cmd/promtool@$PROMTOOL_VERSION" \
+    "-X github.com/prometheus/common/version.Version=$PROMTOOL_VERSION" -p=1 -tags remove_all_sd
 fi
 
 crds="$CACHE/cert-manager-crds-$CERT_MANAGER_VERSION"
