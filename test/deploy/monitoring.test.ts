@@ -6,14 +6,14 @@
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { parse, stringify } from "yaml";
 import { parser as promql } from "@prometheus-io/lezer-promql";
 import type { Registry } from "prom-client";
 import { CACHE, ROOT, versions } from "../harness/paths.ts";
 import { IDLE_AGENT_GAUGES } from "../harness/agent-gauges.ts";
+import { withTempDir } from "../harness/temp-dir.ts";
 import { AgentMetrics } from "../../src/agent/metrics.ts";
 import { createServerMetrics } from "../../src/server/metrics.ts";
 import { VERSION } from "../../src/common/version.ts";
@@ -144,17 +144,12 @@ describe("monitoring pack", () => {
   });
 
   it("a broken expression is refused by promtool (the check can fail)", () => {
-    const dir = mkdtempSync(join(tmpdir(), "kc-rules-"));
-    try {
+    withTempDir("kc-rules-", (dir) => {
       const broken = join(dir, "broken.yaml");
-      writeFileSync(
-        broken,
-        stringify({ groups: [{ name: "x", rules: [{ alert: "X", expr: "sum(rate(x[5m])" }] }] }),
-      );
+      const rules = { groups: [{ name: "x", rules: [{ alert: "X", expr: "sum(rate(x[5m])" }] }] };
+      writeFileSync(broken, stringify(rules));
       assert.notEqual(runPromtool(["check", "rules", broken]).status, 0);
-    } finally {
-      rmSync(dir, { recursive: true, force: true });
-    }
+    });
   });
 
   it("docs/OPERATIONS.md lists exactly the chart's alerts, with their expressions", () => {
@@ -236,15 +231,12 @@ describe("monitoring pack", () => {
       (parse(readFileSync(ALERTS_FILE, "utf8")) as RuleFile).groups,
     );
     // the rendered spec is itself a rules file promtool accepts
-    const dir = mkdtempSync(join(tmpdir(), "kc-rules-"));
-    try {
+    withTempDir("kc-rules-", (dir) => {
       const rendered = join(dir, "rendered.yaml");
       writeFileSync(rendered, stringify(rule.spec));
       const r = runPromtool(["check", "rules", rendered]);
       assert.equal(r.status, 0, r.out);
-    } finally {
-      rmSync(dir, { recursive: true, force: true });
-    }
+    });
     const dashboard = findObject(on, "ConfigMap", "keycutter-dashboard");
     assert.equal(dashboard.metadata.namespace, "monitoring");
     assert.equal(dashboard.metadata.labels?.grafana_dashboard, "1");
