@@ -1,6 +1,7 @@
 // Assembles the central security service: TokenReview, pod lookup, policy informers, STS,
 // caches, audit, metrics, the API and ops listeners, and (leader only) the status writer.
 
+import { systemClock } from "../common/clock.ts";
 import { createLogger } from "../common/logger.ts";
 import { loadKubeConfig } from "../k8s/kube-config.ts";
 import { StsIssuer, type StsIssuerOptions } from "../aws/sts.ts";
@@ -40,6 +41,7 @@ export interface RunningServer {
 
 export async function startServer(cfg: ServerConfig): Promise<RunningServer> {
   const log = cfg.log ?? createLogger("server");
+  const clock = cfg.clock ?? systemClock;
   const kc = loadKubeConfig(cfg.kubeconfig);
   const metrics = createServerMetrics();
   const audit = cfg.audit ?? createAuditLogger(cfg.auditLog).sink;
@@ -154,6 +156,7 @@ export async function startServer(cfg: ServerConfig): Promise<RunningServer> {
       namespace: cfg.leaseNamespace,
       name: cfg.leaseName,
       identity: cfg.identity,
+      clock,
       onStartedLeading: () => {
         metrics.leader.set(1);
         status.start();
