@@ -83,6 +83,7 @@ export async function startServer(cfg: ServerConfig): Promise<RunningServer> {
   const stsOpts: StsIssuerOptions = {
     region: cfg.region,
     maxAttempts: cfg.stsMaxAttempts,
+    clock,
     onAttempt: (outcome, seconds) => {
       metrics.stsRequests.inc({ outcome });
       metrics.stsLatency.observe({ outcome }, seconds);
