@@ -76,6 +76,7 @@ export async function startServer(cfg: ServerConfig): Promise<RunningServer> {
       url: cfg.redisUrl,
       key: loadKey(cfg.cacheKeyFile),
       log,
+      clock,
       metrics: { onStoreError: (op) => metrics.sharedStoreErrors.inc({ op }) },
     });
   }
@@ -136,6 +137,7 @@ export async function startServer(cfg: ServerConfig): Promise<RunningServer> {
       metrics,
       log,
       events,
+      clock,
       observe: (p, reason, message) => {
         status.observe(p, reason, message);
         events.policyRefused(p, reason, message);
