@@ -50,6 +50,7 @@ export async function startServer(cfg: ServerConfig): Promise<RunningServer> {
     ...(cfg.podReviewBudget ? { pod: cfg.podReviewBudget } : {}),
     ...(cfg.reviewCacheEntries ? { maxEntries: cfg.reviewCacheEntries } : {}),
     onOutcome: (kind, outcome) => metrics.tokenChecks.inc({ kind, outcome }),
+    clock,
   });
   const agentServiceAccounts = new Set(cfg.agentServiceAccounts);
   const reviewPodToken = async (token: string, nodeName: string): Promise<ReviewedIdentity> => {
@@ -65,8 +66,8 @@ export async function startServer(cfg: ServerConfig): Promise<RunningServer> {
       throw e;
     }
   };
-  const pods = new PodLookup(kc);
-  const informers = new PolicyInformers(kc, log);
+  const pods = new PodLookup(kc, { clock });
+  const informers = new PolicyInformers(kc, log, { timers: clock });
 
   let shared: SharedStore | undefined;
   if (cfg.redisUrl) {
@@ -99,17 +100,19 @@ export async function startServer(cfg: ServerConfig): Promise<RunningServer> {
     clusterName: cfg.clusterName,
     maxDurationSeconds: cfg.maxDurationSeconds,
     intervalMs: cfg.statusIntervalMs ?? SERVER_DEFAULTS.statusIntervalMs,
+    clock,
   });
 
-  const epochs = new PolicyEpochs(
-    informers,
-    cfg.epochHoldMs !== undefined ? { holdMs: cfg.epochHoldMs } : {},
-  );
+  const epochs = new PolicyEpochs(informers, {
+    ...(cfg.epochHoldMs !== undefined ? { holdMs: cfg.epochHoldMs } : {}),
+    timers: clock,
+  });
 
   const eventWriter = new ApiEventWriter(kc);
   const recorder = new EventRecorder({
     writer: eventWriter,
     reportingInstance: cfg.identity,
+    clock,
     onOutcome: (outcome) => metrics.events.inc({ outcome }),
     // debug: the metric counts failures, and a missing RBAC rule must not flood the log
     onError: (err, event) => log.debug({ err, ...event }, "event write failed"),

@@ -4,7 +4,7 @@
 
 import type { CredentialsRequest, CredentialsResponse, PodRef } from "../api/contract.ts";
 import { KeycutterError, type ErrorCode } from "../api/errors.ts";
-import { systemClock, type Clock, type TimerHandle } from "../common/clock.ts";
+import { repeat, systemClock, type Clock } from "../common/clock.ts";
 import type { Logger } from "../common/logger.ts";
 import { StsError, type AssumeRoleRequest, type AssumedCredentials } from "../aws/sts.ts";
 import type { ReviewedIdentity } from "./k8s/token-review.ts";
@@ -83,15 +83,12 @@ export class CredentialService {
   private readonly deps: Deps;
   private readonly opts: ServiceOptions;
   private readonly chain: IssuanceChain;
-  private readonly clock: Clock;
-  private sweeper: TimerHandle | undefined;
-  private closed = false;
+  private readonly stopSweep: () => void;
 
   constructor(deps: Deps, opts: Partial<ServiceOptions> = {}) {
     this.deps = deps;
     this.opts = { ...DEFAULT_SERVICE_OPTIONS, ...opts };
     const clock = deps.clock ?? systemClock;
-    this.clock = clock;
     this.chain = issuanceChain({
       sts: deps.sts,
       shared: deps.shared,
@@ -108,17 +105,7 @@ export class CredentialService {
       stsFailureCacheEntries: this.opts.stsFailureCacheEntries,
       clock,
     });
-    this.scheduleSweep();
-  }
-
-  /** Every minute, unref'd: the sweep alone never keeps the process alive. */
-  private scheduleSweep(): void {
-    this.sweeper = this.clock.setTimeout(() => {
-      if (this.closed) return;
-      this.chain.sweep(this.clock.now());
-      this.scheduleSweep();
-    }, SWEEP_INTERVAL_MS);
-    this.sweeper.unref?.();
+    this.stopSweep = repeat(clock, SWEEP_INTERVAL_MS, () => this.chain.sweep(clock.now()));
   }
 
   /** This replica's credentials cache (the chain's first step). */
@@ -127,8 +114,7 @@ export class CredentialService {
   }
 
   close(): void {
-    this.closed = true;
-    this.clock.clearTimeout(this.sweeper);
+    this.stopSweep();
   }
 
   /** Throws KeycutterError for every refusal; audits every outcome. */

@@ -27,6 +27,7 @@ import {
   subjectNames,
 } from "../../../../src/server/tls/certificates.ts";
 import { SelfManagedTls } from "../../../../src/server/tls/self-managed.ts";
+import { ManualClock } from "../../../harness/manual-clock.ts";
 import type {
   StoredBundle,
   StoredSecret,
@@ -211,9 +212,8 @@ class MemoryStore {
 
 describe("SelfManagedTls over several CA lifetimes", () => {
   it("two replicas agree, and every served certificate's CA was in the bundle for the propagation time", async () => {
-    let now = T0;
-    const clock = () => now;
-    const store = new MemoryStore(clock);
+    const clock = new ManualClock(T0);
+    const store = new MemoryStore(() => clock.now());
     const settings: TlsPlanSettings = {
       leafLifetimeMs: 20 * DAY,
       caLifetimeMs: 60 * DAY,
@@ -224,7 +224,7 @@ describe("SelfManagedTls over several CA lifetimes", () => {
     const log = createLogger("test");
     log.level = "silent";
     const replica = (leader: boolean) =>
-      new SelfManagedTls({ store, settings, syncMs: 3_600_000, isLeader: () => leader, now: clock, log });
+      new SelfManagedTls({ store, settings, syncMs: 3_600_000, isLeader: () => leader, clock, log });
     const leader = replica(true);
     const follower = replica(false);
     // both start at once: one creates, the other loads what won
@@ -238,7 +238,8 @@ describe("SelfManagedTls over several CA lifetimes", () => {
     leader.subscribe(() => swaps.leader++);
     follower.subscribe(() => swaps.follower++);
     const end = T0 + 200 * DAY;
-    for (; now < end; now += 6 * 3_600_000) {
+    for (; clock.now() < end; await clock.advance(6 * 3_600_000)) {
+      const now = clock.now();
       await leader.tick();
       await follower.tick();
       for (const r of [leader, follower]) {
@@ -272,5 +273,41 @@ describe("SelfManagedTls over several CA lifetimes", () => {
       `certificates swapped in place: ${JSON.stringify(swaps)}`,
     );
     assert.ok(splitPemBundle(store.bundle!.pem).length <= 3, "the bundle stays bounded");
+  });
+});
+
+describe("SelfManagedTls sync timer", () => {
+  it("syncs every syncMs on its clock; stop leaves no timer", async () => {
+    const clock = new ManualClock(T0);
+    let reads = 0;
+    const store = new (class extends MemoryStore {
+      override async readSecret() {
+        reads++;
+        return super.readSecret();
+      }
+    })(() => clock.now());
+    const settings: TlsPlanSettings = {
+      leafLifetimeMs: 20 * DAY,
+      caLifetimeMs: 60 * DAY,
+      renewAtFraction: 2 / 3,
+      bundlePropagationMs: DAY,
+      names: NAMES,
+    };
+    const log = createLogger("test");
+    log.level = "silent";
+    const tls = new SelfManagedTls({ store, settings, syncMs: 3_600_000, isLeader: () => true, clock, log });
+    await tls.start();
+    const afterStart = reads;
+    assert.equal(clock.pending, 1, "the next sync is scheduled");
+    await clock.advance(3_599_999);
+    assert.equal(reads, afterStart, "not before syncMs");
+    await clock.advance(1);
+    assert.ok(reads > afterStart, "synced at syncMs");
+    assert.equal(clock.pending, 1, "and scheduled again");
+    tls.stop();
+    assert.equal(clock.pending, 0);
+    const stopped = reads;
+    await clock.advance(10 * 3_600_000);
+    assert.equal(reads, stopped, "no sync after stop");
   });
 });
