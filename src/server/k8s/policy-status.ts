@@ -33,9 +33,17 @@ export interface StatusOptions {
   clusterName: string;
   maxDurationSeconds: number;
   intervalMs: number;
-  /** The reconcile loop, the kick's debounce and how long an observation is shown. */
+  /** The reconcile loop, the kick's debounce, how long an observation is shown, transition times. */
   clock?: Clock;
+  /** Default: the official client on `kc`. */
+  api?: StatusApi;
 }
+
+/** The status writes the writer makes; the official client's, or a unit test's recorder. */
+export type StatusApi = Pick<
+  CustomObjectsApi,
+  "replaceNamespacedCustomObjectStatus" | "replaceClusterCustomObjectStatus"
+>;
 
 /** What this replica saw at issuance is shown for this long after it last saw it. */
 const OBSERVATION_SHOWN_MS = 600_000;
@@ -49,7 +57,7 @@ interface Observation {
 }
 
 export class PolicyStatusWriter {
-  private readonly api: CustomObjectsApi;
+  private readonly api: StatusApi;
   private readonly informers: PolicyInformers;
   private readonly pods: PodLookup;
   private readonly log: Logger;
@@ -62,7 +70,7 @@ export class PolicyStatusWriter {
   private running: Promise<void> | undefined;
 
   constructor(kc: KubeConfig, informers: PolicyInformers, pods: PodLookup, log: Logger, o: StatusOptions) {
-    this.api = kc.makeApiClient(CustomObjectsApi);
+    this.api = o.api ?? kc.makeApiClient(CustomObjectsApi);
     this.informers = informers;
     this.pods = pods;
     this.log = log;
@@ -229,7 +237,7 @@ export class PolicyStatusWriter {
       lastTransitionTime:
         prev && prev.status === state.status
           ? prev.lastTransitionTime
-          : new Date().toISOString().replace(/\.\d{3}Z$/, "Z"),
+          : new Date(this.clock.now()).toISOString().replace(/\.\d{3}Z$/, "Z"),
       observedGeneration: gen,
     };
     const conditions = [...(obj.status?.conditions ?? []).filter((c) => c.type !== "Ready"), cond];
