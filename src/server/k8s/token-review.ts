@@ -121,12 +121,15 @@ export class TokenReviewer {
     this.api = new ApiClient(kubeConfigConnection(kc));
     const clock = opts.clock ?? systemClock;
     this.now = () => clock.now();
+    // ttlResolution 0: lru-cache would otherwise memoise the time behind a real 1 ms timer, and
+    // the TTLs would not follow the clock it is given
     const perf = { now: this.now };
+    const ttlResolution = 0;
     const maxEntries = opts.maxEntries ?? 10_000;
-    this.accepted = new LRUCache({ max: maxEntries, ttl: opts.positiveTtlMs ?? 10_000, perf });
+    this.accepted = new LRUCache({ max: maxEntries, ttl: opts.positiveTtlMs ?? 10_000, perf, ttlResolution });
     // short: a TokenReview can fail transiently (the apiserver under load) for a valid token
-    this.rejected = new LRUCache({ max: maxEntries, ttl: opts.negativeTtlMs ?? 5_000, perf });
-    this.trustedSources = new LRUCache({ max: maxEntries, ttl: TRUSTED_SOURCE_TTL_MS, perf });
+    this.rejected = new LRUCache({ max: maxEntries, ttl: opts.negativeTtlMs ?? 5_000, perf, ttlResolution });
+    this.trustedSources = new LRUCache({ max: maxEntries, ttl: TRUSTED_SOURCE_TTL_MS, perf, ttlResolution });
     const maxWaitMs = opts.maxWaitMs ?? 2000;
     const kindState = (budget: ReviewBudget): KindState => ({
       budget: new FairQueue({
