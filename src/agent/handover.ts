@@ -163,8 +163,10 @@ export class HandoverServer {
     this.timers = timers;
   }
 
-  /** Listens on `dir`/agent.sock (replacing a previous owner's path; its listener keeps its fd). */
-  /** `timers`: the waits for a successor and the hand-over's deadline. */
+  /**
+   * Listens on `dir`/agent.sock (replacing a previous owner's path; its listener keeps its fd).
+   * `timers`: the waits for a successor and the hand-over's deadline.
+   */
   static async listen(
     dir: string,
     role: OwnerRole,
@@ -321,9 +323,8 @@ export class Predecessor {
 
   /**
    * Connects to the owner on `dir`/agent.sock and receives its state; undefined when nobody
-   * listens there (first agent on the node, or the owner crashed).
+   * listens there (first agent on the node, or the owner crashed). `clock`: each step's deadline.
    */
-  /** `clock`: the deadline of each step. */
   static async connect(
     dir: string,
     node: string,

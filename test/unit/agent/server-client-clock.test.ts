@@ -4,34 +4,32 @@
 // plays the credential service; no test here sleeps.
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
-import { createServer, type Server, type ServerResponse } from "node:http";
+import type { ServerResponse } from "node:http";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import type { AddressInfo } from "node:net";
 import { KeycutterError } from "../../../src/api/errors.ts";
 import { ServerClient } from "../../../src/agent/server-client.ts";
+import { startHttpStandIn, type HttpStandIn } from "../../harness/http-stand-in.ts";
 import { ManualClock, untilTrue } from "../../harness/manual-clock.ts";
 
 const held: ServerResponse[] = [];
-let server: Server;
+let credentialService: HttpStandIn;
 let url: string;
 let dir: string;
 
 before(async () => {
   dir = mkdtempSync(join(tmpdir(), "server-client-"));
   writeFileSync(join(dir, "token"), "agent-token");
-  server = createServer((req, res) => {
+  credentialService = await startHttpStandIn((req, res) => {
     req.resume();
     if (req.url === "/healthz") res.writeHead(200).end("ok");
     else held.push(res); // never answered
   });
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  url = credentialService.url;
 });
 after(async () => {
-  server.closeAllConnections();
-  await new Promise((resolve) => server.close(resolve));
+  await credentialService.close();
   rmSync(dir, { recursive: true, force: true });
 });
 

@@ -4,9 +4,8 @@
 // (moto and the real throttling proxy are test/aws/sts.test.ts's).
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
-import { createServer, type Server } from "node:http";
-import type { AddressInfo } from "node:net";
 import { backoffMs, StsError, StsIssuer } from "../../../src/aws/sts.ts";
+import { startHttpStandIn, type HttpStandIn } from "../../harness/http-stand-in.ts";
 import { ManualClock, untilTrue } from "../../harness/manual-clock.ts";
 
 const error = (code: string) =>
@@ -15,11 +14,11 @@ const ISSUED = `<AssumeRoleResponse xmlns="https://sts.amazonaws.com/doc/2011-06
 
 /** What the stand-in answers next: a list of error codes, then `ISSUED` (or `then`, forever). */
 const stand = { answers: [] as string[], then: "issued", calls: 0 };
-let server: Server;
+let sts: HttpStandIn;
 let endpoint: string;
 
 before(async () => {
-  server = createServer((req, res) => {
+  sts = await startHttpStandIn((req, res) => {
     req.resume();
     req.on("end", () => {
       stand.calls++;
@@ -28,13 +27,9 @@ before(async () => {
       else res.writeHead(400, { "content-type": "text/xml" }).end(error(next));
     });
   });
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  endpoint = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  endpoint = sts.url;
 });
-after(async () => {
-  server.closeAllConnections();
-  await new Promise((resolve) => server.close(resolve));
-});
+after(() => sts.close());
 
 function issuer(clock: ManualClock, maxAttempts = 5) {
   stand.calls = 0;

@@ -156,18 +156,28 @@ function fakeShared(): SharedStore & {
   return store as never;
 }
 
-test("shared step: a hit skips STS; a miss takes the lock, stores and unlocks; a held lock waits for its holder", async () => {
-  const next = new Recorder();
-  const shared = fakeShared();
-  const { seen, metrics } = lookups();
-  const clock = new ManualClock(NOW);
-  const step = new SharedCacheIssuer(next, {
+/** The shared-cache step as the chain builds it: 2700 s freshness, a 3 s lock wait. */
+function sharedStep(
+  next: Issuer,
+  shared: SharedStore | undefined,
+  metrics: ReturnType<typeof lookups>["metrics"],
+  clock: ManualClock,
+): SharedCacheIssuer {
+  return new SharedCacheIssuer(next, {
     shared,
     minRemainingSeconds: 2700,
     lockWaitMs: 3000,
     metrics: metrics as never,
     clock,
   });
+}
+
+test("shared step: a hit skips STS; a miss takes the lock, stores and unlocks; a held lock waits for its holder", async () => {
+  const next = new Recorder();
+  const shared = fakeShared();
+  const { seen, metrics } = lookups();
+  const clock = new ManualClock(NOW);
+  const step = sharedStep(next, shared, metrics, clock);
   assert.equal((await step.issue(plan, ctx)).source, "sts");
   assert.ok(shared.values.has(ctx.cacheKey), "stored for the other replicas");
   assert.equal(shared.unlocked, 1);
@@ -186,13 +196,7 @@ test("shared step: a hit skips STS; a miss takes the lock, stores and unlocks; a
   assert.equal(clock.pending, 0);
   assert.deepEqual(seen, ["miss", "hit_shared", "miss"]);
 
-  const alone = new SharedCacheIssuer(next, {
-    shared: undefined,
-    minRemainingSeconds: 2700,
-    lockWaitMs: 3000,
-    metrics: metrics as never,
-    clock,
-  });
+  const alone = sharedStep(next, undefined, metrics, clock);
   assert.equal((await alone.issue(plan, ctx)).source, "sts");
   assert.equal(next.calls, 2);
 });
@@ -203,13 +207,7 @@ test("shared step: a lock holder that never answers is waited for lockWaitMs, th
   shared.held = true;
   const { metrics } = lookups();
   const clock = new ManualClock(NOW);
-  const step = new SharedCacheIssuer(next, {
-    shared,
-    minRemainingSeconds: 2700,
-    lockWaitMs: 3000,
-    metrics: metrics as never,
-    clock,
-  });
+  const step = sharedStep(next, shared, metrics, clock);
   const issued = step.issue(plan, ctx);
   await clock.advance(2950);
   assert.equal(next.calls, 0, "within the lock wait: no STS call");

@@ -83,12 +83,19 @@ function elector(api: InMemoryLease, clock: ManualClock, identity = "me") {
   return { le, transitions };
 }
 
-test("leader election: takes an absent Lease at once and renews it every retry period", async () => {
+/** An elector campaigning on a manual clock, after `prepare` (the other replica's moves) and its first round. */
+async function campaigning(prepare: (api: InMemoryLease, clock: ManualClock) => void = () => undefined) {
   const clock = new ManualClock();
   const api = new InMemoryLease();
+  prepare(api, clock);
   const { le, transitions } = elector(api, clock);
   le.start();
   await clock.advance(0);
+  return { clock, api, le, transitions };
+}
+
+test("leader election: takes an absent Lease at once and renews it every retry period", async () => {
+  const { clock, api, le, transitions } = await campaigning();
   assert.equal(le.isLeader, true);
   assert.equal(api.holder, "me");
   assert.deepEqual(transitions, ["started"]);
@@ -103,11 +110,9 @@ test("leader election: takes an absent Lease at once and renews it every retry p
 });
 
 test("leader election: a live holder keeps the Lease; taken over a lease duration after its last change", async () => {
-  const clock = new ManualClock();
-  const api = new InMemoryLease();
-  api.holderRenews("other", clock.now());
-  const { le, transitions } = elector(api, clock);
-  le.start();
+  const { clock, api, le, transitions } = await campaigning((lease, at) =>
+    lease.holderRenews("other", at.now()),
+  );
   for (let s = 0; s < 60; s += 5) {
     await clock.advance(5_000);
     api.holderRenews("other", clock.now());
@@ -128,11 +133,8 @@ test("leader election: a live holder keeps the Lease; taken over a lease duratio
 });
 
 test("leader election: the holder's renewTime does not decide expiry, only the local clock", async () => {
-  const clock = new ManualClock();
-  const api = new InMemoryLease();
-  api.holderRenews("other", clock.now() - 3_600_000); // written by a clock an hour behind
-  const { le } = elector(api, clock);
-  le.start();
+  // written by a clock an hour behind
+  const { clock, le } = await campaigning((lease, at) => lease.holderRenews("other", at.now() - 3_600_000));
   await clock.advance(14_000);
   assert.equal(le.isLeader, false, "an hour-old renewTime seen 14 s ago is not yet expired");
   await clock.advance(2_000);
@@ -141,11 +143,7 @@ test("leader election: the holder's renewTime does not decide expiry, only the l
 });
 
 test("leader election: keeps leading through failed renewals until the renew deadline", async () => {
-  const clock = new ManualClock();
-  const api = new InMemoryLease();
-  const { le, transitions } = elector(api, clock);
-  le.start();
-  await clock.advance(0);
+  const { clock, api, le, transitions } = await campaigning();
   assert.equal(le.isLeader, true);
   api.down = true;
   await clock.advance(10_000);
@@ -177,11 +175,7 @@ test("leader election: a concurrent take-over loses on the resourceVersion confl
 });
 
 test("leader election: stop releases the Lease and leaves no timer behind", async () => {
-  const clock = new ManualClock();
-  const api = new InMemoryLease();
-  const { le, transitions } = elector(api, clock);
-  le.start();
-  await clock.advance(0);
+  const { clock, api, le, transitions } = await campaigning();
   await le.stop();
   assert.equal(clock.pending, 0, "no retry timer left");
   assert.equal(api.holder, "", "released: another replica takes over at once");

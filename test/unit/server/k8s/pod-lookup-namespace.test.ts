@@ -3,19 +3,18 @@
 // machine's. A local stand-in answers the apiserver's namespace GETs; no test here sleeps.
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
-import { createServer, type Server } from "node:http";
-import type { AddressInfo } from "node:net";
-import { KubeConfig } from "@kubernetes/client-node";
+import type { KubeConfig } from "@kubernetes/client-node";
 import { PodLookup } from "../../../../src/server/k8s/pod-lookup.ts";
+import { startHttpStandIn, type HttpStandIn } from "../../../harness/http-stand-in.ts";
 import { ManualClock } from "../../../harness/manual-clock.ts";
 
 const labels: Record<string, Record<string, string>> = { team: { tier: "gold" } };
 const gets: string[] = [];
-let server: Server;
+let apiserver: HttpStandIn;
 let kc: KubeConfig;
 
 before(async () => {
-  server = createServer((req, res) => {
+  apiserver = await startHttpStandIn((req, res) => {
     const name = decodeURIComponent(req.url?.match(/^\/api\/v1\/namespaces\/([^/?]+)$/)?.[1] ?? "");
     gets.push(name);
     const found = labels[name];
@@ -28,25 +27,9 @@ before(async () => {
         .writeHead(200, { "content-type": "application/json" })
         .end(JSON.stringify({ metadata: { name, labels: found } }));
   });
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  kc = new KubeConfig();
-  kc.loadFromOptions({
-    clusters: [
-      {
-        name: "c",
-        server: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
-        skipTLSVerify: true,
-      },
-    ],
-    users: [{ name: "u" }],
-    contexts: [{ name: "x", cluster: "c", user: "u" }],
-    currentContext: "x",
-  });
+  kc = apiserver.kubeConfig();
 });
-after(async () => {
-  server.closeAllConnections();
-  await new Promise((resolve) => server.close(resolve));
-});
+after(() => apiserver.close());
 
 test("pod lookup: a namespace is read once per TTL on the clock, a missing one remembered as missing", async () => {
   const clock = new ManualClock();

@@ -3,22 +3,21 @@
 // apiserver's TokenReviews; no test here sleeps.
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
-import { createServer, type Server } from "node:http";
-import type { AddressInfo } from "node:net";
-import { KubeConfig } from "@kubernetes/client-node";
+import type { KubeConfig } from "@kubernetes/client-node";
 import { TokenReviewer, type ReviewOutcome } from "../../../../src/server/k8s/token-review.ts";
 import { forgedToken } from "../../../server/flood.ts";
+import { startHttpStandIn, type HttpStandIn } from "../../../harness/http-stand-in.ts";
 import { ManualClock } from "../../../harness/manual-clock.ts";
 
 const good = forgedToken({ expiresIn: 3600 });
 const bad = forgedToken({ expiresIn: 3600 });
 const shortLived = forgedToken({ expiresIn: 60 });
 let reviews = 0;
-let server: Server;
+let apiserver: HttpStandIn;
 let kc: KubeConfig;
 
 before(async () => {
-  server = createServer((req, res) => {
+  apiserver = await startHttpStandIn((req, res) => {
     const chunks: Buffer[] = [];
     req.on("data", (c: Buffer) => chunks.push(c));
     req.on("end", () => {
@@ -40,25 +39,9 @@ before(async () => {
       res.writeHead(201, { "content-type": "application/json" }).end(JSON.stringify({ status }));
     });
   });
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  kc = new KubeConfig();
-  kc.loadFromOptions({
-    clusters: [
-      {
-        name: "c",
-        server: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
-        skipTLSVerify: true,
-      },
-    ],
-    users: [{ name: "u" }],
-    contexts: [{ name: "x", cluster: "c", user: "u" }],
-    currentContext: "x",
-  });
+  kc = apiserver.kubeConfig();
 });
-after(async () => {
-  server.closeAllConnections();
-  await new Promise((resolve) => server.close(resolve));
-});
+after(() => apiserver.close());
 
 const req = { kind: "agent" as const, audience: "keycutter", source: "10.0.0.1", requireNode: true };
 

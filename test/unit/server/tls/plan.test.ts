@@ -210,21 +210,29 @@ class MemoryStore {
   }
 }
 
+/** A 60-day CA and 20-day leaves renewed at 2/3, the bundle given a day to propagate. */
+const lifetimes: TlsPlanSettings = {
+  leafLifetimeMs: 20 * DAY,
+  caLifetimeMs: 60 * DAY,
+  renewAtFraction: 2 / 3,
+  bundlePropagationMs: DAY,
+  names: NAMES,
+};
+const silentLog = createLogger("test", { level: "silent" });
+
 describe("SelfManagedTls over several CA lifetimes", () => {
   it("two replicas agree, and every served certificate's CA was in the bundle for the propagation time", async () => {
     const clock = new ManualClock(T0);
     const store = new MemoryStore(() => clock.now());
-    const settings: TlsPlanSettings = {
-      leafLifetimeMs: 20 * DAY,
-      caLifetimeMs: 60 * DAY,
-      renewAtFraction: 2 / 3,
-      bundlePropagationMs: DAY,
-      names: NAMES,
-    };
-    const log = createLogger("test");
-    log.level = "silent";
     const replica = (leader: boolean) =>
-      new SelfManagedTls({ store, settings, syncMs: 3_600_000, isLeader: () => leader, clock, log });
+      new SelfManagedTls({
+        store,
+        settings: lifetimes,
+        syncMs: 3_600_000,
+        isLeader: () => leader,
+        clock,
+        log: silentLog,
+      });
     const leader = replica(true);
     const follower = replica(false);
     // both start at once: one creates, the other loads what won
@@ -258,8 +266,8 @@ describe("SelfManagedTls over several CA lifetimes", () => {
         assert.ok(signer, "the signing CA is in the bundle");
         servedCas.add(new X509Certificate(signer).fingerprint256);
         const current =
-          history.filter((h) => h.atMs <= now - settings.bundlePropagationMs).at(-1) ?? history[0]!;
-        const laterOnes = history.filter((h) => h.atMs > now - settings.bundlePropagationMs);
+          history.filter((h) => h.atMs <= now - lifetimes.bundlePropagationMs).at(-1) ?? history[0]!;
+        const laterOnes = history.filter((h) => h.atMs > now - lifetimes.bundlePropagationMs);
         for (const h of [current, ...laterOnes])
           assert.ok(
             splitPemBundle(h.pem).some((ca) => signedBy(cert, ca)),
@@ -286,16 +294,14 @@ describe("SelfManagedTls sync timer", () => {
         return super.readSecret();
       }
     })(() => clock.now());
-    const settings: TlsPlanSettings = {
-      leafLifetimeMs: 20 * DAY,
-      caLifetimeMs: 60 * DAY,
-      renewAtFraction: 2 / 3,
-      bundlePropagationMs: DAY,
-      names: NAMES,
-    };
-    const log = createLogger("test");
-    log.level = "silent";
-    const tls = new SelfManagedTls({ store, settings, syncMs: 3_600_000, isLeader: () => true, clock, log });
+    const tls = new SelfManagedTls({
+      store,
+      settings: lifetimes,
+      syncMs: 3_600_000,
+      isLeader: () => true,
+      clock,
+      log: silentLog,
+    });
     await tls.start();
     const afterStart = reads;
     assert.equal(clock.pending, 1, "the next sync is scheduled");
