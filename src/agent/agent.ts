@@ -3,6 +3,7 @@
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { readFileSync } from "node:fs";
+import { repeat, systemClock, type Clock, type TimerHandle } from "../common/clock.ts";
 import { createLogger, type Logger } from "../common/logger.ts";
 import { PodWatch } from "./pod-watch.ts";
 import { ApiClient } from "../k8s/api-client.ts";
@@ -98,6 +99,8 @@ export interface AgentConfig extends HandlerConfig {
   handoverStopWaitMs?: number;
   /** On SIGTERM with no successor connected, wait this long for one to connect. */
   handoverSuccessorWaitMs?: number;
+  /** The one clock every timed part of the agent runs on (default the system's). */
+  clock?: Clock;
 }
 
 /** The ops listener's connection caps: probes and a scraper need a handful. */
@@ -125,6 +128,7 @@ export async function startAgent(
   cfg: AgentConfig,
   log: Logger = createLogger("agent"),
 ): Promise<RunningAgent> {
+  const clock = cfg.clock ?? systemClock;
   const kube = new ApiClient(cfg.kubeconfig ? kubeconfigFromFile(cfg.kubeconfig) : inClusterConfig());
 
   const client = new ServerClient({
@@ -132,16 +136,18 @@ export async function startAgent(
     caFile: cfg.serverCaFile,
     tokenFile: cfg.tokenFile,
     timeoutMs: cfg.serverTimeoutMs,
+    clock,
   });
   const cni = cfg.cniStateDir
     ? new CniState({
         dir: cfg.cniStateDir,
         log,
         rescanMs: cfg.cniRescanMs,
+        timers: clock,
         onChange: (ips) => index.attachmentsChanged(ips),
       })
     : undefined;
-  const index = new PodIndex({ attachments: cni, log });
+  const index = new PodIndex({ attachments: cni, log, timers: clock });
   const late: {
     watch?: PodWatch;
     cache?: CredCache;
@@ -171,6 +177,7 @@ export async function startAgent(
     namespaces: (): Set<string> => cache.namespaces(),
     onEpochs: (epochs) => cache.confirmEpochs(epochs),
     log,
+    clock,
   });
   late.epochWatch = epochWatch;
   const cache: CredCache = new CredCache({
@@ -180,6 +187,7 @@ export async function startAgent(
     requestTimeoutMs: cfg.serverTimeoutMs,
     epochs: epochWatch,
     epochMaxAgeMs: cfg.policyEpochMaxAgeMs ?? AGENT_DEFAULTS.policyEpochMaxAgeMs,
+    clock,
   });
   late.cache = cache;
 
@@ -208,13 +216,13 @@ export async function startAgent(
   let predecessor: Predecessor | undefined;
   if (handoverDir) {
     try {
-      predecessor = await Predecessor.connect(handoverDir, cfg.nodeName, HANDOVER_TIMEOUT_MS);
+      predecessor = await Predecessor.connect(handoverDir, cfg.nodeName, HANDOVER_TIMEOUT_MS, clock);
     } catch (err) {
       log.warn({ err: (err as Error).message }, "hand-over from the running agent failed: starting cold");
     }
   }
   const handedKey = predecessor ? Buffer.from(predecessor.state.tokenKey, "base64") : undefined;
-  const tokens = new ImdsTokens(cfg.imdsTokenKeyFile ? readFileSync(cfg.imdsTokenKeyFile) : handedKey);
+  const tokens = new ImdsTokens(cfg.imdsTokenKeyFile ? readFileSync(cfg.imdsTokenKeyFile) : handedKey, clock);
   if (predecessor) {
     // before the pod watch starts, so that its prefetches find these and ask the server nothing
     const adopted = cache.adopt(predecessor.state.creds);
@@ -224,7 +232,9 @@ export async function startAgent(
     );
   }
   const passthrough =
-    cfg.passthroughPaths.length > 0 ? new Passthrough(cfg.upstreamImdsUrl, cfg.passthroughPaths) : undefined;
+    cfg.passthroughPaths.length > 0
+      ? new Passthrough(cfg.upstreamImdsUrl, cfg.passthroughPaths, undefined, clock)
+      : undefined;
   const deps = {
     cfg,
     index,
@@ -257,12 +267,13 @@ export async function startAgent(
     handler: index,
     log,
     staleAfterMs: cfg.watchStaleAfterMs,
+    clock,
     onRestart: (reason) => metrics.watchRestarts.labels(reason).inc(),
   });
   late.watch = watch;
 
-  let probeTimer: NodeJS.Timeout | undefined;
-  let hookTimer: NodeJS.Timeout | undefined;
+  let stopProbing: (() => void) | undefined;
+  let stopHookResync: (() => void) | undefined;
   // With the hook on, not ready until it is in place: pods must not be scheduled onto a node
   // (startup taint) or counted as served while their metadata traffic is not yet ours.
   let hookInPlace = !cfg.hook;
@@ -327,7 +338,7 @@ export async function startAgent(
   let hook: Hook | undefined;
   let repairLoop: RepairLoop | undefined;
   let handover: HandoverServer | undefined;
-  let drainTimer: NodeJS.Timeout | undefined;
+  let drainTimer: TimerHandle | undefined;
   let drained: Promise<void> = Promise.resolve();
   /** A successor owns the DNAT now: never touch the rules again, let the clients leave, close. */
   const stepDown = (g: number): void => {
@@ -341,7 +352,7 @@ export async function startAgent(
     log.info({ successor: g }, "handed over: draining kept-alive connections");
     let drainEnd = (): void => undefined;
     drained = new Promise((resolve) => (drainEnd = resolve));
-    drainTimer = setTimeout(() => {
+    drainTimer = clock.setTimeout(() => {
       drainEnd();
       // conntrack sends no new connection here any more; what is left are idle kept-alive ones
       for (const server of [imdsServer, containerServer]) server?.close();
@@ -351,7 +362,7 @@ export async function startAgent(
       void handover?.close();
       log.info("drained: waiting for SIGTERM");
     }, cfg.handoverDrainMs ?? AGENT_DEFAULTS.handoverDrainMs);
-    drainTimer.unref();
+    drainTimer.unref?.();
   };
   try {
     // The slot: the other one than a predecessor's; after a crash the one the rules point at,
@@ -410,8 +421,7 @@ export async function startAgent(
       void client.probe();
     };
     probe();
-    probeTimer = setInterval(probe, 10_000);
-    probeTimer.unref();
+    stopProbing = repeat(clock, 10_000, probe);
     if (cfg.hook) {
       const other = slotPorts(otherSlot(slot), cfg.imdsListen, cfg.containerListen, portOffset);
       const h = new Hook({
@@ -431,6 +441,8 @@ export async function startAgent(
           !(await waitUntil(
             readyToTakeOver,
             cfg.handoverWarmTimeoutMs ?? AGENT_DEFAULTS.handoverWarmTimeoutMs,
+            undefined,
+            clock,
           ))
         )
           throw new Error(`not ready to take over within the warm-up time: ${notReady().join("; ")}`);
@@ -455,8 +467,7 @@ export async function startAgent(
       });
       repairLoop = repair;
       if (cfg.hookResyncMs > 0) {
-        hookTimer = setInterval(() => repair.tick(), cfg.hookResyncMs);
-        hookTimer.unref();
+        stopHookResync = repeat(clock, cfg.hookResyncMs, () => void repair.tick());
       }
       if (handoverDir) {
         const role: OwnerRole = {
@@ -471,24 +482,24 @@ export async function startAgent(
           resumeRepair: () => repair.resume(),
           stepDown: (g) => stepDown(g),
         };
-        handover = await HandoverServer.listen(handoverDir, role, log);
+        handover = await HandoverServer.listen(handoverDir, role, log, clock);
       }
     }
     log.info({ node: cfg.nodeName, imds, container, ops }, "agent listening");
-    let taintTimer: NodeJS.Timeout | undefined;
+    let taintTimer: TimerHandle | undefined;
     if (cfg.readyTaintKey) {
       const key = cfg.readyTaintKey;
       const tick = (): void => {
         taintTimer = undefined;
         if (!ready()) {
-          taintTimer = setTimeout(tick, 500);
+          taintTimer = clock.setTimeout(tick, 500);
           return;
         }
         removeNodeTaint(kube, cfg.nodeName, key).then(
           (removed) => log.info({ taint: key, removed }, "agent ready: startup taint handled"),
           (err: unknown) => {
             log.warn({ taint: key, err }, "cannot remove the startup taint, retrying");
-            taintTimer = setTimeout(tick, 5000);
+            taintTimer = clock.setTimeout(tick, 5000);
           },
         );
       };
@@ -518,12 +529,12 @@ export async function startAgent(
         // handed over: SIGTERM comes as soon as the new pod is Ready, maybe mid-drain; its
         // clients leave between two requests, not by a reset
         await drained;
-        if (drainTimer) clearTimeout(drainTimer);
+        clock.clearTimeout(drainTimer);
         repairLoop?.stop();
         await handover?.close();
-        if (probeTimer) clearInterval(probeTimer);
-        if (taintTimer) clearTimeout(taintTimer);
-        if (hookTimer) clearInterval(hookTimer);
+        stopProbing?.();
+        clock.clearTimeout(taintTimer);
+        stopHookResync?.();
         await watch.stop();
         await cni?.stop();
         await epochWatch.stop();
@@ -539,8 +550,8 @@ export async function startAgent(
   } catch (err) {
     predecessor?.close();
     await handover?.close();
-    if (probeTimer) clearInterval(probeTimer);
-    if (hookTimer) clearInterval(hookTimer);
+    stopProbing?.();
+    stopHookResync?.();
     await watch.stop();
     await cni?.stop();
     await epochWatch.stop();

@@ -16,6 +16,7 @@ import { lstat, open, opendir } from "node:fs/promises";
 import { constants } from "node:fs";
 import { isIP } from "node:net";
 import { join } from "node:path";
+import { repeat, systemClock, type Timers } from "../common/clock.ts";
 import type { Logger } from "../common/logger.ts";
 import type { IpHolder, NodeAttachments } from "./pod-index.ts";
 
@@ -194,6 +195,8 @@ export interface CniStateOptions {
   onChange: (ips: string[] | undefined) => void;
   /** Full rescan period; 0: only at start and when asked (rescan()). */
   rescanMs: number;
+  /** The rescan's timer. */
+  timers?: Timers;
 }
 
 export class CniState implements NodeAttachments {
@@ -203,7 +206,7 @@ export class CniState implements NodeAttachments {
   private readonly byIp = new Map<string, Set<string>>();
   private current: CniStateStatus = { state: "absent", detail: "not scanned yet" };
   private watcher: FSWatcher | undefined;
-  private timer: NodeJS.Timeout | undefined;
+  private stopRescans: (() => void) | undefined;
   /** Every read of the directory runs on this chain, one at a time. */
   private chain: Promise<void> = Promise.resolve();
   private readonly pending = new Set<string>();
@@ -268,14 +271,17 @@ export class CniState implements NodeAttachments {
         "CNI state unavailable: IPs are attributed from the pod watch alone (a reused IP can be served as its previous pod until the watch shows that pod gone); rechecked periodically",
       );
     if (this.opts.rescanMs > 0) {
-      this.timer = setInterval(() => void this.rescan(), this.opts.rescanMs);
-      this.timer.unref();
+      this.stopRescans = repeat(
+        this.opts.timers ?? systemClock,
+        this.opts.rescanMs,
+        () => void this.rescan(),
+      );
     }
   }
 
   async stop(): Promise<void> {
     this.stopped = true;
-    if (this.timer) clearInterval(this.timer);
+    this.stopRescans?.();
     this.closeWatcher();
     await this.chain;
   }

@@ -1,5 +1,6 @@
 // The two port slots agents alternate between across hand-overs (handover.ts): the successor
 // listens on the slot its predecessor does not, so both serve at once while the DNAT moves.
+import { systemClock, type Clock } from "../common/clock.ts";
 import type { HostPort } from "../common/config-values.ts";
 
 export type Slot = 0 | 1;
@@ -36,12 +37,12 @@ export async function waitUntil(
   done: () => boolean,
   timeoutMs: number,
   intervalMs = 50,
-  now: () => number = Date.now,
+  clock: Clock = systemClock,
 ): Promise<boolean> {
-  const deadline = now() + timeoutMs;
+  const deadline = clock.now() + timeoutMs;
   while (!done()) {
-    if (now() >= deadline) return false;
-    await new Promise((r) => setTimeout(r, intervalMs));
+    if (clock.now() >= deadline) return false;
+    await new Promise<void>((resolve) => clock.setTimeout(resolve, intervalMs));
   }
   return true;
 }

@@ -12,6 +12,7 @@ import { chmodSync, mkdirSync, statSync, unlinkSync } from "node:fs";
 import { join } from "node:path";
 import type { CredentialsResponse, PodRef } from "../api/contract.ts";
 import { isCredentialsResponse } from "../api/contract.ts";
+import { systemClock, type Clock, type Timers } from "../common/clock.ts";
 import type { Logger } from "../common/logger.ts";
 
 export const HANDOVER_SOCKET = "agent.sock";
@@ -154,14 +155,24 @@ export class HandoverServer {
   private tookOver = false;
   private readonly waiters: Array<() => void> = [];
   private readonly connectWaiters: Array<() => void> = [];
+  private readonly timers: Timers;
 
-  private constructor(server: Server, path: string) {
+  private constructor(server: Server, path: string, timers: Timers) {
     this.server = server;
     this.path = path;
+    this.timers = timers;
   }
 
-  /** Listens on `dir`/agent.sock (replacing a previous owner's path; its listener keeps its fd). */
-  static async listen(dir: string, role: OwnerRole, log: Logger): Promise<HandoverServer> {
+  /**
+   * Listens on `dir`/agent.sock (replacing a previous owner's path; its listener keeps its fd).
+   * `timers`: the waits for a successor and the hand-over's deadline.
+   */
+  static async listen(
+    dir: string,
+    role: OwnerRole,
+    log: Logger,
+    timers: Timers = systemClock,
+  ): Promise<HandoverServer> {
     mkdirSync(dir, { recursive: true, mode: 0o700 });
     chmodSync(dir, 0o700);
     const path = join(dir, HANDOVER_SOCKET);
@@ -171,7 +182,7 @@ export class HandoverServer {
       // none yet
     }
     const server = createServer();
-    const self = new HandoverServer(server, path);
+    const self = new HandoverServer(server, path, timers);
     server.on("connection", (socket) => self.accept(socket, role, log));
     await new Promise<void>((resolve, reject) => {
       server.once("error", reject);
@@ -198,9 +209,9 @@ export class HandoverServer {
   waitForSuccessor(ms: number): Promise<boolean> {
     if (this.successor || this.tookOver) return Promise.resolve(true);
     return new Promise((resolve) => {
-      const t = setTimeout(() => resolve(this.successor !== undefined || this.tookOver), ms);
+      const t = this.timers.setTimeout(() => resolve(this.successor !== undefined || this.tookOver), ms);
       this.connectWaiters.push(() => {
-        clearTimeout(t);
+        this.timers.clearTimeout(t);
         resolve(true);
       });
     });
@@ -211,9 +222,9 @@ export class HandoverServer {
     if (this.tookOver) return Promise.resolve(true);
     if (!this.successor) return Promise.resolve(false);
     return new Promise((resolve) => {
-      const t = setTimeout(() => resolve(this.tookOver), ms);
+      const t = this.timers.setTimeout(() => resolve(this.tookOver), ms);
       this.waiters.push(() => {
-        clearTimeout(t);
+        this.timers.clearTimeout(t);
         resolve(this.tookOver);
       });
     });
@@ -231,11 +242,11 @@ export class HandoverServer {
     this.successor = socket;
     for (const w of this.connectWaiters.splice(0)) w();
     let paused = false;
-    const timer = setTimeout(() => socket.destroy(), HANDOVER_TIMEOUT_MS);
-    timer.unref();
+    const timer = this.timers.setTimeout(() => socket.destroy(), HANDOVER_TIMEOUT_MS);
+    timer.unref?.();
     socket.on("error", () => socket.destroy());
     socket.on("close", () => {
-      clearTimeout(timer);
+      this.timers.clearTimeout(timer);
       if (this.successor === socket) this.successor = undefined;
       if (paused && !this.tookOver) {
         log.warn("hand-over successor left before taking over: repairing the hook again");
@@ -312,9 +323,14 @@ export class Predecessor {
 
   /**
    * Connects to the owner on `dir`/agent.sock and receives its state; undefined when nobody
-   * listens there (first agent on the node, or the owner crashed).
+   * listens there (first agent on the node, or the owner crashed). `clock`: each step's deadline.
    */
-  static async connect(dir: string, node: string, timeoutMs: number): Promise<Predecessor | undefined> {
+  static async connect(
+    dir: string,
+    node: string,
+    timeoutMs: number,
+    clock: Clock = systemClock,
+  ): Promise<Predecessor | undefined> {
     const socket = createConnection(join(dir, HANDOVER_SOCKET));
     const inbox: Message[] = [];
     let wake: (() => void) | undefined;
@@ -335,7 +351,7 @@ export class Predecessor {
       fail,
     );
     const next = async (op: Message["op"]): Promise<Message> => {
-      const deadline = Date.now() + timeoutMs;
+      const deadline = clock.now() + timeoutMs;
       for (;;) {
         const m = inbox.shift();
         if (m) {
@@ -343,12 +359,12 @@ export class Predecessor {
           return m;
         }
         if (failure) throw failure;
-        const left = deadline - Date.now();
+        const left = deadline - clock.now();
         if (left <= 0) throw new Error(`hand-over: no ${op} within ${timeoutMs} ms`);
         await new Promise<void>((resolve) => {
-          const t = setTimeout(resolve, left);
+          const t = clock.setTimeout(resolve, left);
           wake = () => {
-            clearTimeout(t);
+            clock.clearTimeout(t);
             resolve();
           };
         });

@@ -2,6 +2,7 @@
 // number of tokens issued; a token presented by any pod other than the one it was issued to, or
 // after its expiry, or after an agent restart (new key) fails verification.
 import { createHmac, createSecretKey, randomBytes, timingSafeEqual, type KeyObject } from "node:crypto";
+import { systemClock, type Clock } from "../common/clock.ts";
 
 export const MIN_TTL_SECONDS = 1;
 export const MAX_TTL_SECONDS = 21600;
@@ -15,10 +16,13 @@ export class ImdsTokens {
   private readonly verified = new Map<string, { uid: string; expMs: number }>();
   /** Last token issued per pod: a second request in the same second gets the same token. */
   private readonly lastIssued = new Map<string, { exp: number; token: string }>();
+  private readonly clock: Pick<Clock, "now">;
 
-  constructor(key: Buffer = randomBytes(32)) {
+  /** `clock`: token expiry. */
+  constructor(key: Buffer = randomBytes(32), clock: Pick<Clock, "now"> = systemClock) {
     if (key.length < 16) throw new Error("IMDS token key must have at least 16 bytes");
     this.key = createSecretKey(key);
+    this.clock = clock;
   }
 
   /** The raw key, for a hand-over to a successor agent (handover.ts); not kept in a second copy. */
@@ -27,7 +31,7 @@ export class ImdsTokens {
   }
 
   /** Token for `uid`, valid until now + ttlSeconds. */
-  issue(uid: string, ttlSeconds: number, nowMs = Date.now()): string {
+  issue(uid: string, ttlSeconds: number, nowMs = this.clock.now()): string {
     const exp = Math.floor(nowMs / 1000) + ttlSeconds;
     const last = this.lastIssued.get(uid);
     if (last !== undefined && last.exp === exp) return last.token;
@@ -49,7 +53,7 @@ export class ImdsTokens {
   }
 
   /** True when `token` was issued by this agent to `uid` and has not expired. */
-  verify(token: string, uid: string, nowMs = Date.now()): boolean {
+  verify(token: string, uid: string, nowMs = this.clock.now()): boolean {
     const known = this.verified.get(token);
     if (known !== undefined) {
       if (known.expMs > nowMs) return known.uid === uid;

@@ -4,6 +4,7 @@
 // signature, rsa2048: proof of being this instance, e.g. to Vault's EC2 auth).
 import { request, Agent, type IncomingMessage } from "node:http";
 import { httpStatus } from "../api/errors.ts";
+import { systemClock, type Clock } from "../common/clock.ts";
 
 const MAX_BODY = 64 * 1024;
 /**
@@ -36,7 +37,11 @@ export class Passthrough {
   private readonly agent = new Agent({ keepAlive: true, maxSockets: 8 });
   private token: { value: string; untilMs: number } | undefined;
 
-  constructor(upstreamUrl: string, allow: string[], timeoutMs = 1000) {
+  private readonly clock: Clock;
+
+  /** `clock`: the upstream session token's lifetime and each call's deadline. */
+  constructor(upstreamUrl: string, allow: string[], timeoutMs = 1000, clock: Clock = systemClock) {
+    this.clock = clock;
     this.upstream = new URL(upstreamUrl);
     if (this.upstream.protocol !== "http:") throw new Error("the upstream IMDS URL must be http://");
     this.timeoutMs = timeoutMs;
@@ -82,7 +87,7 @@ export class Passthrough {
   }
 
   private async sessionToken(): Promise<string | undefined> {
-    const now = Date.now();
+    const now = this.clock.now();
     if (this.token && this.token.untilMs > now) return this.token.value;
     try {
       const r = await this.send("PUT", "/latest/api/token", {
@@ -122,7 +127,7 @@ export class Passthrough {
             chunks.push(c);
           });
           res.on("end", () => {
-            clearTimeout(timer);
+            this.clock.clearTimeout(timer);
             resolve({
               status: res.statusCode ?? httpStatus("MetadataUpstreamFailed"),
               body: Buffer.concat(chunks),
@@ -132,10 +137,10 @@ export class Passthrough {
           res.on("error", reject);
         },
       );
-      const timer = setTimeout(() => req.destroy(new Error("upstream timeout")), this.timeoutMs);
+      const timer = this.clock.setTimeout(() => req.destroy(new Error("upstream timeout")), this.timeoutMs);
       req.on("timeout", () => req.destroy(new Error("upstream timeout")));
       req.on("error", (e) => {
-        clearTimeout(timer);
+        this.clock.clearTimeout(timer);
         reject(e);
       });
       req.end();

@@ -15,6 +15,7 @@ import {
   type PolicyEpochsResponse,
 } from "../api/contract.ts";
 import { ERRORS, KeycutterError, isErrorCode, type ErrorCode } from "../api/errors.ts";
+import { systemClock, type Clock } from "../common/clock.ts";
 import { TrustBundle } from "./trust-bundle.ts";
 
 const MAX_RESPONSE_BYTES = 64 * 1024;
@@ -26,6 +27,8 @@ export interface ServerClientOptions {
   /** The agent's projected token; re-read when the file changes. */
   tokenFile: string;
   timeoutMs?: number;
+  /** Reachability, the token file's and CA bundle's re-read pace, each call's overall deadline. */
+  clock?: Clock;
 }
 
 /** Re-reads a token file when its mtime/size/inode changes (projected tokens are swapped in place). */
@@ -34,12 +37,14 @@ export class TokenFile {
   private stamp = "";
   private value = "";
   private checkedAt = 0;
+  private readonly clock: Pick<Clock, "now">;
 
-  constructor(path: string) {
+  constructor(path: string, clock: Pick<Clock, "now"> = systemClock) {
     this.path = path;
+    this.clock = clock;
   }
 
-  read(nowMs = Date.now()): string {
+  read(nowMs = this.clock.now()): string {
     if (nowMs - this.checkedAt < 1000 && this.value) return this.value;
     this.checkedAt = nowMs;
     const st = statSync(this.path);
@@ -86,6 +91,7 @@ export class ServerClient {
   private readonly systemRoots: HttpsAgent | undefined;
   private readonly token: TokenFile;
   private readonly timeoutMs: number;
+  private readonly clock: Clock;
   /** Last time any HTTP answer came back (reachability for /readyz). */
   lastAnswerMs = 0;
   lastFailureMs = 0;
@@ -93,11 +99,12 @@ export class ServerClient {
   constructor(opts: ServerClientOptions) {
     this.url = new URL(opts.serverUrl);
     this.timeoutMs = opts.timeoutMs ?? 5000;
-    this.token = new TokenFile(opts.tokenFile);
+    this.clock = opts.clock ?? systemClock;
+    this.token = new TokenFile(opts.tokenFile, this.clock);
     if (this.url.protocol === "https:") {
       const pool = (ca?: Buffer) =>
         new HttpsAgent({ keepAlive: true, maxSockets: 32, ...(ca ? { ca } : {}) });
-      if (opts.caFile) this.trust = new TrustBundle(opts.caFile, pool);
+      if (opts.caFile) this.trust = new TrustBundle(opts.caFile, pool, this.clock);
       else this.systemRoots = pool();
     } else if (this.url.protocol === "http:") {
       this.plainAgent = new HttpAgent({ keepAlive: true, maxSockets: 32 });
@@ -204,7 +211,7 @@ export class ServerClient {
     try {
       agent = this.connectionPool();
     } catch (e) {
-      this.lastFailureMs = Date.now();
+      this.lastFailureMs = this.clock.now();
       return Promise.reject(e as Error);
     }
     return new Promise((resolve, reject) => {
@@ -238,19 +245,19 @@ export class ServerClient {
             chunks.push(c);
           });
           res.on("end", () => {
-            clearTimeout(timer);
+            this.clock.clearTimeout(timer);
             cancel?.removeEventListener("abort", onCancel);
-            this.lastAnswerMs = Date.now();
+            this.lastAnswerMs = this.clock.now();
             resolve({ status: res.statusCode ?? 0, text: Buffer.concat(chunks).toString("utf8") });
           });
           res.on("error", (e) => fail(e));
         },
       );
       const fail = (err: unknown): void => {
-        clearTimeout(timer);
+        this.clock.clearTimeout(timer);
         cancel?.removeEventListener("abort", onCancel);
         // Ending our own long poll says nothing about the server's reachability.
-        if ((err as NodeJS.ErrnoException).code !== "ECANCELLED") this.lastFailureMs = Date.now();
+        if ((err as NodeJS.ErrnoException).code !== "ECANCELLED") this.lastFailureMs = this.clock.now();
         req.destroy();
         if (err instanceof KeycutterError) reject(err);
         else {
@@ -261,7 +268,7 @@ export class ServerClient {
         }
       };
       // Overall deadline (socket `timeout` is only inactivity).
-      const timer = setTimeout(
+      const timer = this.clock.setTimeout(
         () => fail(Object.assign(new Error("timeout"), { code: "ETIMEDOUT" })),
         timeoutMs,
       );

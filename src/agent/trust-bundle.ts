@@ -6,6 +6,7 @@
 import type { Agent as HttpsAgent } from "node:https";
 import { readFileSync, statSync } from "node:fs";
 import { KeycutterError } from "../api/errors.ts";
+import { systemClock, type Clock } from "../common/clock.ts";
 
 const CHECK_EVERY_MS = 1000;
 const PEM_CERT = /-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/;
@@ -24,14 +25,17 @@ export class TrustBundle {
   private checkedAt = Number.NEGATIVE_INFINITY;
   /** Times the bundle changed after the first load (tests, logs). */
   reloads = 0;
+  private readonly clock: Pick<Clock, "now">;
 
-  constructor(path: string, makeAgent: AgentFactory) {
+  /** `clock`: how often the file is looked at. */
+  constructor(path: string, makeAgent: AgentFactory, clock: Pick<Clock, "now"> = systemClock) {
     this.path = path;
     this.makeAgent = makeAgent;
+    this.clock = clock;
   }
 
   /** The pool for the bundle as the file holds it now; refuses (fails closed) without a CA. */
-  agent(nowMs = Date.now()): HttpsAgent {
+  agent(nowMs = this.clock.now()): HttpsAgent {
     if (nowMs - this.checkedAt >= CHECK_EVERY_MS || !this.current) {
       this.checkedAt = nowMs;
       this.refresh();

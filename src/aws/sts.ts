@@ -8,6 +8,7 @@ import { AssumeRoleCommand, STSClient, type AssumeRoleCommandInput } from "@aws-
 import type { AwsCredentialIdentity, AwsCredentialIdentityProvider } from "@aws-sdk/types";
 import { randomUUID } from "node:crypto";
 import type { ErrorCode } from "../api/contract.ts";
+import { systemClock, type Clock } from "../common/clock.ts";
 
 export interface AssumeRoleRequest {
   roleArn: string;
@@ -77,7 +78,18 @@ export interface StsIssuerOptions {
   onCall?: (input: AssumeRoleCommandInput) => void;
   /** Called after each attempt: outcome "ok" | aws error code, latency in seconds. */
   onAttempt?: (outcome: string, seconds: number) => void;
-  sleep?: (ms: number) => Promise<void>;
+  /** The backoff's waits and jitter; tests move a manual clock. */
+  clock?: Clock;
+}
+
+/**
+ * The wait before the retry that follows attempt `attempt` (1-based): exponential from `baseMs`,
+ * capped at `capMs`, its upper half drawn at random (`random` in [0, 1)) so that replicas
+ * throttled together do not retry together.
+ */
+export function backoffMs(attempt: number, baseMs: number, capMs: number, random: number): number {
+  const backoff = Math.min(capMs, baseMs * 2 ** (attempt - 1));
+  return backoff / 2 + random * (backoff / 2);
 }
 
 const DENIED = new Set(["AccessDenied", "AccessDeniedException", "InvalidIdentityToken"]);
@@ -158,7 +170,9 @@ export class StsIssuer {
     const max = this.opts.maxAttempts ?? 5;
     const base = this.opts.baseBackoffMs ?? 100;
     const cap = this.opts.maxBackoffMs ?? 2000;
-    const sleep = this.opts.sleep ?? ((ms: number) => new Promise<void>((r) => setTimeout(r, ms)));
+    const clock = this.opts.clock ?? systemClock;
+    // not unref'd: a retry in flight is work the process still has to finish
+    const wait = (ms: number) => new Promise<void>((resolve) => clock.setTimeout(resolve, ms));
     let last: ReturnType<typeof classify> | undefined;
     for (let attempt = 1; attempt <= max; attempt++) {
       this.opts.onCall?.(structuredClone(input));
@@ -192,8 +206,7 @@ export class StsIssuer {
         last = classify(e);
         this.opts.onAttempt?.(last.awsCode, (performance.now() - t0) / 1000);
         if (!last.retry || attempt === max) break;
-        const backoff = Math.min(cap, base * 2 ** (attempt - 1));
-        await sleep(backoff / 2 + Math.random() * (backoff / 2));
+        await wait(backoffMs(attempt, base, cap, clock.random()));
       }
     }
     const l = last as ReturnType<typeof classify>;

@@ -30,3 +30,25 @@ export const systemClock: Clock = {
 export function sleep(clock: Timers, ms: number): Promise<void> {
   return new Promise((resolve) => clock.setTimeout(resolve, ms).unref?.());
 }
+
+/**
+ * Runs `fn` every `ms` on `clock` until the returned stop() (a setInterval on the seam): re-armed
+ * after each run, unref'd, so that a periodic job alone never keeps the process alive.
+ */
+export function repeat(clock: Timers, ms: number, fn: () => void): () => void {
+  let stopped = false;
+  let handle: TimerHandle | undefined;
+  const arm = (): void => {
+    handle = clock.setTimeout(() => {
+      if (stopped) return;
+      fn();
+      if (!stopped) arm();
+    }, ms);
+    handle.unref?.();
+  };
+  arm();
+  return () => {
+    stopped = true;
+    clock.clearTimeout(handle);
+  };
+}

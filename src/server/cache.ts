@@ -12,6 +12,7 @@
 import { createCipheriv, createDecipheriv, createHash, randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { Redis } from "ioredis";
+import { systemClock, type Clock } from "../common/clock.ts";
 import type { Logger } from "../common/logger.ts";
 
 export interface CachedCredentials {
@@ -65,6 +66,8 @@ export interface SharedStoreOptions {
   commandTimeoutMs?: number;
   log: Logger;
   metrics?: CacheMetrics;
+  /** Paces the "unavailable" warning (one per 10 s). */
+  clock?: Pick<Clock, "now">;
 }
 
 export class SharedStore {
@@ -73,10 +76,12 @@ export class SharedStore {
   private readonly prefix: string;
   private readonly log: Logger;
   private readonly metrics: CacheMetrics;
+  private readonly clock: Pick<Clock, "now">;
   private lastErrorLog = 0;
 
   constructor(opts: SharedStoreOptions) {
     this.key = opts.key;
+    this.clock = opts.clock ?? systemClock;
     this.prefix = opts.prefix ?? "keycutter:v1:";
     this.log = opts.log;
     this.metrics = opts.metrics ?? {};
@@ -97,7 +102,7 @@ export class SharedStore {
 
   private noteError(op: string, e: unknown): void {
     this.metrics.onStoreError?.(op);
-    const now = Date.now();
+    const now = this.clock.now();
     if (now - this.lastErrorLog > 10_000) {
       this.lastErrorLog = now;
       // the message only: ioredis errors carry the command and its arguments (cache entries)
@@ -177,7 +182,7 @@ export class MemoryCache {
   get size(): number {
     return this.map.size;
   }
-  get(key: string, now = Date.now()): CachedCredentials | undefined {
+  get(key: string, now: number): CachedCredentials | undefined {
     const v = this.map.get(key);
     if (v && Date.parse(v.expiration) <= now) {
       this.map.delete(key);
@@ -196,7 +201,7 @@ export class MemoryCache {
   delete(key: string): void {
     this.map.delete(key);
   }
-  sweep(now = Date.now()): void {
+  sweep(now: number): void {
     for (const [k, v] of this.map) if (Date.parse(v.expiration) <= now) this.map.delete(k);
   }
 }

@@ -5,6 +5,7 @@
 // out of the agent's memory (src/cli/commands/server.ts loads it only to run the server).
 
 import type { AssumeRoleCommandInput } from "@aws-sdk/client-sts";
+import type { Clock } from "../common/clock.ts";
 import type { Logger } from "../common/logger.ts";
 import type { ReviewBudget } from "./k8s/token-review.ts";
 import type { AuditSink } from "./audit.ts";
@@ -67,6 +68,8 @@ export interface ServerConfig {
   onStsCall?: (input: AssumeRoleCommandInput) => void;
   audit?: AuditSink;
   log?: Logger;
+  /** The one clock every timed part of the server runs on (default the system's). */
+  clock?: Clock;
 }
 
 /** The self-managed certificate's settings (all have defaults), as tls/setup.ts reads them. */

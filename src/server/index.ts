@@ -1,6 +1,7 @@
 // Assembles the central security service: TokenReview, pod lookup, policy informers, STS,
 // caches, audit, metrics, the API and ops listeners, and (leader only) the status writer.
 
+import { systemClock } from "../common/clock.ts";
 import { createLogger } from "../common/logger.ts";
 import { loadKubeConfig } from "../k8s/kube-config.ts";
 import { StsIssuer, type StsIssuerOptions } from "../aws/sts.ts";
@@ -40,6 +41,7 @@ export interface RunningServer {
 
 export async function startServer(cfg: ServerConfig): Promise<RunningServer> {
   const log = cfg.log ?? createLogger("server");
+  const clock = cfg.clock ?? systemClock;
   const kc = loadKubeConfig(cfg.kubeconfig);
   const metrics = createServerMetrics();
   const audit = cfg.audit ?? createAuditLogger(cfg.auditLog).sink;
@@ -48,6 +50,7 @@ export async function startServer(cfg: ServerConfig): Promise<RunningServer> {
     ...(cfg.podReviewBudget ? { pod: cfg.podReviewBudget } : {}),
     ...(cfg.reviewCacheEntries ? { maxEntries: cfg.reviewCacheEntries } : {}),
     onOutcome: (kind, outcome) => metrics.tokenChecks.inc({ kind, outcome }),
+    clock,
   });
   const agentServiceAccounts = new Set(cfg.agentServiceAccounts);
   const reviewPodToken = async (token: string, nodeName: string): Promise<ReviewedIdentity> => {
@@ -63,8 +66,8 @@ export async function startServer(cfg: ServerConfig): Promise<RunningServer> {
       throw e;
     }
   };
-  const pods = new PodLookup(kc);
-  const informers = new PolicyInformers(kc, log);
+  const pods = new PodLookup(kc, { clock });
+  const informers = new PolicyInformers(kc, log, { timers: clock });
 
   let shared: SharedStore | undefined;
   if (cfg.redisUrl) {
@@ -74,6 +77,7 @@ export async function startServer(cfg: ServerConfig): Promise<RunningServer> {
       url: cfg.redisUrl,
       key: loadKey(cfg.cacheKeyFile),
       log,
+      clock,
       metrics: { onStoreError: (op) => metrics.sharedStoreErrors.inc({ op }) },
     });
   }
@@ -81,6 +85,7 @@ export async function startServer(cfg: ServerConfig): Promise<RunningServer> {
   const stsOpts: StsIssuerOptions = {
     region: cfg.region,
     maxAttempts: cfg.stsMaxAttempts,
+    clock,
     onAttempt: (outcome, seconds) => {
       metrics.stsRequests.inc({ outcome });
       metrics.stsLatency.observe({ outcome }, seconds);
@@ -95,17 +100,19 @@ export async function startServer(cfg: ServerConfig): Promise<RunningServer> {
     clusterName: cfg.clusterName,
     maxDurationSeconds: cfg.maxDurationSeconds,
     intervalMs: cfg.statusIntervalMs ?? SERVER_DEFAULTS.statusIntervalMs,
+    clock,
   });
 
-  const epochs = new PolicyEpochs(
-    informers,
-    cfg.epochHoldMs !== undefined ? { holdMs: cfg.epochHoldMs } : {},
-  );
+  const epochs = new PolicyEpochs(informers, {
+    ...(cfg.epochHoldMs !== undefined ? { holdMs: cfg.epochHoldMs } : {}),
+    timers: clock,
+  });
 
   const eventWriter = new ApiEventWriter(kc);
   const recorder = new EventRecorder({
     writer: eventWriter,
     reportingInstance: cfg.identity,
+    clock,
     onOutcome: (outcome) => metrics.events.inc({ outcome }),
     // debug: the metric counts failures, and a missing RBAC rule must not flood the log
     onError: (err, event) => log.debug({ err, ...event }, "event write failed"),
@@ -133,6 +140,7 @@ export async function startServer(cfg: ServerConfig): Promise<RunningServer> {
       metrics,
       log,
       events,
+      clock,
       observe: (p, reason, message) => {
         status.observe(p, reason, message);
         events.policyRefused(p, reason, message);
@@ -154,6 +162,7 @@ export async function startServer(cfg: ServerConfig): Promise<RunningServer> {
       namespace: cfg.leaseNamespace,
       name: cfg.leaseName,
       identity: cfg.identity,
+      clock,
       onStartedLeading: () => {
         metrics.leader.set(1);
         status.start();

@@ -37,14 +37,16 @@ interface Waiter {
 }
 
 /** Held polls never keep the process alive. */
-const unrefTimers: Timers = {
-  setTimeout: (fn, ms) => {
-    const timer = systemClock.setTimeout(fn, ms);
-    timer.unref?.();
-    return timer;
-  },
-  clearTimeout: (handle) => systemClock.clearTimeout(handle),
-};
+function unrefd(timers: Timers): Timers {
+  return {
+    setTimeout: (fn, ms) => {
+      const timer = timers.setTimeout(fn, ms);
+      timer.unref?.();
+      return timer;
+    },
+    clearTimeout: (handle) => timers.clearTimeout(handle),
+  };
+}
 
 function digest(parts: string[]): string {
   return createHash("sha256").update(parts.join("\n")).digest("base64url").slice(0, 22);
@@ -73,7 +75,7 @@ export class PolicyEpochs {
     this.maxWaiters = opts.maxWaiters ?? 20_000;
     this.maxWaitersPerHolder = opts.maxWaitersPerHolder ?? 4;
     this.maxMemo = opts.maxMemo ?? 50_000;
-    this.timers = opts.timers ?? unrefTimers;
+    this.timers = unrefd(opts.timers ?? systemClock);
   }
 
   get waiting(): number {

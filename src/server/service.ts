@@ -4,6 +4,7 @@
 
 import type { CredentialsRequest, CredentialsResponse, PodRef } from "../api/contract.ts";
 import { KeycutterError, type ErrorCode } from "../api/errors.ts";
+import { repeat, systemClock, type Clock } from "../common/clock.ts";
 import type { Logger } from "../common/logger.ts";
 import { StsError, type AssumeRoleRequest, type AssumedCredentials } from "../aws/sts.ts";
 import type { ReviewedIdentity } from "./k8s/token-review.ts";
@@ -41,10 +42,8 @@ export interface Deps {
   events?: { podDenied(pod: PodRef, code: ErrorCode, message: string): void };
   /** Called with every refusal tied to a policy (the status writer shows the latest). */
   observe?: (policy: PolicyRef, reason: string, message: string) => void;
-  /** Wall-clock milliseconds for the issuance chain (freshness, failure cache); injectable for tests. */
-  now?: () => number;
-  /** Waits between polls of another replica's lock; injectable for tests. */
-  sleep?: (ms: number) => Promise<void>;
+  /** The issuance chain's time (freshness, refusal TTL, the shared lock's waits) and the sweep. */
+  clock?: Clock;
 }
 
 export interface ServiceOptions {
@@ -78,18 +77,18 @@ export const DEFAULT_SERVICE_OPTIONS: ServiceOptions = {
   stsFailureCacheEntries: 10_000,
 };
 
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
+const SWEEP_INTERVAL_MS = 60_000;
 
 export class CredentialService {
   private readonly deps: Deps;
   private readonly opts: ServiceOptions;
   private readonly chain: IssuanceChain;
-  private readonly sweeper: NodeJS.Timeout;
+  private readonly stopSweep: () => void;
 
   constructor(deps: Deps, opts: Partial<ServiceOptions> = {}) {
     this.deps = deps;
     this.opts = { ...DEFAULT_SERVICE_OPTIONS, ...opts };
-    const now = deps.now ?? Date.now;
+    const clock = deps.clock ?? systemClock;
     this.chain = issuanceChain({
       sts: deps.sts,
       shared: deps.shared,
@@ -104,11 +103,9 @@ export class CredentialService {
       stsMaxWaitersPerNamespace: this.opts.stsMaxWaitersPerNamespace,
       stsFailureTtlMs: this.opts.stsFailureTtlMs,
       stsFailureCacheEntries: this.opts.stsFailureCacheEntries,
-      now,
-      sleep: deps.sleep ?? sleep,
+      clock,
     });
-    this.sweeper = setInterval(() => this.chain.sweep(now()), 60_000);
-    this.sweeper.unref();
+    this.stopSweep = repeat(clock, SWEEP_INTERVAL_MS, () => this.chain.sweep(clock.now()));
   }
 
   /** This replica's credentials cache (the chain's first step). */
@@ -117,7 +114,7 @@ export class CredentialService {
   }
 
   close(): void {
-    clearInterval(this.sweeper);
+    this.stopSweep();
   }
 
   /** Throws KeycutterError for every refusal; audits every outcome. */

@@ -5,6 +5,7 @@ import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { startMoto, type Moto } from "../harness/index.ts";
 import { StsError, StsIssuer } from "../../src/aws/sts.ts";
+import { systemClock } from "../../src/common/clock.ts";
 import { startThrottleProxy, type ThrottleProxy } from "./throttle-proxy.ts";
 
 describe("StsIssuer (moto)", { timeout: 120_000 }, () => {
@@ -69,9 +70,12 @@ describe("StsIssuer (moto)", { timeout: 120_000 }, () => {
       credentials: creds,
       baseBackoffMs: 20,
       onAttempt: (o) => attempts.push(o),
-      sleep: (ms) => {
-        sleeps.push(ms);
-        return new Promise((r) => setTimeout(r, ms));
+      clock: {
+        ...systemClock,
+        setTimeout: (fn, ms) => {
+          sleeps.push(ms);
+          return systemClock.setTimeout(fn, ms);
+        },
       },
     });
     proxy.throttleNext(2);

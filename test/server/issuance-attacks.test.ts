@@ -264,8 +264,22 @@ describe("attacks on the server's API and issuance (real apiserver, moto)", { ti
         Array.from({ length: 4 }, (_, j) => tenantPod("tenant-b", `fair-${j}`, `10.246.1.${j + 1}`)),
       );
 
+      // every request that passed the caches reaches the STS budget next: a miss per crowd pod
+      const misses = async () =>
+        (await fair.running.metrics.cacheLookups.get()).values
+          .filter((v) => v.labels.result === "miss")
+          .reduce((sum, v) => sum + v.value, 0);
+      const missesBefore = await misses();
       const crowdRound = Promise.all(crowd.map((pod) => ask(fair, pod)));
-      await new Promise((r) => setTimeout(r, 300)); // the crowd is queued first
+      // the whole crowd is at the budget (queued, refused or calling STS) before tenant-b asks
+      await waitFor(
+        "the crowd at the STS budget",
+        async () => (await misses()) - missesBefore >= crowd.length,
+        {
+          timeoutMs: 30_000,
+          intervalMs: 10,
+        },
+      );
       const othersRound = await Promise.all(
         others.map(async (pod) => {
           const t0 = performance.now();

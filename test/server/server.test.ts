@@ -12,6 +12,7 @@ import { copyFileSync, rmSync } from "node:fs";
 import { connect as tlsConnect } from "node:tls";
 import { cacheKeyFile } from "../harness/keycutter-server.ts";
 import { makeServingCert } from "../harness/tls.ts";
+import { untilTrue } from "../harness/manual-clock.ts";
 import { startThrottleProxy } from "../aws/throttle-proxy.ts";
 import { ApiClientFrom, apiserverTokenReviews, forgedToken, junkTokens } from "./flood.ts";
 import {
@@ -634,6 +635,7 @@ describe("keycutter server (real apiserver, moto, redis)", { timeout: 600_000 },
       const reviewsBefore = await apiserverTokenReviews(w.cluster);
       let stop = false;
       const floodStatuses = new Map<number, number>();
+      const floodStart = performance.now();
       const flood = attackers.map(async (a) => {
         for (let i = 0; i < 60 && !stop; i++) {
           const burst = await Promise.all(
@@ -642,16 +644,16 @@ describe("keycutter server (real apiserver, moto, redis)", { timeout: 600_000 },
           for (const r of burst) floodStatuses.set(r.status, (floodStatuses.get(r.status) ?? 0) + 1);
         }
       });
-      await new Promise((r) => setTimeout(r, 300));
-      const t0 = performance.now();
+      // the flood is under way (every attacker's first burst answered) before the legitimate requests
+      const answered = () => [...floodStatuses.values()].reduce((x, y) => x + y, 0);
+      await untilTrue(() => answered() >= 8 * attackers.length, "the flood's first bursts", 10_000_000);
       const results = [];
       for (const token of freshAgentTokens) results.push(await legit.post(token, { pod: w.pods.a2 }));
       for (const podToken of freshPodTokens)
         results.push(await legit.post(w.agentToken["node-1"]!, { pod: w.pods.a2, podToken }));
-      const legitSeconds = (performance.now() - t0) / 1000;
       stop = true;
       await Promise.all(flood);
-      const floodSeconds = legitSeconds + 0.3;
+      const floodSeconds = (performance.now() - floodStart) / 1000;
       assert.deepEqual(
         results.map((r) => r.status),
         results.map(() => 200),
@@ -934,7 +936,8 @@ describe("keycutter server (real apiserver, moto, redis)", { timeout: 600_000 },
       await waitFor("first replica leads", async () => srv.running.elector?.isLeader === true, {
         timeoutMs: 20_000,
       });
-      await new Promise((r) => setTimeout(r, 2500));
+      // one full attempt of the second replica against the Lease the first holds, not a wait
+      await r2.running.elector?.tick();
       assert.equal(r2.running.elector?.isLeader, false, "the second waits");
       assert.equal((await srv.running.metrics.leader.get()).values[0]?.value, 1, "leader gauge");
       assert.equal((await r2.running.metrics.leader.get()).values[0]?.value ?? 0, 0);

@@ -8,6 +8,7 @@
 
 import { LRUCache } from "lru-cache";
 import { KeyedTokenBuckets } from "../../common/keyed-token-buckets.ts";
+import { repeat, systemClock, type Clock } from "../../common/clock.ts";
 import {
   eventObject,
   seriesPatch,
@@ -29,8 +30,8 @@ export interface EventRecorderOptions {
   writer: EventWriter;
   /** This replica (reportingInstance). */
   reportingInstance: string;
-  /** Wall-clock milliseconds (tests inject one). */
-  now?: () => number;
+  /** Event times, series windows, write budgets and the flush timer. */
+  clock?: Clock;
   /** Series remembered at most; the least recently seen goes first. */
   maxSeries?: number;
   /** A repeat later than this after the last one starts a new Event (client-go: 6 minutes). */
@@ -83,6 +84,7 @@ const DEFAULTS = {
 export class EventRecorder {
   private readonly writer: EventWriter;
   private readonly reportingInstance: string;
+  private readonly clock: Clock;
   private readonly now: () => number;
   private readonly limits: typeof DEFAULTS;
   private readonly series: LRUCache<string, Series>;
@@ -91,13 +93,15 @@ export class EventRecorder {
   private inFlight = 0;
   private readonly onOutcome: (outcome: EventOutcome) => void;
   private readonly onError: NonNullable<EventRecorderOptions["onError"]>;
-  private timer: NodeJS.Timeout | undefined;
+  private stopFlushing: (() => void) | undefined;
   private readonly idleWaiters: Array<() => void> = [];
 
   constructor(opts: EventRecorderOptions) {
     this.writer = opts.writer;
     this.reportingInstance = opts.reportingInstance;
-    this.now = opts.now ?? Date.now;
+    const clock = opts.clock ?? systemClock;
+    this.clock = clock;
+    this.now = () => clock.now();
     this.limits = {
       maxSeries: opts.maxSeries ?? DEFAULTS.maxSeries,
       seriesWindowMs: opts.seriesWindowMs ?? DEFAULTS.seriesWindowMs,
@@ -121,14 +125,12 @@ export class EventRecorder {
 
   /** Writes the counts of series that repeated since their last write, once due. */
   start(): void {
-    if (this.timer) return;
-    this.timer = setInterval(() => this.flush(), this.limits.flushIntervalMs);
-    this.timer.unref();
+    this.stopFlushing ??= repeat(this.clock, this.limits.flushIntervalMs, () => this.flush());
   }
 
   close(): void {
-    if (this.timer) clearInterval(this.timer);
-    this.timer = undefined;
+    this.stopFlushing?.();
+    this.stopFlushing = undefined;
   }
 
   /** Series remembered (bounded by maxSeries). */

@@ -1,5 +1,6 @@
 // The issuance chain, in order: memory cache → remembered refusals → single flight → shared
 // cache with its lock → fair rate limit → STS AssumeRole with the duration fallback.
+import type { Clock } from "../../common/clock.ts";
 import type { Logger } from "../../common/logger.ts";
 import { FairQueue } from "../fair-queue.ts";
 import type { AssumeRoleRequest, AssumedCredentials } from "../../aws/sts.ts";
@@ -30,8 +31,8 @@ export interface ChainOptions {
   stsMaxWaitersPerNamespace: number | undefined;
   stsFailureTtlMs: number;
   stsFailureCacheEntries: number;
-  now: () => number;
-  sleep: (ms: number) => Promise<void>;
+  /** Freshness, expiry, the refusal TTL and the shared lock's waits (the STS budget keeps its own monotonic time). */
+  clock: Clock;
 }
 
 export interface IssuanceChain {
@@ -48,7 +49,7 @@ export function issuanceChain(opts: ChainOptions): IssuanceChain {
   const failures = new FailureCache({
     ttlMs: opts.stsFailureTtlMs,
     maxEntries: opts.stsFailureCacheEntries,
-    now: opts.now,
+    now: () => opts.clock.now(),
   });
   const limiter = new FairQueue({
     label: "STS",
@@ -59,25 +60,24 @@ export function issuanceChain(opts: ChainOptions): IssuanceChain {
       ? { maxWaitersPerTenant: opts.stsMaxWaitersPerNamespace }
       : {}),
   });
-  const { metrics, now } = opts;
+  const { metrics, clock } = opts;
   const minRemainingSeconds = opts.cacheMinRemainingSeconds;
   const sts = new AssumeRoleIssuer({
     sts: opts.sts,
     log: opts.log,
     ...(opts.observe ? { observe: opts.observe } : {}),
   });
-  const limited = new RateLimitedIssuer(sts, { limiter, history, now });
+  const limited = new RateLimitedIssuer(sts, { limiter, history, clock });
   const shared = new SharedCacheIssuer(limited, {
     shared: opts.shared,
     minRemainingSeconds,
     lockWaitMs: opts.lockWaitMs,
     metrics,
-    now,
-    sleep: opts.sleep,
+    clock,
   });
   const flights = new SingleFlightIssuer(shared);
   const refusals = new RefusalCacheIssuer(flights, { failures, metrics });
-  const issuer = new MemoryCacheIssuer(refusals, { memory, history, minRemainingSeconds, metrics, now });
+  const issuer = new MemoryCacheIssuer(refusals, { memory, history, minRemainingSeconds, metrics, clock });
   return {
     issuer,
     memory,

@@ -1,5 +1,6 @@
 // First step: this replica's own cache. A hit costs no I/O; whatever the later steps issue or
 // find is kept here (and in the pod's issuance history) on the way back.
+import type { Clock } from "../../common/clock.ts";
 import type { IssuePlan } from "../../policy/decide.ts";
 import type { MemoryCache } from "../cache.ts";
 import type { ServerMetrics } from "../metrics.ts";
@@ -11,13 +12,13 @@ export interface MemoryCacheOptions {
   history: IssuedHistory;
   minRemainingSeconds: number;
   metrics: Pick<ServerMetrics, "cacheLookups">;
-  now: () => number;
+  clock: Pick<Clock, "now">;
 }
 
 export class MemoryCacheIssuer extends WrappingIssuer<MemoryCacheOptions> {
   async issue(plan: IssuePlan, ctx: IssueContext): Promise<Issued> {
-    const { memory, history, minRemainingSeconds, metrics, now } = this.opts;
-    const nowMs = now();
+    const { memory, history, minRemainingSeconds, metrics, clock } = this.opts;
+    const nowMs = clock.now();
     const held = memory.get(ctx.cacheKey, nowMs);
     if (freshEnough(held, plan.durationSeconds, minRemainingSeconds, nowMs)) {
       metrics.cacheLookups.inc({ result: "hit_memory" });

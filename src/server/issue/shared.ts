@@ -1,6 +1,7 @@
 // Fourth step: the replicas' shared cache (../cache.ts, optional). A miss takes the key's lock
 // so that replicas do not call STS twice for the same credentials; a replica that finds the lock
 // taken waits, bounded, for the holder's result, and calls STS itself only if none comes.
+import { sleep, type Clock } from "../../common/clock.ts";
 import type { IssuePlan } from "../../policy/decide.ts";
 import type { CachedCredentials, SharedStore } from "../cache.ts";
 import type { ServerMetrics } from "../metrics.ts";
@@ -17,8 +18,8 @@ export interface SharedCacheOptions {
   /** How long to wait for another replica holding the lock. */
   lockWaitMs: number;
   metrics: Pick<ServerMetrics, "cacheLookups">;
-  now: () => number;
-  sleep: (ms: number) => Promise<void>;
+  /** Freshness, the lock wait's deadline and its polls. */
+  clock: Clock;
 }
 
 export class SharedCacheIssuer extends WrappingIssuer<SharedCacheOptions> {
@@ -41,7 +42,11 @@ export class SharedCacheIssuer extends WrappingIssuer<SharedCacheOptions> {
     }
     try {
       const issued = await this.next.issue(plan, ctx);
-      await shared.set(ctx.cacheKey, issued.creds, Date.parse(issued.creds.expiration) - this.opts.now());
+      await shared.set(
+        ctx.cacheKey,
+        issued.creds,
+        Date.parse(issued.creds.expiration) - this.opts.clock.now(),
+      );
       return issued;
     } finally {
       if (lockToken) await shared.unlock(ctx.cacheKey, lockToken);
@@ -54,9 +59,10 @@ export class SharedCacheIssuer extends WrappingIssuer<SharedCacheOptions> {
     plan: IssuePlan,
     ctx: IssueContext,
   ): Promise<Issued | undefined> {
-    const deadline = this.opts.now() + this.opts.lockWaitMs;
-    while (this.opts.now() < deadline) {
-      await this.opts.sleep(LOCK_POLL_MS);
+    const { clock } = this.opts;
+    const deadline = clock.now() + this.opts.lockWaitMs;
+    while (clock.now() < deadline) {
+      await sleep(clock, LOCK_POLL_MS);
       const found = await shared.get(ctx.cacheKey);
       if (this.fresh(found, plan)) return { creds: found, source: "shared" };
       if (!shared.ready) return undefined;
@@ -65,6 +71,6 @@ export class SharedCacheIssuer extends WrappingIssuer<SharedCacheOptions> {
   }
 
   private fresh(creds: CachedCredentials | undefined, plan: IssuePlan): creds is CachedCredentials {
-    return freshEnough(creds, plan.durationSeconds, this.opts.minRemainingSeconds, this.opts.now());
+    return freshEnough(creds, plan.durationSeconds, this.opts.minRemainingSeconds, this.opts.clock.now());
   }
 }

@@ -11,7 +11,14 @@
 // expired only once leaseDurationSeconds have passed on our clock since then.
 
 import { CoordinationV1Api, V1MicroTime, type KubeConfig, type V1Lease } from "@kubernetes/client-node";
+import { systemClock, type Clock, type TimerHandle } from "../../common/clock.ts";
 import type { Logger } from "../../common/logger.ts";
+
+/** The Lease calls the elector makes; the official client's, or a unit test's in-memory Lease. */
+export type LeaseApi = Pick<
+  CoordinationV1Api,
+  "readNamespacedLease" | "createNamespacedLease" | "replaceNamespacedLease"
+>;
 
 export interface LeaderElectorOptions {
   namespace: string;
@@ -22,8 +29,10 @@ export interface LeaderElectorOptions {
   retryPeriodMs?: number;
   onStartedLeading: () => void;
   onStoppedLeading: () => void;
-  /** Milliseconds; injectable so tests can step time. Default Date.now. */
-  now?: () => number;
+  /** Lease expiry, renew deadline and the retry timer; tests move a manual clock. */
+  clock?: Clock;
+  /** Default: the official client on `kc`. */
+  api?: LeaseApi;
 }
 
 /** What identifies one version of the Lease record: any change of it is a sign of life. */
@@ -37,10 +46,10 @@ function recordOf(lease: V1Lease): string {
 }
 
 export class LeaderElector {
-  private readonly api: CoordinationV1Api;
+  private readonly api: LeaseApi;
   private readonly log: Logger;
-  private readonly o: Required<LeaderElectorOptions>;
-  private timer: NodeJS.Timeout | undefined;
+  private readonly o: Required<Omit<LeaderElectorOptions, "api">>;
+  private timer: TimerHandle | undefined;
   private leading = false;
   private lastRenew = 0;
   /** The Lease record last seen, and when (our clock) it was first seen. */
@@ -50,14 +59,15 @@ export class LeaderElector {
   private running: Promise<void> | undefined;
 
   constructor(kc: KubeConfig, log: Logger, opts: LeaderElectorOptions) {
-    this.api = kc.makeApiClient(CoordinationV1Api);
+    const { api, ...rest } = opts;
+    this.api = api ?? kc.makeApiClient(CoordinationV1Api);
     this.log = log;
     this.o = {
       leaseDurationSeconds: 15,
       renewDeadlineMs: 10_000,
       retryPeriodMs: 2_000,
-      now: Date.now,
-      ...opts,
+      clock: systemClock,
+      ...rest,
     };
   }
 
@@ -71,7 +81,7 @@ export class LeaderElector {
       if (this.stopped) return;
       this.running = this.tick().finally(() => {
         this.running = undefined;
-        if (!this.stopped) this.timer = setTimeout(loop, this.o.retryPeriodMs);
+        if (!this.stopped) this.timer = this.o.clock.setTimeout(loop, this.o.retryPeriodMs);
       });
     };
     loop();
@@ -92,12 +102,13 @@ export class LeaderElector {
     try {
       const ok = await this.tryAcquireOrRenew();
       if (ok) {
-        this.lastRenew = this.o.now();
+        this.lastRenew = this.o.clock.now();
         this.setLeading(true);
       } else this.setLeading(false);
     } catch (e) {
       this.log.debug({ err: (e as Error).message }, "lease update failed");
-      if (this.leading && this.o.now() - this.lastRenew > this.o.renewDeadlineMs) this.setLeading(false);
+      if (this.leading && this.o.clock.now() - this.lastRenew > this.o.renewDeadlineMs)
+        this.setLeading(false);
     }
   }
 
@@ -105,12 +116,12 @@ export class LeaderElector {
     const record = recordOf(lease);
     if (record === this.observedRecord) return;
     this.observedRecord = record;
-    this.observedAt = this.o.now();
+    this.observedAt = this.o.clock.now();
   }
 
   private async tryAcquireOrRenew(): Promise<boolean> {
     const { namespace, name, identity, leaseDurationSeconds } = this.o;
-    const now = new V1MicroTime(this.o.now());
+    const now = new V1MicroTime(this.o.clock.now());
     let lease: V1Lease | undefined;
     try {
       lease = await this.api.readNamespacedLease({ namespace, name });
@@ -143,7 +154,7 @@ export class LeaderElector {
     const holder = spec.holderIdentity ?? "";
     this.observe(lease);
     const expired =
-      this.observedAt + (spec.leaseDurationSeconds ?? leaseDurationSeconds) * 1000 <= this.o.now();
+      this.observedAt + (spec.leaseDurationSeconds ?? leaseDurationSeconds) * 1000 <= this.o.clock.now();
     if (holder !== identity && holder !== "" && !expired) return false;
     const body: V1Lease = {
       ...lease,
@@ -169,7 +180,7 @@ export class LeaderElector {
   /** Stops campaigning; a leader releases the Lease so another replica takes over at once. */
   async stop(): Promise<void> {
     this.stopped = true;
-    if (this.timer) clearTimeout(this.timer);
+    this.o.clock.clearTimeout(this.timer);
     await this.running;
     if (this.leading) {
       try {

@@ -5,6 +5,7 @@
 
 import type { KubeConfig, V1Pod } from "@kubernetes/client-node";
 import { ApiClient, kubeConfigConnection } from "../../k8s/api-client.ts";
+import { systemClock, type Clock } from "../../common/clock.ts";
 import type { NamespaceFacts, PodFacts } from "../../policy/types.ts";
 import { isMirrorPod } from "../../k8s/mirror-pod.ts";
 
@@ -60,9 +61,13 @@ export class PodLookup {
   private readonly nsCache = new Map<string, { at: number; ns: NamespaceFacts | undefined }>();
   private readonly nsTtlMs: number;
 
-  constructor(kc: KubeConfig, opts: { namespaceTtlMs?: number } = {}) {
+  private readonly clock: Pick<Clock, "now">;
+
+  /** `clock`: the namespace cache's age. */
+  constructor(kc: KubeConfig, opts: { namespaceTtlMs?: number; clock?: Pick<Clock, "now"> } = {}) {
     this.fast = new ApiClient(kubeConfigConnection(kc));
     this.nsTtlMs = opts.namespaceTtlMs ?? 30_000;
+    this.clock = opts.clock ?? systemClock;
   }
 
   /** The pod, or undefined when it does not exist. Other errors propagate. */
@@ -82,7 +87,7 @@ export class PodLookup {
 
   async namespace(name: string): Promise<NamespaceFacts | undefined> {
     const hit = this.nsCache.get(name);
-    const now = Date.now();
+    const now = this.clock.now();
     if (hit && now - hit.at < this.nsTtlMs) return hit.ns;
     let ns: NamespaceFacts | undefined;
     try {

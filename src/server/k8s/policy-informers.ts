@@ -10,6 +10,7 @@ import {
   type KubernetesObject,
   type ObjectCache,
 } from "@kubernetes/client-node";
+import { systemClock, type Timers } from "../../common/clock.ts";
 import type { Logger } from "../../common/logger.ts";
 import {
   ACCESS_POLICY_PLURAL,
@@ -32,10 +33,13 @@ export class PolicyInformers {
   private listedAllowances = false;
   private stopped = false;
   private readonly listeners = new Set<() => void>();
+  private readonly timers: Timers;
 
-  constructor(kc: KubeConfig, log: Logger) {
+  /** `timers`: the watch restart's backoff. */
+  constructor(kc: KubeConfig, log: Logger, opts: { timers?: Timers } = {}) {
     this.kc = kc;
     this.log = log;
+    this.timers = opts.timers ?? systemClock;
     this.api = kc.makeApiClient(CustomObjectsApi);
   }
 
@@ -79,9 +83,11 @@ export class PolicyInformers {
     inf.on("error", (err: unknown) => {
       if (this.stopped) return;
       this.log.warn({ plural, err: (err as Error)?.message }, "policy watch failed; restarting");
-      setTimeout(() => {
-        if (!this.stopped) void inf.start().catch(() => undefined);
-      }, delay).unref();
+      this.timers
+        .setTimeout(() => {
+          if (!this.stopped) void inf.start().catch(() => undefined);
+        }, delay)
+        .unref?.();
       delay = Math.min(delay * 2, 10_000);
     });
     inf.on("connect", () => {

@@ -9,6 +9,7 @@
 // Writes only when the condition changed (status subresource, optimistic concurrency).
 
 import { CustomObjectsApi, type KubeConfig } from "@kubernetes/client-node";
+import { systemClock, type Clock, type TimerHandle } from "../../common/clock.ts";
 import type { Logger } from "../../common/logger.ts";
 import type { PolicyRef } from "../../policy/decide.ts";
 import { podSelectorMismatch } from "../../policy/match.ts";
@@ -32,7 +33,20 @@ export interface StatusOptions {
   clusterName: string;
   maxDurationSeconds: number;
   intervalMs: number;
+  /** The reconcile loop, the kick's debounce, how long an observation is shown, transition times. */
+  clock?: Clock;
+  /** Default: the official client on `kc`. */
+  api?: StatusApi;
 }
+
+/** The status writes the writer makes; the official client's, or a unit test's recorder. */
+export type StatusApi = Pick<
+  CustomObjectsApi,
+  "replaceNamespacedCustomObjectStatus" | "replaceClusterCustomObjectStatus"
+>;
+
+/** What this replica saw at issuance is shown for this long after it last saw it. */
+const OBSERVATION_SHOWN_MS = 600_000;
 
 interface Observation {
   generation: number;
@@ -43,29 +57,37 @@ interface Observation {
 }
 
 export class PolicyStatusWriter {
-  private readonly api: CustomObjectsApi;
+  private readonly api: StatusApi;
   private readonly informers: PolicyInformers;
   private readonly pods: PodLookup;
   private readonly log: Logger;
   private readonly o: StatusOptions;
+  private readonly clock: Clock;
   private readonly observations = new Map<string, Observation>();
-  private timer: NodeJS.Timeout | undefined;
-  private kickTimer: NodeJS.Timeout | undefined;
+  private timer: TimerHandle | undefined;
+  private kickTimer: TimerHandle | undefined;
   private active = false;
   private running: Promise<void> | undefined;
 
   constructor(kc: KubeConfig, informers: PolicyInformers, pods: PodLookup, log: Logger, o: StatusOptions) {
-    this.api = kc.makeApiClient(CustomObjectsApi);
+    this.api = o.api ?? kc.makeApiClient(CustomObjectsApi);
     this.informers = informers;
     this.pods = pods;
     this.log = log;
     this.o = o;
+    this.clock = o.clock ?? systemClock;
   }
 
   observe(p: PolicyRef, reason: string, message: string): void {
     const key = `${p.namespace}/${p.name}`;
     const prev = this.observations.get(key);
-    this.observations.set(key, { generation: p.generation, uid: p.uid, reason, message, at: Date.now() });
+    this.observations.set(key, {
+      generation: p.generation,
+      uid: p.uid,
+      reason,
+      message,
+      at: this.clock.now(),
+    });
     if (!prev || prev.reason !== reason || prev.generation !== p.generation) this.kick();
   }
 
@@ -75,7 +97,7 @@ export class PolicyStatusWriter {
     const loop = () => {
       if (!this.active) return;
       void this.runOnce().finally(() => {
-        if (this.active) this.timer = setTimeout(loop, this.o.intervalMs);
+        if (this.active) this.timer = this.clock.setTimeout(loop, this.o.intervalMs);
       });
     };
     loop();
@@ -83,17 +105,18 @@ export class PolicyStatusWriter {
 
   stop(): void {
     this.active = false;
-    if (this.timer) clearTimeout(this.timer);
-    if (this.kickTimer) clearTimeout(this.kickTimer);
+    this.clock.clearTimeout(this.timer);
+    this.clock.clearTimeout(this.kickTimer);
+    this.kickTimer = undefined;
   }
 
   kick(): void {
     if (!this.active || this.kickTimer) return;
-    this.kickTimer = setTimeout(() => {
+    this.kickTimer = this.clock.setTimeout(() => {
       this.kickTimer = undefined;
       void this.runOnce();
     }, 300);
-    this.kickTimer.unref();
+    this.kickTimer.unref?.();
   }
 
   async runOnce(): Promise<void> {
@@ -185,7 +208,7 @@ export class PolicyStatusWriter {
         obs &&
         obs.generation === (p.metadata.generation ?? 0) &&
         obs.uid === (p.metadata.uid ?? "") &&
-        Date.now() - obs.at < 600_000
+        this.clock.now() - obs.at < OBSERVATION_SHOWN_MS
       ) {
         state = { status: "False", reason: obs.reason, message: obs.message };
       }
@@ -214,7 +237,7 @@ export class PolicyStatusWriter {
       lastTransitionTime:
         prev && prev.status === state.status
           ? prev.lastTransitionTime
-          : new Date().toISOString().replace(/\.\d{3}Z$/, "Z"),
+          : new Date(this.clock.now()).toISOString().replace(/\.\d{3}Z$/, "Z"),
       observedGeneration: gen,
     };
     const conditions = [...(obj.status?.conditions ?? []).filter((c) => c.type !== "Ready"), cond];

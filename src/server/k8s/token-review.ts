@@ -16,6 +16,7 @@ import type { KubeConfig, V1TokenReview } from "@kubernetes/client-node";
 import { ApiClient, kubeConfigConnection } from "../../k8s/api-client.ts";
 import { FairQueue, RateLimitQueueFull, RateLimitTimeout } from "../fair-queue.ts";
 import { KeyedTokenBuckets } from "../../common/keyed-token-buckets.ts";
+import { systemClock, type Clock } from "../../common/clock.ts";
 import { LRUCache } from "lru-cache";
 import { screenToken } from "./token-claims.ts";
 
@@ -83,8 +84,8 @@ export interface TokenReviewerOptions {
   /** Longest a review waits for its kind's budget before it is refused (Throttled). */
   maxWaitMs?: number;
   onOutcome?: (kind: ReviewKind, outcome: ReviewOutcome) => void;
-  /** Milliseconds clock for caches, buckets and expiry checks (tests inject one). */
-  now?: () => number;
+  /** The caches' TTLs, the per-source buckets and the token expiry check. */
+  clock?: Pick<Clock, "now">;
 }
 
 export const DEFAULT_REVIEW_BUDGETS: Record<ReviewKind, ReviewBudget> = {
@@ -118,13 +119,17 @@ export class TokenReviewer {
 
   constructor(kc: KubeConfig, opts: TokenReviewerOptions = {}) {
     this.api = new ApiClient(kubeConfigConnection(kc));
-    this.now = opts.now ?? (() => Date.now());
+    const clock = opts.clock ?? systemClock;
+    this.now = () => clock.now();
+    // ttlResolution 0: lru-cache would otherwise memoise the time behind a real 1 ms timer, and
+    // the TTLs would not follow the clock it is given
     const perf = { now: this.now };
+    const ttlResolution = 0;
     const maxEntries = opts.maxEntries ?? 10_000;
-    this.accepted = new LRUCache({ max: maxEntries, ttl: opts.positiveTtlMs ?? 10_000, perf });
+    this.accepted = new LRUCache({ max: maxEntries, ttl: opts.positiveTtlMs ?? 10_000, perf, ttlResolution });
     // short: a TokenReview can fail transiently (the apiserver under load) for a valid token
-    this.rejected = new LRUCache({ max: maxEntries, ttl: opts.negativeTtlMs ?? 5_000, perf });
-    this.trustedSources = new LRUCache({ max: maxEntries, ttl: TRUSTED_SOURCE_TTL_MS, perf });
+    this.rejected = new LRUCache({ max: maxEntries, ttl: opts.negativeTtlMs ?? 5_000, perf, ttlResolution });
+    this.trustedSources = new LRUCache({ max: maxEntries, ttl: TRUSTED_SOURCE_TTL_MS, perf, ttlResolution });
     const maxWaitMs = opts.maxWaitMs ?? 2000;
     const kindState = (budget: ReviewBudget): KindState => ({
       budget: new FairQueue({

@@ -3,6 +3,7 @@
 // a time. Every replica re-reads the Secret every sync interval and swaps its serving
 // certificate in place (ServingTls subscribers: tls.Server#setSecureContext) when it changed.
 
+import { systemClock, type Clock, type TimerHandle } from "../../common/clock.ts";
 import type { Logger } from "../../common/logger.ts";
 import {
   bundleFingerprints,
@@ -30,7 +31,8 @@ export interface SelfManagedOptions {
   syncMs: number;
   /** Rotation is the leader's; others only create when nothing exists and republish the bundle. */
   isLeader: () => boolean;
-  now?: () => number;
+  /** Certificate times and the sync timer. */
+  clock?: Clock;
   log: Logger;
   onRotated?: (what: "serving" | "ca") => void;
 }
@@ -53,16 +55,19 @@ function storedTls(secret: StoredSecret): StoredTls {
 
 export class SelfManagedTls implements ServingTls {
   private readonly o: SelfManagedOptions;
+  private readonly clock: Clock;
   private readonly now: () => number;
   private serving: ServingPair | undefined;
   private readonly listeners = new Set<(pair: ServingPair) => void>();
-  private timer: NodeJS.Timeout | undefined;
+  private timer: TimerHandle | undefined;
   private stopped = false;
   private ticking: Promise<void> | undefined;
 
   constructor(o: SelfManagedOptions) {
     this.o = o;
-    this.now = o.now ?? Date.now;
+    const clock = o.clock ?? systemClock;
+    this.clock = clock;
+    this.now = () => clock.now();
   }
 
   /** Loads (or creates) the certificates; the server listens only once this resolved. */
@@ -85,19 +90,19 @@ export class SelfManagedTls implements ServingTls {
 
   stop(): void {
     this.stopped = true;
-    if (this.timer) clearTimeout(this.timer);
+    this.clock.clearTimeout(this.timer);
   }
 
   private schedule(): void {
     if (this.stopped) return;
-    this.timer = setTimeout(() => {
+    this.timer = this.clock.setTimeout(() => {
       this.tick()
         .catch((e: unknown) =>
           this.o.log.warn({ err: e }, "self-managed TLS sync failed; serving the current certificate"),
         )
         .finally(() => this.schedule());
     }, this.o.syncMs);
-    this.timer.unref();
+    this.timer.unref?.();
   }
 
   /** One sync: read, plan, act (leader), load what is stored. Exposed for tests. */

@@ -13,7 +13,7 @@ import { TlsStore } from "./store.ts";
 
 export type TlsConfig = Pick<
   ServerConfig,
-  "insecureHttp" | "tlsCertFile" | "tlsKeyFile" | "tlsSecret" | SelfManagedTlsSetting
+  "insecureHttp" | "tlsCertFile" | "tlsKeyFile" | "tlsSecret" | "clock" | SelfManagedTlsSetting
 >;
 
 export function tlsPlanSettings(cfg: TlsConfig): TlsPlanSettings {
@@ -48,6 +48,7 @@ export async function startServingTls(
       settings,
       syncMs: cfg.tlsSyncSeconds * 1000,
       isLeader,
+      ...(cfg.clock ? { clock: cfg.clock } : {}),
       log,
     });
     await tls.start();

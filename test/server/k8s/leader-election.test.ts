@@ -8,6 +8,7 @@ import { CoordinationV1Api, V1MicroTime } from "@kubernetes/client-node";
 import { startCluster, Kubelet, type Cluster } from "../../harness/index.ts";
 import { createLogger } from "../../../src/common/logger.ts";
 import { LeaderElector } from "../../../src/server/k8s/leader-election.ts";
+import { ManualClock } from "../../harness/manual-clock.ts";
 
 const NS = "lease-test";
 const HOUR_MS = 3_600_000;
@@ -48,13 +49,13 @@ describe("leader election on the local clock (real apiserver)", { timeout: 300_0
     }
   }
 
-  function follower(name: string, clock: { now: number }): LeaderElector {
+  function follower(name: string, clock: ManualClock): LeaderElector {
     return new LeaderElector(cluster.kc, createLogger("le-test", { level: "silent" }), {
       namespace: NS,
       name,
       identity: "follower",
       leaseDurationSeconds: 15,
-      now: () => clock.now,
+      clock,
       onStartedLeading: () => undefined,
       onStoppedLeading: () => undefined,
     });
@@ -67,22 +68,22 @@ describe("leader election on the local clock (real apiserver)", { timeout: 300_0
     const name = "behind";
     const holderClock = Date.now() - HOUR_MS;
     await holderWrites(name, new Date(holderClock));
-    const clock = { now: Date.now() };
+    const clock = new ManualClock(Date.now());
     const elector = follower(name, clock);
     for (let i = 1; i <= 6; i++) {
       await elector.tick();
       assert.equal(elector.isLeader, false, `renewal ${i}: the follower does not steal a live lease`);
-      clock.now += 5_000;
+      await clock.advance(5_000);
       await holderWrites(name, new Date(holderClock + i * 5_000));
     }
     // renewals stop: the last change was seen at the next tick
     await elector.tick();
     assert.equal(elector.isLeader, false);
-    clock.now += 14_000;
+    await clock.advance(14_000);
     await elector.tick();
     assert.equal(elector.isLeader, false, "14 s of silence on the local clock: not expired yet");
     assert.equal(await holderOf(name), "skewed-holder");
-    clock.now += 1_500;
+    await clock.advance(1_500);
     await elector.tick();
     assert.equal(elector.isLeader, true, "15 s of silence on the local clock: taken over");
     assert.equal(await holderOf(name), "follower");
@@ -91,14 +92,14 @@ describe("leader election on the local clock (real apiserver)", { timeout: 300_0
   it("a holder whose clock runs an hour ahead is replaced a local lease duration after it stops renewing", async () => {
     const name = "ahead";
     await holderWrites(name, new Date(Date.now() + HOUR_MS));
-    const clock = { now: Date.now() };
+    const clock = new ManualClock(Date.now());
     const elector = follower(name, clock);
     await elector.tick();
     assert.equal(elector.isLeader, false);
-    clock.now += 10_000;
+    await clock.advance(10_000);
     await elector.tick();
     assert.equal(elector.isLeader, false, "10 s: within the lease duration");
-    clock.now += 6_000;
+    await clock.advance(6_000);
     await elector.tick();
     assert.equal(
       elector.isLeader,

@@ -16,6 +16,7 @@ import {
   type CniStateOptions,
 } from "../../../src/agent/cni-state.ts";
 import { waitFor } from "../../harness/process.ts";
+import { ManualClock, untilTrue } from "../../harness/manual-clock.ts";
 
 const log = pino({ level: "silent" });
 
@@ -149,6 +150,32 @@ test("parser: malformed, hostile or unknown records attach nothing", () => {
 function state(dir: string, changes: (string[] | undefined)[] = [], extra: Partial<CniStateOptions> = {}) {
   return new CniState({ dir, log, rescanMs: 0, onChange: (ips) => changes.push(ips), ...extra });
 }
+
+test("the periodic rescan runs on its clock: a directory that appears later is found at the next rescan", async () => {
+  const root = mkdtempSync(join(tmpdir(), "kc-cni-"));
+  const dir = join(root, "results");
+  const clock = new ManualClock();
+  const cni = state(dir, [], { rescanMs: 30_000, timers: clock });
+  try {
+    await cni.start();
+    assert.equal(cni.status().state, "absent");
+    assert.equal(clock.pending, 1, "the next rescan is scheduled");
+    mkdirSync(dir);
+    writeFileSync(
+      join(dir, "k8s-pod-network-aaa-eth0"),
+      cacheFile({ containerId: "aaa", ip: "10.0.0.5", uid: "ua" }),
+    );
+    await clock.advance(29_999);
+    assert.equal(cni.active, false, "not before the rescan period");
+    await clock.advance(1);
+    await untilTrue(() => cni.active, "rescanned at 30 s");
+    assert.equal(cni.holderOf("10.0.0.5")?.podUid, "ua");
+  } finally {
+    await cni.stop();
+    assert.equal(clock.pending, 0, "no rescan after stop");
+    rmSync(root, { recursive: true, force: true });
+  }
+});
 
 test("the map follows the directory: files written and removed (fs.watch), the newest of two claims, absence", async () => {
   const root = mkdtempSync(join(tmpdir(), "kc-cni-"));

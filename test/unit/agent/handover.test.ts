@@ -3,9 +3,11 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { mkdtempSync, rmSync, statSync } from "node:fs";
+import { createServer, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
+  HANDOVER_TIMEOUT_MS,
   HandoverServer,
   Predecessor,
   parseState,
@@ -16,9 +18,10 @@ import { CredCache } from "../../../src/agent/cred-cache.ts";
 import { ImdsTokens } from "../../../src/agent/imds-token.ts";
 import { natRules, ownerOf } from "../../../src/agent/hook/iptables.ts";
 import { RepairLoop } from "../../../src/agent/hook-repair.ts";
-import { slotOfPort, slotPorts } from "../../../src/agent/handover-slots.ts";
+import { slotOfPort, slotPorts, waitUntil } from "../../../src/agent/handover-slots.ts";
 import { createLogger } from "../../../src/common/logger.ts";
 import type { CredentialsResponse } from "../../../src/api/contract.ts";
+import { ManualClock, settle, untilTrue } from "../../harness/manual-clock.ts";
 
 const log = createLogger("test");
 const pod = { namespace: "tenant-a", name: "web-1", uid: "uid-1" };
@@ -49,10 +52,8 @@ function countingSource(): { calls: number; credentials(): Promise<CredentialsRe
   return s;
 }
 
-async function until(cond: () => boolean): Promise<void> {
-  for (let i = 0; i < 200 && !cond(); i++) await new Promise((r) => setTimeout(r, 10));
-  assert.ok(cond());
-}
+/** What the socket's I/O decides: the event loop turns (no timer) until it holds. */
+const until = (cond: () => boolean): Promise<void> => untilTrue(cond, cond.toString());
 
 test("a successor serves the predecessor's credentials without asking the server", async () => {
   const oldSource = countingSource();
@@ -138,7 +139,7 @@ test("the repair loop steps down for a higher generation and never repairs while
   await until(() => installs === 1);
   let pausedDone = false;
   const paused = loop.pause().then(() => (pausedDone = true));
-  await new Promise((r) => setTimeout(r, 20));
+  await settle(10);
   assert.equal(pausedDone, false, "pause waits for the repair in flight");
   release!();
   await paused;
@@ -180,10 +181,13 @@ test("hand-over over the unix socket: state, pause, took-over; root-only socket"
   const dir = join(mkdtempSync(join(tmpdir(), "handover-")), "run");
   try {
     const role = ownerRole(state);
-    const server = await HandoverServer.listen(dir, role, log);
+    const clock = new ManualClock();
+    const server = await HandoverServer.listen(dir, role, log, clock);
     assert.equal(statSync(dir).mode & 0o777, 0o700);
     assert.equal(statSync(join(dir, "agent.sock")).mode & 0o777, 0o600);
-    assert.equal(await server.waitForSuccessor(20), false, "nobody connected");
+    const nobody = server.waitForSuccessor(20);
+    await clock.advance(20);
+    assert.equal(await nobody, false, "nobody connected");
     const coming = server.waitForSuccessor(5000);
     const p = await Predecessor.connect(dir, "node-a", 5000);
     assert.equal(await coming, true, "a SIGTERMed owner learns that its successor connected");
@@ -228,6 +232,65 @@ test("a successor that leaves after pause gives the hook back; other nodes and n
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+});
+
+test("hand-over waits end on the clock: no take-over in time, an idle successor cut, a silent owner given up", async () => {
+  const dir = join(mkdtempSync(join(tmpdir(), "handover-")), "run");
+  try {
+    const clock = new ManualClock();
+    const role = ownerRole(state);
+    const server = await HandoverServer.listen(dir, role, log, clock);
+    const p = await Predecessor.connect(dir, "node-a", 5000);
+    assert.ok(p && server.successorPending);
+    const waited = server.waitForTakeOver(3000);
+    await clock.advance(2999);
+    assert.equal(server.successorPending, true);
+    await clock.advance(1);
+    assert.equal(await waited, false, "the successor did not take over within 3 s");
+    await clock.advance(HANDOVER_TIMEOUT_MS - 3000);
+    await until(() => !server.successorPending);
+    assert.deepEqual(role.events, [], "cut at the hand-over deadline, before it paused anything");
+    p.close();
+    await server.close();
+
+    // an owner that accepts the connection and never answers
+    const accepted: Socket[] = [];
+    const silent = createServer((socket) => void accepted.push(socket));
+    await new Promise<void>((resolve) => silent.listen(join(dir, "agent.sock"), resolve));
+    try {
+      const successorClock = new ManualClock();
+      const connecting = Predecessor.connect(dir, "node-a", 1000, successorClock);
+      const refused = assert.rejects(connecting, /no state within 1000 ms/);
+      await untilTrue(() => successorClock.pending > 0, "waiting for the state");
+      await successorClock.advance(999);
+      assert.equal(successorClock.pending, 1, "still waiting at 999 ms");
+      await successorClock.advance(1);
+      await refused;
+    } finally {
+      // Predecessor.connect leaves its socket open when the owner is silent: the owner side ends it
+      for (const socket of accepted) socket.destroy();
+      await new Promise((resolve) => silent.close(resolve));
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("waitUntil: polls on the clock, true once the condition holds, false at the deadline", async () => {
+  const clock = new ManualClock();
+  let ready = false;
+  const met = waitUntil(() => ready, 1000, 50, clock);
+  await clock.advance(500);
+  ready = true;
+  await clock.advance(50);
+  assert.equal(await met, true);
+  ready = false;
+  const missed = waitUntil(() => ready, 1000, 50, clock);
+  await clock.advance(999);
+  assert.equal(clock.pending, 1, "still polling before the deadline");
+  await clock.advance(1);
+  assert.equal(await missed, false);
+  assert.equal(clock.pending, 0);
 });
 
 test("malformed hand-over states are refused", () => {

@@ -23,12 +23,19 @@ test("memory cache drops expired entries and stays bounded", () => {
     sessionToken: "t",
     expiration: new Date(exp).toISOString(),
   });
-  m.set("old", c(Date.now() - 1));
-  assert.equal(m.get("old"), undefined);
-  m.set("a", c(Date.now() + 60_000));
-  m.set("b", c(Date.now() + 60_000));
-  m.set("c", c(Date.now() + 60_000));
+  const now = Date.parse("2026-12-01T12:00:00Z");
+  m.set("old", c(now - 1));
+  assert.equal(m.get("old", now), undefined);
+  m.set("a", c(now + 60_000));
+  m.set("b", c(now + 60_000));
+  m.set("c", c(now + 60_000));
   assert.equal(m.size, 2);
-  assert.equal(m.get("a"), undefined);
-  assert.ok(m.get("c"));
+  assert.equal(m.get("a", now), undefined);
+  assert.ok(m.get("c", now));
+  assert.ok(m.get("c", now + 59_999), "valid until its expiration");
+  assert.equal(m.get("c", now + 60_000), undefined, "gone at its expiration");
+  m.set("d", c(now + 120_000));
+  m.sweep(now + 60_000);
+  assert.equal(m.size, 1, "the sweep drops what has expired, keeps the rest");
+  assert.ok(m.get("d", now + 60_000));
 });

@@ -18,9 +18,11 @@ import { RateLimitedIssuer } from "../../../src/server/issue/rate-limit.ts";
 import { RefusalCacheIssuer } from "../../../src/server/issue/refusals.ts";
 import { SharedCacheIssuer } from "../../../src/server/issue/shared.ts";
 import { SingleFlightIssuer } from "../../../src/server/issue/single-flight.ts";
+import { ManualClock } from "../../harness/manual-clock.ts";
 
 const log = createLogger("test", { level: "silent" });
 const NOW = Date.parse("2026-12-01T12:00:00Z");
+const atNow = { now: () => NOW };
 
 const plan: IssuePlan = {
   roleArn: "arn:aws:iam::123456789012:role/app",
@@ -72,7 +74,7 @@ test("memory step: a fresh hit costs the next step nothing; a miss is kept on th
     history,
     minRemainingSeconds: 2700,
     metrics: metrics as never,
-    now: () => NOW,
+    clock: atNow,
   });
   assert.equal((await step.issue(plan, ctx)).source, "sts");
   assert.equal((await step.issue(plan, ctx)).source, "memory");
@@ -154,26 +156,28 @@ function fakeShared(): SharedStore & {
   return store as never;
 }
 
-test("shared step: a hit skips STS; a miss takes the lock, stores and unlocks; a held lock waits for its holder", async () => {
-  const next = new Recorder();
-  const shared = fakeShared();
-  const { seen, metrics } = lookups();
-  let now = NOW;
-  const sleeps: number[] = [];
-  const step = new SharedCacheIssuer(next, {
+/** The shared-cache step as the chain builds it: 2700 s freshness, a 3 s lock wait. */
+function sharedStep(
+  next: Issuer,
+  shared: SharedStore | undefined,
+  metrics: ReturnType<typeof lookups>["metrics"],
+  clock: ManualClock,
+): SharedCacheIssuer {
+  return new SharedCacheIssuer(next, {
     shared,
     minRemainingSeconds: 2700,
     lockWaitMs: 3000,
     metrics: metrics as never,
-    now: () => now,
-    sleep: (ms) => {
-      sleeps.push(ms);
-      now += ms;
-      // the other replica's result lands during the third wait
-      if (sleeps.length === 3) shared.values.set(ctx.cacheKey, creds(3_600_000));
-      return Promise.resolve();
-    },
+    clock,
   });
+}
+
+test("shared step: a hit skips STS; a miss takes the lock, stores and unlocks; a held lock waits for its holder", async () => {
+  const next = new Recorder();
+  const shared = fakeShared();
+  const { seen, metrics } = lookups();
+  const clock = new ManualClock(NOW);
+  const step = sharedStep(next, shared, metrics, clock);
   assert.equal((await step.issue(plan, ctx)).source, "sts");
   assert.ok(shared.values.has(ctx.cacheKey), "stored for the other replicas");
   assert.equal(shared.unlocked, 1);
@@ -182,21 +186,36 @@ test("shared step: a hit skips STS; a miss takes the lock, stores and unlocks; a
 
   shared.values.clear();
   shared.held = true;
-  assert.equal((await step.issue(plan, ctx)).source, "shared", "the lock holder's result");
+  const waiting = step.issue(plan, ctx);
+  await clock.advance(100); // two polls, 50 ms apart, find nothing
+  assert.equal(clock.pending, 1, "still polling");
+  shared.values.set(ctx.cacheKey, creds(3_600_000)); // the other replica's result lands
+  await clock.advance(50);
+  assert.equal((await waiting).source, "shared", "the lock holder's result");
   assert.equal(next.calls, 1, "no STS call while another replica makes it");
-  assert.equal(sleeps.length, 3);
+  assert.equal(clock.pending, 0);
   assert.deepEqual(seen, ["miss", "hit_shared", "miss"]);
 
-  const alone = new SharedCacheIssuer(next, {
-    shared: undefined,
-    minRemainingSeconds: 2700,
-    lockWaitMs: 3000,
-    metrics: metrics as never,
-    now: () => now,
-    sleep: () => Promise.resolve(),
-  });
+  const alone = sharedStep(next, undefined, metrics, clock);
   assert.equal((await alone.issue(plan, ctx)).source, "sts");
   assert.equal(next.calls, 2);
+});
+
+test("shared step: a lock holder that never answers is waited for lockWaitMs, then STS is called", async () => {
+  const next = new Recorder();
+  const shared = fakeShared();
+  shared.held = true;
+  const { metrics } = lookups();
+  const clock = new ManualClock(NOW);
+  const step = sharedStep(next, shared, metrics, clock);
+  const issued = step.issue(plan, ctx);
+  await clock.advance(2950);
+  assert.equal(next.calls, 0, "within the lock wait: no STS call");
+  await clock.advance(50);
+  assert.equal((await issued).source, "sts", "the holder's result never came: asked STS itself");
+  assert.equal(next.calls, 1);
+  assert.equal(clock.pending, 0, "no poll left behind");
+  assert.ok(shared.values.has(ctx.cacheKey), "stored for the other replicas");
 });
 
 test("rate-limit step: refreshes queue behind first issuances; a spent budget is Throttled", async () => {
@@ -210,7 +229,7 @@ test("rate-limit step: refreshes queue behind first issuances; a spent budget is
       return timeout ? Promise.reject(new RateLimitTimeout("STS")) : Promise.resolve();
     },
   };
-  const step = new RateLimitedIssuer(next, { limiter, history, now: () => NOW });
+  const step = new RateLimitedIssuer(next, { limiter, history, clock: atNow });
   await step.issue(plan, ctx);
   history.record("uid-1", NOW + 60_000);
   await step.issue(plan, ctx);

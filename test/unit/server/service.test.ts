@@ -2,6 +2,7 @@
 // flight, cache reuse threshold, duration fallback, refusals never reaching STS.
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import { sleep } from "../../../src/common/clock.ts";
 import { createLogger } from "../../../src/common/logger.ts";
 import { StsError, type AssumeRoleRequest } from "../../../src/aws/sts.ts";
 import { CredentialService, type Deps } from "../../../src/server/service.ts";
@@ -9,6 +10,7 @@ import { createServerMetrics } from "../../../src/server/metrics.ts";
 import type { AuditRecord } from "../../../src/server/audit.ts";
 import type { AccessPolicy, RoleAllowance } from "../../../src/policy/types.ts";
 import { KeycutterError } from "../../../src/api/errors.ts";
+import { ManualClock } from "../../harness/manual-clock.ts";
 
 const pod = { namespace: "t", name: "p", uid: "11111111-2222-3333-4444-555555555555" };
 const policy: AccessPolicy = {
@@ -22,7 +24,6 @@ const allowance: RoleAllowance = {
 
 interface MakeOptions {
   policies?: () => AccessPolicy[];
-  now?: () => number;
   serviceAccountName?: string;
   mirror?: boolean;
   events?: Deps["events"];
@@ -36,6 +37,7 @@ function make(
   const calls: AssumeRoleRequest[] = [];
   const audit: AuditRecord[] = [];
   const logLines: string[] = [];
+  const clock = new ManualClock();
   let n = 0;
   const deps: Deps = {
     pods: {
@@ -64,7 +66,7 @@ function make(
           accessKeyId: `ASIA${n}`,
           secretAccessKey: "s",
           sessionToken: "t",
-          expiration: new Date(Date.now() + expiresInS * 1000),
+          expiration: new Date(clock.now() + expiresInS * 1000),
           requestId: `sts-request-${n}`,
         };
       },
@@ -80,20 +82,22 @@ function make(
         },
       },
     }),
-    ...(o.now ? { now: o.now } : {}),
+    clock,
     ...(o.events ? { events: o.events } : {}),
   };
-  return { svc: new CredentialService(deps, { maxDurationSeconds }), calls, audit, logLines };
+  return { svc: new CredentialService(deps, { maxDurationSeconds }), calls, audit, logLines, clock };
 }
 
 test("concurrent requests for one pod make one STS call (single flight)", async () => {
-  const { svc, calls, audit } = make(async () => {
-    await new Promise((r) => setTimeout(r, 50));
+  const { svc, calls, audit, clock } = make(async () => {
+    await sleep(clock, 50);
     return { expiresInS: 7200 };
   });
-  const res = await Promise.all(
+  const all = Promise.all(
     Array.from({ length: 20 }, () => svc.issue({ serviceAccount: "s/a", nodeName: "n1" }, { pod })),
   );
+  await clock.advance(50); // STS answers once all twenty are waiting
+  const res = await all;
   assert.equal(calls.length, 1);
   assert.ok(res.every((r) => r.credentials.accessKeyId === "ASIA1"));
   assert.equal(audit.length, 20);
@@ -192,28 +196,39 @@ test("STS's text stays in the server log: the caller gets the code and the reque
 });
 
 test("a definite STS refusal is answered from memory until its TTL or a new policy generation", async () => {
-  let now = Date.now();
   let current: AccessPolicy = policy;
-  const { svc, calls } = make(
+  const { svc, calls, clock } = make(
     async () => {
       throw denied();
     },
     43200,
-    { now: () => now, policies: () => [current] },
+    { policies: () => [current] },
   );
   const refused = (e: unknown) => e instanceof KeycutterError && e.code === "StsDenied";
   for (let i = 0; i < 5; i++) await assert.rejects(svc.issue(agent, { pod }), refused);
   assert.equal(calls.length, 1, "retries of a refused plan cost no STS call");
-  now += 29_000;
+  await clock.advance(29_000);
   await assert.rejects(svc.issue(agent, { pod }), refused);
   assert.equal(calls.length, 1, "still within the TTL");
-  now += 2_000;
+  await clock.advance(2_000);
   await assert.rejects(svc.issue(agent, { pod }), refused);
   assert.equal(calls.length, 2, "TTL passed: STS asked again");
   current = { ...policy, metadata: { ...policy.metadata, generation: 2 } };
   await assert.rejects(svc.issue(agent, { pod }), refused);
   assert.equal(calls.length, 3, "a new policy generation is a new plan: asked at once");
   svc.close();
+});
+
+test("expired credentials are swept from memory every minute on the clock; close stops the sweep", async () => {
+  const { svc, clock } = make(async () => ({ expiresInS: 3600 }));
+  await svc.issue(agent, { pod });
+  assert.equal(svc.memory.size, 1);
+  await clock.advance(3_599_999);
+  assert.equal(svc.memory.size, 1, "valid until its expiration: 59 sweeps kept it");
+  await clock.advance(1);
+  assert.equal(svc.memory.size, 0, "the sweep at its expiration dropped it without a request");
+  svc.close();
+  assert.equal(clock.pending, 0, "no sweep timer left after close");
 });
 
 test("throttling and outages are not remembered: the next request asks STS again", async () => {

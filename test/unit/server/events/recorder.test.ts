@@ -6,6 +6,7 @@ import {
   type EventOutcome,
   type EventWriter,
 } from "../../../../src/server/events/recorder.ts";
+import { ManualClock } from "../../../harness/manual-clock.ts";
 
 /** Records every write; `hold` keeps writes pending until released. */
 class RecordingWriter implements EventWriter {
@@ -46,13 +47,13 @@ const denial = {
 };
 
 function setup(opts: Partial<ConstructorParameters<typeof EventRecorder>[0]> = {}) {
-  let nowMs = Date.parse("2026-12-01T10:00:00Z");
+  const clock = new ManualClock(Date.parse("2026-12-01T10:00:00Z"));
   const writer = new RecordingWriter();
   const outcomes = new Map<EventOutcome, number>();
   const recorder = new EventRecorder({
     writer,
     reportingInstance: "server-0",
-    now: () => nowMs,
+    clock,
     onOutcome: (o) => outcomes.set(o, (outcomes.get(o) ?? 0) + 1),
     ...opts,
   });
@@ -60,7 +61,8 @@ function setup(opts: Partial<ConstructorParameters<typeof EventRecorder>[0]> = {
     writer,
     recorder,
     outcomes,
-    advance: (ms: number) => (nowMs += ms),
+    clock,
+    advance: (ms: number) => clock.advance(ms),
     count: (o: EventOutcome) => outcomes.get(o) ?? 0,
   };
 }
@@ -86,28 +88,44 @@ describe("EventRecorder", () => {
     recorder.flush();
     await recorder.idle();
     assert.equal(writer.patched.length, 0);
-    advance(30_000);
+    await advance(30_000);
     recorder.flush();
     await recorder.idle();
     assert.equal(writer.patched.length, 1);
     assert.equal(writer.patched[0]!.name, event.metadata.name);
     assert.equal(writer.patched[0]!.patch.series.count, 1000);
     // an idle series writes nothing further
-    advance(30_000);
+    await advance(30_000);
     recorder.flush();
     await recorder.idle();
     assert.equal(writer.patched.length, 1);
+  });
+
+  it("once started, flushes on its clock every flushIntervalMs; close leaves no timer", async () => {
+    const { writer, recorder, clock, advance } = setup({ seriesUpdateMs: 30_000, flushIntervalMs: 5_000 });
+    for (let i = 0; i < 10; i++) recorder.record(pod("tenant-a", "web"), denial);
+    await recorder.idle();
+    recorder.start();
+    await advance(25_000);
+    await recorder.idle();
+    assert.equal(writer.patched.length, 0, "five flushes, the series not yet due");
+    await advance(5_000);
+    await recorder.idle();
+    assert.equal(writer.patched.length, 1, "the flush at 30 s wrote the count without a call to flush()");
+    assert.equal(writer.patched[0]!.patch.series.count, 10);
+    recorder.close();
+    assert.equal(clock.pending, 0);
   });
 
   it("a flood over ten minutes costs a bounded number of writes", async () => {
     const { writer, recorder, advance } = setup({ seriesUpdateMs: 30_000 });
     for (let second = 0; second < 600; second++) {
       for (let i = 0; i < 50; i++) recorder.record(pod("tenant-a", "web"), denial);
-      advance(1000);
+      await advance(1000);
       if (second % 10 === 0) recorder.flush();
       await recorder.idle();
     }
-    advance(30_000);
+    await advance(30_000);
     recorder.flush();
     await recorder.idle();
     const writes = writer.created.length + writer.patched.length;
@@ -122,7 +140,7 @@ describe("EventRecorder", () => {
     const { writer, recorder, advance } = setup({ seriesWindowMs: 360_000 });
     recorder.record(pod("tenant-a", "web"), denial);
     await recorder.idle();
-    advance(360_001);
+    await advance(360_001);
     recorder.record(pod("tenant-a", "web"), denial);
     await recorder.idle();
     assert.equal(writer.created.length, 2);

@@ -27,6 +27,7 @@ import {
   subjectNames,
 } from "../../../../src/server/tls/certificates.ts";
 import { SelfManagedTls } from "../../../../src/server/tls/self-managed.ts";
+import { ManualClock } from "../../../harness/manual-clock.ts";
 import type {
   StoredBundle,
   StoredSecret,
@@ -209,22 +210,29 @@ class MemoryStore {
   }
 }
 
+/** A 60-day CA and 20-day leaves renewed at 2/3, the bundle given a day to propagate. */
+const lifetimes: TlsPlanSettings = {
+  leafLifetimeMs: 20 * DAY,
+  caLifetimeMs: 60 * DAY,
+  renewAtFraction: 2 / 3,
+  bundlePropagationMs: DAY,
+  names: NAMES,
+};
+const silentLog = createLogger("test", { level: "silent" });
+
 describe("SelfManagedTls over several CA lifetimes", () => {
   it("two replicas agree, and every served certificate's CA was in the bundle for the propagation time", async () => {
-    let now = T0;
-    const clock = () => now;
-    const store = new MemoryStore(clock);
-    const settings: TlsPlanSettings = {
-      leafLifetimeMs: 20 * DAY,
-      caLifetimeMs: 60 * DAY,
-      renewAtFraction: 2 / 3,
-      bundlePropagationMs: DAY,
-      names: NAMES,
-    };
-    const log = createLogger("test");
-    log.level = "silent";
+    const clock = new ManualClock(T0);
+    const store = new MemoryStore(() => clock.now());
     const replica = (leader: boolean) =>
-      new SelfManagedTls({ store, settings, syncMs: 3_600_000, isLeader: () => leader, now: clock, log });
+      new SelfManagedTls({
+        store,
+        settings: lifetimes,
+        syncMs: 3_600_000,
+        isLeader: () => leader,
+        clock,
+        log: silentLog,
+      });
     const leader = replica(true);
     const follower = replica(false);
     // both start at once: one creates, the other loads what won
@@ -238,7 +246,8 @@ describe("SelfManagedTls over several CA lifetimes", () => {
     leader.subscribe(() => swaps.leader++);
     follower.subscribe(() => swaps.follower++);
     const end = T0 + 200 * DAY;
-    for (; now < end; now += 6 * 3_600_000) {
+    for (; clock.now() < end; await clock.advance(6 * 3_600_000)) {
+      const now = clock.now();
       await leader.tick();
       await follower.tick();
       for (const r of [leader, follower]) {
@@ -257,8 +266,8 @@ describe("SelfManagedTls over several CA lifetimes", () => {
         assert.ok(signer, "the signing CA is in the bundle");
         servedCas.add(new X509Certificate(signer).fingerprint256);
         const current =
-          history.filter((h) => h.atMs <= now - settings.bundlePropagationMs).at(-1) ?? history[0]!;
-        const laterOnes = history.filter((h) => h.atMs > now - settings.bundlePropagationMs);
+          history.filter((h) => h.atMs <= now - lifetimes.bundlePropagationMs).at(-1) ?? history[0]!;
+        const laterOnes = history.filter((h) => h.atMs > now - lifetimes.bundlePropagationMs);
         for (const h of [current, ...laterOnes])
           assert.ok(
             splitPemBundle(h.pem).some((ca) => signedBy(cert, ca)),
@@ -272,5 +281,39 @@ describe("SelfManagedTls over several CA lifetimes", () => {
       `certificates swapped in place: ${JSON.stringify(swaps)}`,
     );
     assert.ok(splitPemBundle(store.bundle!.pem).length <= 3, "the bundle stays bounded");
+  });
+});
+
+describe("SelfManagedTls sync timer", () => {
+  it("syncs every syncMs on its clock; stop leaves no timer", async () => {
+    const clock = new ManualClock(T0);
+    let reads = 0;
+    const store = new (class extends MemoryStore {
+      override async readSecret() {
+        reads++;
+        return super.readSecret();
+      }
+    })(() => clock.now());
+    const tls = new SelfManagedTls({
+      store,
+      settings: lifetimes,
+      syncMs: 3_600_000,
+      isLeader: () => true,
+      clock,
+      log: silentLog,
+    });
+    await tls.start();
+    const afterStart = reads;
+    assert.equal(clock.pending, 1, "the next sync is scheduled");
+    await clock.advance(3_599_999);
+    assert.equal(reads, afterStart, "not before syncMs");
+    await clock.advance(1);
+    assert.ok(reads > afterStart, "synced at syncMs");
+    assert.equal(clock.pending, 1, "and scheduled again");
+    tls.stop();
+    assert.equal(clock.pending, 0);
+    const stopped = reads;
+    await clock.advance(10 * 3_600_000);
+    assert.equal(reads, stopped, "no sync after stop");
   });
 });
