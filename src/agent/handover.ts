@@ -315,12 +315,6 @@ export class Predecessor {
   private readonly socket: Socket;
   private readonly next: (op: Message["op"]) => Promise<Message>;
 
-  private constructor(state: HandoverState, socket: Socket, next: (op: Message["op"]) => Promise<Message>) {
-    this.state = state;
-    this.socket = socket;
-    this.next = next;
-  }
-
   /**
    * Connects to the owner on `dir`/agent.sock and receives its state; undefined when nobody
    * listens there (first agent on the node, or the owner crashed). `clock`: each step's deadline.
@@ -379,6 +373,12 @@ export class Predecessor {
     send(socket, { op: "hello", node });
     const m = (await next("state")) as Record<string, unknown>;
     return new Predecessor(parseState(m, node), socket, next);
+  }
+
+  private constructor(state: HandoverState, socket: Socket, next: (op: Message["op"]) => Promise<Message>) {
+    this.state = state;
+    this.socket = socket;
+    this.next = next;
   }
 
   /** Asks the owner to stop repairing the hook; resolves once it has. */

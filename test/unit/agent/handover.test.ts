@@ -2,9 +2,8 @@
 // export and adoption, the ownership marker and the repair loop that must not fight a successor.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtempSync, rmSync, statSync } from "node:fs";
+import { statSync } from "node:fs";
 import { createServer, type Socket } from "node:net";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
   HANDOVER_TIMEOUT_MS,
@@ -22,6 +21,7 @@ import { slotOfPort, slotPorts, waitUntil } from "../../../src/agent/handover-sl
 import { createLogger } from "../../../src/common/logger.ts";
 import type { CredentialsResponse } from "../../../src/api/contract.ts";
 import { ManualClock, settle, untilTrue } from "../../harness/manual-clock.ts";
+import { withTempDir } from "../../harness/temp-dir.ts";
 
 const log = createLogger("test");
 const pod = { namespace: "tenant-a", name: "web-1", uid: "uid-1" };
@@ -177,9 +177,12 @@ const state: HandoverState = {
   creds: [{ pod, response: answer("AKIAHELD"), requestedAtMs: 1, fetchedAtMs: 2 }],
 };
 
-test("hand-over over the unix socket: state, pause, took-over; root-only socket", async () => {
-  const dir = join(mkdtempSync(join(tmpdir(), "handover-")), "run");
-  try {
+/** A scratch directory's run/ (not created: the owner makes it root-only), removed after `body`. */
+const inHandoverDir = (body: (dir: string) => Promise<void>) =>
+  withTempDir("handover-", (tmp) => body(join(tmp, "run")));
+
+test("hand-over over the unix socket: state, pause, took-over; root-only socket", () =>
+  inHandoverDir(async (dir) => {
     const role = ownerRole(state);
     const clock = new ManualClock();
     const server = await HandoverServer.listen(dir, role, log, clock);
@@ -210,14 +213,10 @@ test("hand-over over the unix socket: state, pause, took-over; root-only socket"
     } finally {
       await next.close();
     }
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
-});
+  }));
 
-test("a successor that leaves after pause gives the hook back; other nodes and nobody are refused", async () => {
-  const dir = join(mkdtempSync(join(tmpdir(), "handover-")), "run");
-  try {
+test("a successor that leaves after pause gives the hook back; other nodes and nobody are refused", () =>
+  inHandoverDir(async (dir) => {
     assert.equal(await Predecessor.connect(dir, "node-a", 1000), undefined, "nobody listening: cold start");
     const role = ownerRole(state);
     const server = await HandoverServer.listen(dir, role, log);
@@ -229,14 +228,10 @@ test("a successor that leaves after pause gives the hook back; other nodes and n
     assert.ok(!server.successorPending);
     assert.deepEqual(role.events, ["pause", "resume"]);
     await server.close();
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
-});
+  }));
 
-test("hand-over waits end on the clock: no take-over in time, an idle successor cut, a silent owner given up", async () => {
-  const dir = join(mkdtempSync(join(tmpdir(), "handover-")), "run");
-  try {
+test("hand-over waits end on the clock: no take-over in time, an idle successor cut, a silent owner given up", () =>
+  inHandoverDir(async (dir) => {
     const clock = new ManualClock();
     const role = ownerRole(state);
     const server = await HandoverServer.listen(dir, role, log, clock);
@@ -271,10 +266,7 @@ test("hand-over waits end on the clock: no take-over in time, an idle successor 
       for (const socket of accepted) socket.destroy();
       await new Promise((resolve) => silent.close(resolve));
     }
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
-});
+  }));
 
 test("waitUntil: polls on the clock, true once the condition holds, false at the deadline", async () => {
   const clock = new ManualClock();

@@ -8,19 +8,14 @@ import { StsError, type AssumeRoleRequest } from "../../../src/aws/sts.ts";
 import { CredentialService, type Deps } from "../../../src/server/service.ts";
 import { createServerMetrics } from "../../../src/server/metrics.ts";
 import type { AuditRecord } from "../../../src/server/audit.ts";
-import type { AccessPolicy, RoleAllowance } from "../../../src/policy/types.ts";
+import type { AccessPolicy } from "../../../src/policy/types.ts";
 import { KeycutterError } from "../../../src/api/errors.ts";
 import { ManualClock } from "../../harness/manual-clock.ts";
+import { accessPolicyObject, roleAllowanceObject } from "../../harness/policy-objects.ts";
 
 const pod = { namespace: "t", name: "p", uid: "11111111-2222-3333-4444-555555555555" };
-const policy: AccessPolicy = {
-  metadata: { name: "p", namespace: "t", uid: "pu", generation: 1 },
-  spec: { podSelector: {}, roleArn: "arn:aws:iam::123456789012:role/r", durationSeconds: 7200 },
-};
-const allowance: RoleAllowance = {
-  metadata: { name: "a", uid: "au", generation: 1 },
-  spec: { namespaces: ["t"], roleArns: ["arn:aws:iam::123456789012:role/*"] },
-};
+const policy = accessPolicyObject({ namespace: "t", name: "p", role: "r", durationSeconds: 7200 });
+const allowance = roleAllowanceObject("a", ["t"]);
 
 interface MakeOptions {
   policies?: () => AccessPolicy[];

@@ -9,17 +9,12 @@ import { createLogger } from "../../../../src/common/logger.ts";
 import type { PodLookup } from "../../../../src/server/k8s/pod-lookup.ts";
 import type { PolicyInformers } from "../../../../src/server/k8s/policy-informers.ts";
 import { PolicyStatusWriter, type StatusApi } from "../../../../src/server/k8s/policy-status.ts";
-import type { AccessPolicy, Condition, RoleAllowance } from "../../../../src/policy/types.ts";
+import type { AccessPolicy, Condition } from "../../../../src/policy/types.ts";
 import { ManualClock } from "../../../harness/manual-clock.ts";
+import { accessPolicyObject, roleAllowanceObject } from "../../../harness/policy-objects.ts";
 
-const policy: AccessPolicy = {
-  metadata: { name: "app", namespace: "team", uid: "pu", generation: 1 },
-  spec: { podSelector: {}, roleArn: "arn:aws:iam::123456789012:role/app", durationSeconds: 3600 },
-};
-const allowance: RoleAllowance = {
-  metadata: { name: "team", uid: "au", generation: 1 },
-  spec: { namespaces: ["team"], roleArns: ["arn:aws:iam::123456789012:role/*"] },
-};
+const policy = accessPolicyObject({ namespace: "team", name: "app", role: "app", durationSeconds: 3600 });
+const allowance = roleAllowanceObject("team", ["team"]);
 const ref = { namespace: "team", name: "app", uid: "pu", generation: 1 };
 
 function writer(clock: ManualClock) {
