@@ -371,8 +371,15 @@ export class Predecessor {
     });
     if (!connected) return undefined;
     send(socket, { op: "hello", node });
-    const m = (await next("state")) as Record<string, unknown>;
-    return new Predecessor(parseState(m, node), socket, next);
+    try {
+      const m = (await next("state")) as Record<string, unknown>;
+      return new Predecessor(parseState(m, node), socket, next);
+    } catch (err) {
+      // a silent or malformed owner: the successor starts cold, and the owner sees it gone (its
+      // successorPending ends) instead of waiting out its own hand-over timeout
+      socket.destroy();
+      throw err;
+    }
   }
 
   private constructor(state: HandoverState, socket: Socket, next: (op: Message["op"]) => Promise<Message>) {

@@ -261,8 +261,19 @@ test("hand-over waits end on the clock: no take-over in time, an idle successor 
       assert.equal(successorClock.pending, 1, "still waiting at 999 ms");
       await successorClock.advance(1);
       await refused;
+      // the successor that gave up closed its end: the owner is not left holding a pending successor
+      assert.equal(accepted.length, 1);
+      const ownerSide = accepted[0]!;
+      const ended = await new Promise<boolean>((resolve) => {
+        const gaveUp = setTimeout(() => resolve(false), 2000);
+        ownerSide.once("end", () => {
+          clearTimeout(gaveUp);
+          resolve(true);
+        });
+        ownerSide.resume();
+      });
+      assert.ok(ended, "the owner's end of the connection saw the successor close it");
     } finally {
-      // Predecessor.connect leaves its socket open when the owner is silent: the owner side ends it
       for (const socket of accepted) socket.destroy();
       await new Promise((resolve) => silent.close(resolve));
     }
