@@ -10,6 +10,7 @@ import {
   normaliseIptablesSave,
   parsePollSamples,
   reuseFigures,
+  serviceRoutedToEndpoints,
 } from "./node-lifecycle.ts";
 import { withTempDir } from "./temp-dir.ts";
 
@@ -64,6 +65,30 @@ test("iptables snapshots ignore counters and order, and name what was added or r
     "+ [ipv4 nat] :KEYCUTTER - [0:0]",
     "- [ipv4 nat] -A KUBE-SERVICES -j X",
   ]);
+});
+
+test("a Service counts as programmed only once kube-proxy routes each port to an endpoint", () => {
+  const dns = "kube-system/kube-dns";
+  const unseen = normaliseIptablesSave("ipv4", "*nat\n:KUBE-SERVICES - [0:0]\nCOMMIT\n");
+  const noEndpoints = normaliseIptablesSave(
+    "ipv4",
+    `*filter\n-A KUBE-SERVICES -d 10.0.0.10/32 -p udp -m comment --comment "${dns}:dns has no endpoints" -j REJECT\nCOMMIT\n`,
+  );
+  // as kube-proxy wrote them in a CI run whose snapshot was taken before it had seen the Service
+  const udp = [
+    `-A KUBE-SERVICES -d 10.0.0.10/32 -p udp -m comment --comment "${dns}:dns cluster IP" -m udp --dport 53 -j KUBE-SVC-TCOU7JCQXEZGVUNU`,
+    `-A KUBE-SEP-S5KMAF22V5XHNNFY -p udp -m comment --comment "${dns}:dns" -m udp -j DNAT --to-destination 10.128.0.2:1053`,
+  ];
+  const tcp = [
+    `-A KUBE-SERVICES -d 10.0.0.10/32 -p tcp -m comment --comment "${dns}:dns-tcp cluster IP" -m tcp --dport 53 -j KUBE-SVC-ERIFXISQEP7F7OF4`,
+    `-A KUBE-SEP-R5GF6IOGXY7ZVCO2 -p tcp -m comment --comment "${dns}:dns-tcp" -m tcp -j DNAT --to-destination 10.128.0.2:1053`,
+  ];
+  const nat = (lines: string[]) => normaliseIptablesSave("ipv4", `*nat\n${lines.join("\n")}\nCOMMIT\n`);
+  assert.equal(serviceRoutedToEndpoints(unseen, dns, ["dns", "dns-tcp"]), false);
+  assert.equal(serviceRoutedToEndpoints(noEndpoints, dns, ["dns", "dns-tcp"]), false);
+  assert.equal(serviceRoutedToEndpoints(nat(udp), dns, ["dns", "dns-tcp"]), false, "one port of two");
+  assert.equal(serviceRoutedToEndpoints(nat([udp[0]!, tcp[0]!]), dns, ["dns", "dns-tcp"]), false, "no DNAT");
+  assert.equal(serviceRoutedToEndpoints(nat([...udp, ...tcp]), dns, ["dns", "dns-tcp"]), true);
 });
 
 test("poll samples: one per JSON line, cut lines and other output skipped", () => {

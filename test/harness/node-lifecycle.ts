@@ -233,6 +233,22 @@ export async function iptablesSnapshot(node: RealNode): Promise<RuleSnapshot> {
   return snapshot;
 }
 
+/**
+ * Whether kube-proxy has programmed every port of a Service through to endpoints: for each
+ * `namespace/service:port`, a cluster-IP rule jumping to its KUBE-SVC chain and a DNAT to an
+ * endpoint. The absence of "has no endpoints" alone is not enough: before kube-proxy has seen the
+ * Service at all there is neither, and its rules then appear after a snapshot taken as settled.
+ */
+export function serviceRoutedToEndpoints(snapshot: RuleSnapshot, service: string, ports: string[]): boolean {
+  const rules = [...snapshot.values()].flatMap((table) => [...table]);
+  if (rules.some((rule) => rule.includes(`"${service}:`) && rule.includes("has no endpoints"))) return false;
+  return ports.every(
+    (port) =>
+      rules.some((rule) => rule.includes(`"${service}:${port} cluster IP"`) && / -j KUBE-SVC-/.test(rule)) &&
+      rules.some((rule) => rule.includes(`"${service}:${port}"`) && / -j DNAT /.test(rule)),
+  );
+}
+
 /** Lines in `after` and not `before` (+) and the reverse (-), per table; empty when equal. */
 export function diffSnapshots(before: RuleSnapshot, after: RuleSnapshot): string[] {
   const out: string[] = [];

@@ -42,6 +42,7 @@ import {
   parsePollSamples,
   pollerPod,
   reuseFigures,
+  serviceRoutedToEndpoints,
   type PollSample,
   type RuleSnapshot,
 } from "../harness/node-lifecycle.ts";
@@ -89,13 +90,14 @@ describeOnNode(
       suite = await startNodeSuite({ registerWithTaints: [STARTUP_TAINT], podPrefixLength: 29 });
       ({ node, moto } = suite);
       // a settled node's rules: CoreDNS tolerates the startup taint and may still be starting when
-      // the node is Ready, and kube-proxy's rules change once it has endpoints
+      // the node is Ready, and kube-proxy's rules change once it has seen the Service's endpoints
       rulesBeforeInstall = await waitFor(
         "kube-proxy's rules with CoreDNS's endpoints",
         async () => {
           const snapshot = await iptablesSnapshot(node!);
-          const rules = [...snapshot.values()].flatMap((table) => [...table]);
-          return rules.some((rule) => rule.includes("has no endpoints")) ? undefined : snapshot;
+          return serviceRoutedToEndpoints(snapshot, "kube-system/kube-dns", ["dns", "dns-tcp"])
+            ? snapshot
+            : undefined;
         },
         { timeoutMs: 120_000, intervalMs: 500 },
       );
