@@ -233,7 +233,7 @@ export async function startAgent(
   }
   const passthrough =
     cfg.passthroughPaths.length > 0
-      ? new Passthrough(cfg.upstreamImdsUrl, cfg.passthroughPaths, undefined, clock)
+      ? new Passthrough(cfg.upstreamImdsUrl, cfg.passthroughPaths, { clock })
       : undefined;
   const deps = {
     cfg,

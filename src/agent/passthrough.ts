@@ -40,7 +40,11 @@ export class Passthrough {
   private readonly clock: Clock;
 
   /** `clock`: the upstream session token's lifetime and each call's deadline. */
-  constructor(upstreamUrl: string, allow: string[], timeoutMs = 1000, clock: Clock = systemClock) {
+  constructor(
+    upstreamUrl: string,
+    allow: string[],
+    { timeoutMs = 1000, clock = systemClock }: { timeoutMs?: number; clock?: Clock } = {},
+  ) {
     this.clock = clock;
     this.upstream = new URL(upstreamUrl);
     if (this.upstream.protocol !== "http:") throw new Error("the upstream IMDS URL must be http://");
