@@ -7,7 +7,9 @@
 import { existsSync } from "node:fs";
 import { homedir } from "node:os";
 import { delimiter, join } from "node:path";
-import { KubeConfig, type Cluster, type Context, type User } from "@kubernetes/client-node";
+// types only: the official client loads every generated API (~55 MiB of RSS), and this module is
+// part of the CLI that `keycutter agent` starts too; resolveKubeContext() loads it when it runs
+import type { Cluster, Context, KubeConfig, User } from "@kubernetes/client-node";
 import { Option, type Command } from "commander";
 import { CliError, UsageError } from "./errors.ts";
 
@@ -52,6 +54,9 @@ export function addKubeFlags(command: Command): Command {
     .addOption(new Option("-n, --namespace <namespace>", "namespace (default: the context's)"));
 }
 
+/** An empty KubeConfig of the client loaded by resolveKubeContext(). */
+type NewConfig = () => KubeConfig;
+
 function loadFile(kc: KubeConfig, file: string): void {
   try {
     kc.loadFromFile(file);
@@ -61,20 +66,20 @@ function loadFile(kc: KubeConfig, file: string): void {
 }
 
 /** $KUBECONFIG's files merged, first one wins. */
-function mergeFiles(files: string[]): KubeConfig {
+function mergeFiles(newConfig: NewConfig, files: string[]): KubeConfig {
   const clusters = new Map<string, Cluster>();
   const users = new Map<string, User>();
   const contexts = new Map<string, Context>();
   let currentContext = "";
   for (const file of files) {
-    const one = new KubeConfig();
+    const one = newConfig();
     loadFile(one, file);
     for (const c of one.getClusters()) if (!clusters.has(c.name)) clusters.set(c.name, c);
     for (const u of one.getUsers()) if (!users.has(u.name)) users.set(u.name, u);
     for (const c of one.getContexts()) if (!contexts.has(c.name)) contexts.set(c.name, c);
     if (!currentContext && one.getCurrentContext()) currentContext = one.getCurrentContext();
   }
-  const kc = new KubeConfig();
+  const kc = newConfig();
   kc.loadFromOptions({
     clusters: [...clusters.values()],
     users: [...users.values()],
@@ -84,10 +89,14 @@ function mergeFiles(files: string[]): KubeConfig {
   return kc;
 }
 
-function loadConfig(flags: KubeFlags, environment: KubeEnvironment): { kc: KubeConfig; source: string } {
+function loadConfig(
+  newConfig: NewConfig,
+  flags: KubeFlags,
+  environment: KubeEnvironment,
+): { kc: KubeConfig; source: string } {
   if (flags.kubeconfig !== undefined) {
     if (!existsSync(flags.kubeconfig)) throw new CliError(`--kubeconfig ${flags.kubeconfig}: no such file`);
-    const kc = new KubeConfig();
+    const kc = newConfig();
     loadFile(kc, flags.kubeconfig);
     return { kc, source: flags.kubeconfig };
   }
@@ -95,27 +104,28 @@ function loadConfig(flags: KubeFlags, environment: KubeEnvironment): { kc: KubeC
   if (list) {
     const files = list.split(delimiter).filter((f) => f !== "" && existsSync(f));
     if (files.length === 0) throw new CliError(`KUBECONFIG=${list}: none of its files exists`);
-    return { kc: mergeFiles(files), source: `KUBECONFIG=${list}` };
+    return { kc: mergeFiles(newConfig, files), source: `KUBECONFIG=${list}` };
   }
   const home = join(environment.home, ".kube", "config");
   if (existsSync(home)) {
-    const kc = new KubeConfig();
+    const kc = newConfig();
     loadFile(kc, home);
     return { kc, source: home };
   }
   if (environment.env.KUBERNETES_SERVICE_HOST && existsSync(environment.serviceAccountToken)) {
-    const kc = new KubeConfig();
+    const kc = newConfig();
     kc.loadFromCluster();
     return { kc, source: "in-cluster service account" };
   }
   throw new CliError("no kubeconfig: pass --kubeconfig, set KUBECONFIG, or create ~/.kube/config");
 }
 
-export function resolveKubeContext(
+export async function resolveKubeContext(
   flags: KubeFlags,
   environment: KubeEnvironment = DEFAULT_ENVIRONMENT,
-): KubeContext {
-  const { kc, source } = loadConfig(flags, environment);
+): Promise<KubeContext> {
+  const { KubeConfig } = await import("@kubernetes/client-node");
+  const { kc, source } = loadConfig(() => new KubeConfig(), flags, environment);
   if (flags.context !== undefined) {
     if (!kc.getContextObject(flags.context))
       throw new UsageError(`--context ${flags.context}: no such context in ${source}`);

@@ -6,7 +6,8 @@
 // Found by its labels in every namespace (who may list ConfigMaps cluster-wide), else in the
 // namespace given with --server-namespace, else by its default name in keycutter-system; the
 // chart lets every authenticated user read that one ConfigMap, by name.
-import { CoreV1Api, type KubeConfig, type V1ConfigMap } from "@kubernetes/client-node";
+// types only at load time (see kube-context.ts): discoverServerConfig() loads the client
+import type { CoreV1Api, KubeConfig, V1ConfigMap } from "@kubernetes/client-node";
 import { Option, type Command } from "commander";
 import { CliError, UsageError, apiStatusMessage } from "./errors.ts";
 
@@ -101,6 +102,7 @@ async function getDefault(core: CoreV1Api, namespace: string): Promise<V1ConfigM
 
 /** The installed server's published configuration; an error when there is none or more than one. */
 export async function discoverServerConfig(kc: KubeConfig, namespace?: string): Promise<ServerConfig> {
+  const { CoreV1Api } = await import("@kubernetes/client-node");
   const core = kc.makeApiClient(CoreV1Api);
   let found: V1ConfigMap[];
   try {

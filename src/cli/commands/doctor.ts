@@ -7,7 +7,6 @@ import { CliError, EXIT, UsageError, errorLine } from "../errors.ts";
 import { addKubeFlags, resolveKubeContext, type KubeFlags } from "../kube-context.ts";
 import { outputOption, renderStructured, type OutputFormat } from "../output.ts";
 import { discoverServerConfig, type ServerConfig } from "../server-config.ts";
-import { checkPolicies, checkRollout, checkTlsSecrets } from "../doctor/cluster-checks.ts";
 import { checkAgentReady, checkServerApi, checkServerReady } from "../doctor/endpoint-checks.ts";
 import { checkHook } from "../doctor/hook-check.ts";
 import { anyFailed, formatResults, result, type CheckResult } from "../doctor/report.ts";
@@ -60,7 +59,7 @@ async function clusterChecks(
 ): Promise<{ results: CheckResult[]; config?: ServerConfig }> {
   let ctx;
   try {
-    ctx = resolveKubeContext(o);
+    ctx = await resolveKubeContext(o);
   } catch (err) {
     if (err instanceof UsageError) throw err;
     return {
@@ -91,6 +90,8 @@ async function clusterChecks(
     results.push(result("installation", "warn", errorLine(err)));
   }
   try {
+    // loaded here: it needs the official client, which the rest of the CLI loads only when used
+    const { checkPolicies, checkRollout, checkTlsSecrets } = await import("../doctor/cluster-checks.ts");
     if (config) {
       results.push(...(await checkRollout(ctx.kc, config)));
       results.push(...(await checkTlsSecrets(ctx.kc, config, expiry)));

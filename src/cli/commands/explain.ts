@@ -54,7 +54,7 @@ export function registerExplainCommand(program: Command): void {
   command.action(async (podArg: string, o: ExplainOptions) => {
     if ((o.action === undefined) !== (o.resource === undefined))
       throw new UsageError("--action and --resource go together");
-    const ctx = resolveKubeContext(o);
+    const ctx = await resolveKubeContext(o);
     const [namespace, pod] = parsePodArgument(podArg, ctx.namespace, ctx.namespaceExplicit);
     const settings = await decisionSettings(ctx.kc, o);
     const { explain, formatExplanation } = await import("../../server/explain.ts");

@@ -38,7 +38,7 @@ export function registerPolicyCommands(program: Command): void {
     };
     let dryRun: DryRunResult[] = [];
     if (o.server) {
-      const ctx = resolveKubeContext(o);
+      const ctx = await resolveKubeContext(o);
       settings = await decisionSettings(ctx.kc, o);
       const { serverDryRun } = await import("../dry-run.ts");
       dryRun = await serverDryRun(ctx.kc, files, ctx.namespace);
