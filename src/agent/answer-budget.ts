@@ -1,11 +1,14 @@
-// How long one pod-facing request may be held before it is answered. The strictest SDK,
-// aws-sdk-go-v2, gives up on an IMDS response after 500 ms (`defaultResponseHeaderTimeout`) and
-// retries only after a fixed 1 s; botocore, the JS SDK, Java and Rust allow 1 s for one attempt
-// (docs/SDK-TIMINGS.md). An answer within 400 ms reaches every SDK's first attempt.
+// How long one pod-facing request may be held before it is answered. botocore, the JS SDK, Java
+// and Rust allow 1 s for a single IMDS attempt and do not retry a 503 (botocore and JS fall back
+// to IMDSv1 for that call, which --require-imdsv2 refuses); aws-sdk-go-v2 gives up after 500 ms
+// and retries a timeout and a 503 alike, 1 s later (docs/SDK-TIMINGS.md). The wait ends as soon
+// as what it waits for arrives, so a longer budget never delays an answer: it only decides
+// whether a late pod is served or refused. 800 ms serves the 1 s SDKs' single attempt (200 ms
+// for the connection and the write) and costs Go nothing a shorter budget would spare it.
 
-/** The agent's defaults: a request is answered within 400 ms of arriving, whatever it waits for. */
-export const DEFAULT_UNKNOWN_POD_WAIT_MS = 400;
-export const DEFAULT_CREDENTIAL_WAIT_MS = 400;
+/** The agent's defaults: a request is answered within 800 ms of arriving, whatever it waits for. */
+export const DEFAULT_UNKNOWN_POD_WAIT_MS = 800;
+export const DEFAULT_CREDENTIAL_WAIT_MS = 800;
 
 /**
  * How long a request that has already been held `elapsedMs` (waiting for the pod watch) may

@@ -15,7 +15,7 @@ export const AGENT_DEFAULTS = {
   opsListen: { host: "0.0.0.0", port: 8182 },
   requireImdsV2: false,
   allowHostNetwork: false,
-  // answered within 400 ms whatever a request waits for (answer-budget.ts): Go SDK v2 gives up at 500
+  // answered within 800 ms whatever a request waits for (answer-budget.ts): the 1 s SDKs' one attempt
   unknownPodWaitMs: DEFAULT_UNKNOWN_POD_WAIT_MS,
   credentialWaitMs: DEFAULT_CREDENTIAL_WAIT_MS,
   maxWaiting: 1024,

@@ -164,11 +164,11 @@ export function registerAgentCommands(program: Command): void {
     .option("--allow-host-network", "serve hostNetwork pods (only safe with one such pod per node)")
     .option(
       "--unknown-pod-wait-ms <ms>",
-      "how long a request from an unknown IP waits for the pod watch (default 400)",
+      "how long a request from an unknown IP waits for the pod watch (default 800)",
     )
     .option(
       "--credential-wait-ms <ms>",
-      "how long a request waits for the credential service on a cache miss; both waits together at most the larger (default 400)",
+      "how long a request waits for the credential service on a cache miss; both waits together at most the larger (default 800)",
     )
     .option("--max-waiting <n>", "requests waiting for unknown pods, at most (default 1024)")
     .option(
