@@ -689,7 +689,12 @@ describeOnNode(
       objects = objects.filter((obj) => !kept.includes(obj));
       assert.ok(objects.length > 10, `${objects.length} objects in the release`);
       const uninstallStarted = Date.now();
-      helm(["uninstall", RELEASE, "--namespace", NS, "--wait", "--timeout", "5m"]);
+      try {
+        helm(["uninstall", RELEASE, "--namespace", NS, "--wait", "--timeout", "5m"]);
+      } catch (err) {
+        // the post-delete hooks' pods, their events and the node's logs say why a hook did not finish
+        throw new Error(`${(err as Error).message}\n${await node!.describePods(NS)}`, { cause: err });
+      }
       const uninstallMs = Date.now() - uninstallStarted;
 
       const generic = KubernetesObjectApi.makeApiClient(cluster.kc);
